@@ -1,0 +1,127 @@
+"""Greedy and beam-search decoding with a key/value cache.
+
+Both return, per source row, the generated token ids without the leading bos and the final eos.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layers import DecoderCache
+from .model import Transformer
+
+
+def _default_max_len(src: torch.Tensor) -> int:
+    return int(src.shape[1] * 1.5) + 10
+
+
+def _never_generate(logits: torch.Tensor, model: Transformer, bos_id: int) -> torch.Tensor:
+    """Padding and bos are never produced."""
+    logits[:, model.config.pad_id] = float("-inf")
+    logits[:, bos_id] = float("-inf")
+    return logits
+
+
+def _strip(rows: torch.Tensor, eos_id: int) -> list[list[int]]:
+    out = []
+    for row in rows.tolist():
+        out.append(row[: row.index(eos_id)] if eos_id in row else row)
+    return out
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: Transformer,
+    src: torch.Tensor,
+    bos_id: int,
+    eos_id: int,
+    max_len: int | None = None,
+) -> list[list[int]]:
+    """Pick the most likely next token until eos or ``max_len`` tokens; ``src`` is (b, s)."""
+    was_training = model.training
+    model.eval()
+    max_len = _default_max_len(src) if max_len is None else max_len
+    memory, src_key_mask = model.encode(src)
+    batch = src.shape[0]
+    tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=src.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    cache = DecoderCache()
+    generated = []
+    for _ in range(max_len):
+        logits, cache = model.decode(tokens, memory, src_key_mask, cache)
+        next_token = _never_generate(logits[:, -1].float(), model, bos_id).argmax(dim=-1)
+        next_token = next_token.masked_fill(finished, eos_id)
+        generated.append(next_token)
+        finished |= next_token == eos_id
+        if finished.all():
+            break
+        tokens = next_token[:, None]
+    model.train(was_training)
+    return (
+        _strip(torch.stack(generated, dim=1), eos_id) if generated else [[] for _ in range(batch)]
+    )
+
+
+def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT's length penalty ((5 + length) / 6) ** alpha; alpha = 0 turns it off."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: Transformer,
+    src: torch.Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 4,
+    length_penalty_alpha: float = 0.6,
+    max_len: int | None = None,
+) -> list[list[int]]:
+    """Keep the ``beam_size`` best hypotheses per source row, ranked by
+    log-probability / length penalty; finished hypotheses stay in the beam with their score
+    frozen. With ``beam_size=1`` this is greedy decoding."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    was_training = model.training
+    model.eval()
+    max_len = _default_max_len(src) if max_len is None else max_len
+    batch, device = src.shape[0], src.device
+    memory, src_key_mask = model.encode(src)
+    memory = memory.repeat_interleave(beam_size, dim=0)
+    src_key_mask = src_key_mask.repeat_interleave(beam_size, dim=0)
+
+    rows = batch * beam_size
+    scores = torch.zeros(batch, beam_size, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep only the first alive
+    scores = scores.view(rows)
+    lengths = torch.zeros(rows, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    history = torch.full((rows, 0), eos_id, dtype=torch.long, device=device)
+    tokens = torch.full((rows, 1), bos_id, dtype=torch.long, device=device)
+    cache = DecoderCache()
+    for _ in range(max_len):
+        logits, cache = model.decode(tokens, memory, src_key_mask, cache)
+        log_probs = _never_generate(logits[:, -1].float(), model, bos_id).log_softmax(dim=-1)
+        vocab = log_probs.shape[-1]
+        # A finished hypothesis may only repeat eos, at no cost and no added length.
+        log_probs[finished] = float("-inf")
+        log_probs[finished, eos_id] = 0.0
+        new_lengths = lengths[:, None] + (~finished).float()[:, None]
+        candidates = scores[:, None] + log_probs  # (rows, vocab)
+        ranked = candidates / length_penalty(new_lengths, length_penalty_alpha)
+        best, flat_index = ranked.view(batch, beam_size * vocab).topk(beam_size, dim=-1)
+        parent = flat_index // vocab + torch.arange(batch, device=device)[:, None] * beam_size
+        parent = parent.view(rows)
+        next_token = (flat_index % vocab).view(rows)
+        scores = candidates.view(rows * vocab)[parent * vocab + next_token]
+        lengths = new_lengths.view(rows)[parent]
+        finished = finished[parent] | (next_token == eos_id)
+        history = torch.cat([history[parent], next_token[:, None]], dim=1)
+        cache = cache.reorder(parent)
+        tokens = next_token[:, None]
+        if finished.all():
+            break
+    model.train(was_training)
+    final = (scores / length_penalty(lengths, length_penalty_alpha)).view(batch, beam_size)
+    winner = final.argmax(dim=-1) + torch.arange(batch, device=device) * beam_size
+    return _strip(history[winner], eos_id)
