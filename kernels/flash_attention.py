@@ -1,0 +1,612 @@
+"""FlashAttention-2 forward and backward in Triton, behind an SDPA-shaped function.
+
+Einops legend used in comments: ``b`` batch, ``h`` heads, ``i`` query positions (``len_q``),
+``j`` key positions (``len_k``), ``d`` head dim (``D`` its power-of-two padding in the kernel).
+
+Forward: a program owns one tile of queries, keeps it on chip, and streams the keys and values
+through block by block with an online softmax (a running row max ``m`` and running row sum ``l``);
+the output is divided by ``l`` once at the end, and the row-wise log-sum-exp is saved. Backward
+(FlashAttention-2): ``delta = rowsum(dO * O)`` in a small pass, then one pass per key block that
+accumulates dK and dV, and one pass per query block that accumulates dQ. Both recompute the
+probabilities from the saved log-sum-exp, so nothing of size len_q x len_k is ever stored, and
+neither needs atomics.
+
+Supported
+    * q (b, h, len_q, d), k and v (b, h, len_k, d), as in ``F.scaled_dot_product_attention``;
+      any strides (they are passed to the kernel, nothing is copied).
+    * float16, bfloat16 and float32; the three tensors share one dtype and one device.
+    * Any len_q and len_k >= 0, not necessarily equal or multiples of the block size.
+    * Head dims 1 to 128 (not only powers of two: the kernel pads to the next power of two with
+      masked loads).
+    * ``attn_mask``: a boolean *key* mask, True = this key takes part (SDPA's convention), shaped
+      (b or 1, len_k) or (b or 1, h or 1, 1, len_k). It is read inside the kernel, one value per
+      key; nothing of size len_q x len_k is built.
+    * ``is_causal``, alone or together with ``attn_mask``. Causal masking is aligned to the
+      **bottom-right** corner: query i sees keys j <= i + len_k - len_q. This is what a decoder
+      with a key/value cache needs (the new queries are the *last* len_q positions).
+      ``F.scaled_dot_product_attention`` aligns top-left instead; the two agree when
+      len_q == len_k.
+    * Gradients for q, k and v through one ``torch.autograd.Function``; also through the
+      log-sum-exp when ``return_lse=True`` and it takes part in the loss.
+    * A query that sees no key at all (all its keys masked) gets an output of zeros, zero
+      gradients, and a log-sum-exp of -inf.
+    * Runs compiled on a CUDA GPU, or on the CPU under the Triton interpreter
+      (``TRITON_INTERPRET=1`` set before triton is first imported).
+
+Caution -- not supported
+    * Full (len_q, len_k) or additive float masks: only boolean key masks. Note that a 2-D mask
+      means (batch, len_k) here, whereas SDPA would read a 2-D mask as (len_q, len_k).
+    * Dropout, grouped-query attention (k/v heads must equal q heads), a value head dim that
+      differs from the query/key head dim, head dims above 128, float64.
+    * float32 uses full-precision (IEEE) matrix products, not TF32, so on a GPU it is correct but
+      much slower than the 16-bit paths.
+    * The block sizes and warp counts are fixed per head dim, not autotuned.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# exp(x) == exp2(x * log2(e)): the kernels work in base 2 (exp2 is the native instruction) and
+# fold log2(e) into the softmax scale, so each score costs one multiply and one exp2.
+LOG2_E = 1.4426950408889634
+LN_2 = 0.6931471805599453
+
+MAX_HEAD_DIM = 128
+
+
+@triton.jit
+def _dot(a, b, EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr):
+    """a @ b with float32 accumulation.
+
+    The Triton interpreter multiplies bfloat16 blocks as their raw uint16 bits, so under it the
+    operands -- whose values are already bfloat16 -- are widened to float32 first: the same
+    products as a bfloat16 tensor-core dot accumulating in float32.
+    """
+    if EMULATE_BF16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """float32 x rounded to dtype, to nearest even as compiled Triton does.
+
+    The interpreter narrows float32 to bfloat16 by truncation, a bias that adds up over a row
+    of probabilities; there we round the float32 bits ourselves first (add half an ulp of
+    bfloat16 plus the tie-to-even bit, then clear the low 16 bits), so the narrowing is exact.
+    """
+    if EMULATE_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK: tl.constexpr):
+    """(BLOCK_N,) bool: the key exists (col < len_k) and, with a key mask, takes part."""
+    valid = cols < LEN_K
+    if HAS_MASK:
+        takes_part = tl.load(Mask + mask_base + cols * stride_mn, mask=valid, other=0)
+        valid = valid & (takes_part != 0)
+    return valid
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Mask, Out, Lse,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_mb, stride_mh, stride_mn,
+    H, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
+    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    # int64 batch/head offsets: b * stride_b overflows int32 for large tensors.
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM  # the padded head-dim lanes load as 0 and are never stored
+
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
+    q_ptrs += rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=(rows[:, None] < LEN_Q) & d_ok[None, :], other=0.0)  # (i, D)
+    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
+    mask_base = off_b * stride_mb + off_h * stride_mh
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp2(s - m_i)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)  # unnormalised output
+
+    # Bottom-right causal: row i sees keys j <= i + (len_k - len_q). Key blocks past the last
+    # row's horizon are skipped entirely (hi may be <= 0: then no key is visible at all).
+    hi = LEN_K
+    if IS_CAUSAL:
+        hi = tl.minimum(LEN_K, start_m + BLOCK_M + LEN_K - LEN_Q)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * stride_kn, mask=kv_ok, other=0.0)  # (j, D)
+        v = tl.load(v_base + cols[:, None] * stride_vn, mask=kv_ok, other=0.0)  # (j, D)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
+        valid = _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
+        if IS_CAUSAL:
+            valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
+        s = tl.where(valid, s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # While a row has seen no valid key its max is -inf, and -inf - -inf would be NaN;
+        # subtracting 0 instead keeps p = exp2(-inf) = 0 and alpha = 0 for such rows.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # p is rounded to the value dtype so the second product runs on 16-bit tensor cores.
+        acc = acc * alpha[:, None] + _dot(
+            _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
+        )
+        m_i = m_new
+
+    # Normalise once at the end. A row with no valid key has l = 0 and acc = 0: it gets zeros
+    # and lse = -inf (log of an empty sum), never 0/0.
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    # lse in natural log of the scaled scores: (m + log2 l) is in log2 units, times ln 2.
+    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * LN_2, float("-inf"))
+
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
+    o_ptrs += rows[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(
+        o_ptrs,
+        _round(out, Out.dtype.element_ty, EMULATE_BF16),
+        mask=(rows[:, None] < LEN_Q) & d_ok[None, :],
+    )
+    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)
+
+
+@triton.jit
+def _attn_bwd_delta(
+    Out, DOut, DLse, Delta,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    H, LEN_Q, HEAD_DIM,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """delta_i = sum_d dO_id * O_id - dlse_i, one value per query row.
+
+    From dS = P * (dP - rowsum(dO * O)) for the output, plus dS += P * dlse for the
+    log-sum-exp (d lse_i / d s_ij = P_ij): folding -dlse into delta covers both at no cost.
+    """
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (rows[:, None] < LEN_Q) & (offs_d[None, :] < HEAD_DIM)
+
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
+    o = tl.load(
+        o_ptrs + rows[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0
+    )
+    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
+    do = tl.load(
+        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=ok, other=0.0
+    )
+    row_ptrs = off_bh.to(tl.int64) * LEN_Q + rows
+    dlse = tl.load(DLse + row_ptrs, mask=rows < LEN_Q, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1) - dlse
+    tl.store(Delta + row_ptrs, delta, mask=rows < LEN_Q)
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, Mask, DOut, Lse, Delta, DK, DV,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_mb, stride_mh, stride_mn,
+    H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program per key block: holds K_j, V_j and accumulates dK_j, dV_j over query blocks.
+
+    DK and DV are contiguous (b, h, len_k, d) buffers; their strides are computed here.
+    """
+    start_n = tl.program_id(0) * BLOCK_N
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
+
+    k_ptrs = K + off_b * stride_kb + off_h * stride_kh
+    k = tl.load(
+        k_ptrs + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0
+    )
+    v_ptrs = V + off_b * stride_vb + off_h * stride_vh
+    v = tl.load(
+        v_ptrs + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0
+    )
+    # The key mask is per key, so this block's slice of it is read once, outside the loop.
+    key_valid = _key_is_valid(
+        Mask, off_b * stride_mb + off_h * stride_mh, stride_mn, cols, LEN_K, HAS_MASK
+    )
+
+    q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_d[None, :] * stride_qd
+    g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_d[None, :] * stride_gd
+    row_base = off_bh.to(tl.int64) * LEN_Q
+
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+
+    # Bottom-right causal: key j is seen by rows i >= j - (len_k - len_q); earlier query
+    # blocks contribute nothing and are skipped.
+    lo = 0
+    if IS_CAUSAL:
+        lo = tl.maximum(0, start_n - (LEN_K - LEN_Q)) // BLOCK_M * BLOCK_M
+    for start_m in range(lo, LEN_Q, BLOCK_M):
+        rows = start_m + offs_m
+        row_ok = rows < LEN_Q
+        q_ok = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + rows[:, None] * stride_qm, mask=q_ok, other=0.0)  # (i, D)
+        do = tl.load(g_base + rows[:, None] * stride_gm, mask=q_ok, other=0.0)  # (i, D)
+        lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
+        delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
+        # Rows that saw no key saved lse = -inf; all their scores are -inf as well, so any
+        # finite stand-in gives p = 0 rather than exp2(-inf + inf) = NaN.
+        lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2_E)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        valid = row_ok[:, None] & key_valid[None, :]
+        if IS_CAUSAL:
+            valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
+        # Recompute P from the saved log-sum-exp: P = exp(s - lse), already normalised.
+        p = tl.exp2(tl.where(valid, s, float("-inf")) - lse_log2[:, None])
+
+        dv += _dot(tl.trans(_round(p, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
+        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        ds = p * (dp - delta[:, None])  # gradient w.r.t. the scaled scores
+        dk += _dot(tl.trans(_round(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
+
+    dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
+    out_off = off_bh.to(tl.int64) * LEN_K * HEAD_DIM + cols[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(DK + out_off, _round(dk, DK.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
+    tl.store(DV + out_off, _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, Mask, DOut, Lse, Delta, DQ,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_mb, stride_mh, stride_mn,
+    H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program per query block: holds Q_i, dO_i and accumulates dQ_i over key blocks.
+
+    DQ is a contiguous (b, h, len_q, d) buffer.
+    """
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row_ok = rows < LEN_Q
+    q_ok = row_ok[:, None] & d_ok[None, :]
+
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
+    q = tl.load(
+        q_ptrs + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0
+    )
+    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
+    do = tl.load(
+        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=q_ok, other=0.0
+    )
+    row_base = off_bh.to(tl.int64) * LEN_Q
+    lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
+    delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
+    lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2_E)  # see _attn_bwd_dkdv
+
+    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
+    mask_base = off_b * stride_mb + off_h * stride_mh
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    hi = LEN_K
+    if IS_CAUSAL:
+        hi = tl.minimum(LEN_K, start_m + BLOCK_M + LEN_K - LEN_Q)  # as in the forward
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
+        k = tl.load(k_base + cols[:, None] * stride_kn, mask=kv_ok, other=0.0)  # (j, D)
+        v = tl.load(v_base + cols[:, None] * stride_vn, mask=kv_ok, other=0.0)  # (j, D)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        valid = (
+            row_ok[:, None]
+            & _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
+        )
+        if IS_CAUSAL:
+            valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
+        p = tl.exp2(tl.where(valid, s, float("-inf")) - lse_log2[:, None])
+
+        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(_round(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
+
+    dq *= sm_scale  # dQ = scale * dS K
+    out_off = row_base * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(DQ + out_off, _round(dq, DQ.dtype.element_ty, EMULATE_BF16), mask=q_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Triton decides at @triton.jit time (that is, when this module was imported) whether kernels
+# are compiled or interpreted, from TRITON_INTERPRET as it was then.
+_INTERPRETED = type(_attn_fwd).__name__ == "InterpretedFunction"
+
+
+def _empty(shape, dtype, device):
+    """Every buffer the launchers hand to a kernel comes from here (tests poison it with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _block_sizes(block_d, dtype):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages), chosen so one tile set fits in shared memory."""
+    if _INTERPRETED:
+        return 64, 64, 4, 1  # numpy: fewer, larger blocks run faster; tests vary them
+    wide = block_d * dtype.itemsize > 128  # e.g. fp16 with d > 64, or fp32 with d > 32
+    return (64, 32 if wide else 64, 4, 2)
+
+
+def _check_inputs(q, k, v, attn_mask, scale):
+    """Validate everything before a launch; returns the head dim's padding BLOCK_D."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"flash_attention: {name} must be a torch.Tensor, got {type(t).__name__}"
+            )
+        if t.dim() != 4:
+            raise ValueError(
+                f"flash_attention: {name} must have rank 4 (batch, heads, len, head_dim), "
+                f"got shape {tuple(t.shape)}"
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(
+            f"flash_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"flash_attention: dtype {q.dtype} is not supported; use one of {_DTYPES}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(
+            f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
+        )
+    b, h, _, d = q.shape
+    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h):
+        raise ValueError(
+            "flash_attention: q, k, v must share (batch, heads); got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"flash_attention: k and v must have the same length, got {k.shape[2]} and {v.shape[2]}"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"flash_attention: q and k head dims differ ({d} vs {k.shape[3]})")
+    if v.shape[3] != d:
+        raise ValueError(
+            f"flash_attention: v's head dim ({v.shape[3]}) must equal q's ({d}); "
+            "a different value head dim is not supported"
+        )
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"flash_attention: head dim {d} is not supported (1 to {MAX_HEAD_DIM})")
+    if scale is not None and not math.isfinite(float(scale)):
+        raise ValueError(f"flash_attention: scale must be finite, got {scale}")
+    if attn_mask is not None:
+        _mask_strides(attn_mask, q, k)  # raises on a bad mask
+    if q.device.type == "cpu" and not _INTERPRETED:
+        raise RuntimeError(
+            "flash_attention: the tensors are on the CPU but Triton was imported without its "
+            "interpreter. Set TRITON_INTERPRET=1 in the environment before triton (or kernels) "
+            "is first imported, or move the tensors to a CUDA device."
+        )
+    return max(16, triton.next_power_of_2(d))  # tl.dot wants every dimension >= 16
+
+
+def _mask_strides(attn_mask, q, k):
+    """(batch, head, key) strides of a boolean key mask; 0 where a dimension broadcasts."""
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"flash_attention: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
+    if attn_mask.dtype != torch.bool:
+        raise TypeError(
+            f"flash_attention: attn_mask must be torch.bool (True = key takes part), "
+            f"got {attn_mask.dtype}"
+        )
+    if attn_mask.device != q.device:
+        raise ValueError(
+            f"flash_attention: attn_mask is on {attn_mask.device}, the inputs on {q.device}"
+        )
+    b, h, len_q, _ = q.shape
+    len_k = k.shape[2]
+    shape = tuple(attn_mask.shape)
+    if attn_mask.dim() == 2:
+        ok = shape[0] in (1, b) and shape[1] == len_k
+        mb, mn, mh = attn_mask.stride(0), attn_mask.stride(1), 0
+        sizes = (shape[0], 1)
+    elif attn_mask.dim() == 4:
+        ok = shape[0] in (1, b) and shape[1] in (1, h) and shape[2] == 1 and shape[3] == len_k
+        mb, mh, mn = attn_mask.stride(0), attn_mask.stride(1), attn_mask.stride(3)
+        sizes = (shape[0], shape[1])
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(
+            "flash_attention: attn_mask must be a key mask shaped (batch or 1, len_k) or "
+            f"(batch or 1, heads or 1, 1, len_k) = ({b}|1, {h}|1, 1, {len_k}); got {shape}"
+            + (
+                " (full len_q x len_k masks are not supported)"
+                if len(shape) >= 2 and len_q > 1 and shape[-2] == len_q
+                else ""
+            )
+        )
+    return (0 if sizes[0] == 1 else mb), (0 if sizes[1] == 1 else mh), mn
+
+
+def _launch(kernel, grid, *args, **meta):
+    if grid[0] > 0 and grid[1] > 0:  # an empty grid is not launchable, and has nothing to do
+        kernel[grid](*args, **meta)
+
+
+def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
+    b, h, len_q, d = q.shape
+    len_k = k.shape[2]
+    out = _empty((b, h, len_q, d), q.dtype, q.device)
+    lse = _empty((b, h, len_q), torch.float32, q.device)
+    block_m, block_n, num_warps, num_stages = _block_sizes(block_d, q.dtype)
+    mask, mask_strides = _kernel_mask(attn_mask, q, k)
+    _launch(
+        _attn_fwd, (triton.cdiv(len_q, block_m), b * h),
+        q, k, v, mask, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
+        h, len_q, len_k, d, scale * LOG2_E,
+        **_meta(attn_mask, is_causal, block_m, block_n, block_d, q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return out, lse
+
+
+def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse):
+    b, h, len_q, d = q.shape
+    len_k = k.shape[2]
+    block_m, block_n, num_warps, _ = _block_sizes(block_d, q.dtype)
+    mask, mask_strides = _kernel_mask(attn_mask, q, k)
+    meta = _meta(attn_mask, is_causal, block_m, block_n, block_d, q.dtype)
+    if dlse is None:
+        dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
+    dlse = dlse.to(torch.float32).contiguous()
+
+    delta = _empty((b, h, len_q), torch.float32, q.device)
+    _launch(
+        _attn_bwd_delta, (triton.cdiv(len_q, block_m), b * h),
+        out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
+        BLOCK_M=block_m, BLOCK_D=block_d,
+    )  # fmt: skip
+    dk = _empty((b, h, len_k, d), q.dtype, q.device)
+    dv = _empty((b, h, len_k, d), q.dtype, q.device)
+    common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
+    sizes = (h, len_q, len_k, d, scale, scale * LOG2_E)
+    _launch(
+        _attn_bwd_dkdv, (triton.cdiv(len_k, block_n), b * h),
+        q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes,
+        **meta, num_warps=num_warps, num_stages=1,
+    )  # fmt: skip
+    dq = _empty((b, h, len_q, d), q.dtype, q.device)
+    _launch(
+        _attn_bwd_dq, (triton.cdiv(len_q, block_m), b * h),
+        q, k, v, mask, dout, lse, delta, dq, *common, *sizes,
+        **meta, num_warps=num_warps, num_stages=1,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+def _kernel_mask(attn_mask, q, k):
+    """The mask as uint8 (Triton reads bytes) with its strides, or a dummy when absent."""
+    if attn_mask is None:
+        return torch.empty(1, dtype=torch.uint8, device=q.device), (0, 0, 0)
+    return attn_mask.view(torch.uint8), _mask_strides(attn_mask, q, k)
+
+
+def _meta(attn_mask, is_causal, block_m, block_n, block_d, dtype):
+    return dict(
+        HAS_MASK=attn_mask is not None,
+        IS_CAUSAL=bool(is_causal),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
+        # fp32 inputs get exact products (TF32 would be far less accurate than PyTorch's fp32);
+        # for 16-bit inputs the setting does not apply and "tf32" is Triton's default.
+        PRECISION="ieee" if dtype == torch.float32 else "tf32",
+    )
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, is_causal, scale, block_d):
+        out, lse = _forward(q, k, v, attn_mask, is_causal, scale, block_d)
+        ctx.save_for_backward(q, k, v, attn_mask, out, lse)
+        ctx.is_causal, ctx.scale, ctx.block_d = is_causal, scale, block_d
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, attn_mask, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(
+            q, k, v, attn_mask, ctx.is_causal, ctx.scale, ctx.block_d, out, lse, dout, dlse
+        )
+        return dq, dk, dv, None, None, None, None
+
+
+def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, return_lse=False):
+    """Scaled dot-product attention, a drop-in for ``F.scaled_dot_product_attention``.
+
+    Args:
+        q: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
+        k, v: (batch, heads, len_k, head_dim), same dtype and device as q.
+        attn_mask: optional boolean key mask, True = this key takes part (SDPA's convention),
+            shaped (batch or 1, len_k) or (batch or 1, heads or 1, 1, len_k).
+        is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
+            j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
+            top-left; the two agree when len_q == len_k). May be combined with attn_mask.
+        scale: the softmax scale; defaults to 1 / sqrt(head_dim).
+        return_lse: also return the row-wise log-sum-exp of the scaled, masked scores.
+
+    Returns:
+        out (batch, heads, len_q, head_dim) in q's dtype; with ``return_lse`` also
+        lse (batch, heads, len_q) in float32 (natural log). A query that sees no key gets
+        zeros in out (and zero gradients) and -inf in lse.
+
+    Raises:
+        TypeError / ValueError: on a bad input, naming it, before anything is launched.
+        RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
+    """
+    block_d = _check_inputs(q, k, v, attn_mask, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, lse = _FlashAttention.apply(q, k, v, attn_mask, bool(is_causal), scale, block_d)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,417 @@
+"""The Triton flash-attention kernel against an independent float64 reference.
+
+Criterion (as in flash-attention's own tests): the kernel's largest error against a float64
+computation of the same inputs is at most twice that of naive attention run in the kernel's
+dtype, plus 4 ulps at max(1, largest reference value); and nothing is ever NaN. Without CUDA the kernels run
+under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay small;
+the ``cuda`` tests add long sequences where a GPU is present.
+"""
+
+import importlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import flash_attention
+
+fa = importlib.import_module("kernels.flash_attention")  # the module; `kernels.flash_attention`
+# as an attribute is the function, which the package re-exports under the same name.
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def allowed_pairs(len_q, len_k, key_mask, is_causal, device):
+    """Bool (b|1, h|1, len_q, len_k): which (query, key) pairs take part."""
+    allowed = torch.ones(len_q, len_k, dtype=torch.bool, device=device)
+    if is_causal:  # bottom-right aligned: query i sees keys j <= i + len_k - len_q
+        i = torch.arange(len_q, device=device)[:, None]
+        j = torch.arange(len_k, device=device)[None, :]
+        allowed = j <= i + (len_k - len_q)
+    allowed = allowed[None, None]
+    if key_mask is not None:
+        key_mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask
+        allowed = allowed & key_mask
+    return allowed
+
+
+def masked_scores(q, k, key_mask, is_causal, scale):
+    allowed = allowed_pairs(q.shape[-2], k.shape[-2], key_mask, is_causal, q.device)
+    scores = (q @ k.transpose(-2, -1)) * scale
+    return scores.masked_fill(~allowed, float("-inf")), allowed
+
+
+def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """Textbook attention in q's dtype; a query with no allowed key gets zeros."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores, allowed = masked_scores(q, k, attn_mask, is_causal, scale)
+    scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # no softmax of all -inf
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    return probs @ v
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (
+        torch.randn(batch, heads, n, head_dim, generator=gen).to(DEVICE, dtype)
+        for n in (len_q, len_k, len_k)
+    )
+    dout = torch.randn(batch, heads, len_q, head_dim, generator=gen).to(DEVICE, dtype)
+    return q, k, v, dout
+
+
+def random_key_mask(batch, len_k, seed=0, all_masked_row=True):
+    """(batch, len_k) bool, ~70% True; with batch > 1, the last row masks every key."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    mask = torch.rand(batch, len_k, generator=gen) < 0.7
+    if all_masked_row and batch > 1:
+        mask[-1] = False
+    return mask.to(DEVICE)
+
+
+def output_and_grads(attn, q, k, v, dout, dtype, **kwargs):
+    """attn run on copies of q, k, v cast to dtype; (out, dq, dk, dv) in float64."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    out = attn(*leaves, **kwargs)
+    out.backward(dout.to(dtype))
+    return [t.double() for t in (out, *(leaf.grad for leaf in leaves))]
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_close_as_flash_attention_does(q, k, v, dout, **kwargs):
+    """Kernel error vs float64 <= 2 x naive-in-same-dtype error + 4 ulps, for out and grads."""
+    dtype = q.dtype
+    exact = output_and_grads(naive_attention, q, k, v, dout, torch.float64, **kwargs)
+    naive = output_and_grads(naive_attention, q, k, v, dout, dtype, **kwargs)
+    ours = output_and_grads(flash_attention, q, k, v, dout, dtype, **kwargs)
+    for name, got, ref, base in zip(("out", "dq", "dk", "dv"), ours, exact, naive, strict=True):
+        assert torch.isfinite(got).all(), f"{name} has NaN/Inf"
+        err, base_err = max_err(got, ref), max_err(base, ref)
+        floor = 4 * torch.finfo(dtype).eps * max(1.0, ref.abs().max().item() if ref.numel() else 0)
+        ERRORS.setdefault((dtype, name), []).append(err)
+        assert err <= 2 * base_err + floor, (
+            f"{name}: kernel error {err:.3g} > 2 x naive {dtype} error {base_err:.3g} + {floor:.3g}"
+        )
+
+
+ERRORS = {}  # (dtype, tensor) -> kernel errors seen; printed at the end with -s
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_largest_errors():
+    yield
+    if ERRORS:
+        print("\nlargest kernel error vs float64 reference:")
+        for (dtype, name), errs in sorted(ERRORS.items(), key=str):
+            print(f"  {str(dtype):15s} {name:3s} {max(errs):.3g}")
+
+
+# ----------------------------------------------------------------------------- parity
+
+# (len_q, len_k, head_dim): decoding (one query), equal lengths, both ragged orders, and a
+# long-ish pair; head dims include non-powers of two (40, 80).
+CASES = [(1, 7, 16), (7, 7, 40), (113, 203, 64), (203, 113, 80), (256, 511, 128)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "keymask"])
+@pytest.mark.parametrize("len_q,len_k,head_dim", CASES)
+def test_output_and_grads_within_2x_naive_error_of_float64_reference(
+    len_q, len_k, head_dim, masked, is_causal, dtype
+):
+    q, k, v, dout = random_inputs(2, 2 if len_k < 256 else 1, len_q, len_k, head_dim, dtype)
+    mask = random_key_mask(2, len_k) if masked else None
+    assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=is_causal)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "keymask"])
+@pytest.mark.parametrize(
+    "len_q,len_k,head_dim", [(1024, 1024, 64), (4096, 4096, 128), (1000, 4096, 96), (4096, 1, 64)]
+)
+def test_long_sequences_within_2x_naive_error_on_gpu(
+    len_q, len_k, head_dim, masked, is_causal, dtype
+):
+    q, k, v, dout = random_inputs(2, 2, len_q, len_k, head_dim, dtype)
+    mask = random_key_mask(2, len_k) if masked else None
+    assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=is_causal)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    heads=st.integers(1, 2),
+    len_q=st.integers(1, 80),
+    len_k=st.integers(1, 80),
+    head_dim=st.sampled_from([8, 16, 24, 40, 64, 96, 128]),
+    is_causal=st.booleans(),
+    mask_kind=st.sampled_from(["none", "2d", "4d", "4d-broadcast"]),
+    dtype=st.sampled_from(DTYPES),
+    scale=st.one_of(st.none(), st.floats(0.05, 1.0)),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_and_masks_match_reference(
+    batch, heads, len_q, len_k, head_dim, is_causal, mask_kind, dtype, scale, seed
+):
+    q, k, v, dout = random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed)
+    mask = random_key_mask(batch, len_k, seed, all_masked_row=seed % 2 == 0)
+    mask = {
+        "none": None,
+        "2d": mask,
+        "4d": mask[:, None, None, :],
+        "4d-broadcast": mask[:1, None, None, :],
+    }[mask_kind]
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, attn_mask=mask, is_causal=is_causal, scale=scale
+    )
+
+
+# ----------------------------------------------------------------------------- semantics
+
+
+def test_query_with_every_key_masked_gets_zeros_zero_grads_and_minus_inf_lse():
+    q, k, v, dout = random_inputs(2, 2, 9, 20, 40, torch.float32)
+    mask = random_key_mask(2, 20)  # batch row 1 masks every key
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = flash_attention(*leaves, attn_mask=mask, return_lse=True)
+    out.backward(dout)
+    assert (out[1] == 0).all() and torch.isfinite(out).all()
+    assert (lse[1] == float("-inf")).all() and torch.isfinite(lse[0]).all()
+    for leaf in leaves:
+        assert (leaf.grad[1] == 0).all() and torch.isfinite(leaf.grad).all()
+
+
+def test_causal_mask_is_bottom_right_aligned():
+    # len_q > len_k: the first len_q - len_k queries see no key at all.
+    q, k, v, _ = random_inputs(1, 2, 10, 4, 16, torch.float32)
+    out = flash_attention(q, k, v, is_causal=True)
+    assert (out[:, :, :6] == 0).all()
+    assert torch.allclose(out, naive_attention(q, k, v, is_causal=True), atol=1e-5)
+    # len_q < len_k (decoding with a cache): the last query sees every key.
+    q, k, v, _ = random_inputs(1, 2, 3, 11, 16, torch.float32)
+    bottom_right = torch.ones(3, 11, dtype=torch.bool, device=DEVICE).tril(diagonal=11 - 3)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bottom_right)
+    assert torch.allclose(flash_attention(q, k, v, is_causal=True), expected, atol=1e-5)
+    last = flash_attention(q[:, :, -1:], k, v, is_causal=True)
+    assert torch.allclose(last, expected[:, :, -1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_matches_sdpa_with_equal_lengths(is_causal):
+    q, k, v, _ = random_inputs(2, 3, 50, 50, 32, torch.float32)
+    mask = random_key_mask(2, 50, all_masked_row=False)
+    mask[:, 0] = True  # SDPA returns NaN for a causal row 0 whose only key is masked
+    sdpa_mask = mask[:, None, None, :]
+    if is_causal:  # SDPA refuses attn_mask with is_causal; fold the triangle into its mask
+        sdpa_mask = sdpa_mask & torch.ones(50, 50, dtype=torch.bool, device=DEVICE).tril()
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
+    got = flash_attention(q, k, v, attn_mask=mask[:, None, None, :], is_causal=is_causal)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_every_key_mask_layout_gives_the_same_result():
+    q, k, v, _ = random_inputs(2, 3, 17, 29, 16, torch.float32)
+    mask = random_key_mask(2, 29)
+    expected = naive_attention(q, k, v, attn_mask=mask)
+    wide = torch.zeros(2, 58, dtype=torch.bool, device=DEVICE)
+    wide[:, ::2] = mask  # a non-contiguous view of the same mask
+    for layout in (
+        mask,
+        mask[:, None, None, :],
+        wide[:, ::2],
+        mask[:, None, None, :].expand(-1, 3, -1, -1),
+    ):
+        assert torch.allclose(flash_attention(q, k, v, attn_mask=layout), expected, atol=1e-5)
+    # batch dim 1 broadcasts over the batch
+    row = mask[:1]
+    expected = naive_attention(q, k, v, attn_mask=row.expand(2, -1))
+    for layout in (row, row[:, None, None, :]):
+        assert torch.allclose(flash_attention(q, k, v, attn_mask=layout), expected, atol=1e-5)
+    # a per-head key mask, (batch, heads, 1, len_k)
+    per_head = torch.rand(2, 3, 1, 29, generator=torch.Generator().manual_seed(3)) < 0.5
+    per_head = per_head.to(DEVICE)
+    expected = naive_attention(q, k, v, attn_mask=per_head)
+    assert torch.allclose(flash_attention(q, k, v, attn_mask=per_head), expected, atol=1e-5)
+
+
+def test_non_contiguous_inputs_and_grad_match_contiguous():
+    q, k, v, dout = random_inputs(2, 3, 21, 33, 24, torch.float32)
+    # (b, n, h, d) storage seen as (b, h, n, d), as a model's head split produces
+    as_bnhd = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v, dout)]
+    assert not as_bnhd[0].is_contiguous()
+    want = output_and_grads(flash_attention, q, k, v, dout, torch.float32, is_causal=True)
+    got = output_and_grads(flash_attention, *as_bnhd, torch.float32, is_causal=True)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lse_and_its_gradient_match_logsumexp():
+    q, k, v, dout = random_inputs(2, 2, 19, 37, 40, torch.float32)
+    mask = random_key_mask(2, 37)
+    kwargs = dict(attn_mask=mask, is_causal=True, scale=0.3)
+    dlse = torch.randn(2, 2, 19, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+
+    def loss_and_grads(fn, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out, lse = fn(*leaves)
+        seen = torch.isfinite(lse)  # -inf for the all-masked batch row
+        loss = (out * dout.to(dtype)).sum() + (lse[seen] * dlse.to(dtype)[seen]).sum()
+        loss.backward()
+        return [lse.double(), *(leaf.grad.double() for leaf in leaves)]
+
+    def reference(q, k, v):
+        scores, allowed = masked_scores(q, k, mask, True, 0.3)
+        seen = allowed.any(-1)  # logsumexp of only -inf has a NaN gradient: keep it out
+        lse = torch.logsumexp(scores.masked_fill(~seen[..., None], 0.0), dim=-1)
+        lse = torch.where(seen, lse, float("-inf"))
+        return naive_attention(q, k, v, attn_mask=mask, is_causal=True, scale=0.3), lse
+
+    got = loss_and_grads(lambda *t: flash_attention(*t, return_lse=True, **kwargs), torch.float32)
+    want = loss_and_grads(reference, torch.float64)
+    assert got[0].dtype == torch.float64 and torch.equal(torch.isinf(got[0]), torch.isinf(want[0]))
+    for a, b in zip(got, want, strict=True):
+        seen = torch.isfinite(b)
+        assert torch.allclose(a[seen], b[seen], atol=1e-5)
+
+
+def test_every_output_element_is_written(monkeypatch):
+    """Every buffer the launchers allocate is pre-filled with NaN; none may survive."""
+
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(fa, "_empty", poisoned)
+    q, k, v, dout = random_inputs(2, 2, 70, 45, 40, torch.float16)
+    mask = random_key_mask(2, 45)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = flash_attention(*leaves, attn_mask=mask, is_causal=True, return_lse=True)
+    out.backward(dout)
+    assert not lse.isnan().any()
+    for t in (out, *(leaf.grad for leaf in leaves)):
+        assert torch.isfinite(t).all()
+
+
+def test_result_does_not_depend_on_block_sizes(monkeypatch):
+    q, k, v, dout = random_inputs(1, 2, 75, 51, 80, torch.float32)
+    mask = random_key_mask(1, 51)
+    results = []
+    for blocks in ((16, 16), (16, 64), (64, 32)):
+        monkeypatch.setattr(fa, "_block_sizes", lambda d, dt, b=blocks: (*b, 4, 1))
+        kwargs = dict(attn_mask=mask, is_causal=True)
+        results.append(output_and_grads(flash_attention, q, k, v, dout, torch.float32, **kwargs))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_empty_lengths():
+    q, k, v, _ = random_inputs(1, 2, 5, 0, 16, torch.float32)
+    out, lse = flash_attention(q, k, v, return_lse=True)
+    assert (out == 0).all() and (lse == float("-inf")).all()
+    q, k, v, _ = random_inputs(1, 2, 0, 5, 16, torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*leaves)
+    out.sum().backward()
+    assert out.shape == (1, 2, 0, 16) and (leaves[1].grad == 0).all()
+
+
+def test_default_scale_is_inverse_sqrt_head_dim():
+    q, k, v, _ = random_inputs(1, 1, 6, 6, 40, torch.float32)
+    assert torch.equal(flash_attention(q, k, v), flash_attention(q, k, v, scale=1 / math.sqrt(40)))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs():
+    q, k, v, _ = random_inputs(2, 2, 5, 6, 16, torch.float32)
+    mask = torch.ones(2, 6, dtype=torch.bool, device=DEVICE)
+    return [
+        ("rank", (q[0], k, v), {}, ValueError, "rank 4"),
+        ("batch", (q, k[:1], v[:1]), {}, ValueError, "batch, heads"),
+        ("kv-len", (q, k, v[:, :, :5]), {}, ValueError, "same length"),
+        ("head-dim", (q, k[..., :8], v), {}, ValueError, "head dims differ"),
+        ("v-head-dim", (q, k, v[..., :8]), {}, ValueError, "value head dim"),
+        ("too-wide", [torch.zeros(1, 1, 2, 256, device=DEVICE)] * 3, {}, ValueError, "head dim 256"),
+        ("mixed-dtype", (q, k.half(), v), {}, TypeError, "one dtype"),
+        ("float64", (q.double(), k.double(), v.double()), {}, TypeError, "float64"),
+        ("not-tensor", (q, k.tolist(), v), {}, TypeError, "k must be a torch.Tensor"),
+        ("mask-dtype", (q, k, v), {"attn_mask": mask.float()}, TypeError, "torch.bool"),
+        ("mask-len", (q, k, v), {"attn_mask": mask[:, :5]}, ValueError, "key mask"),
+        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 6, dtype=torch.bool)}, ValueError, "key mask"),
+        ("mask-full", (q, k, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool)}, ValueError, "full len_q x len_k"),
+        ("mask-3d", (q, k, v), {"attn_mask": mask[:, None]}, ValueError, "key mask"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_bad_input_raises_a_clear_error_before_any_launch(case, monkeypatch):
+    _, args, kwargs, error, message = case
+
+    def no_launch(*a, **kw):
+        raise AssertionError("a kernel was launched")
+
+    monkeypatch.setattr(fa, "_launch", no_launch)
+    with pytest.raises(error, match=message):
+        flash_attention(*args, **kwargs)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_mixed_devices_raise_on_gpu():
+    q, k, v, _ = random_inputs(1, 1, 4, 4, 16, torch.float32)
+    with pytest.raises(ValueError, match="one device"):
+        flash_attention(q, k.cpu(), v)
+
+
+def test_import_without_triton_and_cpu_without_interpreter_raise_runtime_errors():
+    script = """
+import os, sys, torch
+sys.modules["triton"] = None  # as on a machine without Triton
+import kernels
+try:
+    kernels.flash_attention(*[torch.zeros(1, 1, 2, 16)] * 3)
+except RuntimeError as err:
+    assert "Triton" in str(err), err
+else:
+    raise SystemExit("no RuntimeError without triton")
+for name in [m for m in sys.modules if m == "kernels" or m.startswith("kernels.")]:
+    del sys.modules[name]
+del sys.modules["triton"]
+os.environ.pop("TRITON_INTERPRET", None)
+from kernels import flash_attention
+try:
+    flash_attention(*[torch.zeros(1, 1, 2, 16)] * 3)
+except RuntimeError as err:
+    assert "TRITON_INTERPRET=1" in str(err), err
+else:
+    raise SystemExit("no RuntimeError for CPU tensors without the interpreter")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
