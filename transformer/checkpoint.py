@@ -1,0 +1,207 @@
+"""Atomic, self-describing checkpoints.
+
+Layout of a run directory::
+
+    run_dir/
+      config.json                    the TrainConfig of the run
+      tokenizer.json                 the shared subword vocabulary
+      checkpoints/step-00001200/
+        model.safetensors            weights
+        state.pt                     optimizer and scheduler state (torch.save)
+      last.json                      points at the newest checkpoint
+      best.json                      points at the one with the best validation BLEU
+
+A pointer file (``last.json``/``best.json``) names the checkpoint directory and records the model
+config, the tokenizer path, the training position (step, epoch, next batch) and the size and
+SHA-256 of every file. It is written last, through a temporary file, ``fsync`` and
+``os.replace``, so it is the commit point: a run killed while saving leaves the previous pointer,
+which still names complete files. A file that does not match its recorded size or hash (truncated,
+overwritten) is refused with :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+FORMAT_VERSION = 1
+MODEL_FILE, STATE_FILE = "model.safetensors", "state.pt"
+POINTERS = ("last", "best")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: where its files are and what its pointer says."""
+
+    directory: Path
+    meta: dict[str, Any]
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return self.meta["model_config"]
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Load the weights into ``model`` (strict: every parameter, matching shapes)."""
+        path = self.directory / MODEL_FILE
+        try:
+            missing, unexpected = load_model(model, path, strict=False)
+        except (SafetensorError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: weights do not fit this model ({err})") from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not fit this model "
+                f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            )
+
+    def load_state(self) -> dict[str, Any]:
+        """The optimizer/scheduler state saved with :func:`save_checkpoint`."""
+        path = self.directory / STATE_FILE
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle/zip errors have many types
+            raise CheckpointError(f"{path}: unreadable training state ({err})") from None
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    meta: dict[str, Any],
+    best: bool = False,
+) -> Path:
+    """Save weights and training state as ``checkpoints/step-<step>/`` and point ``last.json`` at it.
+
+    Args:
+        run_dir: the run directory.
+        model: the bare model (not a DDP wrapper); tied weights are stored once.
+        state: anything ``torch.save`` can write with plain tensors and containers
+            (optimizer and scheduler ``state_dict``\\ s).
+        meta: JSON-serializable; must hold ``step``. Stored in the pointer files.
+        best: also point ``best.json`` at this checkpoint.
+
+    Checkpoint directories named by neither pointer are deleted afterwards.
+    """
+    run_dir = Path(run_dir)
+    directory = run_dir / "checkpoints" / f"step-{meta['step']:08d}"
+    tmp_dir = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    save_model(model, str(tmp_dir / MODEL_FILE))
+    torch.save(state, tmp_dir / STATE_FILE)
+    for name in (MODEL_FILE, STATE_FILE):
+        _fsync_file(tmp_dir / name)
+    shutil.rmtree(directory, ignore_errors=True)  # a re-save of the same step
+    os.replace(tmp_dir, directory)
+    fsync_dir(directory.parent)
+    pointer = {
+        "format": FORMAT_VERSION,
+        "directory": str(directory.relative_to(run_dir)),
+        "files": {name: _digest(directory / name) for name in (MODEL_FILE, STATE_FILE)},
+        **meta,
+    }
+    atomic_write_json(run_dir / "last.json", pointer)
+    if best:
+        atomic_write_json(run_dir / "best.json", pointer)
+    _remove_unreferenced(run_dir)
+    return directory
+
+
+def _remove_unreferenced(run_dir: Path) -> None:
+    keep = set()
+    for name in POINTERS:
+        path = run_dir / f"{name}.json"
+        if path.is_file():
+            keep.add(json.loads(path.read_text())["directory"])
+    for directory in (run_dir / "checkpoints").iterdir():
+        if str(directory.relative_to(run_dir)) not in keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoint:
+    """Find and verify the checkpoint ``which`` (``"last"`` or ``"best"``) of a run directory.
+
+    Raises:
+        CheckpointError: no such checkpoint, an unreadable pointer, a missing file, or a file
+            whose size or SHA-256 differs from the one recorded when it was written.
+    """
+    run_dir = Path(run_dir)
+    pointer_path = run_dir / f"{which}.json"
+    if not pointer_path.is_file():
+        raise CheckpointError(f"{run_dir}: no checkpoint ({pointer_path.name} not found)")
+    try:
+        meta = json.loads(pointer_path.read_text())
+        directory = run_dir / meta["directory"]
+        files = meta["files"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{pointer_path}: corrupt checkpoint pointer ({err!r})") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{pointer_path}: checkpoint format {meta.get('format')!r}, this code reads {FORMAT_VERSION}"
+        )
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing checkpoint file")
+        actual = _digest(path)
+        if actual["size"] != expected["size"]:
+            raise CheckpointError(
+                f"{path}: corrupt checkpoint file ({actual['size']} bytes, {expected['size']} were "
+                "written; truncated?)"
+            )
+        if actual["sha256"] != expected["sha256"]:
+            raise CheckpointError(
+                f"{path}: corrupt checkpoint file (SHA-256 differs from the one recorded)"
+            )
+    return Checkpoint(directory=directory, meta=meta)
