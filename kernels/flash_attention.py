@@ -392,7 +392,7 @@ def _block_sizes(block_d, dtype):
     if _INTERPRETED:
         return 64, 64, 4, 1  # numpy: fewer, larger blocks run faster; tests vary them
     wide = block_d * dtype.itemsize > 128  # e.g. fp16 with d > 64, or fp32 with d > 32
-    return (64, 32 if wide else 64, 4, 2)
+    return 64, (32 if wide else 64), 4, 2
 
 
 def _check_inputs(q, k, v, attn_mask, scale):
@@ -464,28 +464,29 @@ def _mask_strides(attn_mask, q, k):
         )
     b, h, len_q, _ = q.shape
     len_k = k.shape[2]
-    shape = tuple(attn_mask.shape)
-    if attn_mask.dim() == 2:
-        ok = shape[0] in (1, b) and shape[1] == len_k
-        mb, mn, mh = attn_mask.stride(0), attn_mask.stride(1), 0
-        sizes = (shape[0], 1)
-    elif attn_mask.dim() == 4:
-        ok = shape[0] in (1, b) and shape[1] in (1, h) and shape[2] == 1 and shape[3] == len_k
-        mb, mh, mn = attn_mask.stride(0), attn_mask.stride(1), attn_mask.stride(3)
-        sizes = (shape[0], shape[1])
-    else:
-        ok = False
-    if not ok:
+    # View a 2-D (batch, len_k) mask as (batch, 1, 1, len_k): one layout to check and index.
+    mask4 = attn_mask[:, None, None, :] if attn_mask.dim() == 2 else attn_mask
+    shape = tuple(mask4.shape)
+    if not (
+        mask4.dim() == 4
+        and shape[0] in (1, b)
+        and shape[1] in (1, h)
+        and shape[2] == 1
+        and shape[3] == len_k
+    ):
+        full = attn_mask.dim() >= 2 and len_q > 1 and attn_mask.shape[-2] == len_q
         raise ValueError(
             "flash_attention: attn_mask must be a key mask shaped (batch or 1, len_k) or "
-            f"(batch or 1, heads or 1, 1, len_k) = ({b}|1, {h}|1, 1, {len_k}); got {shape}"
-            + (
-                " (full len_q x len_k masks are not supported)"
-                if len(shape) >= 2 and len_q > 1 and shape[-2] == len_q
-                else ""
-            )
+            f"(batch or 1, heads or 1, 1, len_k) = ({b}|1, {h}|1, 1, {len_k}); "
+            f"got {tuple(attn_mask.shape)}"
+            + (" (full len_q x len_k masks are not supported)" if full else "")
         )
-    return (0 if sizes[0] == 1 else mb), (0 if sizes[1] == 1 else mh), mn
+    # A dimension of size 1 broadcasts: stride 0 makes every batch/head read the same row.
+    return (
+        0 if shape[0] == 1 else mask4.stride(0),
+        0 if shape[1] == 1 else mask4.stride(1),
+        mask4.stride(3),
+    )
 
 
 def _launch(kernel, grid, *args, **meta):
