@@ -2,9 +2,9 @@
 
 Criterion (as in flash-attention's own tests): the kernel's largest error against a float64
 computation of the same inputs is at most twice that of naive attention run in the kernel's
-dtype, plus a small floor (see FLOOR_F32); and nothing is ever NaN. Without CUDA the kernels run
-under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay small;
-the ``cuda`` tests add long sequences where a GPU is present.
+dtype, plus a small floor (see FLOOR_F32); and nothing is ever NaN. Without CUDA the kernels
+run under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay
+small; the ``cuda`` tests add long sequences where a GPU is present.
 """
 
 import importlib
