@@ -31,6 +31,7 @@ import inspect
 import json
 import os
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,6 @@ import torch
 from einops import einsum, reduce
 
 from .attention import MultiHeadAttention
-from .config import ModelConfig
 from .decoding import beam_search, greedy_decode
 from .model import Transformer
 
@@ -368,6 +368,7 @@ def sentence_map(
     grid: bool = False,
     method: str = "naive",
     beam_size: int = 4,
+    length_penalty: float = 0.6,
     translation: str | None = None,
 ) -> SentenceMap:
     """Translate ``sentence`` (or take the given ``translation``) and compute its map."""
@@ -388,7 +389,7 @@ def sentence_map(
         if beam_size == 1:
             (out_ids,) = greedy_decode(model, src, BOS_ID, EOS_ID)
         else:
-            (out_ids,) = beam_search(model, src, BOS_ID, EOS_ID, beam_size)
+            (out_ids,) = beam_search(model, src, BOS_ID, EOS_ID, beam_size, length_penalty)
     else:
         (out_ids,) = encode(tokenizer, [translation])
     tgt_in = torch.tensor([[BOS_ID, *out_ids]], device=device)
@@ -435,8 +436,8 @@ def figure_size(
 
     The PNG is exactly ``round(width * dpi)`` by ``round(height * dpi)`` pixels.
     """
-    width = grid_cols * (max(cols, 4) * CELL_INCHES + LABEL_INCHES) + COLORBAR_INCHES
-    height = grid_rows * (max(rows, 4) * CELL_INCHES + LABEL_INCHES) + 0.6
+    width = grid_cols * (max(cols, 6) * CELL_INCHES + LABEL_INCHES) + COLORBAR_INCHES
+    height = grid_rows * (max(rows, 6) * CELL_INCHES + LABEL_INCHES) + 0.6
     return width, height
 
 
@@ -492,7 +493,9 @@ def plot_map(sentence_map: SentenceMap, path: str | os.PathLike, dpi: int = 100)
             if r == grid_rows - 1:
                 ax.set_xlabel(key_name)
     what = "every head" if m.grid else _what(m.layer, m.head)
-    fig.suptitle(f"{m.kind} attention ({what}, {m.method})\n{m.source}\n→ {m.translation}")
+    width_chars = int(fig.get_figwidth() / 0.09)  # about one 10-point character per 0.09 inch
+    lines = [f"{m.kind} attention, {what} ({m.method} weights)", m.source, f"→ {m.translation}"]
+    fig.suptitle("\n".join(textwrap.fill(line, width_chars) for line in lines), fontsize=10)
     fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -513,23 +516,16 @@ def write_csv(sentence_map: SentenceMap, path: str | os.PathLike) -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
-def load_model(run_dir: str | os.PathLike, which: str = "auto", device: str = "cpu"):
-    """The model (in eval mode) and tokenizer of a training run directory.
+def load_model(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
+    """The model (in eval mode) and tokenizer of a run directory written by ``train.py``.
 
-    ``which``: ``best`` or ``last`` checkpoint; ``auto`` takes ``best`` when there is one.
+    ``which``: the ``best`` checkpoint (``last`` while the run has no best yet) or ``last``;
+    loaded exactly as ``python -m transformer.translate`` loads it.
     """
-    from .checkpoint import load_checkpoint
-    from .tokenizer import load_tokenizer
+    from .translate import Translator
 
-    run_dir = Path(run_dir)
-    if which == "auto":
-        which = "best" if (run_dir / "best.json").is_file() else "last"
-    checkpoint = load_checkpoint(run_dir, which)
-    model = Transformer(ModelConfig(**checkpoint.model_config))
-    checkpoint.load_weights(model)
-    tokenizer_name = checkpoint.meta.get("tokenizer", "tokenizer.json")
-    tokenizer = load_tokenizer(run_dir / tokenizer_name)
-    return model.to(device).eval(), tokenizer
+    translator = Translator(run_dir, which, device)
+    return translator.model, translator.tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -587,10 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="beam width; 1 decodes greedily (default: %(default)s)",
     )
     parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=0.6,
+        help="GNMT length penalty alpha of the beam search (default: %(default)s)",
+    )
+    parser.add_argument(
         "--which",
-        choices=("auto", "best", "last"),
-        default="auto",
-        help="which checkpoint of the run; auto = best if there is one, else last "
+        choices=("best", "last"),
+        default="best",
+        help="which checkpoint of the run; best falls back to last while the run has no best "
         "(default: %(default)s)",
     )
     parser.add_argument("--json", default=None, help="also write the weights as JSON here")
@@ -606,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="cpu", help="torch device to run the model on (default: %(default)s)"
     )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
     return parser
 
 
@@ -620,6 +623,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--beam-size must be >= 1, got {args.beam_size}")
     if args.dpi < 1:
         parser.error(f"--dpi must be >= 1, got {args.dpi}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.method == "flash" and not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is first imported
     from .checkpoint import CheckpointError
@@ -640,6 +647,7 @@ def main(argv: list[str] | None = None) -> None:
             grid=args.grid,
             method=args.method,
             beam_size=args.beam_size,
+            length_penalty=args.length_penalty,
             translation=args.translation,
         )
     except ValueError as err:
