@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate (loss, BLEU, checkpoint) every N steps; 0: at epoch ends only",
     )
     g.add_argument(
+        "--no-epoch-eval",
+        dest="eval_at_epoch_end",
+        action="store_false",
+        default=None,
+        help="do not validate at each epoch's end (only every --eval-every steps and at the end)",
+    )
+    g.add_argument(
         "--checkpoint-every",
         type=nonnegative_int,
         default=d.checkpoint_every,
@@ -274,6 +281,7 @@ TRAIN_OPTIONS = (
     "max_steps",
     "time_budget",
     "eval_every",
+    "eval_at_epoch_end",
     "checkpoint_every",
     "log_every",
     "beam_size",

@@ -7,7 +7,7 @@
 2. train with token-count batches (:mod:`transformer.batching`), label-smoothed cross-entropy,
    AdamW under an inverse-square-root schedule with linear warm-up, gradient clipping and bf16
    autocast where it pays;
-3. every ``eval_every`` steps and at each epoch's end: validation loss and sacreBLEU, a
+3. every ``eval_every`` steps, at each epoch's end and at the end: validation loss and sacreBLEU, a
    checkpoint, ``best.json`` moved when BLEU improves; every ``checkpoint_every`` steps a
    checkpoint;
 4. at the end: the best checkpoint's BLEU on the test split.
@@ -103,6 +103,7 @@ class TrainConfig:
     time_budget: float | None = 7.0
     # evaluation and checkpoints
     eval_every: int = 0
+    eval_at_epoch_end: bool = True
     checkpoint_every: int = 500
     log_every: int = 10
     beam_size: int = 4
@@ -619,7 +620,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 epoch, next_batch = epoch + 1, 0
             train_time += time.time() - loop_start
             done = out_of_budget()
-            if done or end_of_epoch or (config.eval_every and step % config.eval_every == 0):
+            periodic = config.eval_every and step % config.eval_every == 0
+            if done or (end_of_epoch and config.eval_at_epoch_end) or periodic:
                 eval_start = time.time()
                 checkpoint_now(run_validation())
                 last_eval_step = step

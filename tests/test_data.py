@@ -1,0 +1,97 @@
+"""The corpus reader refuses malformed parallel data with a message naming the file and line."""
+
+from __future__ import annotations
+
+import gzip
+
+import datasets
+import pytest
+
+from transformer.batching import batch_indices, shard
+from transformer.data import DEFAULT_DATA_DIR, CorpusError, load_split, read_lines, read_parallel
+
+
+def write(path, text: str | bytes) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    if path.suffix == ".gz":
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def test_reads_plain_and_gzip_files_alike(tmp_path):
+    for name in ("a.de", "a.de.gz"):
+        write(tmp_path / name, "Ein Hund.\r\nZwei Katzen.\n")
+        assert read_lines(tmp_path / name) == ["Ein Hund.", "Zwei Katzen."]
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(CorpusError, match=r"nothere\.de: no such file"):
+        read_lines(tmp_path / "nothere.de")
+
+
+def test_undecodable_bytes_name_file_and_line(tmp_path):
+    write(tmp_path / "bad.de.gz", b"gut\nauch gut\nkaputt \xff\xfe\n")
+    with pytest.raises(CorpusError, match=r"bad\.de\.gz:3: not valid UTF-8"):
+        read_lines(tmp_path / "bad.de.gz")
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_empty_line_names_file_and_line(tmp_path, blank):
+    write(tmp_path / "x.en", f"one\ntwo\n{blank}\nfour\n")
+    with pytest.raises(CorpusError, match=r"x\.en:3: empty line"):
+        read_lines(tmp_path / "x.en")
+
+
+def test_line_count_mismatch_is_refused_not_truncated(tmp_path):
+    write(tmp_path / "t.de", "a\nb\nc\n")
+    write(tmp_path / "t.en", "a\nb\n")
+    with pytest.raises(
+        CorpusError, match=r"line-count mismatch: .*t\.de has 3 lines, .*t\.en has 2"
+    ):
+        read_parallel(tmp_path / "t.de", tmp_path / "t.en")
+
+
+def test_corrupt_gzip_is_refused(tmp_path):
+    text = "".join(f"Satz {i} mit etwas Inhalt.\n" for i in range(2000)).encode()
+    packed = gzip.compress(text)
+    (tmp_path / "c.de.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(CorpusError, match=r"c\.de\.gz: cannot read"):
+        read_lines(tmp_path / "c.de.gz")
+
+
+def test_directory_split_missing_file(tmp_path):
+    write(tmp_path / "train.de", "a\n")
+    with pytest.raises(CorpusError, match=r"no file for split 'train', language 'en'"):
+        load_split(tmp_path, "train")
+
+
+def test_saved_datasets_directory(tmp_path):
+    good = datasets.Dataset.from_dict(
+        {"de": ["Hallo Welt.", "Ja."], "en": ["Hello world.", "Yes."]}
+    )
+    datasets.DatasetDict({"train": good, "validation": good}).save_to_disk(str(tmp_path / "ok"))
+    val = load_split(tmp_path / "ok", "val")
+    assert val["en"][:] == ["Hello world.", "Yes."]
+    bad = datasets.Dataset.from_dict({"de": ["Hallo", ""], "en": ["Hello", "x"]})
+    datasets.DatasetDict({"train": bad}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(CorpusError, match=r"row 1 of column 'de' is empty"):
+        load_split(tmp_path / "bad", "train")
+
+
+def test_shipped_multi30k_is_complete():
+    sizes = {"train": 29000, "val": 1014, "test_2016_flickr": 1000}
+    for split, size in sizes.items():
+        ds = load_split(DEFAULT_DATA_DIR, split)
+        assert len(ds) == size and ds.column_names == ["de", "en"]
+
+
+def test_batches_fit_budget_cover_everything_and_depend_only_on_seed_and_epoch():
+    lengths = [(i * 7) % 23 + 1 for i in range(500)]
+    batches = batch_indices(lengths, 64, seed=3, epoch=1)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(len(b) * max(lengths[i] for i in b) <= 64 for b in batches)
+    assert batches == batch_indices(lengths, 64, seed=3, epoch=1)
+    assert batches != batch_indices(lengths, 64, seed=3, epoch=2)
+    shards = [shard(batches, r, 3) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1
+    assert not set(map(tuple, shards[0])) & set(map(tuple, shards[1]))

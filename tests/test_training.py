@@ -1,0 +1,244 @@
+"""The training pipeline end to end on a tiny model and a slice of Multi30K.
+
+What is checked: the loop can overfit (loss falls far, training sentences come back), a stopped
+and resumed run equals an uninterrupted one, broken checkpoints are refused, two gloo ranks stay
+identical, the attention backends give the same loss, and translate.py reads what train.py wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
+
+import train as train_cli  # noqa: E402
+from transformer import translate  # noqa: E402
+from transformer.batching import make_batch  # noqa: E402
+from transformer.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from transformer.config import ModelConfig  # noqa: E402
+from transformer.data import DEFAULT_DATA_DIR  # noqa: E402
+from transformer.evaluation import translate_ids  # noqa: E402
+from transformer.model import Transformer  # noqa: E402
+from transformer.tokenizer import decode, encode, load_tokenizer  # noqa: E402
+from transformer.training import (  # noqa: E402
+    TrainConfig,
+    _encode_split,
+    label_smoothed_loss,
+    train,
+)
+
+TINY_MODEL = ModelConfig(
+    1, 1, d_model=64, heads=2, encoder_layers=2, decoder_layers=2, d_ff=128, dropout=0.1
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The first sentences of each Multi30K split, as a corpus directory of plain text files."""
+    directory = tmp_path_factory.mktemp("corpus")
+    for split, count in (("train", 64), ("val", 16), ("test_2016_flickr", 16)):
+        for lang in ("de", "en"):
+            with gzip.open(DEFAULT_DATA_DIR / f"{split}.{lang}.gz", "rt", encoding="utf-8") as f:
+                lines = [next(f) for _ in range(count)]
+            (directory / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
+    return directory
+
+
+def tiny_config(corpus: Path, run_dir: Path, **changes) -> TrainConfig:
+    base = dict(
+        model=TINY_MODEL, data=str(corpus), run_dir=str(run_dir), vocab_size=400, max_tokens=256,
+        lr=3e-3, warmup_steps=20, time_budget=None, threads=1, progress=False, log_every=1,
+        checkpoint_every=0, final_test=False, amp="off", beam_size=2,
+    )  # fmt: skip
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+
+
+def test_overfits_a_small_slice_and_reproduces_its_sentences(corpus, tmp_path):
+    config = tiny_config(
+        corpus, tmp_path / "run", model=dataclasses.replace(TINY_MODEL, dropout=0.0),
+        train_limit=24, max_steps=300, lr=5e-3, label_smoothing=0.0, eval_at_epoch_end=False,
+    )  # fmt: skip
+    result = train(config)
+    start, end = sum(result.losses[:5]) / 5, sum(result.losses[-10:]) / 10
+    assert end < 0.1 * start, (start, end)
+    tokenizer = load_tokenizer(tmp_path / "run" / "tokenizer.json")
+    sources = (corpus / "train.de").read_text().splitlines()[:24]
+    targets = (corpus / "train.en").read_text().splitlines()[:24]
+    hyps = decode(tokenizer, translate_ids(result.model, encode(tokenizer, sources), beam_size=1))
+    exact = sum(h == t for h, t in zip(hyps, targets, strict=True))
+    assert exact >= 20, list(zip(hyps, targets, strict=True))
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(corpus, tmp_path):
+    whole = train(tiny_config(corpus, tmp_path / "whole", max_steps=14))
+    # Stop after 6 steps (mid-epoch: an epoch of 64 pairs is ~9 batches), then resume to 14.
+    part = tiny_config(corpus, tmp_path / "part", max_steps=6)
+    train(part)
+    assert load_checkpoint(tmp_path / "part").meta["step"] == 6
+    resumed = train(dataclasses.replace(part, max_steps=14), resume=True)
+    assert resumed.step == whole.step == 14
+    losses_whole, losses_resumed = train_losses(tmp_path / "whole"), train_losses(tmp_path / "part")
+    assert sorted(losses_resumed) == list(range(1, 15))
+    for step, loss in losses_whole.items():
+        assert losses_resumed[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
+    for (name, a), b in zip(
+        whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_truncated_or_mismatched_checkpoint_is_refused(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "run", max_steps=3)
+    train(config)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    wrong = Transformer(
+        dataclasses.replace(TINY_MODEL, d_model=32, src_vocab_size=400, tgt_vocab_size=400)
+    )
+    with pytest.raises(CheckpointError, match="do not fit this model"):
+        checkpoint.load_weights(wrong)
+    weights = checkpoint.directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: corrupt checkpoint file .*truncated"
+    ):
+        load_checkpoint(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="truncated"):
+        train(dataclasses.replace(config, max_steps=6), resume=True)
+    (tmp_path / "run" / "last.json").write_text('{"format": 1, "direc')
+    with pytest.raises(CheckpointError, match="corrupt checkpoint pointer"):
+        load_checkpoint(tmp_path / "run")
+
+
+def test_backends_give_the_same_loss(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "run", max_steps=1)
+    train(config)  # for its tokenizer
+    tokenizer = load_tokenizer(tmp_path / "run" / "tokenizer.json")
+    from transformer.data import load_split
+
+    data = _encode_split(tokenizer, load_split(corpus, "train"), config, 32, filter_long=False)
+    batch = make_batch(data.src, data.tgt)
+    vocab = tokenizer.get_vocab_size()
+    base = dataclasses.replace(TINY_MODEL, dropout=0.0, src_vocab_size=vocab, tgt_vocab_size=vocab)
+    backends = ["naive", "sdpa"]
+    if (
+        importlib.util.find_spec("kernels.flash_attention")
+        and os.environ.get("TRITON_INTERPRET") == "1"
+    ):
+        backends.append("triton")
+    torch.manual_seed(0)
+    reference = Transformer(base)
+    losses = {}
+    for backend in backends:
+        model = Transformer(dataclasses.replace(base, backend=backend))
+        model.load_state_dict(reference.state_dict())
+        losses[backend] = label_smoothed_loss(
+            model(batch.src, batch.tgt_in), batch.tgt_out, 0.1
+        ).item()
+    for loss in losses.values():
+        assert loss == pytest.approx(losses["naive"], abs=1e-5), losses
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out_dir: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    import torch.distributed as dist
+
+    result = train(config)
+    torch.save(result.model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_take_a_step_and_stay_identical(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "run", max_steps=1, val_limit=4)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    initial = Transformer(
+        dataclasses.replace(TINY_MODEL, src_vocab_size=states[0]["src_embed.embedding.weight"].shape[0],
+                            tgt_vocab_size=states[0]["src_embed.embedding.weight"].shape[0])
+    )  # fmt: skip
+    moved = False
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, rtol=0, atol=0, msg=name)
+        moved |= name in initial.state_dict() and not torch.equal(value, initial.state_dict()[name])
+    assert moved, "the step changed no parameter"
+    # Only rank 0 wrote the run: one checkpoint, at step 1.
+    assert load_checkpoint(tmp_path / "run").meta["step"] == 1
+
+
+def test_translate_reads_a_checkpoint_written_by_train_py(corpus, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    argv = [
+        "--run-dir", str(run_dir), "--data", str(corpus), "--d-model", "64", "--heads", "2",
+        "--encoder-layers", "1", "--decoder-layers", "1", "--d-ff", "128", "--vocab-size", "400",
+        "--max-tokens", "256", "--max-steps", "30", "--threads", "1", "--no-progress",
+        "--beam-size", "2", "--warmup-steps", "10", "--amp", "off",
+    ]  # fmt: skip
+    assert train_cli.main(argv) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {"test_bleu", "test_bleu_lc", "val_bleu", "val_bleu_lc"} <= set(results)
+    assert (run_dir / "curves.png").stat().st_size > 0
+    capsys.readouterr()
+
+    sentences = (corpus / "test_2016_flickr.de").read_text().splitlines()[:5]
+    lines = [sentences[0], "", *sentences[1:]]
+    (tmp_path / "in.de").write_text("\n".join(lines) + "\n")
+    args = ["--checkpoint", str(run_dir), "--beam-size", "2"]
+    assert (
+        translate.main(
+            [*args, "--input", str(tmp_path / "in.de"), "--output", str(tmp_path / "out.en")]
+        )
+        == 0
+    )
+    out = (tmp_path / "out.en").read_text().split("\n")
+    assert len(out) == len(lines) + 1 and out[-1] == "" and out[1] == ""
+
+    # The same through stdin/stdout, and the same as translating in-process.
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("\n".join(lines) + "\n"))
+    assert translate.main(args) == 0
+    assert capsys.readouterr().out.split("\n") == out
+    direct = translate.Translator(run_dir).translate(sentences, beam_size=2)
+    assert [out[0], *out[2:-1]] == direct
+
+    # The checkpoint is self-contained: weights load by name into a fresh model.
+    weights = load_file(load_checkpoint(run_dir, "best").directory / "model.safetensors")
+    assert any(name.startswith("encoder.") for name in weights)
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+    for argv, message in (
+        (["--lr", "0"], "must be positive"),
+        (["--attention", "flash"], "invalid choice"),
+        (["--data", str(tmp_path / "nowhere")], "no such directory"),
+        (["--resume", str(tmp_path)], "not a run directory"),
+        (["--heads", "3"], "divisible"),
+    ):
+        with pytest.raises(SystemExit):
+            train_cli.main(argv)
+        assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
