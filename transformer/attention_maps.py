@@ -627,8 +627,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.method == "flash" and not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is first imported
+    if not torch.cuda.is_available():
+        # The flash method, or a model trained with backend "triton", runs the kernel; on the
+        # CPU only under the interpreter, which triton reads when it is first imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     from .checkpoint import CheckpointError
 
     try:
