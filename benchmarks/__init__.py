@@ -1,0 +1,1 @@
+"""Benchmarks: attention memory and speed against length, and whole-model training speed."""
