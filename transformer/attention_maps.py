@@ -455,25 +455,20 @@ def _what(layer: int | None, head: int | None) -> str:
     return f"{layer_text}, {head_text}"
 
 
-def plot_map(sentence_map: SentenceMap, path: str | os.PathLike, dpi: int = 100) -> None:
-    """Write a heat map PNG: queries down the side, keys along the top, one colour bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def draw_map(sentence_map: SentenceMap, dpi: int = 100):
+    """A matplotlib Figure of the heat map(s): queries down the side, keys along the top, one
+    colour bar. Built without pyplot, so it touches no global backend (a notebook can show it).
+    """
+    from matplotlib.figure import Figure
 
     m = sentence_map
     weights = m.weights if m.grid else m.weights[None, None]
     grid_rows, grid_cols = weights.shape[:2]
     rows, cols = weights.shape[-2:]
-    fig, axes = plt.subplots(
-        grid_rows,
-        grid_cols,
-        figsize=figure_size(rows, cols, grid_rows, grid_cols),
-        dpi=dpi,
-        squeeze=False,
-        layout="constrained",
+    fig = Figure(
+        figsize=figure_size(rows, cols, grid_rows, grid_cols), dpi=dpi, layout="constrained"
     )
+    axes = fig.subplots(grid_rows, grid_cols, squeeze=False)
     vmax = max(float(weights.max()), 1e-9) if weights.numel() else 1.0
     query_name, key_name = _axis_names(m.kind)
     image = None
@@ -497,8 +492,12 @@ def plot_map(sentence_map: SentenceMap, path: str | os.PathLike, dpi: int = 100)
     lines = [f"{m.kind} attention, {what} ({m.method} weights)", m.source, f"→ {m.translation}"]
     fig.suptitle("\n".join(textwrap.fill(line, width_chars) for line in lines), fontsize=10)
     fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    return fig
+
+
+def plot_map(sentence_map: SentenceMap, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Write the heat map(s) as a PNG of exactly :func:`figure_size` inches times ``dpi``."""
+    draw_map(sentence_map, dpi).savefig(path, dpi=dpi)
 
 
 def write_json(sentence_map: SentenceMap, path: str | os.PathLike) -> None:
