@@ -537,7 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
             "from the end."
         ),
     )
-    parser.add_argument("--checkpoint", required=True, help="training run directory")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train.py"
+    )
     parser.add_argument("--sentence", required=True, help="the source (German) sentence")
     parser.add_argument(
         "--output", default="attention.png", help="PNG to write (default: %(default)s)"
