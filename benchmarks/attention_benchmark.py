@@ -25,9 +25,11 @@ import itertools
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from benchmarks import common
+from transformer.attention import attend
 
 IMPLEMENTATIONS = ("naive", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "triton")
 LABELS = {
@@ -57,9 +59,7 @@ DTYPE = torch.bfloat16
 WARMUP_LEN = 32
 
 
-def sdpa_backend(impl: str):
-    from torch.nn.attention import SDPBackend
-
+def sdpa_backend(impl: str) -> SDPBackend:
     return {
         "sdpa_flash": SDPBackend.FLASH_ATTENTION,
         "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -70,14 +70,10 @@ def sdpa_backend(impl: str):
 
 def attention_call(impl: str, causal: bool):
     """``call(q, k, v) -> out`` for one implementation."""
-    from transformer.attention import attend
-
     if impl == "naive":
         return lambda q, k, v: attend(q, k, v, is_causal=causal, backend="naive")
     if impl == "triton":
         return lambda q, k, v: attend(q, k, v, is_causal=causal, backend="triton")
-    from torch.nn.attention import sdpa_kernel
-
     backend = sdpa_backend(impl)
 
     def call(q, k, v):
@@ -169,7 +165,7 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
                 records[pass_] = {"status": "ok", "median_ms": ms, "tflops": flops / ms / 1e9}
             del fn
         except Exception as err:  # noqa: BLE001
-            records[pass_] = common.failure(err)
+            records[pass_] = common.failure(err, capped=memory_cap_bytes is not None)
         for t in (q, k, v):
             t.grad = None
     return records
@@ -193,7 +189,7 @@ def run_phase(spec: dict, device: torch.device, memory_cap_bytes: int | None) ->
 
 
 def sweep(args, device: torch.device) -> list[dict]:
-    configs = list(itertools.product(args.head_dims, (False, True)))
+    configs = list(itertools.product(args.head_dims, args.causal_modes))
     kernel_missing = kernel_availability(device) if "triton" in args.impls else None
     cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * common.MIB
     records = []
@@ -310,10 +306,9 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
     table = _lookup(records)
-    configs = list(itertools.product(args.head_dims, (False, True)))
+    configs = list(itertools.product(args.head_dims, args.causal_modes))
     panels = [("memory", p) for p in MEMORY_PASSES] + [("time", p) for p in PASSES]
     notes = _absent_notes(records, args.impls)
     top_in, bottom_in = 1.1, 0.3 + 0.2 * len(notes)  # title + legend; notes on absent lines
@@ -325,6 +320,7 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
         for col, (measure, pass_) in enumerate(panels):
             ax = axes[row][col]
             key = "peak_bytes" if measure == "memory" else "tflops"
+            plotted = False
             for slot, impl in enumerate(args.impls):
                 by_length = {}
                 for n in args.lengths:
@@ -333,13 +329,9 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
                         record = {**record, "peak_bytes": record["peak_bytes"] / common.MIB}
                     if record is not None:
                         by_length[n] = record
-                common.plot_series(
-                    ax, args.lengths, by_length, key, {**STYLES[impl], "label": LABELS[impl]}, slot
-                )
-            ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(FuncFormatter(common.format_length))
-            ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
+                style = {**STYLES[impl], "label": LABELS[impl]}
+                plotted |= common.plot_series(ax, args.lengths, by_length, key, style, slot)
+            common.log_axes(ax, plotted)
             if row == 0:
                 unit = "peak memory (MiB)" if measure == "memory" else "TFLOP/s"
                 ax.set_title(f"{unit}\n{PASS_LABELS[pass_]}", fontsize=11)
@@ -403,7 +395,7 @@ def _absent_notes(records: list[dict], impls) -> list[str]:
 
 def markdown(records: list[dict], ratio_records: list[dict], args) -> str:
     table = _lookup(records)
-    configs = list(itertools.product(args.head_dims, (False, True)))
+    configs = list(itertools.product(args.head_dims, args.causal_modes))
     sections = []
     header_impls = [LABELS[i] for i in args.impls]
     for measure, passes in (("memory", MEMORY_PASSES), ("time", PASSES)):
@@ -459,6 +451,9 @@ def parse_args(argv=None):
         help="implementations to compare",
     )
     parser.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
+    parser.add_argument(
+        "--causal", default="both", choices=("both", "no", "yes"), help="causal attention"
+    )
     parser.add_argument("--min-len", type=int, default=128)
     parser.add_argument(
         "--max-len", type=int, default=None, help="default: 65536 on CUDA, 4096 on the CPU"
@@ -490,6 +485,7 @@ def main(argv=None) -> dict:
     args.batch = args.batch or (2 if cuda else 1)
     args.heads = args.heads or (16 if cuda else 4)
     args.lengths = common.doubling(args.min_len, args.max_len)
+    args.causal_modes = {"both": [False, True], "no": [False], "yes": [True]}[args.causal]
     torch.set_num_threads(1)
     env = common.environment(device)
     records = sweep(args, device)

@@ -25,6 +25,7 @@ means "over ``--cpu-memory-cap-mib``", never a machine brought to its knees.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import importlib
 import importlib.metadata
@@ -200,8 +201,11 @@ def is_unsupported(err: BaseException) -> bool:
     )
 
 
-def failure(err: BaseException) -> dict:
-    """A result record for a call that raised."""
+def failure(err: BaseException, capped: bool = False) -> dict:
+    """A result record for a call that raised. ``capped``: under ``cap_address_space``, where
+    oneDNN reports a failed allocation as "could not create a primitive"."""
+    if capped and "could not create a primitive" in str(err):
+        return {"status": "oom", "note": "oneDNN could not create a primitive under the cap"}
     if is_oom(err):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -239,6 +243,13 @@ def _ru_maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def _release_free_heap() -> None:
+    """Hand memory that glibc's malloc holds free back to the kernel, so that the resident set
+    is what is live and a later allocation shows up in the peak again (no-op off glibc)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     """Bytes above what was allocated before ``fn()`` at the peak of running it."""
     if device.type == "cuda":
@@ -250,6 +261,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - baseline
     # CPU: meant to run in a fresh child process (see run_isolated).
+    _release_free_heap()
     reset = _reset_peak_rss()
     baseline = _proc_status_bytes("VmRSS") if reset else None
     if baseline is None:  # no /proc: the child's high-water mark so far is the baseline
@@ -291,15 +303,15 @@ def median_ms(
 _CONTEXT: multiprocessing.context.BaseContext | None = None
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    """Fork children from a server that has imported torch already: a fresh process per point
-    for a few milliseconds, not the seconds a spawn spends importing torch again."""
+def _context(preload: str) -> multiprocessing.context.BaseContext:
+    """Fork children from a server that has imported torch and ``preload`` already: a fresh
+    process per point for a few milliseconds, not the seconds a spawn spends on imports."""
     global _CONTEXT
     if _CONTEXT is None:
         methods = multiprocessing.get_all_start_methods()
         _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
-            _CONTEXT.set_forkserver_preload(["torch", "benchmarks.common"])
+            _CONTEXT.set_forkserver_preload(["torch", "benchmarks.common", preload])
     return _CONTEXT
 
 
@@ -333,7 +345,7 @@ def cap_address_space(extra_bytes: int | None) -> None:
 def run_isolated(target: str, spec: dict, memory_cap_bytes: int | None) -> dict:
     """``module:function`` called as ``function(spec, memory_cap_bytes)`` in a fresh process;
     its dict result, or an oom/error record if the child died (killed: out of memory)."""
-    ctx = _context()
+    ctx = _context(target.split(":")[0])
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child, args=(target, spec, memory_cap_bytes, child_conn))
     process.start()
@@ -344,9 +356,12 @@ def run_isolated(target: str, spec: dict, memory_cap_bytes: int | None) -> dict:
     process.join()
     if result is not None:
         return result
-    if process.exitcode is not None and process.exitcode < 0 and -process.exitcode == 9:
+    if process.exitcode == -9:
         return {"status": "oom", "note": "child process killed (SIGKILL), most likely for memory"}
-    return {"status": "error", "note": f"child process exited with code {process.exitcode}"}
+    note = f"child process exited with code {process.exitcode}"
+    if process.exitcode == -11 and memory_cap_bytes is not None:
+        note += " (SIGSEGV: a library that does not check for failed allocations hit the cap?)"
+    return {"status": "error", "note": note}
 
 
 # --- writing results --------------------------------------------------------------------------
@@ -397,6 +412,18 @@ def plot_series(
             transform=ax.get_xaxis_transform(),
             clip_on=False,
         )
+    return bool(xs)
+
+
+def log_axes(ax, any_data: bool) -> None:
+    """Log-scaled axes, lengths on x in base 2 (y stays linear on a panel with no data)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(format_length))
+    if any_data:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def format_length(n: float, _position=None) -> str:

@@ -1,0 +1,118 @@
+"""The benchmark scripts' CPU paths, end to end on tiny settings.
+
+Nothing here times anything or looks at a timing: it checks that each script runs, writes JSON
+with the environment metadata, marks out-of-memory and not-measurable points as such, and writes
+its PNG and markdown table.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STATUSES = {"ok", "oom", "unsupported", "not_measurable", "unavailable", "skipped", "error"}
+ENVIRONMENT_KEYS = {"device_type", "device_name", "driver", "torch", "triton", "date", "command"}
+
+
+def run_script(module: str, out_dir: Path, *args: str) -> dict:
+    """Run ``python -m module`` from the repository root on the CPU; its JSON payload."""
+    command = [sys.executable, "-m", module, "--device", "cpu", "--out-dir", str(out_dir), *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stem = "bench"
+    assert "| length |" in done.stdout or "| head dim |" in done.stdout  # the markdown table
+    for suffix in (".json", ".png", ".md"):
+        path = out_dir / f"{stem}{suffix}"
+        assert path.is_file() and path.stat().st_size > 0, f"{path} missing"
+    return json.loads((out_dir / f"{stem}.json").read_text())
+
+
+def check_environment(payload: dict, benchmark: str) -> None:
+    assert payload["benchmark"] == benchmark
+    env = payload["environment"]
+    assert ENVIRONMENT_KEYS <= set(env)
+    assert env["device_type"] == "cpu"
+    assert env["torch"] and env["device_name"]
+    assert module_name(benchmark) in env["command"]
+
+
+def module_name(benchmark: str) -> str:
+    return f"benchmarks.{benchmark}_benchmark"
+
+
+@pytest.mark.parametrize("module", [module_name("attention"), module_name("model")])
+def test_help(module):
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "usage" in done.stdout
+
+
+def test_attention_benchmark_on_cpu(tmp_path):
+    # Naive attention materialises len x len scores (8 MiB of bf16 at 2048 per tensor, several
+    # of them); SDPA's flash path does not: a 24 MiB cap lets one fit and not the other.
+    payload = run_script(
+        module_name("attention"),
+        tmp_path,
+        *("--tag", "bench", "--impls", "naive", "sdpa_flash", "sdpa_efficient", "triton"),
+        *("--head-dims", "16", "--causal", "no", "--heads", "1", "--min-len", "512"),
+        *("--max-len", "2048", "--cpu-repeats", "1", "--cpu-memory-cap-mib", "24"),
+    )
+    check_environment(payload, "attention")
+    records = payload["records"]
+    assert {r["status"] for r in records} <= STATUSES
+    lengths = {r["seq_len"] for r in records}
+    assert lengths == {512, 1024, 2048}
+    # One record per implementation, length, and measured quantity: none silently skipped.
+    assert len(records) == 4 * 3 * 5
+
+    def status(impl, seq_len, measure, pass_):
+        (record,) = [
+            r
+            for r in records
+            if (r["implementation"], r["seq_len"], r["measure"], r["pass"])
+            == (impl, seq_len, measure, pass_)
+        ]
+        return record["status"]
+
+    assert status("naive", 512, "memory", "forward_backward") == "ok"
+    assert status("naive", 2048, "memory", "forward_backward") in ("oom", "skipped")
+    assert any(r["status"] == "oom" for r in records if r["implementation"] == "naive")
+    assert status("sdpa_flash", 2048, "memory", "forward_backward") == "ok"
+    assert {r["status"] for r in records if r["implementation"] == "triton"} == {"not_measurable"}
+    assert {r["status"] for r in records if r["implementation"] == "sdpa_efficient"} == {
+        "unsupported"
+    }
+    for r in records:
+        if r["status"] == "ok" and r["measure"] == "memory":
+            assert r["peak_bytes"] >= 0
+        if r["status"] == "ok" and r["measure"] == "time":
+            assert {"median_ms", "tflops"} <= set(r)
+        if r["status"] not in ("ok",):
+            assert r.get("note"), r
+    assert payload["ratios"] == []  # no kernel timings on the CPU, so no ratios
+
+
+def test_model_benchmark_on_cpu(tmp_path):
+    # At length 1024 the naive path's scores need about 120 MiB here, SDPA's about 16.
+    payload = run_script(
+        module_name("model"),
+        tmp_path,
+        *("--tag", "bench", "--lengths", "64", "1024", "--batch", "2", "--d-model", "32"),
+        *("--heads", "2", "--layers", "1", "--d-ff", "64", "--vocab", "100"),
+        *("--cpu-repeats", "1", "--cpu-memory-cap-mib", "48"),
+    )
+    check_environment(payload, "model")
+    by_key = {(r["backend"], r["seq_len"]): r for r in payload["records"]}
+    assert set(by_key) == {(b, n) for b in ("naive", "sdpa", "triton") for n in (64, 1024)}
+    assert by_key["naive", 64]["status"] == "ok"
+    assert by_key["sdpa", 64]["status"] == "ok"
+    assert by_key["naive", 1024]["status"] == "oom"
+    assert by_key["sdpa", 1024]["status"] == "ok"
+    assert by_key["triton", 64]["status"] == by_key["triton", 1024]["status"] == "not_measurable"
+    for n in (64, 1024):
+        ok = by_key["sdpa", n]
+        assert ok["peak_bytes"] >= 0 and ok["tgt_tokens_per_s"] > 0
