@@ -311,7 +311,9 @@ def _context(preload: str) -> multiprocessing.context.BaseContext:
         methods = multiprocessing.get_all_start_methods()
         _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
-            _CONTEXT.set_forkserver_preload(["torch", "benchmarks.common", preload])
+            # The first backward imports symbolic_shapes (and sympy): half a second per child.
+            modules = ["torch", "torch.fx.experimental.symbolic_shapes", "benchmarks.common"]
+            _CONTEXT.set_forkserver_preload([*modules, preload])
     return _CONTEXT
 
 
