@@ -273,18 +273,18 @@ def ratios(records: list[dict]) -> list[dict]:
             theirs = timed.get((head_dim, causal, seq_len, pass_, other))
             if other.startswith("sdpa_") and theirs is not None:
                 out.append(
-                    dict(
-                        head_dim=head_dim,
-                        causal=causal,
-                        seq_len=seq_len,
-                        pass_=pass_,
-                        sdpa_backend=other,
-                        ours_tflops=ours["tflops"],
-                        sdpa_tflops=theirs["tflops"],
-                        ratio=ours["tflops"] / theirs["tflops"],
-                    )
+                    {
+                        "head_dim": head_dim,
+                        "causal": causal,
+                        "seq_len": seq_len,
+                        "pass": pass_,
+                        "sdpa_backend": other,
+                        "ours_tflops": ours["tflops"],
+                        "sdpa_tflops": theirs["tflops"],
+                        "ratio": ours["tflops"] / theirs["tflops"],
+                    }
                 )
-    return [{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in out]
+    return out
 
 
 # --- reporting --------------------------------------------------------------------------------

@@ -114,9 +114,7 @@ def environment(device: torch.device) -> dict:
     env = {
         "device_type": device.type,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.orig_argv[1:]])
-        if hasattr(sys, "orig_argv")
-        else shlex.join(sys.argv),
+        "command": shlex.join([Path(sys.executable).name, *sys.orig_argv[1:]]),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": _package_version("triton"),
@@ -303,17 +301,24 @@ def median_ms(
 _CONTEXT: multiprocessing.context.BaseContext | None = None
 
 
-def _context(preload: str) -> multiprocessing.context.BaseContext:
-    """Fork children from a server that has imported torch and ``preload`` already: a fresh
+def _context() -> multiprocessing.context.BaseContext:
+    """Fork children from a server that has imported torch and the model already: a fresh
     process per point for a few milliseconds, not the seconds a spawn spends on imports."""
     global _CONTEXT
     if _CONTEXT is None:
         methods = multiprocessing.get_all_start_methods()
         _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
-            # The first backward imports symbolic_shapes (and sympy): half a second per child.
-            modules = ["torch", "torch.fx.experimental.symbolic_shapes", "benchmarks.common"]
-            _CONTEXT.set_forkserver_preload([*modules, preload])
+            # The first backward imports symbolic_shapes (and sympy): half a second a child.
+            # The scripts themselves are left out: a child re-runs its __main__ module anyway.
+            _CONTEXT.set_forkserver_preload(
+                [
+                    "torch",
+                    "torch.fx.experimental.symbolic_shapes",
+                    "transformer.model",
+                    "benchmarks.common",
+                ]
+            )
     return _CONTEXT
 
 
@@ -347,7 +352,7 @@ def cap_address_space(extra_bytes: int | None) -> None:
 def run_isolated(target: str, spec: dict, memory_cap_bytes: int | None) -> dict:
     """``module:function`` called as ``function(spec, memory_cap_bytes)`` in a fresh process;
     its dict result, or an oom/error record if the child died (killed: out of memory)."""
-    ctx = _context(target.split(":")[0])
+    ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child, args=(target, spec, memory_cap_bytes, child_conn))
     process.start()

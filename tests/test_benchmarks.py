@@ -116,3 +116,34 @@ def test_model_benchmark_on_cpu(tmp_path):
     for n in (64, 1024):
         ok = by_key["sdpa", n]
         assert ok["peak_bytes"] >= 0 and ok["tgt_tokens_per_s"] > 0
+
+
+def test_flop_convention_and_ratios():
+    from benchmarks import attention_benchmark, common
+
+    forward = common.attention_flops(2, 3, 5, 7, 11, causal=False, pass_="forward")
+    assert forward == 4 * 2 * 3 * 5 * 7 * 11
+    assert common.attention_flops(2, 3, 5, 7, 11, True, "forward") == forward / 2
+    assert common.attention_flops(2, 3, 5, 7, 11, False, "backward") == 2.5 * forward
+    assert common.attention_flops(2, 3, 5, 7, 11, False, "forward_backward") == 3.5 * forward
+
+    def timed(impl, tflops, status="ok"):
+        return dict(
+            implementation=impl,
+            head_dim=64,
+            causal=True,
+            seq_len=1024,
+            measure="time",
+            status=status,
+            tflops=tflops,
+            **{"pass": "forward"},
+        )
+
+    records = [
+        timed("triton", 300.0),
+        timed("sdpa_flash", 400.0),
+        timed("sdpa_cudnn", 600.0),
+        timed("sdpa_math", 0.0, status="oom"),
+    ]
+    ratios = {r["sdpa_backend"]: r["ratio"] for r in attention_benchmark.ratios(records)}
+    assert ratios == {"sdpa_flash": 0.75, "sdpa_cudnn": 0.5}
