@@ -73,7 +73,9 @@ class TrainConfig:
     the tokenizer's actual size (at most ``vocab_size``).
     """
 
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(8000, 8000, d_ff=512))
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(8000, 8000, d_ff=512, dropout=0.0)
+    )
     # data
     data: str = str(DEFAULT_DATA_DIR)
     src_lang: str = "de"
@@ -91,20 +93,20 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     # optimization
-    max_tokens: int = 4096
-    lr: float = 2e-3
-    warmup_steps: int = 500
+    max_tokens: int = 2048
+    lr: float = 1.5e-3
+    warmup_steps: int = 150
     beta2: float = 0.98
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
     epochs: int = 100
     max_steps: int | None = None
-    time_budget: float | None = 7.0
+    time_budget: float | None = 8.0
     # evaluation and checkpoints
     eval_every: int = 0
     eval_at_epoch_end: bool = True
-    checkpoint_every: int = 500
+    checkpoint_every: int = 200
     log_every: int = 10
     beam_size: int = 4
     length_penalty: float = 0.6
