@@ -126,9 +126,9 @@ def _pass_fn(call, q, k, v, dout, pass_: str):
 
 
 def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
-    """One phase of one point: ``memory_forward``, ``memory_forward_backward`` or ``time``.
-
-    Returns ``{pass: record}``. Run in-process on CUDA, in a fresh child on the CPU.
+    """One phase of one point: ``spec["phase"]`` is ``("memory", [pass])`` or
+    ``("time", [passes...])``. Returns ``{pass: record}``. Runs in-process on CUDA, in a fresh
+    child process on the CPU (one per memory measurement, so nothing freed earlier is reused).
     """
     device = torch.device(spec["device"])
     call = attention_call(spec["impl"], spec["causal"])
@@ -152,14 +152,10 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
     flops_args = (spec["batch"], spec["heads"], spec["seq_len"], spec["seq_len"], spec["head_dim"])
     for pass_ in passes:
         try:
+            fn = _pass_fn(call, q, k, v, dout, pass_)
             if measure == "memory":
-                fn = _pass_fn(call, q, k, v, dout, pass_)
-                records[pass_] = {
-                    "status": "ok",
-                    "peak_bytes": common.peak_memory(fn, device),
-                }
+                records[pass_] = {"status": "ok", "peak_bytes": common.peak_memory(fn, device)}
             else:
-                fn = _pass_fn(call, q, k, v, dout, pass_)
                 ms = common.median_ms(fn, device, [q, k, v], spec["cpu_repeats"])
                 flops = common.attention_flops(*flops_args, spec["causal"], pass_)
                 records[pass_] = {"status": "ok", "median_ms": ms, "tflops": flops / ms / 1e9}
@@ -471,14 +467,35 @@ def parse_args(argv=None):
     )
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: redraw the PNG and markdown of a results file (e.g. one from a GPU)",
+    )
+    parser.add_argument(
         "--tag", default=None, help="file name stem; default attention_<device kind>"
     )
     args = parser.parse_args(argv)
     return args
 
 
+def report(payload: dict, stem: Path) -> None:
+    """Write ``stem``.png and ``stem``.md from a results payload and print the markdown."""
+    args = argparse.Namespace(**payload["settings"])
+    plot(payload["records"], args, payload["environment"], Path(f"{stem}.png"))
+    text = markdown(payload["records"], payload["ratios"], args)
+    Path(f"{stem}.md").write_text(text + "\n")
+    print(text)
+    print(f"\nwrote {stem}.json, .png and .md")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.replot is not None:
+        payload = common.read_json(args.replot)
+        report(payload, args.replot.with_suffix(""))
+        return payload
     device = common.pick_device(args.device)
     cuda = device.type == "cuda"
     args.max_len = args.max_len or (65536 if cuda else 4096)
@@ -511,11 +528,7 @@ def main(argv=None) -> dict:
         "ratios": ratio_records,
     }
     common.write_json(args.out_dir / f"{stem}.json", payload)
-    plot(records, args, env, args.out_dir / f"{stem}.png")
-    text = markdown(records, ratio_records, args)
-    (args.out_dir / f"{stem}.md").write_text(text + "\n")
-    print(text)
-    print(f"\nwrote {args.out_dir / stem}.json, .png and .md")
+    report(payload, args.out_dir / stem)
     return payload
 
 

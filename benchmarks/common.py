@@ -374,6 +374,10 @@ def run_isolated(target: str, spec: dict, memory_cap_bytes: int | None) -> dict:
 # --- writing results --------------------------------------------------------------------------
 
 
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
@@ -423,14 +427,26 @@ def plot_series(
 
 
 def log_axes(ax, any_data: bool) -> None:
-    """Log-scaled axes, lengths on x in base 2 (y stays linear on a panel with no data)."""
-    from matplotlib.ticker import FuncFormatter
+    """Log-scaled axes with plain tick labels, lengths on x in base 2, and head-room at the top
+    for the out-of-memory crosses (y stays linear on a panel with no data)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(format_length))
-    if any_data:
-        ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
+    if not any_data:
+        return
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * (high / low) ** 0.2)
+    if high / low < 100:  # within a decade or two, ticks at 1, 2, 3, 5 of each decade
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _plain_number(y: float, _position=None) -> str:
+    return f"{y:.0f}" if y >= 100 else f"{y:.3g}"
 
 
 def format_length(n: float, _position=None) -> str:

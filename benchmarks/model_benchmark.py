@@ -218,7 +218,7 @@ def parse_args(argv=None):
         nargs="+",
         type=int,
         default=None,
-        help="default: 256 ... 8192 on CUDA, 64 ... 512 on the CPU",
+        help="default: 256 ... 8192 on CUDA, 64 ... 2048 on the CPU (doubling)",
     )
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on CUDA, 2 on CPU")
     parser.add_argument("--vocab", type=int, default=8000)
@@ -234,15 +234,38 @@ def parse_args(argv=None):
         help="on the CPU, a point whose step needs more than this is recorded as out of memory",
     )
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: redraw the PNG and markdown of a results file (e.g. one from a GPU)",
+    )
     parser.add_argument("--tag", default=None, help="file name stem; default model_<device kind>")
     return parser.parse_args(argv)
 
 
+def report(payload: dict, stem: Path) -> None:
+    """Write ``stem``.png and ``stem``.md from a results payload and print the markdown."""
+    args = argparse.Namespace(**payload["settings"])
+    plot(payload["records"], args, payload["environment"], Path(f"{stem}.png"))
+    text = markdown(payload["records"], args)
+    Path(f"{stem}.md").write_text(text + "\n")
+    print(text)
+    print(f"\nwrote {stem}.json, .png and .md")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.replot is not None:
+        payload = common.read_json(args.replot)
+        report(payload, args.replot.with_suffix(""))
+        return payload
     device = common.pick_device(args.device)
     cuda = device.type == "cuda"
-    args.lengths = args.lengths or (common.doubling(256, 8192) if cuda else [64, 128, 256, 512])
+    args.lengths = args.lengths or (
+        common.doubling(256, 8192) if cuda else common.doubling(64, 2048)
+    )
     args.batch = args.batch or (8 if cuda else 2)
     torch.set_num_threads(1)
     env = common.environment(device)
@@ -268,11 +291,7 @@ def main(argv=None) -> dict:
         "records": records,
     }
     common.write_json(args.out_dir / f"{stem}.json", payload)
-    plot(records, args, env, args.out_dir / f"{stem}.png")
-    text = markdown(records, args)
-    (args.out_dir / f"{stem}.md").write_text(text + "\n")
-    print(text)
-    print(f"\nwrote {args.out_dir / stem}.json, .png and .md")
+    report(payload, args.out_dir / stem)
     return payload
 
 
