@@ -344,7 +344,9 @@ class MetricsLog:
         val = [r for r in self.records if r["split"] == "val"]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         axes[0].plot(
-            [r["step"] for r in train], [r["loss"] for r in train], label="train (smoothed)"
+            [r["step"] for r in train],
+            [r["loss"] for r in train],
+            label="train (label-smoothed CE)",
         )
         axes[0].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val (NLL)")
         axes[0].set(xlabel="step", ylabel="loss", title="loss")
@@ -353,7 +355,9 @@ class MetricsLog:
         axes[1].plot(
             [r["step"] for r in val], [r["bleu_lc"] for r in val], "o-", label="lowercased"
         )
-        axes[1].set(xlabel="step", ylabel="sacreBLEU", title="validation BLEU")
+        beam = val[-1]["beam_size"] if val else 1
+        decoding = "greedy" if beam == 1 else f"beam {beam}"
+        axes[1].set(xlabel="step", ylabel="sacreBLEU", title=f"validation BLEU ({decoding})")
         axes[1].legend()
         axes[2].plot([r["step"] for r in train], [r["lr"] for r in train])
         axes[2].set(xlabel="step", ylabel="learning rate", title="inverse-sqrt schedule")
@@ -412,11 +416,10 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, main: boo
         if not (run_dir / CONFIG_FILE).is_file():
             raise CheckpointError(f"{run_dir}: not a run directory ({CONFIG_FILE} missing)")
         return
+    # Checked on every rank (no rank can have written last.json yet), so all of them stop.
+    if (run_dir / "last.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another run_dir")
     if main:
-        if (run_dir / "last.json").exists():
-            raise FileExistsError(
-                f"{run_dir} already holds a run; resume it or choose another run_dir"
-            )
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
 
@@ -541,7 +544,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         val = None
         if main:
             val = evaluate(model, tokenizer, val_corpus, config, config.val_beam_size, amp)
-            log.log(split="val", step=step, epoch=epoch, **val)
+            log.log(split="val", step=step, epoch=epoch, beam_size=config.val_beam_size, **val)
             log.plot()
             if config.progress:
                 tqdm.write(
