@@ -74,13 +74,22 @@ def fraction(text: str) -> float:
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is a value to show (not for flags or preset-decided options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         description="Train a Transformer encoder-decoder for German→English translation "
         "(Multi30K by default). Writes runs/<name>/ with checkpoints, tokenizer.json, "
         "metrics.jsonl, curves.png and results.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("run")
     g.add_argument(
@@ -141,13 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="attention backend for the whole model (default naive)",
     )
     g.add_argument("--score", choices=SCORES, help="attention score function (default scaled_dot)")
-    g.add_argument("--d-model", type=positive_int)
-    g.add_argument("--heads", type=positive_int)
-    g.add_argument("--encoder-layers", type=nonnegative_int)
-    g.add_argument("--decoder-layers", type=nonnegative_int)
-    g.add_argument("--d-ff", type=positive_int, help="feed-forward width")
-    g.add_argument("--dropout", type=fraction)
-    g.add_argument("--attention-dropout", type=fraction)
+    g.add_argument("--d-model", type=positive_int, help="model width (cpu 256, base 512)")
+    g.add_argument("--heads", type=positive_int, help="attention heads; must divide --d-model")
+    g.add_argument("--encoder-layers", type=nonnegative_int, help="encoder layers (cpu 3, base 6)")
+    g.add_argument("--decoder-layers", type=nonnegative_int, help="decoder layers (cpu 3, base 6)")
+    g.add_argument("--d-ff", type=positive_int, help="feed-forward width (cpu 512, base 2048)")
+    g.add_argument("--dropout", type=fraction, help="residual/embedding dropout (cpu 0, base 0.3)")
+    g.add_argument(
+        "--attention-dropout",
+        type=fraction,
+        help="dropout on attention probabilities (default 0; not with triton)",
+    )
     g.add_argument(
         "--no-tie-embeddings",
         dest="tie_embeddings",
@@ -174,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.weight_decay,
         help="AdamW weight decay (matrices only)",
     )
-    g.add_argument("--label-smoothing", type=fraction, default=d.label_smoothing)
+    g.add_argument(
+        "--label-smoothing",
+        type=fraction,
+        default=d.label_smoothing,
+        help="label smoothing of the training loss",
+    )
     g.add_argument(
         "--clip-norm", type=float, default=d.clip_norm, help="gradient-norm clip; 0 turns it off"
     )
