@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from transformer.cli import HelpFormatter, device_problem
 from transformer.config import BACKENDS, SCORES, ModelConfig
 from transformer.training import CONFIG_FILE, TrainConfig
 
@@ -72,15 +73,6 @@ def fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is a value to show (not for flags or preset-decided options)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or isinstance(action.default, bool):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         config = resumed_config(args, given) if args.resume else config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    problem = device_problem(config.device, allow_auto=True)
+    if problem:
+        parser.error(problem)
 
     if config.model.backend == "triton" and not _triton_can_run(config.device):
         parser.error(

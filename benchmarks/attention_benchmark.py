@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from benchmarks import common
 from transformer.attention import attend
+from transformer.cli import HelpFormatter
 
 IMPLEMENTATIONS = ("naive", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "triton")
 LABELS = {
@@ -436,9 +437,14 @@ def markdown(records: list[dict], ratio_records: list[dict], args) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cuda", "cpu"),
+        help="where to measure; auto: CUDA if present, else the CPU",
+    )
     parser.add_argument(
         "--impls",
         nargs="+",
@@ -446,11 +452,15 @@ def parse_args(argv=None):
         choices=IMPLEMENTATIONS,
         help="implementations to compare",
     )
-    parser.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
+    parser.add_argument(
+        "--head-dims", nargs="+", type=int, default=[64, 128], help="head dimensions to measure"
+    )
     parser.add_argument(
         "--causal", default="both", choices=("both", "no", "yes"), help="causal attention"
     )
-    parser.add_argument("--min-len", type=int, default=128)
+    parser.add_argument(
+        "--min-len", type=int, default=128, help="shortest sequence length; doubled up to --max-len"
+    )
     parser.add_argument(
         "--max-len", type=int, default=None, help="default: 65536 on CUDA, 4096 on the CPU"
     )
@@ -465,7 +475,12 @@ def parse_args(argv=None):
         default=512,
         help="on the CPU, a point that needs more than this is recorded as out of memory",
     )
-    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=common.RESULTS_DIR,
+        help="directory for the results' JSON, PNG and markdown",
+    )
     parser.add_argument(
         "--replot",
         type=Path,

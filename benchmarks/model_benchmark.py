@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from benchmarks import common
+from transformer.cli import HelpFormatter
 from transformer.config import ModelConfig
 from transformer.model import Transformer
 
@@ -209,10 +210,21 @@ def markdown(records: list[dict], args) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cuda", "cpu"),
+        help="where to measure; auto: CUDA if present, else the CPU",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=list(BACKENDS),
+        choices=BACKENDS,
+        help="attention backends to compare",
+    )
     parser.add_argument(
         "--lengths",
         nargs="+",
@@ -221,11 +233,11 @@ def parse_args(argv=None):
         help="default: 256 ... 8192 on CUDA, 64 ... 2048 on the CPU (doubling)",
     )
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on CUDA, 2 on CPU")
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8000, help="source and target vocabulary size")
+    parser.add_argument("--d-model", type=int, default=256, help="model width")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
     parser.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each")
-    parser.add_argument("--d-ff", type=int, default=1024)
+    parser.add_argument("--d-ff", type=int, default=1024, help="feed-forward width")
     parser.add_argument("--cpu-repeats", type=int, default=3, help="timed steps per CPU point")
     parser.add_argument(
         "--cpu-memory-cap-mib",
@@ -233,7 +245,12 @@ def parse_args(argv=None):
         default=2048,
         help="on the CPU, a point whose step needs more than this is recorded as out of memory",
     )
-    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=common.RESULTS_DIR,
+        help="directory for the results' JSON, PNG and markdown",
+    )
     parser.add_argument(
         "--replot",
         type=Path,

@@ -319,6 +319,26 @@ def test_command_rejects_bad_values_with_a_clear_message(tmp_path, run_dir, caps
     assert not (tmp_path / "x.png").exists()
 
 
+def test_command_makes_the_directories_of_its_outputs(tmp_path, run_dir):
+    out = tmp_path / "a" / "map.png"
+    main(
+        ["--checkpoint", str(run_dir), "--sentence", "Ein Hund.", "--beam-size", "1",
+         "--output", str(out), "--json", str(tmp_path / "b" / "m.json"),
+         "--csv", str(tmp_path / "c" / "d" / "m.csv")]
+    )  # fmt: skip
+    assert out.stat().st_size > 0
+    assert (tmp_path / "b" / "m.json").stat().st_size > 0
+    assert (tmp_path / "c" / "d" / "m.csv").stat().st_size > 0
+
+
+def test_command_refuses_an_unusable_device(tmp_path, run_dir, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(run_dir), "--sentence", "Ein Hund.", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+
+
 def test_command_names_a_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tmp_path / "nowhere"), "--sentence", "Ein Hund."])

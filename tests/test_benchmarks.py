@@ -51,6 +51,28 @@ def test_help(module):
     assert done.returncode == 0 and "usage" in done.stdout
 
 
+@pytest.mark.parametrize("module", [module_name("attention"), module_name("model")])
+def test_every_option_has_help_and_defaults_show_once(module, monkeypatch):
+    import argparse
+    import importlib
+
+    parsers = []
+    parse = argparse.ArgumentParser.parse_args
+
+    def spy(self, args=None, namespace=None):
+        parsers.append(self)
+        return parse(self, args, namespace)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", spy)
+    importlib.import_module(module).parse_args([])
+    parser = parsers[0]
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    text = " ".join(parser.format_help().split())  # unwrapped
+    assert "(default: None)" not in text
+    assert "--d-model D_MODEL model width (default: 256)" in text or "attention" in module
+
+
 def test_attention_benchmark_on_cpu(tmp_path):
     # Naive attention materialises len x len scores (8 MiB of bf16 at 2048 per tensor, several
     # of them); SDPA's flash path does not: a 24 MiB cap lets one fit and not the other.

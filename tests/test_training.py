@@ -127,6 +127,28 @@ def test_truncated_or_mismatched_checkpoint_is_refused(corpus, tmp_path):
         load_checkpoint(tmp_path / "run")
 
 
+def test_missing_run_dir_and_step_folder_get_their_own_messages(tmp_path):
+    with pytest.raises(CheckpointError, match="nope: no such directory"):
+        load_checkpoint(tmp_path / "nope")
+    step_dir = tmp_path / "run" / "checkpoints" / "step-00000030"
+    step_dir.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"last\.json not found.*give the run directory"):
+        load_checkpoint(step_dir)
+    with pytest.raises(CheckpointError, match=r"last\.json not found\)$"):
+        load_checkpoint(tmp_path / "run")  # an empty run directory: no hint
+
+
+def test_bad_data_leaves_no_run_directory(corpus, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in corpus.iterdir():
+        (bad / path.name).write_text(path.read_text())
+    (bad / "train.de").write_text("Ein Hund.\n\nEine Katze.\n")
+    assert train_cli.main(["--run-dir", str(tmp_path / "run"), "--data", str(bad)]) == 2
+    assert "empty line" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_backends_give_the_same_loss(corpus, tmp_path):
     config = tiny_config(corpus, tmp_path / "run", max_steps=1)
     train(config)  # for its tokenizer
@@ -203,7 +225,7 @@ def test_translate_reads_a_checkpoint_written_by_train_py(corpus, tmp_path, caps
     results = json.loads((run_dir / "results.json").read_text())
     assert {"test_bleu", "test_bleu_lc", "val_bleu", "val_bleu_lc"} <= set(results)
     assert (run_dir / "curves.png").stat().st_size > 0
-    capsys.readouterr()
+    assert capsys.readouterr().err.splitlines()[0] == f"run directory: {run_dir}"
 
     sentences = (corpus / "test_2016_flickr.de").read_text().splitlines()[:5]
     lines = [sentences[0], "", *sentences[1:]]
@@ -211,11 +233,11 @@ def test_translate_reads_a_checkpoint_written_by_train_py(corpus, tmp_path, caps
     args = ["--checkpoint", str(run_dir), "--beam-size", "2"]
     assert (
         translate.main(
-            [*args, "--input", str(tmp_path / "in.de"), "--output", str(tmp_path / "out.en")]
+            [*args, "--input", str(tmp_path / "in.de"), "--output", str(tmp_path / "new/out.en")]
         )
         == 0
     )
-    out = (tmp_path / "out.en").read_text().split("\n")
+    out = (tmp_path / "new" / "out.en").read_text().split("\n")  # its directory was made
     assert len(out) == len(lines) + 1 and out[-1] == "" and out[1] == ""
 
     # The same through stdin/stdout, and the same as translating in-process.
@@ -230,8 +252,10 @@ def test_translate_reads_a_checkpoint_written_by_train_py(corpus, tmp_path, caps
     assert any(name.startswith("encoder.") for name in weights)
 
 
-def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for argv, message in (
+        (["--device", "cuda", "--run-dir", str(tmp_path / "run")], "CUDA is not available"),
         (["--lr", "0"], "must be positive"),
         (["--attention", "flash"], "invalid choice"),
         (["--data", str(tmp_path / "nowhere")], "no such directory"),
@@ -242,3 +266,18 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
             train_cli.main(argv)
         assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_translate_refuses_an_unusable_device_before_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        translate.main(["--checkpoint", str(tmp_path), "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+
+
+def test_translate_help_shows_each_default_once():
+    text = " ".join(translate.build_parser().format_help().split())  # unwrapped
+    assert "(default: None)" not in text
+    assert "(default: stdin) (" not in text and "(default: stdout) (" not in text
+    assert "(default: best)" in text and "(default: 4)" in text

@@ -39,6 +39,7 @@ import torch
 from einops import einsum, reduce
 
 from .attention import MultiHeadAttention
+from .cli import HelpFormatter, device_problem, prepare_output
 from .decoding import beam_search, greedy_decode
 from .model import Transformer
 
@@ -530,6 +531,7 @@ def load_model(run_dir: str | os.PathLike, which: str = "best", device: str = "c
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m transformer.attention_maps",
+        formatter_class=HelpFormatter,
         description=(
             "Translate one sentence with a trained checkpoint and draw the attention weights the "
             "model used, teacher-forced on its own translation, as a heat map PNG (and, if "
@@ -628,6 +630,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
     if not torch.cuda.is_available():
         # The flash method, or a model trained with backend "triton", runs the kernel; on the
         # CPU only under the interpreter, which triton reads when it is first imported.
@@ -655,6 +660,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as err:
         parser.error(str(err))
+    for option in ("output", "json", "csv"):
+        path = getattr(args, option)
+        problem = path and prepare_output(path, f"--{option}")  # makes its directory
+        if problem:
+            parser.error(problem)
     plot_map(result, args.output, dpi=args.dpi)
     written = [args.output]
     if args.json:

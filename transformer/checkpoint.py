@@ -178,8 +178,17 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
     """
     run_dir = Path(run_dir)
     pointer_path = run_dir / f"{which}.json"
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such directory")
     if not pointer_path.is_file():
-        raise CheckpointError(f"{run_dir}: no checkpoint ({pointer_path.name} not found)")
+        message = f"{run_dir}: no checkpoint ({pointer_path.name} not found)"
+        step_dir = run_dir if run_dir.parent.name == "checkpoints" else run_dir.resolve()
+        if step_dir.name.startswith("step-") and step_dir.parent.name == "checkpoints":
+            message += (
+                "; this looks like one checkpoint's step folder: give the run directory, "
+                f"{step_dir.parent.parent} (the parent of checkpoints/)"
+            )
+        raise CheckpointError(message)
     try:
         meta = json.loads(pointer_path.read_text())
         directory = run_dir / meta["directory"]

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -411,7 +412,8 @@ def evaluate(
     return {"loss": loss, **bleu_scores(decode(tokenizer, ids), corpus.tgt_text)}
 
 
-def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, main: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse a run directory that cannot be resumed, or that a new run would overwrite."""
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise CheckpointError(f"{run_dir}: not a run directory ({CONFIG_FILE} missing)")
@@ -419,9 +421,6 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, main: boo
     # Checked on every rank (no rank can have written last.json yet), so all of them stop.
     if (run_dir / "last.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another run_dir")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
@@ -443,11 +442,16 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         names = [str(run_dir)]
         dist.broadcast_object_list(names, src=0)
         run_dir = Path(names[0])
-    _prepare_run_dir(config, run_dir, resume, main)
+    _check_run_dir(run_dir, resume)
 
-    # ---- data and vocabulary
+    # ---- data and vocabulary (read before the run directory is made: bad data leaves nothing)
     train_ds = load_split(config.data, "train", config.src_lang, config.tgt_lang)
     val_ds = load_split(config.data, "val", config.src_lang, config.tgt_lang)
+    if main:
+        if not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
+        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
     tokenizer_path = run_dir / TOKENIZER_FILE
     if main and not resume:
         if config.train_limit is not None:

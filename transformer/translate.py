@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from transformer.checkpoint import CheckpointError, load_checkpoint
+from transformer.cli import HelpFormatter, device_problem, prepare_output
 from transformer.config import ModelConfig
 from transformer.evaluation import translate_ids
 from transformer.model import Transformer
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m transformer.translate",
         description="Translate sentences (one a line) with a run directory written by train.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train.py"
@@ -91,12 +92,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if args.input is not None and not Path(args.input).is_file():
         parser.error(f"--input {args.input}: no such file")
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         translator = Translator(args.checkpoint, args.which, args.device)
     except (CheckpointError, ValueError) as err:
         parser.error(str(err))
+    if args.output is not None:
+        problem = prepare_output(args.output, "--output")  # makes its directory
+        if problem:
+            parser.error(problem)
     if args.input is None:
         lines = sys.stdin.read().splitlines()
     else:
