@@ -149,6 +149,20 @@ def test_bad_data_leaves_no_run_directory(corpus, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_bad_test_split_is_refused_before_training(corpus, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in corpus.iterdir():
+        (bad / path.name).write_text(path.read_text())
+    test_files = [p for p in bad.iterdir() if p.name.startswith("test")]
+    assert test_files, "the corpus fixture should have a test split"
+    for path in test_files:
+        path.unlink()
+    assert train_cli.main(["--run-dir", str(tmp_path / "run"), "--data", str(bad)]) == 2
+    assert "no file for split" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_backends_give_the_same_loss(corpus, tmp_path):
     config = tiny_config(corpus, tmp_path / "run", max_steps=1)
     train(config)  # for its tokenizer

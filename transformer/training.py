@@ -447,6 +447,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # ---- data and vocabulary (read before the run directory is made: bad data leaves nothing)
     train_ds = load_split(config.data, "train", config.src_lang, config.tgt_lang)
     val_ds = load_split(config.data, "val", config.src_lang, config.tgt_lang)
+    test_ds = None
+    if main and config.final_test:  # checked now, so a bad test split fails before training
+        test_ds = load_split(config.data, config.test_split, config.src_lang, config.tgt_lang)
     if main:
         if not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -652,7 +655,6 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             test_start = time.time()
             best = load_checkpoint(run_dir, "best")
             best.load_weights(model)
-            test_ds = load_split(config.data, config.test_split, config.src_lang, config.tgt_lang)
             test_corpus = _encode_split(tokenizer, test_ds, config, None, filter_long=False)
             val = best.meta["val"]
             test = evaluate(model, tokenizer, test_corpus, config, config.beam_size, amp)
