@@ -85,8 +85,11 @@ class Transformer(nn.Module):
             raise ValueError(f"{name} must be (batch, length) token ids, got {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{name} must hold integer token ids, got {tokens.dtype}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
-            raise ValueError(f"{name} holds ids outside the vocabulary [0, {vocab_size})")
+        # The range check reads values back, which on a GPU would stall every step on a device
+        # sync; there an out-of-range id trips the embedding's own device-side assertion instead.
+        if tokens.device.type == "cpu" and tokens.numel():
+            if tokens.min() < 0 or tokens.max() >= vocab_size:
+                raise ValueError(f"{name} holds ids outside the vocabulary [0, {vocab_size})")
 
     def encode(
         self, src: torch.Tensor, record: AttentionRecord | None = None
