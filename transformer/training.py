@@ -569,7 +569,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             over = bool(flag.item())
         return over
 
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     last_eval_step = -1
     model.train()
     window_tokens, window_start = 0, time.time()
@@ -591,9 +591,12 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         while next_batch < len(batches):
             loop_start = time.time()
             group = batches[next_batch]
-            batch: Batch = make_batch(
+            cpu_batch: Batch = make_batch(
                 [train_corpus.src[i] for i in group], [train_corpus.tgt[i] for i in group]
-            ).to(device)
+            )
+            # Counted on the host copy: counting on the GPU would sync the device every step.
+            batch_tokens = int((cpu_batch.src != PAD_ID).sum()) + cpu_batch.num_tgt_tokens
+            batch = cpu_batch.to(device)
             step += 1
             lr = inverse_sqrt_lr(step, config.lr, config.warmup_steps)
             for g in optimizer.param_groups:
@@ -610,11 +613,11 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
             next_batch += 1
-            loss_value = loss.item()
-            losses.append(loss_value)
-            window_tokens += int((batch.src != PAD_ID).sum()) + batch.num_tgt_tokens
+            losses.append(loss.detach())  # read back only when logged: no per-step sync
+            window_tokens += batch_tokens
             bar.update(1)
             if step % config.log_every == 0:
+                loss_value = loss.item()
                 elapsed = time.time() - window_start
                 tok_s = window_tokens * dist_info.world_size / max(elapsed, 1e-9)
                 bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}")
@@ -673,4 +676,5 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         log.plot()
     if dist_info.enabled:
         dist.barrier()
-    return TrainResult(run_dir=run_dir, model=model, step=step, losses=losses, metrics=metrics)
+    loss_values = torch.stack(losses).tolist() if losses else []
+    return TrainResult(run_dir=run_dir, model=model, step=step, losses=loss_values, metrics=metrics)
