@@ -30,7 +30,6 @@ from tqdm import tqdm
 
 from benchmarks import common
 from transformer.attention import attend
-from transformer.cli import HelpFormatter
 
 IMPLEMENTATIONS = ("naive", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "triton")
 LABELS = {
@@ -435,16 +434,7 @@ def markdown(records: list[dict], ratio_records: list[dict], args) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cuda", "cpu"),
-        help="where to measure; auto: CUDA if present, else the CPU",
-    )
+    parser = common.benchmark_parser(__doc__)
     parser.add_argument(
         "--impls",
         nargs="+",
@@ -466,30 +456,8 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch", type=int, default=None, help="default: 2 on CUDA, 1 on CPU")
     parser.add_argument("--heads", type=int, default=None, help="default: 16 on CUDA, 4 on CPU")
-    parser.add_argument(
-        "--cpu-repeats", type=int, default=3, help="timed runs per point on the CPU (median)"
-    )
-    parser.add_argument(
-        "--cpu-memory-cap-mib",
-        type=int,
-        default=512,
-        help="on the CPU, a point that needs more than this is recorded as out of memory",
-    )
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=common.RESULTS_DIR,
-        help="directory for the results' JSON, PNG and markdown",
-    )
-    parser.add_argument(
-        "--replot",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="measure nothing: redraw the PNG and markdown of a results file (e.g. one from a GPU)",
-    )
-    parser.add_argument(
-        "--tag", default=None, help="file name stem; default attention_<device kind>"
+    common.add_cpu_and_output_arguments(
+        parser, "attention", 512, "timed runs per point on the CPU (median)"
     )
     args = parser.parse_args(argv)
     return args

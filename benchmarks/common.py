@@ -24,6 +24,7 @@ means "over ``--cpu-memory-cap-mib``", never a machine brought to its knees.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import datetime
@@ -45,6 +46,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from transformer.cli import HelpFormatter
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -452,3 +455,47 @@ def _plain_number(y: float, _position=None) -> str:
 def format_length(n: float, _position=None) -> str:
     """Sequence lengths on an axis: 512, 4k, 64k."""
     return f"{n / 1024:g}k" if n >= 1024 else f"{n:g}"
+
+
+# --- command line shared by the benchmark scripts ---------------------------------------------
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the script's docstring, with the --device option every script has."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cuda", "cpu"),
+        help="where to measure; auto: CUDA if present, else the CPU",
+    )
+    return parser
+
+
+def add_cpu_and_output_arguments(
+    parser: argparse.ArgumentParser, stem: str, memory_cap_mib: int, repeats_help: str
+) -> None:
+    """The CPU measurement and results-file options every script has."""
+    parser.add_argument("--cpu-repeats", type=int, default=3, help=repeats_help)
+    parser.add_argument(
+        "--cpu-memory-cap-mib",
+        type=int,
+        default=memory_cap_mib,
+        help="on the CPU, a point that needs more than this is recorded as out of memory",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory for the results' JSON, PNG and markdown",
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: redraw the PNG and markdown of a results file (e.g. one from a GPU)",
+    )
+    parser.add_argument("--tag", default=None, help=f"file name stem; default {stem}_<device kind>")

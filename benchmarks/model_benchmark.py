@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from benchmarks import common
-from transformer.cli import HelpFormatter
 from transformer.config import ModelConfig
 from transformer.model import Transformer
 
@@ -208,16 +207,7 @@ def markdown(records: list[dict], args) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cuda", "cpu"),
-        help="where to measure; auto: CUDA if present, else the CPU",
-    )
+    parser = common.benchmark_parser(__doc__)
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -238,27 +228,7 @@ def parse_args(argv=None):
     parser.add_argument("--heads", type=int, default=4, help="attention heads")
     parser.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each")
     parser.add_argument("--d-ff", type=int, default=1024, help="feed-forward width")
-    parser.add_argument("--cpu-repeats", type=int, default=3, help="timed steps per CPU point")
-    parser.add_argument(
-        "--cpu-memory-cap-mib",
-        type=int,
-        default=2048,
-        help="on the CPU, a point whose step needs more than this is recorded as out of memory",
-    )
-    parser.add_argument(
-        "--out-dir",
-        type=Path,
-        default=common.RESULTS_DIR,
-        help="directory for the results' JSON, PNG and markdown",
-    )
-    parser.add_argument(
-        "--replot",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="measure nothing: redraw the PNG and markdown of a results file (e.g. one from a GPU)",
-    )
-    parser.add_argument("--tag", default=None, help="file name stem; default model_<device kind>")
+    common.add_cpu_and_output_arguments(parser, "model", 2048, "timed steps per CPU point")
     return parser.parse_args(argv)
 
 
