@@ -16,13 +16,18 @@ process per point, and the Triton kernel is recorded as ``not_measurable``.
 
     python -m benchmarks.attention_benchmark             # defaults for this machine
     python -m benchmarks.attention_benchmark --help
+    python benchmarks/attention_benchmark.py --help   # the same, run as a file
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import from the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
