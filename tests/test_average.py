@@ -68,6 +68,10 @@ def averaged_run(corpus, tmp_path_factory) -> Path:  # noqa: F811
 def test_training_averages_its_last_checkpoints_and_keeps_the_better_as_best(averaged_run):
     kept = load_recent(averaged_run, 10)
     assert [c.meta["step"] for c in kept] == [8, 12, 16]
+    best = load_checkpoint(averaged_run, "best")
+    on_disk = {p.name for p in (averaged_run / "checkpoints").iterdir()}
+    named = {c.directory.name for c in kept} | {best.directory.name}
+    assert on_disk == named | {"average-00000008-00000016"}  # nothing older is left behind
     averaged = load_checkpoint(averaged_run, "average")
     assert averaged.meta["averaged_steps"] == [8, 12, 16]
     weights = [load_file(c.directory / "model.safetensors") for c in kept]
@@ -77,7 +81,6 @@ def test_training_averages_its_last_checkpoints_and_keeps_the_better_as_best(ave
         torch.testing.assert_close(tensor, expected.to(tensor.dtype), msg=name)
     results = json.loads((averaged_run / "results.json").read_text())
     assert {"average_val_bleu", "average_val_chrf", "test_chrf", "val_chrf"} <= set(results)
-    best = load_checkpoint(averaged_run, "best")
     if results["average_is_best"]:
         assert best.directory == averaged.directory
         assert results["val_bleu"] == results["average_val_bleu"]
@@ -131,3 +134,13 @@ def test_average_tool_help_runs_as_a_module():
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0 and "--last" in done.stdout and "usage" in done.stdout
+
+
+def test_only_the_last_n_checkpoints_and_the_best_are_kept(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for step in range(1, 6):
+        meta = {"step": step, "model_config": {}}
+        checkpoint.save_checkpoint(tmp_path, model, {}, meta, best=step == 2, keep_last=2)
+    on_disk = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert on_disk == ["step-00000002", "step-00000004", "step-00000005"]
+    assert [c.meta["step"] for c in load_recent(tmp_path, 5)] == [4, 5]

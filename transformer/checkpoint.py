@@ -227,7 +227,8 @@ def _remove_unreferenced(run_dir: Path) -> None:
         if path.is_file():
             pointer = json.loads(path.read_text())
             keep.add(pointer["directory"])
-            keep.update(r["directory"] for r in pointer.get("recent", []))
+            if name == "last":  # best.json holds a stale copy of the list from when it was last
+                keep.update(r["directory"] for r in pointer.get("recent", []))
     for directory in (run_dir / "checkpoints").iterdir():
         if str(directory.relative_to(run_dir)) not in keep:
             shutil.rmtree(directory, ignore_errors=True)
