@@ -2,15 +2,15 @@
 
 One job: choose ``BLOCK_M``, ``BLOCK_N``, ``num_warps`` and ``num_stages`` for a kernel launch.
 
-* :data:`SEARCH_SPACE` is the small space a kernel is tuned over (BLOCK_M 64/128, BLOCK_N
-  32/64/128, 4/8 warps, 2-4 software-pipeline stages; the dK/dV pass, which keeps a key block
-  resident and streams query blocks, gets the transposed shapes).
-* :func:`candidates` prunes it for one architecture, head dim and dtype *before anything is
-  compiled*: a configuration whose estimated shared memory exceeds the architecture's per-block
-  limit (:data:`SHARED_MEMORY_PER_BLOCK`), or whose tiles would not fit in registers, or that
-  gives 8 warps too little work, is dropped. The estimates are deliberately generous; the
-  ahead-of-time compile gate (:mod:`kernels.compile_gate`) compiles every configuration left
-  for every architecture we claim and checks the real shared memory and spills.
+* Each kernel module lists, per kernel, head-dim class and architecture class, a few
+  configurations to tune over (best guess first), drawn from BLOCK_M/BLOCK_N 16-128, 4/8 warps
+  and 2-3 software-pipeline stages and kept to those the ahead-of-time compile gate
+  (:mod:`kernels.compile_gate`) measured to compile without register spills.
+* :func:`candidates` prunes that list for one architecture, head dim and dtype *before anything
+  is compiled*: a configuration whose estimated shared memory exceeds the architecture's
+  per-block limit (:data:`SHARED_MEMORY_PER_BLOCK`: an RTX 30xx/40xx block gets 99 KB where an
+  H100's gets 227 KB) is dropped. The estimate is an upper bound; the gate checks the real
+  figure for every configuration left on every architecture we claim.
 * :func:`pick` autotunes on a GPU: the first launch for a key (kernel, architecture, dtype,
   head dim, masking, and the lengths rounded up to a power of two, so that a new length does
   not re-tune forever) times each candidate with ``triton.testing.do_bench`` and keeps the
@@ -42,12 +42,6 @@ SHARED_MEMORY_PER_BLOCK = {
 CLAIMED_ARCHS = (80, 86, 89, 90)
 _SMALLEST_LIMIT = min(SHARED_MEMORY_PER_BLOCK.values())
 
-# TileShape.registers counts only the big tiles; ptxas allows 255 a thread and needs the rest
-# for addresses, row statistics and temporaries. Configs estimated above the budget are not
-# tried; those within SAFE come first (measured with the compile gate: above it, ptxas often
-# spills a few bytes on sm_80-89).
-_REGISTER_BUDGET = 200
-_REGISTERS_SAFE = 128
 # Autotuning compiles and times every candidate once per key; keep the list short.
 MAX_CANDIDATES = 4
 
@@ -73,56 +67,27 @@ INTERPRETER_CONFIG = LaunchConfig(64, 64, 4, 1)  # numpy: fewer, larger blocks r
 
 @dataclass(frozen=True)
 class TileShape:
-    """What one program of a kernel keeps on chip, in tiles of (rows, head dim).
+    """What one program of a kernel keeps in shared memory, in tiles of (rows, head dim).
 
     ``resident`` tiles are loaded once and held; ``streamed`` tiles are loaded every iteration,
-    once per pipeline stage; ``scores`` is the number of (BLOCK_M, BLOCK_N) float32 tiles live
-    at once (scores, probabilities, their gradients); ``accumulators`` the float32 (rows, d)
-    accumulators. ``resident_rows``/``streamed_rows`` say which block size each tile has.
+    once per software-pipeline stage. ``resident_is_query``: True when a tile of BLOCK_M query
+    rows stays and key blocks stream (forward, dQ), False for the dK/dV pass.
     """
 
     resident: int
     streamed: int
-    scores: int
-    accumulators: int
-    resident_is_query: bool  # True: tiles of BLOCK_M query rows stay, key blocks stream
-
-    def rows(self, config: LaunchConfig) -> tuple[int, int]:
-        """(resident rows, streamed rows) per tile."""
-        if self.resident_is_query:
-            return config.block_m, config.block_n
-        return config.block_n, config.block_m
+    resident_is_query: bool
 
     def shared_memory(self, config: LaunchConfig, block_d: int, itemsize: int) -> int:
         """Bytes: resident tiles, streamed tiles once per pipeline stage, one score tile, and
-        1 KiB of barriers. An upper bound of what Triton 3.6-3.9 allocate (the gate checks)."""
-        held, streamed = self.rows(config)
+        1 KiB of barriers; an upper bound of what Triton 3.6-3.9 allocate (the gate checks)."""
+        held, streamed = (config.block_m, config.block_n)
+        if not self.resident_is_query:
+            held, streamed = streamed, held
         tiles = (
             self.resident * held * block_d + config.num_stages * self.streamed * streamed * block_d
         )
         return itemsize * (tiles + config.block_m * config.block_n) + 1024
-
-    def registers(self, config: LaunchConfig, block_d: int, itemsize: int) -> float:
-        """32-bit registers per thread for the big tiles, spread over the block's threads."""
-        held, streamed = self.rows(config)
-        words = (
-            self.accumulators * held * block_d
-            + self.resident * held * block_d * itemsize / 4
-            + self.scores * config.block_m * config.block_n
-        )
-        return words / (32 * config.num_warps)
-
-
-def _search_space(tile: TileShape) -> tuple[LaunchConfig, ...]:
-    resident, streamed = (64, 128), (32, 64, 128)
-    configs = []
-    for held in resident:
-        for other in streamed:
-            m, n = (held, other) if tile.resident_is_query else (other, held)
-            for warps in (4, 8):
-                for stages in (2, 3, 4):
-                    configs.append(LaunchConfig(m, n, warps, stages))
-    return tuple(configs)
 
 
 def shared_memory_limit(capability: int) -> int:
@@ -130,33 +95,15 @@ def shared_memory_limit(capability: int) -> int:
 
 
 def candidates(
-    tile: TileShape, capability: int, block_d: int, dtype: torch.dtype
+    tile: TileShape, configs: list[LaunchConfig], capability: int, block_d: int, dtype: torch.dtype
 ) -> list[LaunchConfig]:
-    """The configurations worth trying on this architecture, best guess first."""
+    """``configs`` (best guess first) less those that would not fit this architecture's shared
+    memory, at most MAX_CANDIDATES of them; never empty (the smallest is kept as a floor)."""
     limit = shared_memory_limit(capability)
-    itemsize = dtype.itemsize
-    kept = [
-        config
-        for config in _search_space(tile)
-        if tile.shared_memory(config, block_d, itemsize) <= limit
-        and tile.registers(config, block_d, itemsize) <= _REGISTER_BUDGET
-        # 8 warps on a small tile leave each warp too little to do
-        and not (config.num_warps == 8 and config.block_m * config.block_n < 64 * 64)
-    ]
-    if not kept:  # does not happen for head dims <= 128 on the claimed GPUs; a safe floor
-        return [LaunchConfig(32, 32, 4, 1)]
-    # Best guess first: tiles that leave ptxas room, then big tiles (more reuse per load),
-    # then 3 stages, then fewer warps.
-    kept.sort(
-        key=lambda c: (
-            tile.registers(c, block_d, itemsize) > _REGISTERS_SAFE,
-            -(c.block_m * c.block_n),
-            abs(c.num_stages - 3),
-            c.num_warps,
-            -c.block_m,
-        )
-    )
-    return kept[:MAX_CANDIDATES]
+    fits = [c for c in configs if tile.shared_memory(c, block_d, dtype.itemsize) <= limit]
+    if not fits:
+        fits = [min(configs, key=lambda c: tile.shared_memory(c, block_d, dtype.itemsize))]
+    return fits[:MAX_CANDIDATES]
 
 
 def capability(device: torch.device) -> int:
