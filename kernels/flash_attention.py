@@ -11,6 +11,14 @@ accumulates dK and dV, and one pass per query block that accumulates dQ. Both re
 probabilities from the saved log-sum-exp, so nothing of size len_q x len_k is ever stored, and
 neither needs atomics.
 
+Each loop runs in two stages, as in Triton's fused-attention tutorial: blocks that are whole and
+wholly visible (under causal masking: entirely left of the diagonal) load without bounds checks
+and build no causal mask; only the partial and diagonal blocks do. Launch configurations (tile
+sizes, warps, pipeline stages) come per kernel, head dim and GPU architecture from the tables
+below, pruned to the architecture's shared memory and autotuned on first use
+(:mod:`kernels.launch`); ``python -m kernels.compile_gate`` compiles every one of them for
+sm_80/86/89/90 on a machine without a GPU.
+
 Supported
     * q (b, h, len_q, d), k and v (b, h, len_k, d), as in ``F.scaled_dot_product_attention``;
       any strides (they are passed to the kernel, nothing is copied).
@@ -38,9 +46,10 @@ Caution -- not supported
       means (batch, len_k) here, whereas SDPA would read a 2-D mask as (len_q, len_k).
     * Dropout, grouped-query attention (k/v heads must equal q heads), a value head dim that
       differs from the query/key head dim, head dims above 128, float64.
-    * float32 uses full-precision (IEEE) matrix products, not TF32, so on a GPU it is correct but
-      much slower than the 16-bit paths.
-    * The block sizes and warp counts are fixed per head dim, not autotuned.
+    * float32 on a GPU multiplies as three TF32 products ("tf32x3", about float32 accuracy) in
+      small tiles whose backward spills registers at head dims >= 64: correct, not fast. Use
+      bfloat16 or float16 for speed.
+    * GPUs before sm_80 (Ampere) are not claimed: nothing is compiled or tested for them.
 """
 
 import math
@@ -672,7 +681,7 @@ CONFIGS_16BIT = {
     ("dq", True, True): [C(128, 32, 8, 2), C(64, 64, 4, 2), C(64, 64, 8, 2), C(64, 32, 4, 2)],
     ("dq", False, False): [C(64, 64, 8, 2), C(128, 32, 8, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
     ("dq", False, True): [C(64, 64, 8, 2), C(128, 32, 8, 2), C(64, 32, 8, 2), C(64, 32, 4, 2)],
-    ("dkdv", True, False): [C(64, 32, 4, 2), C(64, 32, 8, 2), C(32, 32, 4, 2)],
+    ("dkdv", True, False): [C(32, 32, 4, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
     ("dkdv", True, True): [C(64, 64, 8, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
     ("dkdv", False, False): [C(32, 64, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2)],
     ("dkdv", False, True): [C(32, 64, 8, 2), C(16, 64, 4, 2)],
