@@ -391,18 +391,22 @@ def _empty(shape, dtype, device):
 def _launch_config(kernel, dtype):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one of this module's kernels.
 
-    Chosen so that no kernel spills registers for any feature size (up to 128) and value head
-    dim the launcher accepts, in any dtype, compiled for sm_80, sm_86, sm_89 and sm_90. The
-    live set is a few (BLOCK_M, BLOCK_N) float32 tiles, the output or dV accumulator, and in
-    the backward a (BLOCK, A) feature-gradient accumulator; 8 warps spread it thin enough.
-    The channel loops are not software-pipelined (one stage): their loads are two vectors
-    per channel, while the exp2 and division over the tile are the work.
+    Chosen by compiling every kernel for sm_80, sm_86, sm_89 and sm_90 (no GPU needed) so that
+    none spills registers for any feature size (up to 128), value head dim and dtype the
+    launcher accepts. The live set is a few (BLOCK_M, BLOCK_N) float32 tiles, the output or dV
+    accumulator and, in the backward, a (BLOCK, A) feature-gradient accumulator. float32 runs
+    its P V products on FMA units (IEEE, no tensor cores), which needs smaller tiles. The
+    channel loops are not software-pipelined (one stage): per channel they load two vectors,
+    while the exp2 and division over the whole tile are the work.
     """
     if _INTERPRETED:
         return 64, 64, 4, 1  # numpy: fewer, larger blocks run faster; tests vary them
-    if kernel is _additive_bwd_dkdv:
-        return 64, 32, 8, 1  # 32 keys held, 64 queries a step
-    return 32, 32, 8, 1  # _additive_fwd, _additive_bwd_dq (and its rowsum(dO * O) pass)
+    wide = dtype != torch.float32
+    if kernel is _additive_bwd_dkdv:  # BLOCK_N keys held, BLOCK_M queries a step
+        return (32, 64, 8, 1) if wide else (16, 16, 4, 1)
+    if kernel is _additive_bwd_dq:  # and its rowsum(dO * O) pass
+        return (32, 32, 8, 1) if wide else (32, 32, 4, 1)
+    return 32, 32, 8, 1  # _additive_fwd
 
 
 def _check_inputs(query_features, key_features, score_weight, v, attn_mask):
