@@ -150,7 +150,7 @@ CASES = [(1, 7, 8, 16), (37, 37, 12, 24), (70, 100, 8, 40), (100, 70, 5, 16)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("masked,is_causal", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("masked,is_causal", [(False, False), (True, True)])
 @pytest.mark.parametrize("len_q,len_k,a,value_dim", CASES)
 def test_output_and_grads_within_2x_naive_error_of_float64_reference(
     len_q, len_k, a, value_dim, masked, is_causal, dtype
