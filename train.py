@@ -16,7 +16,7 @@ from pathlib import Path
 
 from transformer.cli import HelpFormatter, device_problem
 from transformer.config import BACKENDS, SCORES, ModelConfig
-from transformer.training import CONFIG_FILE, TrainConfig
+from transformer.training import CONFIG_FILE, SCHEDULES, TrainConfig
 
 # Named model shapes. "cpu" is what 2 CPU cores can train to useful BLEU in ~8 minutes: a run
 # that short sees ~4 epochs, too few to overfit 29k pairs, so dropout (12% of a CPU step, and
@@ -171,7 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--warmup-steps",
         type=nonnegative_int,
-        help=f"linear warm-up steps, then inverse-sqrt decay (default {d.warmup_steps} for cpu)",
+        help=f"linear warm-up steps, then the --schedule's decay (default {d.warmup_steps} for cpu)",
+    )
+    g.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=d.schedule,
+        help="learning rate after warm-up: inverse-sqrt (peak·√(warmup/step)) or linear-decay "
+        "(straight down to zero as the budget ends: the time budget, following elapsed training "
+        "time, or --max-steps / --epochs, whichever ends first)",
     )
     g.add_argument(
         "--weight-decay",
@@ -240,8 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--val-beam-size",
         type=positive_int,
-        help=f"beam size for validation BLEU during training (default {d.val_beam_size} for cpu, "
-        "4 for base)",
+        help=f"beam size for validation BLEU during training, which chooses the best checkpoint "
+        f"(default {d.val_beam_size} for cpu: greedy, the fastest; 4 for base)",
+    )
+    g.add_argument(
+        "--average-last",
+        type=nonnegative_int,
+        default=d.average_last,
+        help="keep the last N checkpoints, average their weights at the end, validate the "
+        "average and make it the best checkpoint when its BLEU is higher (0 or 1: off)",
     )
     g.add_argument(
         "--length-penalty",
@@ -287,6 +302,7 @@ TRAIN_OPTIONS = (
     "max_tokens",
     "lr",
     "warmup_steps",
+    "schedule",
     "weight_decay",
     "label_smoothing",
     "clip_norm",
@@ -299,6 +315,7 @@ TRAIN_OPTIONS = (
     "log_every",
     "beam_size",
     "val_beam_size",
+    "average_last",
     "length_penalty",
     "final_test",
 )

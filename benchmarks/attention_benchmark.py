@@ -16,13 +16,18 @@ process per point, and the Triton kernel is recorded as ``not_measurable``.
 
     python -m benchmarks.attention_benchmark             # defaults for this machine
     python -m benchmarks.attention_benchmark --help
+    python benchmarks/attention_benchmark.py --help   # the same, run as a file
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import from the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -184,6 +189,13 @@ def run_phase(spec: dict, device: torch.device, memory_cap_bytes: int | None) ->
 # --- the sweep --------------------------------------------------------------------------------
 
 
+def batch_and_heads(args, seq_len: int, head_dim: int) -> tuple[int, int]:
+    """Fixed (batch, heads), or FlashAttention's fixed tokens per batch and hidden size."""
+    batch = max(1, args.tokens // seq_len) if args.tokens else args.batch
+    heads = max(1, args.hidden // head_dim) if args.hidden else args.heads
+    return batch, heads
+
+
 def sweep(args, device: torch.device) -> list[dict]:
     configs = list(itertools.product(args.head_dims, args.causal_modes))
     kernel_missing = kernel_availability(device) if "triton" in args.impls else None
@@ -194,20 +206,21 @@ def sweep(args, device: torch.device) -> list[dict]:
         out_of_memory = set()  # (measure, pass) that already ran out of memory at a shorter length
         for seq_len in args.lengths:
             progress.set_postfix_str(f"{impl} d={head_dim} causal={causal} len={seq_len}")
+            batch, heads = batch_and_heads(args, seq_len, head_dim)
             base = dict(
                 implementation=impl,
                 head_dim=head_dim,
                 causal=causal,
                 seq_len=seq_len,
-                batch=args.batch,
-                heads=args.heads,
+                batch=batch,
+                heads=heads,
                 dtype="bfloat16",
             )
             spec = dict(
                 impl=impl,
                 device=str(device),
-                batch=args.batch,
-                heads=args.heads,
+                batch=batch,
+                heads=heads,
                 head_dim=head_dim,
                 causal=causal,
                 seq_len=seq_len,
@@ -355,9 +368,14 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
         if env["device_type"] == "cpu"
         else ""
     )
+    shape = f"batch {args.batch}, {args.heads} heads"
+    if getattr(args, "tokens", None) or getattr(args, "hidden", None):
+        shape = (
+            f"batch x length = {args.tokens or 'batch*len'} tokens, "
+            f"heads x head dim = {args.hidden or 'heads*d'}"
+        )
     fig.suptitle(
-        f"One attention call, bf16, batch {args.batch}, {args.heads} heads -- "
-        f"{env['device_name']}, torch {env['torch']}{cap}",
+        f"One attention call, bf16, {shape} -- {env['device_name']}, torch {env['torch']}{cap}",
         y=1 - 0.08 / height,
         va="top",
         fontsize=13,
@@ -456,6 +474,19 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch", type=int, default=None, help="default: 2 on CUDA, 1 on CPU")
     parser.add_argument("--heads", type=int, default=None, help="default: 16 on CUDA, 4 on CPU")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="FlashAttention's setting: batch = TOKENS // length at each length (e.g. 16384), "
+        "so every length does about the same work; overrides --batch",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="FlashAttention's setting: heads = HIDDEN // head_dim (e.g. 2048); overrides --heads",
+    )
     common.add_cpu_and_output_arguments(
         parser, "attention", 512, "timed runs per point on the CPU (median)"
     )

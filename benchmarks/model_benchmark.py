@@ -15,12 +15,17 @@ as ``not_measurable``.
 
     python -m benchmarks.model_benchmark                 # defaults for this machine
     python -m benchmarks.model_benchmark --help
+    python benchmarks/model_benchmark.py --help   # the same, run as a file
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import from the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F

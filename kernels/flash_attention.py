@@ -49,12 +49,16 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import launch
+from kernels.launch import TileShape
+
 # exp(x) == exp2(x * log2(e)): the kernels work in base 2 (exp2 is the native instruction) and
 # fold log2(e) into the softmax scale, so each score costs one multiply and one exp2.
-LOG2_E = 1.4426950408889634
-LN_2 = 0.6931471805599453
+LOG2_E = tl.constexpr(1.4426950408889634)
+LN_2 = tl.constexpr(0.6931471805599453)
 
 MAX_HEAD_DIM = 128
+DELTA_ROWS = 64  # query rows per program of the small delta pass (not worth tuning)
 
 
 @triton.jit
@@ -97,6 +101,116 @@ def _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK: tl.constexp
 
 
 @triton.jit
+def _load_rows(ptrs, rows, n_rows, d_ok, PARTIAL: tl.constexpr, EVEN_D: tl.constexpr):
+    """A (rows, D) tile. Rows are bounds-checked only in a PARTIAL block, head-dim lanes only
+    when the head dim is padded (not EVEN_D); padding loads as 0."""
+    if PARTIAL:
+        ok = rows[:, None] < n_rows
+        if not EVEN_D:
+            ok = ok & d_ok[None, :]
+        tile = tl.load(ptrs, mask=ok, other=0.0)
+    elif EVEN_D:
+        tile = tl.load(ptrs)
+    else:
+        tile = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    return tile
+
+
+@triton.jit
+def _softmax_stats(Lse, Delta, row_ptrs, rows, LEN_Q, PARTIAL: tl.constexpr):
+    """(lse in log2 units, delta) for a block of query rows, as the backward passes need them.
+
+    Rows that saw no key saved lse = -inf; all their scores are -inf as well, so any finite
+    stand-in gives p = 0 rather than exp2(-inf + inf) = NaN.
+    """
+    if PARTIAL:
+        lse = tl.load(Lse + row_ptrs, mask=rows < LEN_Q, other=0.0)
+        delta = tl.load(Delta + row_ptrs, mask=rows < LEN_Q, other=0.0)
+    else:
+        lse = tl.load(Lse + row_ptrs)
+        delta = tl.load(Delta + row_ptrs)
+    return tl.where(lse == float("-inf"), 0.0, lse * LOG2_E), delta
+
+
+@triton.jit
+def _mask_key_block(
+    s, Mask, mask_base, stride_mn, rows, cols, LEN_K, causal_shift,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+):  # fmt: skip
+    """Scores (i, j) of one key block with hidden pairs set to -inf.
+
+    A MASKED block may run past len_k or cross the causal diagonal, so it checks bounds and
+    builds the causal mask; any other block is whole and wholly visible to every query of the
+    tile, and only a key mask, when given, is read (it is per key).
+    """
+    if MASKED:
+        valid = _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
+        if IS_CAUSAL:
+            valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
+        s = tl.where(valid, s, float("-inf"))
+    elif HAS_MASK:
+        takes_part = tl.load(Mask + mask_base + cols * stride_mn)
+        s = tl.where((takes_part != 0)[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _fwd_key_blocks(
+    acc, l_i, m_i, q, K, V, Mask, mask_base,
+    stride_kn, stride_vn, stride_mn,
+    rows, offs_n, d_ok, start, stop, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The online softmax over key blocks [start, stop) for one tile of queries; MASKED blocks
+    check bounds and causality (see _mask_key_block), the others load without any check."""
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
+        s = _mask_key_block(
+            s, Mask, mask_base, stride_mn, rows, cols, LEN_K, causal_shift,
+            MASKED, HAS_MASK, IS_CAUSAL,
+        )  # fmt: skip
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # While a row has seen no valid key its max is -inf, and -inf - -inf would be NaN;
+        # subtracting 0 instead keeps p = exp2(-inf) = 0 and alpha = 0 for such rows.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # p is rounded to the value dtype so the second product runs on 16-bit tensor cores.
+        acc = acc * alpha[:, None] + _dot(
+            _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
+        )
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr):  # fmt: skip
+    """(n_whole, n_stop) for the query tile at start_m: key blocks [0, n_whole) are whole and
+    visible to every query of the tile; [n_whole, n_stop) need masking; later ones are unseen.
+
+    Bottom-right causal: query i sees keys j <= i + (len_k - len_q), so every query of the
+    tile sees keys j <= start_m + len_k - len_q, and none sees j >= start_m + BLOCK_M + ...
+    (n_stop may be <= 0: then no key is visible at all).
+    """
+    n_whole = LEN_K // BLOCK_N * BLOCK_N
+    n_stop = LEN_K
+    if IS_CAUSAL:
+        seen_by_all = tl.maximum(0, tl.minimum(start_m + LEN_K - LEN_Q + 1, LEN_K))
+        n_whole = tl.minimum(n_whole, seen_by_all // BLOCK_N * BLOCK_N)
+        n_stop = tl.minimum(LEN_K, start_m + BLOCK_M + LEN_K - LEN_Q)
+    return n_whole, n_stop
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, Mask, Out, Lse,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -105,7 +219,7 @@ def _attn_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mh, stride_mn,
     H, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
-    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -122,7 +236,7 @@ def _attn_fwd(
 
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
     q_ptrs += rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=(rows[:, None] < LEN_Q) & d_ok[None, :], other=0.0)  # (i, D)
+    q = _load_rows(q_ptrs, rows, LEN_Q, d_ok, True, EVEN_D)  # (i, D)
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
     mask_base = off_b * stride_mb + off_h * stride_mh
@@ -131,35 +245,20 @@ def _attn_fwd(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp2(s - m_i)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)  # unnormalised output
 
-    # Bottom-right causal: row i sees keys j <= i + (len_k - len_q). Key blocks past the last
-    # row's horizon are skipped entirely (hi may be <= 0: then no key is visible at all).
-    hi = LEN_K
-    if IS_CAUSAL:
-        hi = tl.minimum(LEN_K, start_m + BLOCK_M + LEN_K - LEN_Q)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * stride_kn, mask=kv_ok, other=0.0)  # (j, D)
-        v = tl.load(v_base + cols[:, None] * stride_vn, mask=kv_ok, other=0.0)  # (j, D)
-
-        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
-        valid = _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
-        if IS_CAUSAL:
-            valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
-        s = tl.where(valid, s, float("-inf"))
-
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # While a row has seen no valid key its max is -inf, and -inf - -inf would be NaN;
-        # subtracting 0 instead keeps p = exp2(-inf) = 0 and alpha = 0 for such rows.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
-        l_i = l_i * alpha + tl.sum(p, 1)
-        # p is rounded to the value dtype so the second product runs on 16-bit tensor cores.
-        acc = acc * alpha[:, None] + _dot(
-            _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
-        )
-        m_i = m_new
+    # Two stages, as in Triton's fused-attention tutorial: whole, fully visible key blocks
+    # first, without bounds checks or a causal mask; then the partial or diagonal ones.
+    n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    causal_shift = LEN_K - LEN_Q
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, k_base, v_base, Mask, mask_base, stride_kn, stride_vn, stride_mn,
+        rows, offs_n, d_ok, 0, n_whole, LEN_K, causal_shift, qk_scale_log2,
+        False, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, k_base, v_base, Mask, mask_base, stride_kn, stride_vn, stride_mn,
+        rows, offs_n, d_ok, n_whole, n_stop, LEN_K, causal_shift, qk_scale_log2,
+        True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
 
     # Normalise once at the end. A row with no valid key has l = 0 and acc = 0: it gets zeros
     # and lse = -inf (log of an empty sum), never 0/0.
@@ -215,6 +314,46 @@ def _attn_bwd_delta(
 
 
 @triton.jit
+def _dkdv_query_blocks(
+    dk, dv, k, v, key_valid, Q, DOut, Lse, Delta, row_base,
+    stride_qm, stride_gm,
+    cols, offs_m, d_ok, start, stop, LEN_Q, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dK, dV of one key block over query blocks [start, stop).
+
+    MASKED blocks may run past len_q or cross the causal diagonal. In the others every query
+    sees every key of the block; a key past len_k (a partial last key block) then gets a
+    finite or infinite stand-in p, but it touches only its own row of dK and dV, which is
+    never stored.
+    """
+    for start_m in range(start, stop, BLOCK_M):
+        rows = start_m + offs_m
+        q = _load_rows(Q + rows[:, None] * stride_qm, rows, LEN_Q, d_ok, MASKED, EVEN_D)  # (i, D)
+        do = _load_rows(DOut + rows[:, None] * stride_gm, rows, LEN_Q, d_ok, MASKED, EVEN_D)
+        lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, MASKED)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        if MASKED:
+            valid = (rows < LEN_Q)[:, None] & key_valid[None, :]
+            if IS_CAUSAL:
+                valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
+            s = tl.where(valid, s, float("-inf"))
+        elif HAS_MASK:
+            s = tl.where(key_valid[None, :], s, float("-inf"))
+        # Recompute P from the saved log-sum-exp: P = exp(s - lse), already normalised.
+        p = tl.exp2(s - lse_log2[:, None])
+
+        dv += _dot(tl.trans(_round(p, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
+        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        ds = p * (dp - delta[:, None])  # gradient w.r.t. the scaled scores
+        dk += _dot(tl.trans(_round(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def _attn_bwd_dkdv(
     Q, K, V, Mask, DOut, Lse, Delta, DK, DV,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -223,7 +362,7 @@ def _attn_bwd_dkdv(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mn,
     H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
-    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -262,39 +401,65 @@ def _attn_bwd_dkdv(
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
 
-    # Bottom-right causal: key j is seen by rows i >= j - (len_k - len_q); earlier query
-    # blocks contribute nothing and are skipped.
+    # Query blocks [lo, m_whole) cross the causal diagonal (bottom-right: key j is seen by rows
+    # i >= j - (len_k - len_q), so earlier blocks contribute nothing and are skipped); blocks
+    # [m_whole, m_even) see the whole key block and are whole; a partial last block follows.
+    causal_shift = LEN_K - LEN_Q
+    m_even = LEN_Q // BLOCK_M * BLOCK_M
     lo = 0
+    m_whole = 0
     if IS_CAUSAL:
-        lo = tl.maximum(0, start_n - (LEN_K - LEN_Q)) // BLOCK_M * BLOCK_M
-    for start_m in range(lo, LEN_Q, BLOCK_M):
-        rows = start_m + offs_m
-        row_ok = rows < LEN_Q
-        q_ok = row_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + rows[:, None] * stride_qm, mask=q_ok, other=0.0)  # (i, D)
-        do = tl.load(g_base + rows[:, None] * stride_gm, mask=q_ok, other=0.0)  # (i, D)
-        lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
-        delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
-        # Rows that saw no key saved lse = -inf; all their scores are -inf as well, so any
-        # finite stand-in gives p = 0 rather than exp2(-inf + inf) = NaN.
-        lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2_E)
-
-        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
-        valid = row_ok[:, None] & key_valid[None, :]
-        if IS_CAUSAL:
-            valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
-        # Recompute P from the saved log-sum-exp: P = exp(s - lse), already normalised.
-        p = tl.exp2(tl.where(valid, s, float("-inf")) - lse_log2[:, None])
-
-        dv += _dot(tl.trans(_round(p, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
-        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
-        ds = p * (dp - delta[:, None])  # gradient w.r.t. the scaled scores
-        dk += _dot(tl.trans(_round(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
+        lo = tl.maximum(0, start_n - causal_shift) // BLOCK_M * BLOCK_M
+        last_col = tl.maximum(0, start_n + BLOCK_N - 1 - causal_shift)
+        m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    dk, dv = _dkdv_query_blocks(
+        dk, dv, k, v, key_valid, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+        cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q, causal_shift, qk_scale_log2,
+        True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+    dk, dv = _dkdv_query_blocks(
+        dk, dv, k, v, key_valid, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+        cols, offs_m, d_ok, m_whole, m_even, LEN_Q, causal_shift, qk_scale_log2,
+        False, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+    dk, dv = _dkdv_query_blocks(
+        dk, dv, k, v, key_valid, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+        cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q, LEN_Q, causal_shift,
+        qk_scale_log2, True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
     out_off = off_bh.to(tl.int64) * LEN_K * HEAD_DIM + cols[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DK + out_off, _round(dk, DK.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
     tl.store(DV + out_off, _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
+
+
+@triton.jit
+def _dq_key_blocks(
+    dq, q, do, lse_log2, delta, K, V, Mask, mask_base,
+    stride_kn, stride_vn, stride_mn,
+    rows, offs_n, d_ok, start, stop, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dQ of one query tile over key blocks [start, stop); MASKED as in the forward."""
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        s = _mask_key_block(
+            s, Mask, mask_base, stride_mn, rows, cols, LEN_K, causal_shift,
+            MASKED, HAS_MASK, IS_CAUSAL,
+        )  # fmt: skip
+        p = tl.exp2(s - lse_log2[:, None])
+
+        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(_round(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
+    return dq
 
 
 @triton.jit
@@ -306,13 +471,14 @@ def _attn_bwd_dq(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mn,
     H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
-    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One program per query block: holds Q_i, dO_i and accumulates dQ_i over key blocks.
 
-    DQ is a contiguous (b, h, len_q, d) buffer.
+    DQ is a contiguous (b, h, len_q, d) buffer. Query rows past len_q load q = dO = 0 and
+    lse = delta = 0, so their dS is 0 and they add nothing; they are never stored.
     """
     start_m = tl.program_id(0) * BLOCK_M
     off_bh = tl.program_id(1)
@@ -323,52 +489,45 @@ def _attn_bwd_dq(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    row_ok = rows < LEN_Q
-    q_ok = row_ok[:, None] & d_ok[None, :]
 
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
-    q = tl.load(
-        q_ptrs + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=q_ok, other=0.0
-    )
+    q = _load_rows(
+        q_ptrs + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        rows, LEN_Q, d_ok, True, EVEN_D,
+    )  # fmt: skip
     g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
-    do = tl.load(
-        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=q_ok, other=0.0
-    )
+    do = _load_rows(
+        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+        rows, LEN_Q, d_ok, True, EVEN_D,
+    )  # fmt: skip
     row_base = off_bh.to(tl.int64) * LEN_Q
-    lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
-    delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
-    lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2_E)  # see _attn_bwd_dkdv
+    lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
     mask_base = off_b * stride_mb + off_h * stride_mh
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    hi = LEN_K
-    if IS_CAUSAL:
-        hi = tl.minimum(LEN_K, start_m + BLOCK_M + LEN_K - LEN_Q)  # as in the forward
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
-        k = tl.load(k_base + cols[:, None] * stride_kn, mask=kv_ok, other=0.0)  # (j, D)
-        v = tl.load(v_base + cols[:, None] * stride_vn, mask=kv_ok, other=0.0)  # (j, D)
-
-        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
-        valid = (
-            row_ok[:, None]
-            & _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
-        )
-        if IS_CAUSAL:
-            valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
-        p = tl.exp2(tl.where(valid, s, float("-inf")) - lse_log2[:, None])
-
-        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(_round(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
+    n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    causal_shift = LEN_K - LEN_Q
+    dq = _dq_key_blocks(
+        dq, q, do, lse_log2, delta, k_base, v_base, Mask, mask_base, stride_kn, stride_vn,
+        stride_mn, rows, offs_n, d_ok, 0, n_whole, LEN_K, causal_shift, qk_scale_log2,
+        False, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+    dq = _dq_key_blocks(
+        dq, q, do, lse_log2, delta, k_base, v_base, Mask, mask_base, stride_kn, stride_vn,
+        stride_mn, rows, offs_n, d_ok, n_whole, n_stop, LEN_K, causal_shift, qk_scale_log2,
+        True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
 
     dq *= sm_scale  # dQ = scale * dS K
     out_off = row_base * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(DQ + out_off, _round(dq, DQ.dtype.element_ty, EMULATE_BF16), mask=q_ok)
+    tl.store(
+        DQ + out_off,
+        _round(dq, DQ.dtype.element_ty, EMULATE_BF16),
+        mask=(rows[:, None] < LEN_Q) & d_ok[None, :],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,14 +544,6 @@ _INTERPRETED = type(_attn_fwd).__name__ == "InterpretedFunction"
 def _empty(shape, dtype, device):
     """Every buffer the launchers hand to a kernel comes from here (tests poison it with NaN)."""
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _block_sizes(block_d, dtype):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages), chosen so one tile set fits in shared memory."""
-    if _INTERPRETED:
-        return 64, 64, 4, 1  # numpy: fewer, larger blocks run faster; tests vary them
-    wide = block_d * dtype.itemsize > 128  # e.g. fp16 with d > 64, or fp32 with d > 32
-    return 64, (32 if wide else 64), 4, 2
 
 
 def _check_inputs(q, k, v, attn_mask, scale):
@@ -490,8 +641,40 @@ def _mask_strides(attn_mask, q, k):
 
 
 def _launch(kernel, grid, *args, **meta):
-    if grid[0] > 0 and grid[1] > 0:  # an empty grid is not launchable, and has nothing to do
-        kernel[grid](*args, **meta)
+    """Every kernel launch goes through here (the compile gate captures them); returns Triton's
+    compiled kernel (None for an empty grid, which is not launchable and has nothing to do)."""
+    if grid[0] > 0 and grid[1] > 0:
+        return kernel[grid](*args, **meta)
+    return None
+
+
+# What one program of each kernel keeps on chip (see kernels.launch.TileShape): the forward and
+# the dQ pass hold a query tile (and dO) and stream key/value blocks; the dK/dV pass holds a
+# key/value block and streams query/dO blocks, with three score-sized tiles (P, dP, dS).
+TILES = {
+    "fwd": TileShape(resident=1, streamed=2, scores=2, accumulators=1, resident_is_query=True),
+    "dkdv": TileShape(resident=2, streamed=2, scores=3, accumulators=2, resident_is_query=False),
+    "dq": TileShape(resident=2, streamed=2, scores=3, accumulators=1, resident_is_query=True),
+}
+
+
+def _configs(kernel_name, q, block_d):
+    """The launch configurations to choose from for one kernel on q's device."""
+    if _INTERPRETED:
+        return [launch.INTERPRETER_CONFIG]
+    return launch.candidates(TILES[kernel_name], launch.capability(q.device), block_d, q.dtype)
+
+
+def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
+    """Launch ``kernel`` with the best config for this shape; grid_rows(config) = grid dim 0."""
+    b, h, len_q, _ = q.shape
+
+    def run(config):
+        return _launch(kernel, (grid_rows(config), b * h), *args, **meta, **config.meta())
+
+    key = (name, q.device.index, q.dtype, block_d, tuple(sorted(meta.items())),
+           launch.length_bucket(len_q), launch.length_bucket(k.shape[2]))  # fmt: skip
+    run(launch.pick(key, _configs(name, q, block_d), run))
 
 
 def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
@@ -499,50 +682,47 @@ def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
     len_k = k.shape[2]
     out = _empty((b, h, len_q, d), q.dtype, q.device)
     lse = _empty((b, h, len_q), torch.float32, q.device)
-    block_m, block_n, num_warps, num_stages = _block_sizes(block_d, q.dtype)
     mask, mask_strides = _kernel_mask(attn_mask, q, k)
-    _launch(
-        _attn_fwd, (triton.cdiv(len_q, block_m), b * h),
+    args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        h, len_q, len_k, d, scale * LOG2_E,
-        **_meta(attn_mask, is_causal, block_m, block_n, block_d, q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        h, len_q, len_k, d, scale * LOG2_E.value,
     )  # fmt: skip
+    meta = _meta(attn_mask, is_causal, block_d, d, q.dtype)
+    _tuned_launch(
+        _attn_fwd, "fwd", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
+    )
     return out, lse
 
 
 def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse):
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
-    block_m, block_n, num_warps, _ = _block_sizes(block_d, q.dtype)
     mask, mask_strides = _kernel_mask(attn_mask, q, k)
-    meta = _meta(attn_mask, is_causal, block_m, block_n, block_d, q.dtype)
+    meta = _meta(attn_mask, is_causal, block_d, d, q.dtype)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
     dlse = dlse.to(torch.float32).contiguous()
 
     delta = _empty((b, h, len_q), torch.float32, q.device)
     _launch(
-        _attn_bwd_delta, (triton.cdiv(len_q, block_m), b * h),
+        _attn_bwd_delta, (triton.cdiv(len_q, DELTA_ROWS), b * h),
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
-        BLOCK_M=block_m, BLOCK_D=block_d,
+        BLOCK_M=DELTA_ROWS, BLOCK_D=block_d,
     )  # fmt: skip
     dk = _empty((b, h, len_k, d), q.dtype, q.device)
     dv = _empty((b, h, len_k, d), q.dtype, q.device)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
-    sizes = (h, len_q, len_k, d, scale, scale * LOG2_E)
-    _launch(
-        _attn_bwd_dkdv, (triton.cdiv(len_k, block_n), b * h),
-        q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes,
-        **meta, num_warps=num_warps, num_stages=1,
-    )  # fmt: skip
+    sizes = (h, len_q, len_k, d, scale, scale * LOG2_E.value)
+    args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
+    _tuned_launch(
+        _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
+    )
     dq = _empty((b, h, len_q, d), q.dtype, q.device)
-    _launch(
-        _attn_bwd_dq, (triton.cdiv(len_q, block_m), b * h),
-        q, k, v, mask, dout, lse, delta, dq, *common, *sizes,
-        **meta, num_warps=num_warps, num_stages=1,
-    )  # fmt: skip
+    args = (q, k, v, mask, dout, lse, delta, dq, *common, *sizes)
+    _tuned_launch(
+        _attn_bwd_dq, "dq", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
+    )
     return dq, dk, dv
 
 
@@ -553,17 +733,26 @@ def _kernel_mask(attn_mask, q, k):
     return attn_mask.view(torch.uint8), _mask_strides(attn_mask, q, k)
 
 
-def _meta(attn_mask, is_causal, block_m, block_n, block_d, dtype):
+def _precision(dtype):
+    """How tl.dot multiplies: for float32, "tf32x3" on a GPU (three TF32 tensor-core products
+    that recover float32 accuracy; plain FMA products ("ieee") need too many registers to tile
+    well and spilled in every configuration the compile gate tried) and "ieee" under the
+    interpreter, whose numpy products are exact anyway; for 16-bit inputs the setting does not
+    apply ("tf32" is Triton's default)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "ieee" if _INTERPRETED else "tf32x3"
+
+
+def _meta(attn_mask, is_causal, block_d, head_dim, dtype):
+    """The constexprs every attention kernel takes, apart from its block sizes."""
     return dict(
         HAS_MASK=attn_mask is not None,
         IS_CAUSAL=bool(is_causal),
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
+        EVEN_D=block_d == head_dim,
         BLOCK_D=block_d,
         EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
-        # fp32 inputs get exact products (TF32 would be far less accurate than PyTorch's fp32);
-        # for 16-bit inputs the setting does not apply and "tf32" is Triton's default.
-        PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        PRECISION=_precision(dtype),
     )
 
 

@@ -20,9 +20,11 @@ from transformer.attention_maps import (
     figure_size,
     layer_weights,
     main,
+    merge_pieces,
     plot_map,
     sentence_map,
     weights_from_lse,
+    word_spans,
     write_csv,
     write_json,
 )
@@ -217,7 +219,7 @@ def run_dir(tmp_path_factory, tokenizer):
 @pytest.mark.parametrize("kind", KINDS)
 def test_sentence_map_labels_every_row_and_column(kind, tokenizer):
     model = tiny_model(vocab=tokenizer.get_vocab_size())
-    result = sentence_map(model, tokenizer, "Ein Mann liest.", kind, beam_size=1)
+    result = sentence_map(model, tokenizer, "Ein Mann liest.", kind, beam_size=1, units="pieces")
     source_tokens = tokenizer.encode("Ein Mann liest.", add_special_tokens=False).tokens
     assert result.weights.shape == (len(result.query_tokens), len(result.key_tokens))
     if kind != "decoder":
@@ -231,7 +233,9 @@ def test_sentence_map_labels_every_row_and_column(kind, tokenizer):
 
 def test_given_translation_is_the_one_mapped(tokenizer):
     model = tiny_model(vocab=tokenizer.get_vocab_size())
-    result = sentence_map(model, tokenizer, "Ein Mann liest.", translation="A man reads.")
+    result = sentence_map(
+        model, tokenizer, "Ein Mann liest.", translation="A man reads.", units="pieces"
+    )
     expected = tokenizer.encode("A man reads.", add_special_tokens=False).tokens
     assert result.query_tokens == [*expected, "</s>"]
     assert result.translation == "A man reads."
@@ -265,12 +269,15 @@ def test_json_and_csv_hold_the_drawn_weights(tmp_path, tokenizer):
     torch.testing.assert_close(torch.tensor(saved["weights"]), result.weights)
     assert saved["query_tokens"] == result.query_tokens
     assert saved["layers"] == [1] and saved["heads"] == [0, 1, 2, 3]
+    assert saved["units"] == "words"
+    assert ["".join(p).replace("▁", "") for p in saved["key_pieces"]] == saved["key_tokens"]
     with open(tmp_path / "map.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == result.weights.numel()
     row = rows[-1]
     assert (row["layer"], row["head"], row["key_token"]) == ("1", "3", result.key_tokens[-1])
     assert float(row["weight"]) == pytest.approx(float(result.weights[0, 3, -1, -1]))
+    assert {r["units"] for r in rows} == {"words"}
 
 
 def test_command_writes_png_json_and_csv(tmp_path, run_dir, capsys):
@@ -283,6 +290,7 @@ def test_command_writes_png_json_and_csv(tmp_path, run_dir, capsys):
     assert mpimg.imread(out).ndim == 3
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["kind"] == "decoder" and saved["layer"] == 1 and saved["head"] == 0
+    assert saved["units"] == "words"
     assert (tmp_path / "m.csv").stat().st_size > 0
     assert "wrote" in capsys.readouterr().err
 
@@ -345,6 +353,55 @@ def test_help_explains_every_option():
         assert action.help, f"{action.option_strings} has no help"
         for option in action.option_strings:
             assert option in text
+
+
+# --- words from pieces -------------------------------------------------------------------------
+
+
+def test_word_boundaries_come_from_the_metaspace_marker():
+    pieces = ["<s>", "▁Zwei", "▁Hun", "de", "▁im", "▁", "Sch", "nee", ".", "</s>"]
+    assert word_spans(pieces) == [(0, 1), (1, 2), (2, 4), (4, 5), (5, 9), (9, 10)]
+    # A first piece without the marker still starts a word; specials never join one.
+    assert word_spans(["de", "▁x", "</s>", "y"]) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_merged_rows_sum_to_one_keys_summed_queries_averaged():
+    torch.manual_seed(0)
+    weights = torch.rand(2, 3, 5, 4).softmax(-1)  # (l, h, query pieces, key pieces)
+    query_spans, key_spans = [(0, 2), (2, 3), (3, 5)], [(0, 1), (1, 4)]
+    merged = merge_pieces(weights, query_spans, key_spans)
+    assert merged.shape == (2, 3, 3, 2)
+    torch.testing.assert_close(merged.sum(-1), torch.ones(2, 3, 3))
+    # Key word 1 = pieces 1..3 summed; query word 0 = mean of piece rows 0 and 1.
+    expected = (weights[..., 0, 1:4].sum(-1) + weights[..., 1, 1:4].sum(-1)) / 2
+    torch.testing.assert_close(merged[..., 0, 1], expected)
+    torch.testing.assert_close(merged[..., 1, 0], weights[..., 2, 0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_word_map_labels_words_and_merges_the_piece_map(kind, tokenizer):
+    model = tiny_model(vocab=tokenizer.get_vocab_size())
+    args = (model, tokenizer, "Zwei Hunde spielen im Schnee.", kind)
+    pieces = sentence_map(*args, beam_size=1, units="pieces", grid=True)
+    words = sentence_map(*args, beam_size=1, units="words", grid=True)
+    assert pieces.units == "pieces" and words.units == "words"
+    if kind != "decoder":
+        assert words.key_tokens == ["Zwei", "Hunde", "spielen", "im", "Schnee."]
+    expected = merge_pieces(
+        pieces.weights, word_spans(pieces.query_tokens), word_spans(pieces.key_tokens)
+    )
+    torch.testing.assert_close(words.weights, expected)
+    torch.testing.assert_close(words.weights.sum(-1), torch.ones(words.weights.shape[:-1]))
+    assert sum(len(p) for p in words.query_pieces) == len(pieces.query_tokens)
+
+
+def test_command_draws_pieces_with_the_pieces_option(tmp_path, run_dir):
+    main(
+        ["--checkpoint", str(run_dir), "--sentence", "Ein Hund.", "--beam-size", "1",
+         "--output", str(tmp_path / "m.png"), "--json", str(tmp_path / "m.json"), "--pieces"]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["units"] == "pieces" and "▁Ein" in saved["key_tokens"]
 
 
 # --- a model that learnt a known alignment ---------------------------------------------------

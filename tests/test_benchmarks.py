@@ -17,10 +17,20 @@ STATUSES = {"ok", "oom", "unsupported", "not_measurable", "unavailable", "skippe
 ENVIRONMENT_KEYS = {"device_type", "device_name", "driver", "torch", "triton", "date", "command"}
 
 
-def run_script(module: str, out_dir: Path, *args: str) -> dict:
-    """Run ``python -m module`` from the repository root on the CPU; its JSON payload."""
-    command = [sys.executable, "-m", module, "--device", "cpu", "--out-dir", str(out_dir), *args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+def invocation(module: str, form: str) -> tuple[list[str], Path]:
+    """The command line and working directory that run ``module`` in ``form``: ``module``
+    (``python -m benchmarks.x`` from the repository root) or ``file`` (``python
+    benchmarks/x.py``, as a newcomer types it, here from another directory)."""
+    if form == "module":
+        return [sys.executable, "-m", module], REPO
+    return [sys.executable, str(REPO / (module.replace(".", "/") + ".py"))], REPO.parent
+
+
+def run_script(module: str, out_dir: Path, *args: str, form: str = "module") -> dict:
+    """Run the benchmark ``module`` on the CPU (see :func:`invocation`); its JSON payload."""
+    command, cwd = invocation(module, form)
+    command += ["--device", "cpu", "--out-dir", str(out_dir), *args]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     stem = "bench"
     assert "| length |" in done.stdout or "| head dim |" in done.stdout  # the markdown table
@@ -36,19 +46,32 @@ def check_environment(payload: dict, benchmark: str) -> None:
     assert ENVIRONMENT_KEYS <= set(env)
     assert env["device_type"] == "cpu"
     assert env["torch"] and env["device_name"]
-    assert module_name(benchmark) in env["command"]
+    module = module_name(benchmark)
+    assert module in env["command"] or module.replace(".", "/") + ".py" in env["command"]
 
 
 def module_name(benchmark: str) -> str:
     return f"benchmarks.{benchmark}_benchmark"
 
 
-@pytest.mark.parametrize("module", [module_name("attention"), module_name("model")])
-def test_help(module):
-    done = subprocess.run(
-        [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True
-    )
-    assert done.returncode == 0 and "usage" in done.stdout
+SCRIPTS = sorted(
+    f"benchmarks.{path.stem}"
+    for path in (REPO / "benchmarks").glob("*.py")
+    if path.stem.endswith("_benchmark")
+)
+
+
+def test_every_benchmark_script_is_covered():
+    assert SCRIPTS == [module_name("attention"), module_name("model")]
+
+
+@pytest.mark.parametrize("form", ["module", "file"])
+@pytest.mark.parametrize("module", SCRIPTS)
+def test_help_runs_as_a_module_and_as_a_file(module, form):
+    command, cwd = invocation(module, form)
+    done = subprocess.run([*command, "--help"], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage" in done.stdout
 
 
 @pytest.mark.parametrize("module", [module_name("attention"), module_name("model")])
@@ -118,14 +141,17 @@ def test_attention_benchmark_on_cpu(tmp_path):
     assert payload["ratios"] == []  # no kernel timings on the CPU, so no ratios
 
 
-def test_model_benchmark_on_cpu(tmp_path):
+@pytest.mark.parametrize("form", ["module", "file"])
+def test_model_benchmark_on_cpu(tmp_path, form):
     # At length 1024 the naive path's scores need about 120 MiB here, SDPA's about 16.
+    # Run as a file too: its CPU points run in forked children, which must find the package.
     payload = run_script(
         module_name("model"),
         tmp_path,
         *("--tag", "bench", "--lengths", "64", "1024", "--batch", "2", "--d-model", "32"),
         *("--heads", "2", "--layers", "1", "--d-ff", "64", "--vocab", "100"),
         *("--cpu-repeats", "1", "--cpu-memory-cap-mib", "48"),
+        form=form,
     )
     check_environment(payload, "model")
     by_key = {(r["backend"], r["seq_len"]): r for r in payload["records"]}

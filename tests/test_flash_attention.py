@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import flash_attention
+from kernels.launch import LaunchConfig
 
 fa = importlib.import_module("kernels.flash_attention")  # the module; `kernels.flash_attention`
 # as an attribute is the function, which the package re-exports under the same name.
@@ -321,17 +322,27 @@ def test_every_output_element_is_written(monkeypatch):
         assert torch.isfinite(t).all()
 
 
-def test_result_does_not_depend_on_block_sizes(monkeypatch):
-    q, k, v, dout = random_inputs(1, 2, 75, 51, 80, torch.float32)
-    mask = random_key_mask(1, 51)
-    results = []
-    for blocks in ((16, 16), (16, 64), (64, 32)):
-        monkeypatch.setattr(fa, "_block_sizes", lambda d, dt, b=blocks: (*b, 4, 1))
-        kwargs = dict(attn_mask=mask, is_causal=True)
-        results.append(output_and_grads(flash_attention, q, k, v, dout, torch.float32, **kwargs))
-    for other in results[1:]:
-        for a, b in zip(results[0], other, strict=True):
-            assert torch.allclose(a, b, atol=1e-5)
+# (BLOCK_M, BLOCK_N) per kernel as the launcher may pick them, including shapes where the
+# causal diagonal crosses several blocks, query and key blocks of different sizes, and tiles
+# larger than the sequence, so that both loop stages (whole blocks unchecked, partial or
+# diagonal blocks masked) and the dK/dV pass's three query ranges all run.
+BLOCK_CHOICES = [(16, 16), (16, 32), (32, 16), (64, 32), (32, 128)]
+
+
+@pytest.mark.parametrize("blocks", BLOCK_CHOICES, ids=str)
+@pytest.mark.parametrize("len_q,len_k", [(75, 51), (51, 75), (64, 64)])
+def test_every_block_size_matches_the_reference_in_both_loop_stages(
+    blocks, len_q, len_k, monkeypatch
+):
+    monkeypatch.setattr(fa, "_configs", lambda name, q, d: [LaunchConfig(*blocks, 4, 1)])
+    q, k, v, dout = random_inputs(2, 1, len_q, len_k, 32, torch.float32, seed=len_q + blocks[0])
+    for mask, is_causal in (
+        (None, True),
+        (random_key_mask(2, len_k), True),
+        (random_key_mask(2, len_k), False),
+        (None, False),
+    ):
+        assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=is_causal)
 
 
 def test_empty_lengths():
@@ -409,6 +420,7 @@ for name in [m for m in sys.modules if m == "kernels" or m.startswith("kernels."
 del sys.modules["triton"]
 os.environ.pop("TRITON_INTERPRET", None)
 from kernels import flash_attention
+from kernels.launch import LaunchConfig
 try:
     flash_attention(*[torch.zeros(1, 1, 2, 16)] * 3)
 except RuntimeError as err:

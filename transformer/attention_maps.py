@@ -11,6 +11,13 @@ teacher-forced on ``<s> + translation``, and the weights of that pass are drawn.
 * ``decoder``: causal self-attention; both axes are the decoder's input ``<s> + translation``,
   so the map is lower triangular.
 
+The model reads BPE pieces (``▁Frau``, ``Schnee``, ``.``); a map is drawn over words by default,
+a word being a piece marked ``▁`` and the unmarked pieces after it (``Schnee.``). A source
+(key) word's weight is the *sum* over its pieces, the attention it received as a whole; a target
+(query) word's row is the *mean* of its pieces' rows; so every row still sums to one. Special
+tokens (``<s>``, ``</s>``) are words of their own. ``units="pieces"`` (``--pieces``) draws the
+pieces themselves.
+
 Two ways to get the weights, which agree to float32 tolerance:
 
 * ``naive``: the model's own weights, from its einops path (:meth:`Transformer.attention_maps`).
@@ -33,7 +40,7 @@ import json
 import os
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +52,8 @@ from .decoding import beam_search, greedy_decode
 from .model import Transformer
 
 KINDS = ("cross", "encoder", "decoder")
+UNITS = ("words", "pieces")
+WORD_MARK = "▁"  # the tokenizer's Metaspace marker of a word's first piece
 METHODS = ("naive", "flash")
 MAP_NAMES = {"cross": "cross", "encoder": "encoder_self", "decoder": "decoder_self"}
 
@@ -319,7 +328,9 @@ class SentenceMap:
     """A map ready to draw or export.
 
     ``weights`` is (i, j), or (l, h, i, j) for a grid; ``layers``/``heads`` name what each
-    index of a grid is, or what was averaged (None = mean over all).
+    index of a grid is, or what was averaged (None = mean over all). ``units`` says whether the
+    rows and columns are BPE ``pieces`` or ``words``; ``query_pieces``/``key_pieces`` list the
+    pieces behind each row and column label.
     """
 
     kind: str
@@ -334,9 +345,13 @@ class SentenceMap:
     grid: bool
     layers: list[int]
     heads: list[int]
+    units: str = "pieces"
+    query_pieces: list[list[str]] | None = None
+    key_pieces: list[list[str]] | None = None
 
     def to_json(self) -> dict:
         return {
+            "units": self.units,
             "kind": self.kind,
             "method": self.method,
             "source": self.source,
@@ -346,6 +361,8 @@ class SentenceMap:
             "grid": self.grid,
             "query_tokens": self.query_tokens,
             "key_tokens": self.key_tokens,
+            "query_pieces": self.query_pieces or [[t] for t in self.query_tokens],
+            "key_pieces": self.key_pieces or [[t] for t in self.key_tokens],
             "layers": self.layers,
             "heads": self.heads,
             "weights": self.weights.tolist(),
@@ -363,6 +380,7 @@ class SentenceMap:
                     for j, key in enumerate(self.key_tokens):
                         rows.append(
                             {
+                                "units": self.units,
                                 "layer": layer,
                                 "head": head,
                                 "query_index": i,
@@ -387,11 +405,15 @@ def sentence_map(
     beam_size: int = 4,
     length_penalty: float = 0.6,
     translation: str | None = None,
+    units: str = "words",
 ) -> SentenceMap:
-    """Translate ``sentence`` (or take the given ``translation``) and compute its map."""
+    """Translate ``sentence`` (or take the given ``translation``) and compute its map, over
+    ``words`` (merged pieces, see the module docstring) or BPE ``pieces``."""
     from .tokenizer import BOS_ID, EOS_ID, decode, encode
 
     check_kind(kind)
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
     layer, head = normalize_layer_head(model, kind, layer, head)
     if not sentence.strip():
         raise ValueError("the sentence is empty")
@@ -423,7 +445,7 @@ def sentence_map(
         "decoder": (decoder_in, decoder_in),
     }[kind]
     layers = list(range(num_layers(model, kind))) if layer is None else [layer]
-    return SentenceMap(
+    pieces = SentenceMap(
         kind=kind,
         method=method,
         source=sentence,
@@ -436,6 +458,54 @@ def sentence_map(
         grid=grid,
         layers=layers,
         heads=list(range(model.config.heads)) if head is None else [head],
+    )
+    return merge_into_words(pieces) if units == "words" else pieces
+
+
+def word_spans(pieces: list[str]) -> list[tuple[int, int]]:
+    """``(start, end)`` piece indices of each word: a word starts at a piece marked ``▁`` (or the
+    first piece) and takes the unmarked pieces after it; special tokens stand alone."""
+    from .tokenizer import SPECIAL_TOKENS
+
+    spans: list[list[int]] = []
+    for i, piece in enumerate(pieces):
+        alone = piece in SPECIAL_TOKENS or (i > 0 and pieces[i - 1] in SPECIAL_TOKENS)
+        if not spans or alone or piece.startswith(WORD_MARK):
+            spans.append([i, i + 1])
+        else:
+            spans[-1][1] = i + 1
+    return [(start, end) for start, end in spans]
+
+
+def merge_pieces(
+    weights: torch.Tensor, query_spans: list[tuple[int, int]], key_spans: list[tuple[int, int]]
+) -> torch.Tensor:
+    """(..., i, j) over pieces → (..., query words, key words): a key word's weight is the sum
+    over its pieces, a query word's row the mean of its pieces' rows; rows still sum to one."""
+    keys = torch.stack([weights[..., a:b].sum(-1) for a, b in key_spans], dim=-1)
+    return torch.stack([keys[..., a:b, :].mean(-2) for a, b in query_spans], dim=-2)
+
+
+def merge_into_words(pieces: SentenceMap) -> SentenceMap:
+    """The same map over words: weights merged by :func:`merge_pieces`, words as labels."""
+    query_spans, key_spans = word_spans(pieces.query_tokens), word_spans(pieces.key_tokens)
+
+    def grouped(tokens: list[str], spans: list[tuple[int, int]]) -> list[list[str]]:
+        return [tokens[a:b] for a, b in spans]
+
+    def labels(groups: list[list[str]]) -> list[str]:
+        return ["".join(g).replace(WORD_MARK, "") or WORD_MARK for g in groups]
+
+    query_pieces = grouped(pieces.query_tokens, query_spans)
+    key_pieces = grouped(pieces.key_tokens, key_spans)
+    return replace(
+        pieces,
+        units="words",
+        weights=merge_pieces(pieces.weights, query_spans, key_spans),
+        query_tokens=labels(query_pieces),
+        key_tokens=labels(key_pieces),
+        query_pieces=query_pieces,
+        key_pieces=key_pieces,
     )
 
 
@@ -458,11 +528,12 @@ def figure_size(
     return width, height
 
 
-def _axis_names(kind: str) -> tuple[str, str]:
+def _axis_names(kind: str, units: str = "pieces") -> tuple[str, str]:
+    unit = "word" if units == "words" else "token"
     return {
-        "cross": ("generated token", "source token"),
-        "encoder": ("source token (query)", "source token (key)"),
-        "decoder": ("decoder input (query)", "decoder input (key)"),
+        "cross": (f"generated {unit}", f"source {unit}"),
+        "encoder": (f"source {unit} (query)", f"source {unit} (key)"),
+        "decoder": (f"decoder input {unit} (query)", f"decoder input {unit} (key)"),
     }[kind]
 
 
@@ -470,6 +541,12 @@ def _what(layer: int | None, head: int | None) -> str:
     layer_text = "mean over layers" if layer is None else f"layer {layer}"
     head_text = "mean over heads" if head is None else f"head {head}"
     return f"{layer_text}, {head_text}"
+
+
+def _short(labels: list[str], limit: int = 20) -> list[str]:
+    """Tick labels cut to ``limit`` characters: a word merged from many pieces (an untrained
+    model's output can be one long unmarked run) must not squeeze the map to nothing."""
+    return [label if len(label) <= limit else label[: limit - 1] + "…" for label in labels]
 
 
 def draw_map(sentence_map: SentenceMap, dpi: int = 100):
@@ -487,7 +564,7 @@ def draw_map(sentence_map: SentenceMap, dpi: int = 100):
     )
     axes = fig.subplots(grid_rows, grid_cols, squeeze=False)
     vmax = max(float(weights.max()), 1e-9) if weights.numel() else 1.0
-    query_name, key_name = _axis_names(m.kind)
+    query_name, key_name = _axis_names(m.kind, m.units)
     image = None
     for r in range(grid_rows):
         for c in range(grid_cols):
@@ -495,8 +572,8 @@ def draw_map(sentence_map: SentenceMap, dpi: int = 100):
             image = ax.imshow(
                 weights[r, c].numpy(), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto"
             )
-            ax.set_xticks(range(cols), m.key_tokens, rotation=90, fontsize=8)
-            ax.set_yticks(range(rows), m.query_tokens, fontsize=8)
+            ax.set_xticks(range(cols), _short(m.key_tokens), rotation=90, fontsize=8)
+            ax.set_yticks(range(rows), _short(m.query_tokens), fontsize=8)
             ax.xaxis.tick_top()
             if m.grid:
                 ax.set_title(f"layer {m.layers[r]}, head {m.heads[c]}", fontsize=9)
@@ -506,7 +583,9 @@ def draw_map(sentence_map: SentenceMap, dpi: int = 100):
                 ax.set_xlabel(key_name)
     what = "every head" if m.grid else _what(m.layer, m.head)
     width_chars = int(fig.get_figwidth() / 0.09)  # about one 10-point character per 0.09 inch
-    lines = [f"{m.kind} attention, {what} ({m.method} weights)", m.source, f"→ {m.translation}"]
+    units = "words" if m.units == "words" else "BPE pieces"
+    lines = [f"{m.kind} attention over {units}, {what} ({m.method} weights)", m.source]
+    lines.append(f"→ {m.translation}")
     fig.suptitle("\n".join(textwrap.fill(line, width_chars) for line in lines), fontsize=10)
     fig.colorbar(image, ax=axes, label="attention weight", shrink=0.8)
     return fig
@@ -584,6 +663,13 @@ def build_parser() -> argparse.ArgumentParser:
         "layers x heads without it",
     )
     parser.add_argument(
+        "--pieces",
+        action="store_true",
+        help="draw the BPE pieces the model reads (▁Frau, Schnee, .) instead of words (Frau, "
+        "Schnee.), whose weights merge their pieces' (source pieces summed, target pieces "
+        "averaged)",
+    )
+    parser.add_argument(
         "--method",
         choices=METHODS,
         default="naive",
@@ -609,17 +695,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--which",
-        choices=("best", "last"),
+        choices=("best", "last", "average"),
         default="best",
-        help="which checkpoint of the run; best falls back to last while the run has no best "
-        "(default: %(default)s)",
+        help="which checkpoint of the run; best falls back to last while the run has no best; "
+        "average: the averaged weights (python -m transformer.average) (default: %(default)s)",
     )
     parser.add_argument("--json", default=None, help="also write the weights as JSON here")
     parser.add_argument(
         "--csv",
         default=None,
-        help="also write the weights as CSV here (columns: layer, head, query_index, "
-        "query_token, key_index, key_token, weight)",
+        help="also write the weights as CSV here (columns: units (words or pieces), layer, "
+        "head, query_index, query_token, key_index, key_token, weight)",
     )
     parser.add_argument(
         "--dpi", type=int, default=100, help="PNG resolution (default: %(default)s)"
@@ -673,6 +759,7 @@ def main(argv: list[str] | None = None) -> None:
             beam_size=args.beam_size,
             length_penalty=args.length_penalty,
             translation=args.translation,
+            units="pieces" if args.pieces else "words",
         )
     except ValueError as err:
         parser.error(str(err))

@@ -8,11 +8,14 @@ Layout of a run directory::
       checkpoints/step-00001200/
         model.safetensors            weights
         state.pt                     optimizer and scheduler state (torch.save)
-      last.json                      points at the newest checkpoint
+      checkpoints/average-00000800-00001200/
+        model.safetensors            the mean of the last checkpoints' weights (transformer.average)
+      last.json                      points at the newest checkpoint (and lists the kept ones)
       best.json                      points at the one with the best validation BLEU
+      average.json                   points at the averaged weights, if any
 
-A pointer file (``last.json``/``best.json``) names the checkpoint directory and records the model
-config, the tokenizer path, the training position (step, epoch, next batch) and the size and
+A pointer file (``last.json``/``best.json``/``average.json``) names the checkpoint directory and
+records the model config, the tokenizer path, the training position (step, epoch, next batch) and the size and
 SHA-256 of every file. It is written last, through a temporary file, ``fsync`` and
 ``os.replace``, so it is the commit point: a run killed while saving leaves the previous pointer,
 which still names complete files. A file that does not match its recorded size or hash (truncated,
@@ -25,17 +28,18 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 FORMAT_VERSION = 1
 MODEL_FILE, STATE_FILE = "model.safetensors", "state.pt"
-POINTERS = ("last", "best")
+POINTERS = ("last", "best", "average")
 
 
 class CheckpointError(RuntimeError):
@@ -120,6 +124,7 @@ def save_checkpoint(
     state: dict[str, Any],
     meta: dict[str, Any],
     best: bool = False,
+    keep_last: int = 1,
 ) -> Path:
     """Save weights and training state as ``checkpoints/step-<step>/`` and point ``last.json`` at it.
 
@@ -130,27 +135,23 @@ def save_checkpoint(
             (optimizer and scheduler ``state_dict``\\ s).
         meta: JSON-serializable; must hold ``step``. Stored in the pointer files.
         best: also point ``best.json`` at this checkpoint.
+        keep_last: how many of the newest checkpoints to keep (for weight averaging); ``last.json``
+            lists them, with their hashes, under ``recent``.
 
-    Checkpoint directories named by neither pointer are deleted afterwards.
+    Checkpoint directories named by no pointer are deleted afterwards.
     """
     run_dir = Path(run_dir)
     directory = run_dir / "checkpoints" / f"step-{meta['step']:08d}"
-    tmp_dir = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    save_model(model, str(tmp_dir / MODEL_FILE))
-    torch.save(state, tmp_dir / STATE_FILE)
-    for name in (MODEL_FILE, STATE_FILE):
-        _fsync_file(tmp_dir / name)
-    shutil.rmtree(directory, ignore_errors=True)  # a re-save of the same step
-    os.replace(tmp_dir, directory)
-    fsync_dir(directory.parent)
-    pointer = {
-        "format": FORMAT_VERSION,
-        "directory": str(directory.relative_to(run_dir)),
-        "files": {name: _digest(directory / name) for name in (MODEL_FILE, STATE_FILE)},
-        **meta,
-    }
+
+    def write(tmp_dir: Path) -> None:
+        save_model(model, str(tmp_dir / MODEL_FILE))
+        torch.save(state, tmp_dir / STATE_FILE)
+
+    _write_directory(directory, write)
+    pointer = _pointer(run_dir, directory, meta)
+    recent = [r for r in _recent(run_dir) if r["step"] < meta["step"]]  # a re-save replaces
+    here = {"step": meta["step"], "directory": pointer["directory"], "files": pointer["files"]}
+    pointer["recent"] = [*recent, here][-max(keep_last, 1) :]
     atomic_write_json(run_dir / "last.json", pointer)
     if best:
         atomic_write_json(run_dir / "best.json", pointer)
@@ -158,12 +159,76 @@ def save_checkpoint(
     return directory
 
 
+def save_weights(
+    run_dir: str | os.PathLike,
+    name: str,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    pointers: tuple[str, ...],
+    file_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Save bare weights (no training state) as ``checkpoints/<name>/`` and point each of
+    ``pointers`` (e.g. ``("average",)``) at it; written as atomically as :func:`save_checkpoint`."""
+    run_dir = Path(run_dir)
+    directory = run_dir / "checkpoints" / name
+
+    def write(tmp_dir: Path) -> None:
+        save_file(tensors, str(tmp_dir / MODEL_FILE), metadata=file_metadata)
+        torch.save({}, tmp_dir / STATE_FILE)
+
+    _write_directory(directory, write)
+    pointer = _pointer(run_dir, directory, meta)
+    for which in pointers:
+        atomic_write_json(run_dir / f"{which}.json", pointer)
+    _remove_unreferenced(run_dir)
+    return directory
+
+
+def point(run_dir: str | os.PathLike, which: str, checkpoint: Checkpoint, **changes: Any) -> None:
+    """Point ``<which>.json`` at ``checkpoint`` (its pointer, with ``changes`` to the metadata)."""
+    atomic_write_json(Path(run_dir) / f"{which}.json", {**checkpoint.meta, **changes})
+
+
+def _write_directory(directory: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temporary directory, fsync its files, then rename it to ``directory``."""
+    tmp_dir = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    write(tmp_dir)
+    for name in (MODEL_FILE, STATE_FILE):
+        _fsync_file(tmp_dir / name)
+    shutil.rmtree(directory, ignore_errors=True)  # a re-save of the same step
+    os.replace(tmp_dir, directory)
+    fsync_dir(directory.parent)
+
+
+def _pointer(run_dir: Path, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "directory": str(directory.relative_to(run_dir)),
+        "files": {name: _digest(directory / name) for name in (MODEL_FILE, STATE_FILE)},
+        **meta,
+    }
+
+
+def _recent(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``recent`` list of ``last.json`` (empty for a new run or an older format)."""
+    path = run_dir / "last.json"
+    if not path.is_file():
+        return []
+    pointer = json.loads(path.read_text())
+    return pointer.get("recent", [])
+
+
 def _remove_unreferenced(run_dir: Path) -> None:
     keep = set()
     for name in POINTERS:
         path = run_dir / f"{name}.json"
         if path.is_file():
-            keep.add(json.loads(path.read_text())["directory"])
+            pointer = json.loads(path.read_text())
+            keep.add(pointer["directory"])
+            if name == "last":  # best.json holds a stale copy of the list from when it was last
+                keep.update(r["directory"] for r in pointer.get("recent", []))
     for directory in (run_dir / "checkpoints").iterdir():
         if str(directory.relative_to(run_dir)) not in keep:
             shutil.rmtree(directory, ignore_errors=True)
@@ -199,6 +264,12 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
         raise CheckpointError(
             f"{pointer_path}: checkpoint format {meta.get('format')!r}, this code reads {FORMAT_VERSION}"
         )
+    verify_files(directory, files)
+    return Checkpoint(directory=directory, meta=meta)
+
+
+def verify_files(directory: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Raise :class:`CheckpointError` unless every file has its recorded size and SHA-256."""
     for name, expected in files.items():
         path = directory / name
         if not path.is_file():
@@ -213,4 +284,24 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
             raise CheckpointError(
                 f"{path}: corrupt checkpoint file (SHA-256 differs from the one recorded)"
             )
-    return Checkpoint(directory=directory, meta=meta)
+
+
+def load_recent(run_dir: str | os.PathLike, count: int) -> list[Checkpoint]:
+    """The newest ``count`` checkpoints that ``last.json`` lists under ``recent``, oldest first,
+    each verified; fewer if fewer were kept (``keep_last`` of :func:`save_checkpoint`)."""
+    last = load_checkpoint(run_dir, "last")
+    run_dir = Path(run_dir)
+    recent = last.meta.get("recent") or [
+        {
+            "step": last.meta["step"],
+            "directory": last.meta["directory"],
+            "files": last.meta["files"],
+        }
+    ]
+    checkpoints = []
+    for entry in recent[-count:]:
+        directory = run_dir / entry["directory"]
+        verify_files(directory, entry["files"])
+        meta = {**entry, "model_config": last.model_config, "tokenizer": last.meta.get("tokenizer")}
+        checkpoints.append(Checkpoint(directory=directory, meta=meta))
+    return checkpoints

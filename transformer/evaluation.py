@@ -1,4 +1,4 @@
-"""Batched translation of token ids and sacreBLEU scoring."""
+"""Batched translation of token ids and sacreBLEU scoring (BLEU and chrF)."""
 
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ def translate_ids(
     return results
 
 
-def bleu_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus sacreBLEU (13a tokenization) of detokenized text: cased and lowercased."""
-    refs = [list(references)]
+def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus sacreBLEU (13a tokenization) of detokenized text, cased and lowercased, and chrF
+    (sacreBLEU's defaults: character 6-grams, β = 2)."""
+    hyps, refs = list(hypotheses), [list(references)]
     return {
-        "bleu": sacrebleu.corpus_bleu(list(hypotheses), refs).score,
-        "bleu_lc": sacrebleu.corpus_bleu(list(hypotheses), refs, lowercase=True).score,
+        "bleu": sacrebleu.corpus_bleu(hyps, refs).score,
+        "bleu_lc": sacrebleu.corpus_bleu(hyps, refs, lowercase=True).score,
+        "chrf": sacrebleu.corpus_chrf(hyps, refs).score,
     }

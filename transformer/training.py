@@ -1,16 +1,20 @@
 """The training loop: one :class:`TrainConfig` in, a trained, evaluated, checkpointed run out.
 
-``train(config)`` does everything ``train.py`` does, so tests call it in-process:
+``train(config)`` does everything ``train.py`` does, so tests call it in-process, in four steps:
 
-1. read and validate the corpus (:mod:`transformer.data`), train the shared BPE vocabulary on the
-   training split and save it as ``run_dir/tokenizer.json``;
-2. train with token-count batches (:mod:`transformer.batching`), label-smoothed cross-entropy,
-   AdamW under an inverse-square-root schedule with linear warm-up, gradient clipping and bf16
+1. :func:`setup_run`: read and validate the corpus (:mod:`transformer.data`), train the shared
+   BPE vocabulary on the training split and save it as ``run_dir/tokenizer.json``; build the
+   model and optimizer, and restore a checkpoint's position when resuming;
+2. :func:`train_loop`: train with token-count batches (:mod:`transformer.batching`),
+   label-smoothed cross-entropy, AdamW with linear warm-up and then inverse-square-root decay or
+   linear decay to zero at the end of the budget (``schedule``), gradient clipping and bf16
    autocast where it pays;
-3. every ``eval_every`` steps, at each epoch's end and at the end: validation loss and sacreBLEU, a
-   checkpoint, ``best.json`` moved when BLEU improves; every ``checkpoint_every`` steps a
-   checkpoint;
-4. at the end: the best checkpoint's BLEU on the test split.
+3. inside it, every ``eval_every`` steps, at each epoch's end and at the end: validation loss,
+   sacreBLEU and chrF, a checkpoint, ``best.json`` moved when BLEU improves; every
+   ``checkpoint_every`` steps a checkpoint;
+4. :func:`finish_run`: optionally the average of the last ``average_last`` checkpoints, which
+   becomes ``best`` when its validation BLEU is higher; the best checkpoint's scores on the test
+   split.
 
 Reproducibility and resuming: batch order is a function of ``(seed, epoch)`` and dropout is
 re-seeded from ``(seed, step, rank)`` before each step, so the checkpoint's position
@@ -41,16 +45,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from transformer.average import save_average
 from transformer.batching import Batch, batch_indices, make_batch, shard
 from transformer.checkpoint import (
     CheckpointError,
     atomic_write_json,
     load_checkpoint,
+    load_recent,
+    point,
     save_checkpoint,
 )
 from transformer.config import ModelConfig
 from transformer.data import DEFAULT_DATA_DIR, load_split
-from transformer.evaluation import autocast, bleu_scores, translate_ids
+from transformer.evaluation import autocast, translate_ids, translation_scores
 from transformer.model import Transformer
 from transformer.tokenizer import (
     PAD_ID,
@@ -101,6 +108,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
+    schedule: str = "inverse-sqrt"
     epochs: int = 100
     max_steps: int | None = None
     time_budget: float | None = 8.0
@@ -112,6 +120,7 @@ class TrainConfig:
     beam_size: int = 4
     length_penalty: float = 0.6
     val_beam_size: int = 1
+    average_last: int = 0
     final_test: bool = True
 
     def __post_init__(self) -> None:
@@ -135,6 +144,7 @@ class TrainConfig:
             "warmup_steps",
             "eval_every",
             "checkpoint_every",
+            "average_last",
             "weight_decay",
             "clip_norm",
             "length_penalty",
@@ -149,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be positive minutes, got {self.time_budget}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in ("auto", "on", "off"):
             raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
         if self.device != "auto":
@@ -188,11 +200,175 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+@dataclass
+class TrainState:
+    """Where the run stands; saved in every checkpoint, so that a resumed run goes on from here.
+
+    ``train_time`` counts the training loop, validations included, against the time budget.
+    ``schedule_time`` is ``train_time`` as of the last budget check, on rank 0's clock: the
+    learning-rate schedule reads it, so that every rank, and a resumed run, use the same value.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    next_batch: int = 0
+    train_time: float = 0.0
+    schedule_time: float = 0.0
+    best_bleu: float = -1.0
+
+
+@dataclass
+class Run:
+    """Everything :func:`setup_run` builds and the loop, validation and checkpoints use."""
+
+    config: TrainConfig
+    dist: Distributed
+    device: torch.device
+    amp: bool
+    run_dir: Path
+    tokenizer: Any
+    train_corpus: Corpus
+    val_corpus: Corpus
+    test_ds: Any
+    model_config: ModelConfig
+    model: Transformer
+    train_model: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    log: MetricsLog
+    state: TrainState
+
+
+# --------------------------------------------------------------------------------------------
+# the run, step by step
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run training as ``config`` says; with ``resume``, continue ``config.run_dir`` from its last checkpoint."""
+    started = time.time()
+    run = setup_run(config, resume, started)  # 1. data, vocabulary, model, optimizer, position
+    losses = train_loop(run)  # 2., 3. train, validate, checkpoint
+    metrics = finish_run(run, started) if run.dist.is_main else {}  # 4. average, test
+    if run.dist.enabled:
+        dist.barrier()
+    loss_values = torch.stack(losses).tolist() if losses else []
+    return TrainResult(
+        run_dir=run.run_dir,
+        model=run.model,
+        step=run.state.step,
+        losses=loss_values,
+        metrics=metrics,
+    )
+
+
+def train_loop(run: Run) -> list[torch.Tensor]:
+    """Train until the budget or the epochs run out; validate and checkpoint on the way."""
+    config, state = run.config, run.state
+    losses: list[torch.Tensor] = []  # left on the device: read back only when logged
+    last_eval_step = -1
+    throughput = Throughput()
+    run.model.train()
+    done = out_of_budget(run)
+    while not done and state.epoch < config.epochs:
+        batches = epoch_batches(run)
+        bar = progress_bar(run, len(batches))
+        while state.next_batch < len(batches):
+            step_start = clock()
+            loss, lr, tokens = train_step(run, batches[state.next_batch], len(batches))
+            losses.append(loss)
+            throughput.add(tokens)
+            bar.update(1)
+            if state.step % config.log_every == 0:
+                log_training(run, bar, loss, lr, throughput)
+            end_of_epoch = state.next_batch == len(batches)
+            if end_of_epoch:
+                state.epoch, state.next_batch = state.epoch + 1, 0
+            state.train_time += clock() - step_start
+            done = out_of_budget(run)
+            periodic = config.eval_every and state.step % config.eval_every == 0
+            if done or (end_of_epoch and config.eval_at_epoch_end) or periodic:
+                eval_start = clock()
+                save(run, validate(run))
+                last_eval_step = state.step
+                state.train_time += clock() - eval_start
+                throughput.restart()
+            elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                save(run, None)
+            if done or end_of_epoch:
+                break
+        bar.close()
+    if last_eval_step != state.step and run.dist.is_main:
+        save(run, validate(run))  # e.g. resumed at the very end: make sure 'last' exists
+    return losses
+
+
+# --------------------------------------------------------------------------------------------
+# one training step: schedule, loss, budget, logging
+
+
+def train_step(
+    run: Run, group: list[int], batches_in_epoch: int
+) -> tuple[torch.Tensor, float, int]:
+    """One optimizer step on the training pairs ``group``: (loss on the device, lr, tokens)."""
+    config, state, dist_info = run.config, run.state, run.dist
+    cpu_batch: Batch = make_batch(
+        [run.train_corpus.src[i] for i in group], [run.train_corpus.tgt[i] for i in group]
+    )
+    # Counted on the host copy: counting on the GPU would sync the device every step.
+    tokens = int((cpu_batch.src != PAD_ID).sum()) + cpu_batch.num_tgt_tokens
+    batch = cpu_batch.to(run.device)
+    state.step += 1
+    lr = learning_rate(config, state, batches_in_epoch)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    torch.manual_seed(config.seed * 1_000_003 + state.step * dist_info.world_size + dist_info.rank)
+    with autocast(run.device, run.amp):
+        logits = run.train_model(batch.src, batch.tgt_in)
+    loss = label_smoothed_loss(logits, batch.tgt_out, config.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.clip_norm)
+    run.optimizer.step()
+    state.next_batch += 1
+    return loss.detach(), lr, tokens
+
+
+SCHEDULES = ("inverse-sqrt", "linear-decay")
+
+
+def learning_rate(config: TrainConfig, state: TrainState, batches_in_epoch: int) -> float:
+    """The learning rate of step ``state.step`` (already counted) under ``config.schedule``."""
+    if config.schedule == "inverse-sqrt":
+        return inverse_sqrt_lr(state.step, config.lr, config.warmup_steps)
+    used = budget_used(config, dataclasses.replace(state, step=state.step - 1), batches_in_epoch)
+    return linear_decay_lr(state.step, config.lr, config.warmup_steps, used)
+
+
 def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
     """Learning rate at 1-based ``step``: linear warm-up to ``peak``, then ``peak·√(warmup/step)``."""
     if warmup == 0:
         return peak
     return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+def linear_decay_lr(step: int, peak: float, warmup: int, used: float) -> float:
+    """Learning rate at 1-based ``step`` when the fraction ``used`` of the budget is spent: linear
+    warm-up to ``peak`` over ``warmup`` steps, then linear decay to zero as ``used`` reaches 1
+    ("Budgeted Training", Li et al., ICLR 2020)."""
+    warm = 1.0 if warmup == 0 else step / warmup
+    return peak * max(0.0, min(warm, 1.0 - used))
+
+
+def budget_used(config: TrainConfig, state: TrainState, batches_in_epoch: int) -> float:
+    """The fraction of the run's budget spent before the next step: the largest of the time,
+    step and epoch fractions, since whichever budget runs out first ends the run."""
+    epochs_done = state.epoch + state.next_batch / max(batches_in_epoch, 1)
+    used = epochs_done / config.epochs
+    if config.max_steps is not None:
+        used = max(used, state.step / config.max_steps)
+    if config.time_budget is not None:
+        used = max(used, state.schedule_time / (config.time_budget * 60))
+    return min(used, 1.0)
 
 
 def label_smoothed_loss(
@@ -207,8 +383,221 @@ def label_smoothed_loss(
     )
 
 
+def epoch_batches(run: Run) -> list[list[int]]:
+    """This rank's batches of the current epoch (a function of seed and epoch)."""
+    config = run.config
+    lengths = run.train_corpus.lengths()
+    batches = batch_indices(lengths, config.max_tokens, config.seed, run.state.epoch)
+    return shard(batches, run.dist.rank, run.dist.world_size)
+
+
+def progress_bar(run: Run, total: int) -> tqdm:
+    return tqdm(
+        total=total,
+        initial=run.state.next_batch,
+        desc=f"epoch {run.state.epoch}",
+        disable=not (run.dist.is_main and run.config.progress),
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+class Throughput:
+    """Training tokens per second over the steps since the last log (validations left out)."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.tokens, self.start = 0, time.time()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def per_second(self) -> float:
+        return self.tokens / max(time.time() - self.start, 1e-9)
+
+
+def log_training(
+    run: Run, bar: tqdm, loss: torch.Tensor, lr: float, throughput: Throughput
+) -> None:
+    loss_value = loss.item()
+    tok_s = throughput.per_second() * run.dist.world_size
+    bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}")
+    state = run.state
+    run.log.log(
+        split="train",
+        step=state.step,
+        epoch=state.epoch,
+        loss=loss_value,
+        lr=lr,
+        tokens_per_s=tok_s,
+    )
+    throughput.restart()
+
+
+def clock() -> float:
+    """Seconds on the clock the time budget is kept with (tests put a fake one in its place)."""
+    return time.monotonic()
+
+
+def out_of_budget(run: Run) -> bool:
+    """Whether the step or time budget is spent; rank 0's clock decides, so all ranks stop together
+    (and share its ``train_time`` as the schedule's clock)."""
+    config, state = run.config, run.state
+    over = (config.max_steps is not None and state.step >= config.max_steps) or (
+        config.time_budget is not None and state.train_time >= config.time_budget * 60
+    )
+    if run.dist.enabled:
+        flags = torch.tensor(
+            [float(over), state.train_time], dtype=torch.float64, device=run.device
+        )
+        dist.broadcast(flags, src=0)
+        over, state.train_time = bool(flags[0].item()), flags[1].item()
+    state.schedule_time = state.train_time
+    return over
+
+
+# --------------------------------------------------------------------------------------------
+# validation and checkpoints
+
+
+def validate(run: Run) -> dict[str, float] | None:
+    """Validation loss, BLEU and chrF on rank 0 (None elsewhere), logged and plotted."""
+    if not run.dist.is_main:
+        return None
+    config, state = run.config, run.state
+    val = evaluate(run.model, run.tokenizer, run.val_corpus, config, config.val_beam_size, run.amp)
+    run.log.log(
+        split="val", step=state.step, epoch=state.epoch, beam_size=config.val_beam_size, **val
+    )
+    run.log.plot()
+    if config.progress:
+        tqdm.write(
+            f"step {state.step} epoch {state.epoch}: val loss {val['loss']:.3f} "
+            f"BLEU {val['bleu']:.2f} (lc {val['bleu_lc']:.2f}) chrF {val['chrf']:.2f}"
+        )
+    return val
+
+
+def save(run: Run, val: dict[str, float] | None) -> None:
+    """Checkpoint the run (rank 0 writes); ``best.json`` moves when ``val`` BLEU is the best yet."""
+    state = run.state
+    is_best = val is not None and val["bleu"] > state.best_bleu
+    if is_best:
+        state.best_bleu = val["bleu"]
+    if not run.dist.is_main:
+        return
+    meta = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "next_batch": state.next_batch,
+        "train_time": state.train_time,
+        "best_bleu": state.best_bleu,
+        "val": val,
+        "model_config": dataclasses.asdict(run.model_config),
+        "tokenizer": TOKENIZER_FILE,
+        "train_config": run.config.to_dict(),
+    }
+    keep_last = max(run.config.average_last, 1)
+    optimizer = {"optimizer": run.optimizer.state_dict()}
+    save_checkpoint(run.run_dir, run.model, optimizer, meta, best=is_best, keep_last=keep_last)
+
+
+def evaluate(
+    model: Transformer, tokenizer, corpus: Corpus, config: TrainConfig, beam_size: int, amp: bool
+) -> dict[str, float]:
+    """Validation-style metrics of ``model`` on ``corpus``: NLL loss, sacreBLEU and chrF of decodes."""
+    loss = validation_loss(model, corpus, config.max_tokens, amp)
+    ids = translate_ids(model, corpus.src, beam_size, config.length_penalty, amp=amp)
+    return {"loss": loss, **translation_scores(decode(tokenizer, ids), corpus.tgt_text)}
+
+
+@torch.no_grad()
+def validation_loss(model: Transformer, corpus: Corpus, max_tokens: int, amp: bool) -> float:
+    """Mean per-token NLL (no smoothing) over the corpus."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for group in batch_indices(corpus.lengths(), max_tokens, seed=0, epoch=0, shuffle=False):
+        batch = make_batch([corpus.src[i] for i in group], [corpus.tgt[i] for i in group]).to(
+            device
+        )
+        with autocast(device, amp):
+            logits = model(batch.src, batch.tgt_in)
+        total += F.cross_entropy(
+            logits.float().flatten(0, 1),
+            batch.tgt_out.flatten(),
+            ignore_index=PAD_ID,
+            reduction="sum",
+        ).item()
+        count += batch.num_tgt_tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
 # --------------------------------------------------------------------------------------------
 # setup
+
+
+def setup_run(config: TrainConfig, resume: bool, started: float) -> Run:
+    """Device, run directory, corpus and vocabulary, model and optimizer, and the position to
+    start from (a checkpoint's, when resuming)."""
+    device, dist_info = setup_devices(config)
+    run_dir = agree_on_run_dir(config, dist_info)
+    _check_run_dir(run_dir, resume)
+    train_ds, val_ds, test_ds = read_corpus(config, dist_info.is_main)
+    if dist_info.is_main:
+        if not resume:  # made only now: bad data leaves no run directory
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
+        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+    tokenizer = setup_tokenizer(config, run_dir, train_ds, dist_info, resume)
+    train_corpus = _encode_split(tokenizer, train_ds, config, config.train_limit, filter_long=True)
+    val_corpus = _encode_split(tokenizer, val_ds, config, config.val_limit, filter_long=False)
+    vocab = tokenizer.get_vocab_size()
+    model_config = dataclasses.replace(config.model, src_vocab_size=vocab, tgt_vocab_size=vocab)
+    torch.manual_seed(config.seed)
+    model = Transformer(model_config).to(device)
+    optimizer = make_optimizer(model, config)
+    state = restore(run_dir, model, optimizer, model_config) if resume else TrainState()
+    train_model: torch.nn.Module = model
+    if dist_info.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=device_ids)
+    resume_step = state.step if resume else None
+    log = MetricsLog(run_dir, dist_info.is_main, resume_step, schedule=config.schedule)
+    amp = use_amp(config.amp, device)
+    if dist_info.is_main and not resume:
+        log.log(
+            split="setup",
+            step=0,
+            params=sum(p.numel() for p in model.parameters()),
+            vocab=vocab,
+            train_pairs=len(train_corpus.src),
+            amp=amp,
+            device=str(device),
+            world_size=dist_info.world_size,
+            setup_seconds=time.time() - started,
+        )
+    return Run(
+        config, dist_info, device, amp, run_dir, tokenizer, train_corpus, val_corpus, test_ds,
+        model_config, model, train_model, optimizer, log, state,
+    )  # fmt: skip
+
+
+def setup_devices(config: TrainConfig) -> tuple[torch.device, Distributed]:
+    """This rank's device and place in the process group; sets the CPU thread count."""
+    device = pick_device(config.device)
+    dist_info = init_distributed(device.type)
+    if config.device == "auto" and device.type == "cuda":
+        device = torch.device(f"cuda:{dist_info.local_rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    return device, dist_info
 
 
 @dataclass(frozen=True)
@@ -267,6 +656,44 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def agree_on_run_dir(config: TrainConfig, dist_info: Distributed) -> Path:
+    run_dir = resolve_run_dir(config)
+    if dist_info.enabled and config.run_dir is None:
+        # Every rank must agree on the timestamped directory rank 0 picked.
+        names = [str(run_dir)]
+        dist.broadcast_object_list(names, src=0)
+        run_dir = Path(names[0])
+    return run_dir
+
+
+def resolve_run_dir(config: TrainConfig) -> Path:
+    if config.run_dir is not None:
+        return Path(config.run_dir)
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse a run directory that cannot be resumed, or that a new run would overwrite."""
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{run_dir}: not a run directory ({CONFIG_FILE} missing)")
+        return
+    # Checked on every rank (no rank can have written last.json yet), so all of them stop.
+    if (run_dir / "last.json").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another run_dir")
+
+
+def read_corpus(config: TrainConfig, is_main: bool) -> tuple[Any, Any, Any]:
+    """The train, val and (rank 0, if it will be scored) test splits, read before training so
+    that a bad split fails before the run starts."""
+    train_ds = load_split(config.data, "train", config.src_lang, config.tgt_lang)
+    val_ds = load_split(config.data, "val", config.src_lang, config.tgt_lang)
+    test_ds = None
+    if is_main and config.final_test:
+        test_ds = load_split(config.data, config.test_split, config.src_lang, config.tgt_lang)
+    return train_ds, val_ds, test_ds
+
+
 @dataclass
 class Corpus:
     """Token ids of one split; targets wrapped in BOS/EOS."""
@@ -300,21 +727,144 @@ def _encode_split(
     return Corpus(src, tgt, tgt_text)
 
 
-def resolve_run_dir(config: TrainConfig) -> Path:
-    if config.run_dir is not None:
-        return Path(config.run_dir)
-    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+def setup_tokenizer(config: TrainConfig, run_dir: Path, train_ds, dist_info, resume: bool):
+    """Rank 0 of a new run trains the BPE vocabulary and saves it; everyone else loads it."""
+    path = run_dir / TOKENIZER_FILE
+    tokenizer = None
+    if dist_info.is_main and not resume:
+        texts = train_ds
+        if config.train_limit is not None:
+            texts = train_ds.select(range(min(config.train_limit, len(train_ds))))
+        sentences = list(texts[config.src_lang]) + list(texts[config.tgt_lang])
+        tokenizer = train_tokenizer(sentences, config.vocab_size)
+        save_tokenizer(tokenizer, path)
+    if dist_info.enabled:
+        dist.barrier()
+    return tokenizer if tokenizer is not None else load_tokenizer(path)
+
+
+def make_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on biases and norm gains)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, config.beta2),
+        eps=1e-9,
+    )
+
+
+def restore(
+    run_dir: Path, model: Transformer, optimizer: torch.optim.Optimizer, model_config: ModelConfig
+) -> TrainState:
+    """Load the last checkpoint's weights and optimizer state; the position it was saved at."""
+    checkpoint = load_checkpoint(run_dir, "last")
+    if checkpoint.model_config != dataclasses.asdict(model_config):
+        raise CheckpointError(
+            f"{checkpoint.directory}: checkpoint model config {checkpoint.model_config} "
+            f"does not match this run's {dataclasses.asdict(model_config)}"
+        )
+    checkpoint.load_weights(model)
+    try:
+        optimizer.load_state_dict(checkpoint.load_state()["optimizer"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{checkpoint.directory}: optimizer state does not fit ({err})"
+        ) from None
+    meta = checkpoint.meta
+    return TrainState(
+        step=meta["step"],
+        epoch=meta["epoch"],
+        next_batch=meta["next_batch"],
+        train_time=meta["train_time"],
+        schedule_time=meta["train_time"],
+        best_bleu=meta["best_bleu"],
+    )
 
 
 # --------------------------------------------------------------------------------------------
-# logging
+# the end: averaged weights, the test split
+
+
+def finish_run(run: Run, started: float) -> dict[str, float]:
+    """Rank 0: average the last checkpoints (if asked), score the best on the test split, write
+    ``results.json``; the metrics."""
+    config = run.config
+    metrics: dict[str, float] = {"train_time": run.state.train_time, "steps": run.state.step}
+    if config.average_last > 1:
+        metrics.update(average_last_checkpoints(run))
+    if config.final_test:
+        metrics.update(score_best_on_test(run))
+    metrics["wall_seconds"] = time.time() - started
+    atomic_write_json(run.run_dir / "results.json", metrics)
+    run.log.plot()
+    return metrics
+
+
+def average_last_checkpoints(run: Run) -> dict[str, float]:
+    """Average the weights of the last ``average_last`` checkpoints, validate the average, and
+    point ``best.json`` at it when it beats the best checkpoint's BLEU."""
+    config, state = run.config, run.state
+    checkpoints = load_recent(run.run_dir, config.average_last)
+    if len(checkpoints) < 2:
+        return {}
+    averaged = save_average(run.run_dir, checkpoints, extra_meta={"train_config": config.to_dict()})
+    averaged.load_weights(run.model)
+    val = evaluate(run.model, run.tokenizer, run.val_corpus, config, config.val_beam_size, run.amp)
+    steps = [c.meta["step"] for c in checkpoints]
+    is_best = val["bleu"] > state.best_bleu
+    run.log.log(split="val_average", step=state.step, averaged_steps=steps, best=is_best, **val)
+    if is_best:
+        state.best_bleu = val["bleu"]
+        point(run.run_dir, "best", averaged, val=val, best_bleu=val["bleu"])
+    if config.progress:
+        verdict = "the new best" if is_best else "not better than the best checkpoint"
+        tqdm.write(
+            f"average of steps {steps}: val BLEU {val['bleu']:.2f} chrF {val['chrf']:.2f}, {verdict}"
+        )
+    return {**{f"average_val_{k}": v for k, v in val.items()}, "average_is_best": float(is_best)}
+
+
+def score_best_on_test(run: Run) -> dict[str, float]:
+    """The best checkpoint's validation scores (as saved) and its scores on the test split."""
+    config = run.config
+    test_start = time.time()
+    best = load_checkpoint(run.run_dir, "best")
+    best.load_weights(run.model)
+    test_corpus = _encode_split(run.tokenizer, run.test_ds, config, None, filter_long=False)
+    test = evaluate(run.model, run.tokenizer, test_corpus, config, config.beam_size, run.amp)
+    run.log.log(
+        split="test", step=run.state.step, best_step=best.meta["step"], beam_size=config.beam_size,
+        **test,
+    )  # fmt: skip
+    return {
+        **{f"val_{k}": v for k, v in best.meta["val"].items()},
+        **{f"test_{k}": v for k, v in test.items()},
+        "best_step": best.meta["step"],
+        "test_seconds": time.time() - test_start,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# metrics log
 
 
 class MetricsLog:
     """Append-only JSON-lines log of every metric, plus a PNG of the curves (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        resume_step: int | None = None,
+        schedule: str = "inverse-sqrt",
+    ) -> None:
         self.path = run_dir / METRICS_FILE
+        self.schedule = schedule
         self.enabled = enabled
         self.records: list[dict[str, Any]] = []
         if enabled and resume_step is not None and self.path.is_file():
@@ -352,16 +902,18 @@ class MetricsLog:
         axes[0].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val (NLL)")
         axes[0].set(xlabel="step", ylabel="loss", title="loss")
         axes[0].legend()
-        axes[1].plot([r["step"] for r in val], [r["bleu"] for r in val], "o-", label="cased")
+        axes[1].plot([r["step"] for r in val], [r["bleu"] for r in val], "o-", label="BLEU cased")
         axes[1].plot(
-            [r["step"] for r in val], [r["bleu_lc"] for r in val], "o-", label="lowercased"
+            [r["step"] for r in val], [r["bleu_lc"] for r in val], "o-", label="BLEU lowercased"
         )
+        chrf = [r for r in val if "chrf" in r]  # absent from runs logged before chrF was
+        axes[1].plot([r["step"] for r in chrf], [r["chrf"] for r in chrf], "s--", label="chrF")
         beam = val[-1]["beam_size"] if val else 1
         decoding = "greedy" if beam == 1 else f"beam {beam}"
-        axes[1].set(xlabel="step", ylabel="sacreBLEU", title=f"validation BLEU ({decoding})")
+        axes[1].set(xlabel="step", ylabel="score", title=f"validation ({decoding})")
         axes[1].legend()
         axes[2].plot([r["step"] for r in train], [r["lr"] for r in train])
-        axes[2].set(xlabel="step", ylabel="learning rate", title="inverse-sqrt schedule")
+        axes[2].set(xlabel="step", ylabel="learning rate", title=f"{self.schedule} schedule")
         fig.tight_layout()
         tmp = self.path.with_name(".curves.png.tmp")
         fig.savefig(tmp, format="png", dpi=80)
@@ -373,308 +925,3 @@ def atomic_write_json_lines(path: Path, records: list[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------
-# the loop
-
-
-@torch.no_grad()
-def validation_loss(model: Transformer, corpus: Corpus, max_tokens: int, amp: bool) -> float:
-    """Mean per-token NLL (no smoothing) over the corpus."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for group in batch_indices(corpus.lengths(), max_tokens, seed=0, epoch=0, shuffle=False):
-        batch = make_batch([corpus.src[i] for i in group], [corpus.tgt[i] for i in group]).to(
-            device
-        )
-        with autocast(device, amp):
-            logits = model(batch.src, batch.tgt_in)
-        total += F.cross_entropy(
-            logits.float().flatten(0, 1),
-            batch.tgt_out.flatten(),
-            ignore_index=PAD_ID,
-            reduction="sum",
-        ).item()
-        count += batch.num_tgt_tokens
-    model.train(was_training)
-    return total / max(count, 1)
-
-
-def evaluate(
-    model: Transformer, tokenizer, corpus: Corpus, config: TrainConfig, beam_size: int, amp: bool
-) -> dict[str, float]:
-    """Validation-style metrics of ``model`` on ``corpus``: NLL loss and sacreBLEU of decodes."""
-    loss = validation_loss(model, corpus, config.max_tokens, amp)
-    ids = translate_ids(model, corpus.src, beam_size, config.length_penalty, amp=amp)
-    return {"loss": loss, **bleu_scores(decode(tokenizer, ids), corpus.tgt_text)}
-
-
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse a run directory that cannot be resumed, or that a new run would overwrite."""
-    if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise CheckpointError(f"{run_dir}: not a run directory ({CONFIG_FILE} missing)")
-        return
-    # Checked on every rank (no rank can have written last.json yet), so all of them stop.
-    if (run_dir / "last.json").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another run_dir")
-
-
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run training as ``config`` says; with ``resume``, continue ``config.run_dir`` from its last checkpoint."""
-    started = time.time()
-    device = pick_device(config.device)
-    dist_info = init_distributed(device.type)
-    if config.device == "auto" and device.type == "cuda":
-        device = torch.device(f"cuda:{dist_info.local_rank}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    amp = use_amp(config.amp, device)
-    main = dist_info.is_main
-    run_dir = resolve_run_dir(config)
-    if dist_info.enabled and config.run_dir is None:
-        # Every rank must agree on the timestamped directory rank 0 picked.
-        names = [str(run_dir)]
-        dist.broadcast_object_list(names, src=0)
-        run_dir = Path(names[0])
-    _check_run_dir(run_dir, resume)
-
-    # ---- data and vocabulary (read before the run directory is made: bad data leaves nothing)
-    train_ds = load_split(config.data, "train", config.src_lang, config.tgt_lang)
-    val_ds = load_split(config.data, "val", config.src_lang, config.tgt_lang)
-    test_ds = None
-    if main and config.final_test:  # checked now, so a bad test split fails before training
-        test_ds = load_split(config.data, config.test_split, config.src_lang, config.tgt_lang)
-    if main:
-        if not resume:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
-        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
-    tokenizer_path = run_dir / TOKENIZER_FILE
-    if main and not resume:
-        if config.train_limit is not None:
-            texts = train_ds.select(range(min(config.train_limit, len(train_ds))))
-        else:
-            texts = train_ds
-        tokenizer = train_tokenizer(
-            list(texts[config.src_lang]) + list(texts[config.tgt_lang]), config.vocab_size
-        )
-        save_tokenizer(tokenizer, tokenizer_path)
-    if dist_info.enabled:
-        dist.barrier()
-    if not main or resume:
-        tokenizer = load_tokenizer(tokenizer_path)
-    train_corpus = _encode_split(tokenizer, train_ds, config, config.train_limit, filter_long=True)
-    val_corpus = _encode_split(tokenizer, val_ds, config, config.val_limit, filter_long=False)
-    vocab = tokenizer.get_vocab_size()
-    model_config = dataclasses.replace(config.model, src_vocab_size=vocab, tgt_vocab_size=vocab)
-
-    # ---- model, optimizer, position
-    torch.manual_seed(config.seed)
-    model = Transformer(model_config).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, config.beta2),
-        eps=1e-9,
-    )
-    step, epoch, next_batch, train_time, best_bleu = 0, 0, 0, 0.0, -1.0
-    if resume:
-        checkpoint = load_checkpoint(run_dir, "last")
-        if checkpoint.model_config != dataclasses.asdict(model_config):
-            raise CheckpointError(
-                f"{checkpoint.directory}: checkpoint model config {checkpoint.model_config} "
-                f"does not match this run's {dataclasses.asdict(model_config)}"
-            )
-        checkpoint.load_weights(model)
-        try:
-            optimizer.load_state_dict(checkpoint.load_state()["optimizer"])
-        except (KeyError, ValueError) as err:
-            raise CheckpointError(
-                f"{checkpoint.directory}: optimizer state does not fit ({err})"
-            ) from None
-        meta = checkpoint.meta
-        step, epoch, next_batch = meta["step"], meta["epoch"], meta["next_batch"]
-        train_time, best_bleu = meta["train_time"], meta["best_bleu"]
-    train_model: torch.nn.Module = model
-    if dist_info.enabled:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    log = MetricsLog(run_dir, main, resume_step=step if resume else None)
-    if main and not resume:
-        n_params = sum(p.numel() for p in model.parameters())
-        log.log(
-            split="setup",
-            step=0,
-            params=n_params,
-            vocab=vocab,
-            train_pairs=len(train_corpus.src),
-            amp=amp,
-            device=str(device),
-            world_size=dist_info.world_size,
-            setup_seconds=time.time() - started,
-        )
-
-    def checkpoint_now(val: dict[str, float] | None) -> None:
-        nonlocal best_bleu
-        is_best = val is not None and val["bleu"] > best_bleu
-        if is_best:
-            best_bleu = val["bleu"]
-        if not main:
-            return
-        meta = {
-            "step": step,
-            "epoch": epoch,
-            "next_batch": next_batch,
-            "train_time": train_time,
-            "best_bleu": best_bleu,
-            "val": val,
-            "model_config": dataclasses.asdict(model_config),
-            "tokenizer": TOKENIZER_FILE,
-            "train_config": config.to_dict(),
-        }
-        save_checkpoint(run_dir, model, {"optimizer": optimizer.state_dict()}, meta, best=is_best)
-
-    def run_validation() -> dict[str, float] | None:
-        val = None
-        if main:
-            val = evaluate(model, tokenizer, val_corpus, config, config.val_beam_size, amp)
-            log.log(split="val", step=step, epoch=epoch, beam_size=config.val_beam_size, **val)
-            log.plot()
-            if config.progress:
-                tqdm.write(
-                    f"step {step} epoch {epoch}: val loss {val['loss']:.3f} BLEU {val['bleu']:.2f} (lc {val['bleu_lc']:.2f})"
-                )
-        return val
-
-    def out_of_budget() -> bool:
-        over = (config.max_steps is not None and step >= config.max_steps) or (
-            config.time_budget is not None and train_time >= config.time_budget * 60
-        )
-        if dist_info.enabled:  # rank 0's clock decides, so that all ranks stop together
-            flag = torch.tensor([float(over)], device=device)
-            dist.broadcast(flag, src=0)
-            over = bool(flag.item())
-        return over
-
-    losses: list[torch.Tensor] = []
-    last_eval_step = -1
-    model.train()
-    window_tokens, window_start = 0, time.time()
-    done = out_of_budget()
-    while not done and epoch < config.epochs:
-        batches = shard(
-            batch_indices(train_corpus.lengths(), config.max_tokens, config.seed, epoch),
-            dist_info.rank,
-            dist_info.world_size,
-        )
-        bar = tqdm(
-            total=len(batches),
-            initial=next_batch,
-            desc=f"epoch {epoch}",
-            disable=not (main and config.progress),
-            dynamic_ncols=True,
-            leave=False,
-        )
-        while next_batch < len(batches):
-            loop_start = time.time()
-            group = batches[next_batch]
-            cpu_batch: Batch = make_batch(
-                [train_corpus.src[i] for i in group], [train_corpus.tgt[i] for i in group]
-            )
-            # Counted on the host copy: counting on the GPU would sync the device every step.
-            batch_tokens = int((cpu_batch.src != PAD_ID).sum()) + cpu_batch.num_tgt_tokens
-            batch = cpu_batch.to(device)
-            step += 1
-            lr = inverse_sqrt_lr(step, config.lr, config.warmup_steps)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            torch.manual_seed(
-                config.seed * 1_000_003 + step * dist_info.world_size + dist_info.rank
-            )
-            with autocast(device, amp):
-                logits = train_model(batch.src, batch.tgt_in)
-            loss = label_smoothed_loss(logits, batch.tgt_out, config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            optimizer.step()
-            next_batch += 1
-            losses.append(loss.detach())  # read back only when logged: no per-step sync
-            window_tokens += batch_tokens
-            bar.update(1)
-            if step % config.log_every == 0:
-                loss_value = loss.item()
-                elapsed = time.time() - window_start
-                tok_s = window_tokens * dist_info.world_size / max(elapsed, 1e-9)
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}")
-                log.log(
-                    split="train",
-                    step=step,
-                    epoch=epoch,
-                    loss=loss_value,
-                    lr=lr,
-                    tokens_per_s=tok_s,
-                )
-                window_tokens, window_start = 0, time.time()
-            end_of_epoch = next_batch == len(batches)
-            if end_of_epoch:
-                epoch, next_batch = epoch + 1, 0
-            train_time += time.time() - loop_start
-            done = out_of_budget()
-            periodic = config.eval_every and step % config.eval_every == 0
-            if done or (end_of_epoch and config.eval_at_epoch_end) or periodic:
-                eval_start = time.time()
-                checkpoint_now(run_validation())
-                last_eval_step = step
-                train_time += time.time() - eval_start
-                window_start = time.time()
-            elif config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint_now(None)
-            if done or end_of_epoch:
-                break
-        bar.close()
-    if last_eval_step != step and main:
-        checkpoint_now(run_validation())  # e.g. resumed at the very end: make sure 'last' exists
-
-    # ---- final evaluation: best checkpoint on the test split
-    metrics: dict[str, float] = {}
-    if main:
-        metrics = {"train_time": train_time, "steps": step}
-        if config.final_test:
-            test_start = time.time()
-            best = load_checkpoint(run_dir, "best")
-            best.load_weights(model)
-            test_corpus = _encode_split(tokenizer, test_ds, config, None, filter_long=False)
-            val = best.meta["val"]
-            test = evaluate(model, tokenizer, test_corpus, config, config.beam_size, amp)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            metrics.update({f"test_{k}": v for k, v in test.items()})
-            metrics.update(best_step=best.meta["step"], test_seconds=time.time() - test_start)
-            log.log(
-                split="test",
-                step=step,
-                best_step=best.meta["step"],
-                beam_size=config.beam_size,
-                **test,
-            )
-        metrics["wall_seconds"] = time.time() - started
-        atomic_write_json(run_dir / "results.json", metrics)
-        log.plot()
-    if dist_info.enabled:
-        dist.barrier()
-    loss_values = torch.stack(losses).tolist() if losses else []
-    return TrainResult(run_dir=run_dir, model=model, step=step, losses=loss_values, metrics=metrics)

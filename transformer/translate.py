@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train.py"
     )
     p.add_argument(
-        "--which", choices=["best", "last"], default="best", help="which checkpoint of the run"
+        "--which",
+        choices=["best", "last", "average"],
+        default="best",
+        help="which checkpoint of the run (average: written by python -m transformer.average "
+        "or train.py --average-last)",
     )
     p.add_argument("--input", help="file of source sentences (default: stdin)")
     p.add_argument("--output", help="file for the translations (default: stdout)")

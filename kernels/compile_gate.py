@@ -1,0 +1,469 @@
+"""Ahead-of-time compile gate: every launch the kernels make, compiled for real GPUs without one.
+
+The Triton interpreter runs kernels that no GPU could compile (a plain module global read
+inside ``@triton.jit`` code is one example), so the CPU parity tests cannot tell whether the
+kernels build. This gate can, on any Linux machine with the ``triton`` wheel (which ships the
+compiler, ``ptxas`` and ``cuobjdump``)::
+
+    python -m kernels.compile_gate                 # CI subset: every GPU we claim, a few shapes
+    python -m kernels.compile_gate --full          # every dtype, head dim, masking and config
+    python -m kernels.compile_gate --help
+
+How: each kernel's launchers run forward and backward on ``meta`` tensors (shapes, no data)
+with each kernel module's ``_launch`` replaced by a recorder, :func:`kernels.launch.capability`
+answering the target architecture, and (``--all-configs``) :func:`kernels.launch.pick` made to
+try every configuration the launcher may choose there. Each recorded launch is specialised
+as Triton's own JIT would (its binder, for the target's backend) and compiled with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. A build passes when it
+compiles, stays within the architecture's shared memory per block, and, on sm_90 with 16-bit
+inputs, runs its matrix products as Hopper ``wgmma`` instructions. Register spills (local
+memory: ``cuobjdump -res-usage`` of the cubin reports ``STACK``/``LOCAL`` above 0) are judged
+per call: the launcher passes over a configuration whose compiled kernel spills, so the gate
+fails when every configuration the launcher may pick for a call spills (in the CI subset, the
+calls tried with the launcher's first choice only must not spill at all).
+
+It needs a compiled (not interpreted) Triton: run it without ``TRITON_INTERPRET``. It compiles
+into a fresh ``TRITON_CACHE_DIR`` unless ``--cache-dir`` is given: Triton's on-disk cache would
+report an earlier success without compiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from unittest import mock
+
+ARCH_NAMES = {80: "A100", 86: "RTX 30xx / A10", 89: "RTX 40xx / L4", 90: "H100 / H200"}
+DTYPES = ("float16", "bfloat16", "float32")
+HEAD_DIMS = (16, 40, 64, 80, 96, 128)
+MASKINGS = ("none", "key_mask", "causal", "causal+key_mask")
+
+# Kernel modules whose launches are captured; each routes every launch through `_launch`.
+KERNEL_MODULES = ("kernels.flash_attention", "kernels.additive_attention")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of a public kernel function, forward and backward."""
+
+    workload: str
+    dtype: str
+    head_dim: int
+    masking: str
+    len_q: int = 200
+    len_k: int = 333
+
+    def label(self) -> str:
+        return (
+            f"{self.workload} {self.dtype} d={self.head_dim} {self.masking} "
+            f"({self.len_q}x{self.len_k})"
+        )
+
+
+@dataclass
+class Build:
+    """One kernel specialisation for one architecture, and what its compile reported."""
+
+    arch: int
+    kernel: str
+    module: str
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    options: dict
+    cases: list = field(default_factory=list)
+    ok: bool = False
+    error: str = ""
+    shared_bytes: int = -1
+    registers: int = -1
+    local_bytes: int = -1
+    wgmma: int = 0
+    seconds: float = 0.0
+
+    def key(self) -> str:
+        return json.dumps(
+            [self.arch, self.module, self.kernel, self.signature, self.constexprs,
+             self.attrs, self.options],
+            sort_keys=True, default=str,
+        )  # fmt: skip
+
+    def config(self) -> str:
+        c, o = self.constexprs, self.options
+        blocks = "x".join(str(c[n]) for n in ("BLOCK_M", "BLOCK_N") if n in c)
+        return f"{blocks} w{o.get('num_warps')} s{o.get('num_stages')}"
+
+
+# ------------------------------------------------------------------------------ capture
+
+
+def _flash_workload(case: Case) -> None:
+    """flash_attention's forward and backward launches, through its own launchers (the public
+    function dispatches a PyTorch operator whose meta-tensor stand-in launches nothing)."""
+    import torch
+
+    fa = importlib.import_module("kernels.flash_attention")
+    dtype = getattr(torch, case.dtype)
+
+    def tensor(n):
+        return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
+
+    q, k, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
+    mask = None
+    if "key_mask" in case.masking:
+        mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+    causal, scale = "causal" in case.masking, case.head_dim**-0.5
+    block_d = fa._check_inputs(q, k, v, mask, scale)
+    out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
+    fa._backward(q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None)
+
+
+def _additive_workload(case: Case) -> None:
+    """additive_attention's forward and backward launches; ``head_dim`` is both the feature
+    size a and the value head dim."""
+    import torch
+
+    aa = importlib.import_module("kernels.additive_attention")
+    dtype = getattr(torch, case.dtype)
+
+    def tensor(n):
+        return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
+
+    qf, kf, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
+    w = torch.empty(3, case.head_dim, device="meta", dtype=torch.float32)
+    mask = None
+    if "key_mask" in case.masking:
+        mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+    causal = "causal" in case.masking
+    block_a, block_e = aa._check_inputs(qf, kf, w, v, mask)
+    out, lse = aa._forward(qf, kf, w, v, mask, causal, block_a, block_e)
+    aa._backward(
+        qf, kf, w, v, mask, causal, block_a, block_e, out, lse, torch.empty_like(out), None
+    )
+
+
+WORKLOADS: dict[str, Callable[[Case], None]] = {
+    "flash_attention": _flash_workload,
+    "additive_attention": _additive_workload,
+}
+
+
+@contextmanager
+def _recording(arch: int, all_configs: bool) -> Iterator[list]:
+    """Kernel launches are recorded, not run, as if on a GPU of compute capability ``arch``."""
+    from kernels import launch
+
+    launches = []
+
+    def record(module):
+        def _launch(kernel, grid, *args, **meta):
+            launches.append((module, kernel, args, meta))
+
+        return _launch
+
+    def try_every_config(key, configs, run):
+        for config in configs:
+            run(config)
+        return configs[0]
+
+    def first_choice(key, configs, run):
+        return configs[0]
+
+    patches = [
+        mock.patch.object(launch, "capability", lambda device: arch),
+        mock.patch.object(launch, "pick", try_every_config if all_configs else first_choice),
+    ]
+    for name in KERNEL_MODULES:
+        module = importlib.import_module(name)
+        if getattr(module, "_INTERPRETED", False):
+            raise RuntimeError(
+                "the compile gate needs compiled Triton kernels: run it without TRITON_INTERPRET"
+            )
+        patches.append(mock.patch.object(module, "_launch", record(name)))
+    with ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        yield launches
+
+
+def _specialise(module: str, kernel, args, meta, arch: int) -> Build:
+    """The (signature, constexprs, attrs, options) Triton's JIT would compile this launch with."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **meta)
+    options, signature, constexprs, attrs = kernel._pack_args(
+        backend, meta, bound, specialization, options
+    )
+    return Build(
+        arch=arch,
+        kernel=kernel.__name__,
+        module=module,
+        signature=dict(signature),
+        constexprs={_path_name(kernel, p): v for p, v in constexprs.items()},
+        attrs={_path_name(kernel, p): v for p, v in attrs.items()},
+        options={k: meta[k] for k in ("num_warps", "num_stages") if k in meta},
+    )
+
+
+def _path_name(kernel, path) -> str:
+    return kernel.arg_names[path[0]] if len(path) == 1 else str(path)
+
+
+def plan(cases: list[Case], archs: list[int], all_configs: bool) -> list[Build]:
+    """Every distinct build the cases launch on these architectures (deduplicated)."""
+    builds: dict[str, Build] = {}
+    for arch in archs:
+        for case in cases:
+            with _recording(arch, all_configs) as launches:
+                WORKLOADS[case.workload](case)
+            for module, kernel, args, meta in launches:
+                build = _specialise(module, kernel, args, meta, arch)
+                builds.setdefault(build.key(), build).cases.append(case.label())
+    return list(builds.values())
+
+
+# ------------------------------------------------------------------------------ compile
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+def _resources(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, SHARED, LOCAL as ``cuobjdump -res-usage`` reports them for the cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        report = subprocess.run(
+            [_cuobjdump(), "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
+    return {
+        name: int(value) for name, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", report)
+    }
+
+
+def compile_build(build: Build) -> Build:
+    """Compile one build and fill in what its cubin reports (or the error)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(importlib.import_module(build.module), build.kernel)
+    start = time.perf_counter()
+    try:
+        constexprs = {(kernel.arg_names.index(n),): v for n, v in build.constexprs.items()}
+        attrs = {(kernel.arg_names.index(n),): v for n, v in build.attrs.items()}
+        compiled = triton.compile(
+            ASTSource(kernel, build.signature, constexprs, attrs),
+            target=GPUTarget("cuda", build.arch, 32),
+            options=build.options,
+        )
+        res = _resources(compiled.asm["cubin"])
+        build.registers = res.get("REG", -1)
+        build.local_bytes = res.get("STACK", 0) + res.get("LOCAL", 0)
+        build.shared_bytes = compiled.metadata.shared + res.get("SHARED", 0)
+        build.wgmma = len(re.findall(r"wgmma\.mma_async", compiled.asm["ptx"]))
+        build.ok = True
+    except Exception as err:  # the gate reports every failure, it does not stop at the first
+        build.error = f"{type(err).__name__}: {err}".strip()[:2000]
+    build.seconds = time.perf_counter() - start
+    return build
+
+
+def problems(build: Build) -> list[str]:
+    """Why a build fails the gate on its own (empty when it passes).
+
+    Spills are judged per case instead (:func:`failures`): the launcher passes over a config
+    whose compiled kernel spills, so one is a failure only when every config left spills.
+    """
+    from kernels.launch import shared_memory_limit
+
+    if not build.ok:
+        return [f"does not compile: {build.error.splitlines()[0] if build.error else '?'}"]
+    found = []
+    limit = shared_memory_limit(build.arch)
+    if build.shared_bytes > limit:
+        found.append(f"shared memory {build.shared_bytes} B > sm_{build.arch} limit {limit} B")
+    uses_dot = build.kernel != "_attn_bwd_delta"
+    sixteen_bit = any(t in ("*fp16", "*bf16") for t in build.signature.values())
+    if build.arch == 90 and uses_dot and sixteen_bit and build.wgmma == 0:
+        found.append("16-bit products on sm_90 are not wgmma")
+    return found
+
+
+def failures(builds: list[Build]) -> list[str]:
+    """Every reason the gate fails: builds that fail on their own, and (architecture, case,
+    kernel) triples for which every configuration the launcher may pick spills registers."""
+    found = [
+        f"sm_{b.arch} {b.kernel} {b.config()}: {'; '.join(p)}  [{b.cases[0]}]"
+        for b in builds
+        if (p := problems(b))
+    ]
+    by_case: dict[tuple, list[Build]] = {}
+    for build in builds:
+        for case in build.cases:
+            by_case.setdefault((build.arch, case, build.kernel), []).append(build)
+    for (arch, case, kernel), group in sorted(by_case.items()):
+        if all(b.ok and b.local_bytes > 0 for b in group):
+            spilled = ", ".join(f"{b.config()} ({b.local_bytes} B)" for b in group)
+            found.append(f"sm_{arch} {kernel}: every config spills: {spilled}  [{case}]")
+    return found
+
+
+# ------------------------------------------------------------------------------ sweeps
+
+
+def ci_cases() -> tuple[list[Case], list[Case]]:
+    """(cases tried with every config, cases tried with the launcher's first choice only).
+
+    Every config is tried where it is most likely to fail: the widest head dims, the 16-bit
+    path (bf16) and the float32 path, masked and causal at once (both masking code paths
+    compiled). The rest of the dtypes, head dims and maskings, and the one-query decoding
+    shape, compile with the configuration the launcher would choose first.
+    """
+    every = [
+        Case("flash_attention", dtype, d, "causal+key_mask")
+        for dtype in ("bfloat16", "float32")
+        for d in (64, 128)
+    ]
+    first = [
+        Case("flash_attention", "float16", d, masking)
+        for d, masking in ((16, "none"), (40, "causal"), (80, "key_mask"), (96, "causal+key_mask"))
+    ]
+    first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
+    every += [
+        Case("additive_attention", dtype, d, "causal+key_mask")
+        for dtype in ("bfloat16", "float32")
+        for d in (64, 128)
+    ]
+    first += [
+        Case("additive_attention", "float16", d, masking)
+        for d, masking in ((16, "none"), (40, "causal"), (96, "key_mask"))
+    ]
+    return every, first
+
+
+def full_cases() -> list[Case]:
+    return [
+        Case(workload, dtype, d, masking)
+        for workload in WORKLOADS
+        for dtype, d, masking in itertools.product(DTYPES, HEAD_DIMS, MASKINGS)
+    ]
+
+
+def run(cases_every, cases_first, archs_every, archs_first, jobs, progress=True) -> list[Build]:
+    """Compile what the cases launch: every config on archs_every, the first choice on
+    archs_first (cases_first on both), each distinct build once."""
+    builds = plan(cases_every, archs_every, all_configs=True)
+    seen = {b.key() for b in builds}
+    firsts = plan(cases_first + cases_every, archs_first, all_configs=False)
+    builds += [b for b in firsts if b.key() not in seen]
+    if progress:
+        archs = sorted(set(archs_every) | set(archs_first))
+        print(f"compiling {len(builds)} builds for {', '.join(f'sm_{a}' for a in archs)} "
+              f"with {jobs} process(es)", flush=True)  # fmt: skip
+    if jobs <= 1:
+        return [compile_build(b) for b in _progress(builds, progress)]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=_spawn()) as pool:
+        return list(_progress(pool.map(compile_build, builds, chunksize=4), progress, len(builds)))
+
+
+def _spawn():
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+def _progress(items, enabled, total=None):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, unit="build", file=sys.stderr)
+
+
+def summary(builds: list[Build]) -> str:
+    """A table per architecture and kernel: builds, worst shared memory, registers, failures."""
+    lines = [f"{'arch':7s} {'kernel':18s} {'builds':>6s} {'max smem':>10s} {'limit':>8s} "
+             f"{'max regs':>8s} {'spills':>6s} {'wgmma':>6s} {'failed':>6s}"]  # fmt: skip
+    from kernels.launch import shared_memory_limit
+
+    key = lambda b: (b.arch, b.kernel)  # noqa: E731
+    for (arch, kernel), group in itertools.groupby(sorted(builds, key=key), key=key):
+        group = list(group)
+        done = [b for b in group if b.ok]
+        lines.append(
+            f"sm_{arch:<4d} {kernel:18s} {len(group):6d} "
+            f"{max((b.shared_bytes for b in done), default=0):10d} "
+            f"{shared_memory_limit(arch):8d} {max((b.registers for b in done), default=0):8d} "
+            f"{sum(b.local_bytes > 0 for b in done):6d} "
+            f"{sum(b.wgmma > 0 for b in done):6d} {sum(bool(problems(b)) for b in group):6d}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kernels.compile_gate",
+        description=__doc__.split("\n\n")[0]
+        + " Exit status 0 when every build compiles without spills within shared memory.",
+    )
+    parser.add_argument("--full", action="store_true",
+                        help="every dtype x head dim x masking, each with every config the "
+                        "launcher may pick (slow: about an hour on 2 cores)")  # fmt: skip
+    parser.add_argument("--arch", type=int, nargs="+", default=sorted(ARCH_NAMES),
+                        help="compute capabilities to build for (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="compiler processes (default: one per core)")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write every build's report here")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="TRITON_CACHE_DIR to compile into (default: a fresh temporary one; "
+                        "an old cache reports earlier successes without compiling)")  # fmt: skip
+    args = parser.parse_args(argv)
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("unset TRITON_INTERPRET: the gate compiles, it does not interpret")
+    with tempfile.TemporaryDirectory(prefix="triton-gate-") as fresh:
+        os.environ["TRITON_CACHE_DIR"] = str(args.cache_dir or fresh)
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset
+        if args.full:
+            builds = run(full_cases(), [], args.arch, [], args.jobs)
+        else:  # sm_89 builds as sm_86 does (same limits, same instructions): first choices only
+            every, first = ci_cases()
+            archs_every = [a for a in args.arch if a != 89] or args.arch
+            builds = run(every, first, archs_every, args.arch, args.jobs)
+
+    print(summary(builds))
+    found = failures(builds)
+    for line in found:
+        print(f"FAIL {line}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(b) for b in builds], indent=1, default=str))
+    import triton
+
+    spilled = sum(b.ok and b.local_bytes > 0 for b in builds)
+    print(f"{len(builds)} builds ({spilled} spill and are passed over by the launcher), "
+          f"{len(found)} failures (triton {triton.__version__})")  # fmt: skip
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The kernels compile for every GPU we claim, checked on a machine without one.
+
+The CI subset of ``python -m kernels.compile_gate`` runs in every test run (a few minutes on
+two cores); the full sweep sits behind the ``compile_full`` marker::
+
+    python -m pytest -m compile_full tests/test_compile_gate.py
+
+The gate itself is tested here too: it must go red on a kernel that only the interpreter
+accepts, and its verdicts (spills, shared memory, wgmma) must follow from what it measured.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kernels import compile_gate, launch
+from kernels.compile_gate import Build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compiled_python(code_or_args, tmp_path, timeout):
+    """Run python with Triton compiling (TRITON_INTERPRET unset), in a fresh Triton cache."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    return subprocess.run(
+        [sys.executable, *code_or_args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_every_launch_compiles_for_sm80_86_89_90_within_shared_memory_and_without_spills(
+    tmp_path,
+):
+    report = tmp_path / "gate.json"
+    done = compiled_python(["-m", "kernels.compile_gate", "--json", str(report)], tmp_path, 1200)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    builds = json.loads(report.read_text())
+    assert {b["arch"] for b in builds} == {80, 86, 89, 90}
+    kernels = {b["kernel"] for b in builds}
+    assert {"_attn_fwd", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq"} <= kernels
+    hopper_16bit = [
+        b for b in builds if b["arch"] == 90 and b["signature"]["Q"] in ("*fp16", "*bf16")
+    ]
+    assert hopper_16bit and all(b["wgmma"] > 0 for b in hopper_16bit if "delta" not in b["kernel"])
+
+
+@pytest.mark.compile_full
+def test_full_sweep_of_dtypes_head_dims_maskings_and_configs_compiles(tmp_path):
+    done = compiled_python(["-m", "kernels.compile_gate", "--full"], tmp_path, 6 * 3600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+
+
+BROKEN_KERNEL = """
+import torch
+import triton
+import triton.language as tl
+
+SCALE = 2.0  # a plain global: the interpreter reads it, the compiler refuses it
+
+
+@triton.jit
+def _scale(X, N, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(X + offs, tl.load(X + offs, mask=offs < N) * SCALE, mask=offs < N)
+
+
+_INTERPRETED = False
+
+
+def _launch(kernel, grid, *args, **meta):
+    return None
+
+
+def scale(x):
+    _launch(_scale, (1,), x, x.numel(), BLOCK=64, num_warps=4, num_stages=1)
+"""
+
+
+@pytest.mark.slow
+def test_gate_goes_red_on_a_kernel_that_reads_a_plain_global(tmp_path):
+    (tmp_path / "broken_kernel.py").write_text(BROKEN_KERNEL)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import torch
+        from kernels import compile_gate
+        import broken_kernel
+
+        compile_gate.KERNEL_MODULES = ("broken_kernel",)
+        compile_gate.WORKLOADS["broken"] = lambda case: broken_kernel.scale(
+            torch.empty(50, device="meta")
+        )
+        case = compile_gate.Case("broken", "float32", 64, "none")
+        builds = [compile_gate.compile_build(b) for b in compile_gate.plan([case], [80], False)]
+        found = compile_gate.failures(builds)
+        assert len(builds) == 1 and not builds[0].ok, builds
+        assert "global" in builds[0].error.lower(), builds[0].error
+        assert found and "does not compile" in found[0], found
+        """
+    )
+    done = compiled_python(["-c", script], tmp_path, 300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+# ----------------------------------------------------------------- the gate's verdicts
+
+
+def build(arch=90, kernel="_attn_fwd", q="*bf16", shared=1000, local=0, wgmma=4, case="c"):
+    return Build(
+        arch=arch, kernel=kernel, module="m", signature={"Q": q}, constexprs={}, attrs={},
+        options={}, cases=[case], ok=True, shared_bytes=shared, registers=128,
+        local_bytes=local, wgmma=wgmma,
+    )  # fmt: skip
+
+
+def test_a_call_fails_only_when_every_config_the_launcher_may_pick_spills():
+    one_spills = [build(local=64), build(local=0)]
+    assert compile_gate.failures(one_spills) == []
+    all_spill = [build(local=64), build(local=8)]
+    assert any("every config spills" in f for f in compile_gate.failures(all_spill))
+
+
+def test_shared_memory_over_the_architecture_limit_fails_per_architecture():
+    size = launch.shared_memory_limit(86) + 1  # fits an A100 and an H100, not an RTX 30xx
+    assert compile_gate.failures([build(arch=80, shared=size)]) == []
+    assert any("shared memory" in f for f in compile_gate.failures([build(arch=86, shared=size)]))
+
+
+def test_hopper_16_bit_products_must_be_wgmma():
+    assert any("wgmma" in f for f in compile_gate.failures([build(arch=90, wgmma=0)]))
+    assert compile_gate.failures([build(arch=90, q="*fp32", wgmma=0)]) == []
+    assert compile_gate.failures([build(arch=80, wgmma=0)]) == []
+
+
+def test_a_build_that_does_not_compile_fails():
+    broken = build()
+    broken.ok, broken.error = False, "CompilationError: boom"
+    assert any("does not compile" in f for f in compile_gate.failures([broken]))
