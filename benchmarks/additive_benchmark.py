@@ -210,7 +210,10 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
         ax.set_title(f"{unit}\n{PASS_LABELS[pass_]}", fontsize=11)
         ax.set_xlabel("sequence length")
     handles = [plt.Line2D([], [], **{**STYLES[i], "label": LABELS[i]}) for i in args.impls]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=11, frameon=False)
+    fig.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.93), ncol=len(handles),
+        fontsize=11, frameon=False,
+    )  # fmt: skip
     cpu = env["device_type"] == "cpu"
     note = (
         "CPU: Triton kernels run under the interpreter, so their time is not measured; "
@@ -226,7 +229,7 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
         fontsize=11,
     )
     fig.text(0.01, 0.01, note, fontsize=9)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.86))
+    fig.tight_layout(rect=(0, 0.04, 1, 0.84))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
