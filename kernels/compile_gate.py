@@ -53,7 +53,7 @@ HEAD_DIMS = (16, 40, 64, 80, 96, 128)
 MASKINGS = ("none", "key_mask", "causal", "causal+key_mask")
 
 # Kernel modules whose launches are captured; each routes every launch through `_launch`.
-KERNEL_MODULES = ("kernels.flash_attention",)
+KERNEL_MODULES = ("kernels.flash_attention", "kernels.additive_attention")
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,34 @@ def _flash_workload(case: Case) -> None:
     fa._backward(q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None)
 
 
-WORKLOADS: dict[str, Callable[[Case], None]] = {"flash_attention": _flash_workload}
+def _additive_workload(case: Case) -> None:
+    """additive_attention's forward and backward launches; ``head_dim`` is both the feature
+    size a and the value head dim."""
+    import torch
+
+    aa = importlib.import_module("kernels.additive_attention")
+    dtype = getattr(torch, case.dtype)
+
+    def tensor(n):
+        return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
+
+    qf, kf, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
+    w = torch.empty(3, case.head_dim, device="meta", dtype=torch.float32)
+    mask = None
+    if "key_mask" in case.masking:
+        mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+    causal = "causal" in case.masking
+    block_a, block_e = aa._check_inputs(qf, kf, w, v, mask)
+    out, lse = aa._forward(qf, kf, w, v, mask, causal, block_a, block_e)
+    aa._backward(
+        qf, kf, w, v, mask, causal, block_a, block_e, out, lse, torch.empty_like(out), None
+    )
+
+
+WORKLOADS: dict[str, Callable[[Case], None]] = {
+    "flash_attention": _flash_workload,
+    "additive_attention": _additive_workload,
+}
 
 
 @contextmanager
@@ -345,12 +372,24 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
+    every += [Case("additive_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
+    first += [
+        Case("additive_attention", dtype, d, masking)
+        for dtype, d, masking in (
+            ("float16", 16, "none"),
+            ("float16", 40, "causal"),
+            ("float16", 96, "key_mask"),
+            ("float32", 64, "causal+key_mask"),
+            ("float32", 128, "causal+key_mask"),
+        )
+    ]
     return every, first
 
 
 def full_cases() -> list[Case]:
     return [
-        Case("flash_attention", dtype, d, masking)
+        Case(workload, dtype, d, masking)
+        for workload in WORKLOADS
         for dtype, d, masking in itertools.product(DTYPES, HEAD_DIMS, MASKINGS)
     ]
 

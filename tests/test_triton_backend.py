@@ -1,10 +1,12 @@
-"""The model with backend="triton" (our flash kernel) agrees with backend="naive".
+"""The model with backend="triton" (our flash kernel, or the fused additive kernel for the
+additive score) agrees with backend="naive".
 
-Without CUDA the kernel runs under the Triton interpreter (see tests/conftest.py).
+Without CUDA the kernels run under the Triton interpreter (see tests/conftest.py).
 """
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -16,11 +18,16 @@ from transformer.model import Transformer
 PAD, BOS, EOS = 0, 1, 2
 
 
-def twin_models():
-    """The same weights twice: one on the naive backend, one on the triton backend."""
+SCORES = ["scaled_dot", "additive"]
+
+
+def twin_models(score="scaled_dot"):
+    """The same weights twice: one on the naive backend, one on the triton backend. (The
+    additive kernel loops over its a = head_dim channels, slow under the interpreter: a = 8.)"""
     config = ModelConfig(
-        src_vocab_size=37, tgt_vocab_size=37, d_model=48, heads=3, encoder_layers=2,
-        decoder_layers=2, d_ff=64, dropout=0.0, backend="naive",
+        src_vocab_size=37, tgt_vocab_size=37, d_model=24 if score == "additive" else 48,
+        heads=3, encoder_layers=2,
+        decoder_layers=2, d_ff=64, dropout=0.0, score=score, backend="naive",
     )  # fmt: skip
     torch.manual_seed(0)
     naive = Transformer(config)
@@ -39,10 +46,11 @@ def padded_batch():
     return src, tgt
 
 
-def test_training_step_loss_and_gradients_match_naive_backend():
+@pytest.mark.parametrize("score", SCORES)
+def test_training_step_loss_and_gradients_match_naive_backend(score):
     src, tgt = padded_batch()
     results = []
-    for model in twin_models():
+    for model in twin_models(score):
         logits = model(src, tgt[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=PAD)
         loss.backward()
@@ -54,9 +62,10 @@ def test_training_step_loss_and_gradients_match_naive_backend():
         assert torch.allclose(grads_triton[name], grad, atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("score", SCORES)
 @torch.no_grad()
-def test_cached_decoding_with_triton_matches_full_decoding_and_naive_greedy():
-    naive, triton = (m.eval() for m in twin_models())
+def test_cached_decoding_with_triton_matches_full_decoding_and_naive_greedy(score):
+    naive, triton = (m.eval() for m in twin_models(score))
     src, tgt = padded_batch()
     memory, src_key_mask = triton.encode(src)
     full, _ = triton.decode(tgt, memory, src_key_mask)

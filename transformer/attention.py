@@ -189,9 +189,12 @@ class GeneralScore(DotProductScore):
 
 
 class AdditiveScore(nn.Module):
-    """Bahdanau's additive score ``vᵀ tanh(W_q q + W_k k)``, per head.
+    """Bahdanau's additive score ``vᵀ tanh(W_q q + W_k k + b)``, per head.
 
-    It builds a (b, h, i, j, a) tensor, so only the naive path computes it.
+    The naive path builds a (b, h, i, j, a) tensor. The ``triton`` backend computes the features
+    ``W_q q`` and ``W_k k + b`` here (ordinary matmuls) and hands them with the score vector to
+    the fused kernel :func:`kernels.additive_attention`, which sums the tanh terms tile by tile
+    and never stores anything of size i x j. SDPA computes dot products only.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -208,7 +211,38 @@ class AdditiveScore(nn.Module):
         key_features = self.to_key_features(k)[:, :, None, :, :]
         return self.to_score(torch.tanh(query_features + key_features))
 
+    def fused(self, q, k, v, attn_mask, is_causal, return_lse=False):
+        """The fused kernel's output (and log-sum-exp): key masks only, no dropout."""
+        if attn_mask is not None and not is_key_only_mask(attn_mask):
+            raise ValueError(
+                "backend 'triton' takes key masks only, shaped (batch, 1, 1, len_k); got "
+                f"attn_mask of shape {tuple(attn_mask.shape)}. Pass causality with is_causal=True."
+            )
+        from kernels import additive_attention
+
+        # Under autocast the features come out of the matmuls in 16 bits but the key bias
+        # promotes its sum to float32: the kernel takes one dtype, v's.
+        query_features = self.to_query_features(q).to(v.dtype)
+        key_features = self.to_key_features(k).to(v.dtype)
+        return additive_attention(
+            query_features,
+            key_features,
+            self.to_score.weight,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            return_lse=return_lse,
+        )
+
     def forward(self, q, k, v, attn_mask, is_causal, backend, dropout_p) -> torch.Tensor:
+        if backend == "triton":
+            if dropout_p:
+                raise ValueError("backend 'triton' does not apply attention dropout; use 0")
+            return self.fused(q, k, v, attn_mask, is_causal)
+        if backend != "naive":
+            raise ValueError(
+                f"the additive score runs on backend 'naive' or 'triton', not {backend!r}"
+            )
         mask = combine_masks(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
         weights = masked_softmax(self.logits(q, k), mask)
         weights = F.dropout(weights, dropout_p) if dropout_p else weights

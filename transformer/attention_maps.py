@@ -21,11 +21,12 @@ pieces themselves.
 Two ways to get the weights, which agree to float32 tolerance:
 
 * ``naive``: the model's own weights, from its einops path (:meth:`Transformer.attention_maps`).
-* ``flash``: the Triton kernel never forms the (i, j) matrix, but it saves the row-wise
+* ``flash``: the Triton kernels never form the (i, j) matrix, but they save the row-wise
   log-sum-exp ``lse``; the weights of one layer (and one head, if asked) are rebuilt from it as
-  ``exp(q kᵀ · scale − lse)``, a block of query rows at a time. q, k and v of that layer are
-  taken by a forward pre-hook that lives only for one forward pass (nothing is stored on the
-  modules). Only dot-product scores (``scaled_dot``, ``dot``, ``general``) run on the kernel.
+  ``exp(score(q, k) − lse)``, a block of query rows at a time. q, k and v of that layer are
+  taken by a forward hook that lives only for one forward pass (nothing is stored on the
+  modules). Dot-product scores (``scaled_dot``, ``dot``, ``general``) run on the flash kernel,
+  the ``additive`` score on the fused additive kernel.
 
 Command line: ``python -m transformer.attention_maps --help``.
 """
@@ -114,10 +115,13 @@ def attention_module(model: Transformer, kind: str, layer: int) -> MultiHeadAtte
 
 @dataclass
 class AttentionInputs:
-    """What one attention module scored: q (after the score's query map), k, v, each (b, h, n, d).
+    """What one attention module scored: q, k, v, each (b, h, n, d).
 
-    ``attn_mask`` is the key mask (b, 1, 1, j), True = real key, or None; ``scale`` multiplies
-    q·k; ``is_causal`` is bottom-right aligned. ``out`` is the module's output (b, i, d_model).
+    For a dot-product score q is after the score's query map and ``scale`` multiplies q·k; for
+    the additive score q is what the score takes (its features are computed from it) and
+    ``scale`` is None. ``score`` is the module's score function. ``attn_mask`` is the key mask
+    (b, 1, 1, j), True = real key, or None; ``is_causal`` is bottom-right aligned. ``out`` is
+    the module's output (b, i, d_model).
     """
 
     q: torch.Tensor
@@ -125,8 +129,9 @@ class AttentionInputs:
     v: torch.Tensor
     attn_mask: torch.Tensor | None
     is_causal: bool
-    scale: float
+    scale: float | None
     out: torch.Tensor
+    score: torch.nn.Module
 
 
 @torch.no_grad()
@@ -139,11 +144,6 @@ def capture_attention_inputs(
     and output; nothing is stored on the module.
     """
     attention = attention_module(model, kind, layer)
-    if not hasattr(attention.score, "queries"):
-        raise ValueError(
-            f"the {model.config.score!r} score is not a dot product, so the flash kernel cannot "
-            "compute it; use method 'naive'"
-        )
     signature = inspect.signature(attention.forward)
     captured: dict[str, object] = {}
 
@@ -166,15 +166,18 @@ def capture_attention_inputs(
     kv = call.get("kv")
     kv = attention.project_kv(x) if kv is None else kv
     key_mask = call.get("key_mask")
-    q = attention.score.queries(attention.split_heads(attention.to_q(x)))
+    score = attention.score
+    q = attention.split_heads(attention.to_q(x))
+    dot_product = hasattr(score, "queries")
     return AttentionInputs(
-        q=q,
+        q=score.queries(q) if dot_product else q,
         k=kv.k,
         v=kv.v,
         attn_mask=None if key_mask is None else key_mask[:, None, None, :],
         is_causal=bool(call.get("is_causal", False)),
-        scale=attention.score.scale,
+        scale=score.scale if dot_product else None,
         out=captured["out"],
+        score=score,
     )
 
 
@@ -187,21 +190,26 @@ def weights_from_lse(
     lse: torch.Tensor,
     attn_mask: torch.Tensor | None,
     is_causal: bool,
-    scale: float,
+    scale: float | None,
     block_rows: int = 64,
+    score=None,
 ) -> torch.Tensor:
     """Attention probabilities (b, h, i, j) rebuilt from the row-wise log-sum-exp (b, h, i).
 
     ``exp(q kᵀ · scale − lse)`` on visible keys, 0 elsewhere, ``block_rows`` query rows at a
-    time (so the only temporaries are a block of rows). A row with no visible key (lse = -inf)
-    gets zeros.
+    time (so the only temporaries are a block of rows). With ``score`` (a module with
+    ``logits(q, k)``, e.g. the additive score) its logits stand in for ``q kᵀ · scale``. A row
+    with no visible key (lse = -inf) gets zeros.
     """
     len_q, len_k = q.shape[-2], k.shape[-2]
     cols = torch.arange(len_k, device=q.device)
     blocks = []
     for start in range(0, len_q, block_rows):
         rows = slice(start, min(start + block_rows, len_q))
-        logits = einsum(q[:, :, rows].float(), k.float(), "b h i d, b h j d -> b h i j") * scale
+        if score is None:
+            logits = einsum(q[:, :, rows].float(), k.float(), "b h i d, b h j d -> b h i j") * scale
+        else:
+            logits = score.logits(q[:, :, rows], k).float()
         visible = torch.ones_like(logits, dtype=torch.bool)
         if attn_mask is not None:
             visible = visible & attn_mask
@@ -224,7 +232,7 @@ def flash_layer_weights(
     head: int | None = None,
     block_rows: int = 64,
 ) -> torch.Tensor:
-    """One layer's weights (b, h, i, j), from the flash kernel's log-sum-exp.
+    """One layer's weights (b, h, i, j), from the flash (or fused additive) kernel's lse.
 
     With ``head`` the kernel runs on that head alone and h is 1. On the CPU the kernel needs
     ``TRITON_INTERPRET=1`` set before triton is first imported.
@@ -233,7 +241,15 @@ def flash_layer_weights(
 
     inputs = capture_attention_inputs(model, src, tgt_in, kind, layer)
     heads = slice(None) if head is None else [head % model.config.heads]
-    q, k, v = inputs.q[:, heads], inputs.k[:, heads], inputs.v[:, heads]
+    q, k, v = inputs.q, inputs.k, inputs.v
+    if inputs.scale is None:  # the additive score: every head's features, then pick the head
+        with torch.no_grad():
+            _, lse = inputs.score.fused(q, k, v, inputs.attn_mask, inputs.is_causal, True)
+            weights = weights_from_lse(
+                q, k, lse, inputs.attn_mask, inputs.is_causal, None, block_rows, inputs.score
+            )
+        return weights[:, heads]
+    q, k, v = q[:, heads], k[:, heads], v[:, heads]
     with torch.no_grad():
         _, lse = flash_attention(
             q.contiguous(),

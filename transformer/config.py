@@ -51,10 +51,10 @@ class ModelConfig:
             )
         if self.score not in SCORES:
             raise ValueError(f"unknown score function {self.score!r}; choose one of {SCORES}")
-        if self.score == "additive" and self.backend != "naive":
+        if self.score == "additive" and self.backend == "sdpa":
             raise ValueError(
-                "the additive (Bahdanau) score is not a dot product, so only backend='naive' "
-                f"computes it; got backend={self.backend!r}"
+                "the additive (Bahdanau) score is not a dot product, so SDPA cannot compute it; "
+                "use backend='naive' or 'triton' (the fused additive kernel)"
             )
         if self.attention_dropout > 0 and self.backend == "triton":
             raise ValueError(
