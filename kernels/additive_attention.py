@@ -59,7 +59,9 @@ import triton.language as tl
 
 # Shared with the dot-product kernel: the interpreter's bf16 emulation, the key-mask read and
 # the rowsum(dO * O) pass of the backward are the same here.
-from kernels.flash_attention import _attn_bwd_delta, _dot, _key_is_valid, _round
+from kernels import launch
+from kernels.flash_attention import DELTA_ROWS, _attn_bwd_delta, _dot, _key_is_valid, _round
+from kernels.launch import LaunchConfig
 
 # Module globals read inside @triton.jit code must be tl.constexpr objects: the compiler
 # refuses plain Python globals (the interpreter would accept them, and hide the bug).
@@ -388,25 +390,40 @@ def _empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _launch_config(kernel, dtype):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one of this module's kernels.
+C = LaunchConfig  # (BLOCK_M query rows, BLOCK_N key rows, warps, stages)
+# Configurations to try, best guess first, by kernel name and whether the inputs are 16-bit;
+# measured with the compile gate (python -m kernels.compile_gate) on sm_80/86/89/90. The live set
+# is a few (BLOCK_M, BLOCK_N) float32 tiles, the output or dV accumulator and, in the backward,
+# a (BLOCK, A) feature-gradient accumulator; ptxas spills a few bytes in some of these on some
+# architectures, and the launcher passes over a config that spills. float32 runs its P V
+# products on FMA units (IEEE, no tensor cores), which needs smaller tiles. The channel loops
+# are not software-pipelined (one stage): per channel they load two vectors, while the exp2 and
+# division over the whole tile are the work -- which is also why these kernels do not need
+# Hopper's wgmma (their products are a small part of the work).
+CONFIGS = {
+    ("_additive_fwd", True): [C(32, 32, 4, 1), C(32, 32, 8, 1), C(64, 32, 4, 1)],
+    ("_additive_fwd", False): [C(32, 32, 8, 1), C(32, 32, 4, 1), C(16, 32, 4, 1)],
+    ("_additive_bwd_dq", True): [C(32, 32, 4, 1), C(32, 32, 8, 1), C(64, 32, 4, 1)],
+    ("_additive_bwd_dq", False): [C(32, 32, 4, 1), C(16, 32, 4, 1), C(32, 16, 4, 1)],
+    ("_additive_bwd_dkdv", True): [C(32, 64, 8, 1), C(32, 32, 4, 1), C(32, 32, 8, 1)],
+    ("_additive_bwd_dkdv", False): [C(16, 16, 4, 1), C(16, 32, 4, 1), C(32, 16, 4, 1)],
+}
 
-    Chosen by compiling every kernel for sm_80, sm_86, sm_89 and sm_90 (no GPU needed) so that
-    none spills registers for any feature size (up to 128), value head dim and dtype the
-    launcher accepts. The live set is a few (BLOCK_M, BLOCK_N) float32 tiles, the output or dV
-    accumulator and, in the backward, a (BLOCK, A) feature-gradient accumulator. float32 runs
-    its P V products on FMA units (IEEE, no tensor cores), which needs smaller tiles. The
-    channel loops are not software-pipelined (one stage): per channel they load two vectors,
-    while the exp2 and division over the whole tile are the work.
-    """
+
+def _configs(kernel, dtype):
+    """The launch configurations to choose from for one of this module's kernels."""
     if _INTERPRETED:
-        return 64, 64, 4, 1  # numpy: fewer, larger blocks run faster; tests vary them
-    wide = dtype != torch.float32
-    if kernel is _additive_bwd_dkdv:  # BLOCK_N keys held, BLOCK_M queries a step
-        return (32, 64, 8, 1) if wide else (16, 16, 4, 1)
-    if kernel is _additive_bwd_dq:  # and its rowsum(dO * O) pass
-        return (32, 32, 8, 1) if wide else (32, 32, 4, 1)
-    return 32, 32, 8, 1  # _additive_fwd
+        return [launch.INTERPRETER_CONFIG]  # numpy: fewer, larger blocks run faster
+    return CONFIGS[kernel.__name__, dtype != torch.float32]
+
+
+def _tuned_launch(kernel, run, v, block_e, meta, len_q, len_k):
+    """Launch with the best config (kernels.launch.pick); run(config) launches. The config."""
+    key = (kernel.__name__, v.device.index, v.dtype, block_e, tuple(sorted(meta.items())),
+           launch.length_bucket(len_q), launch.length_bucket(len_k))  # fmt: skip
+    config = launch.pick(key, _configs(kernel, v.dtype), run)
+    run(config)
+    return config
 
 
 def _check_inputs(query_features, key_features, score_weight, v, attn_mask):
@@ -536,12 +553,11 @@ def _launch(kernel, grid, *args, **meta):
         kernel[grid](*args, **meta)
 
 
-def _meta(attn_mask, is_causal, block_m, block_n, block_e, dtype):
+def _meta(attn_mask, is_causal, block_e, dtype):
+    """The constexprs every additive kernel takes, apart from its block sizes."""
     return dict(
         HAS_MASK=attn_mask is not None,
         IS_CAUSAL=bool(is_causal),
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
         BLOCK_E=block_e,
         EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
         # fp32 inputs get exact products (TF32 would be far less accurate than PyTorch's fp32).
@@ -554,16 +570,19 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     len_k, value_dim = v.shape[2], v.shape[3]
     out = _empty((b, h, len_q, value_dim), v.dtype, v.device)
     lse = _empty((b, h, len_q), torch.float32, v.device)
-    block_m, block_n, num_warps, num_stages = _launch_config(_additive_fwd, v.dtype)
     mask, mask_strides = _kernel_mask(attn_mask, qf, kf)
-    _launch(
-        _additive_fwd, (triton.cdiv(len_q, block_m), b * h),
+    meta = _meta(attn_mask, is_causal, block_e, v.dtype)
+    args = (
         qf, kf, w, v, mask, out, lse,
         *qf.stride(), *kf.stride(), *w.stride(), *v.stride(), *out.stride(), *mask_strides,
         h, len_q, len_k, qf.shape[3], value_dim,
-        **_meta(attn_mask, is_causal, block_m, block_n, block_e, v.dtype),
-        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
+
+    def run(config):
+        grid = (triton.cdiv(len_q, config.block_m), b * h)
+        return _launch(_additive_fwd, grid, *args, **meta, **config.meta())
+
+    _tuned_launch(_additive_fwd, run, v, block_e, meta, len_q, len_k)
     return out, lse
 
 
@@ -579,32 +598,39 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
         h, len_q, len_k, a, value_dim,
     )  # fmt: skip
 
-    block_m, block_n, num_warps, num_stages = _launch_config(_additive_bwd_dq, v.dtype)
+    meta = _meta(attn_mask, is_causal, block_e, v.dtype)
     delta = _empty((b, h, len_q), torch.float32, v.device)
     _launch(
-        _attn_bwd_delta, (triton.cdiv(len_q, block_m), b * h),
+        _attn_bwd_delta, (triton.cdiv(len_q, DELTA_ROWS), b * h),
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, value_dim,
-        BLOCK_M=block_m, BLOCK_D=block_e, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_M=DELTA_ROWS, BLOCK_D=block_e,
     )  # fmt: skip
     dqf = _empty((b, h, len_q, a), qf.dtype, v.device)
-    _launch(
-        _additive_bwd_dq, (triton.cdiv(len_q, block_m), b * h),
-        qf, kf, w, v, mask, dout, lse, delta, dqf, *common,
-        **_meta(attn_mask, is_causal, block_m, block_n, block_e, v.dtype),
-        BLOCK_A=block_a, num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
 
-    block_m, block_n, num_warps, num_stages = _launch_config(_additive_bwd_dkdv, v.dtype)
-    key_blocks = triton.cdiv(len_k, block_n)
+    def run_dq(config):
+        return _launch(
+            _additive_bwd_dq, (triton.cdiv(len_q, config.block_m), b * h),
+            qf, kf, w, v, mask, dout, lse, delta, dqf, *common,
+            **meta, BLOCK_A=block_a, **config.meta(),
+        )  # fmt: skip
+
+    _tuned_launch(_additive_bwd_dq, run_dq, v, block_e, meta, len_q, len_k)
+
     dkf = _empty((b, h, len_k, a), kf.dtype, v.device)
     dv = _empty((b, h, len_k, value_dim), v.dtype, v.device)
-    dw_partial = _empty((b, h, key_blocks, a), torch.float32, v.device)
-    _launch(
-        _additive_bwd_dkdv, (key_blocks, b * h),
-        qf, kf, w, v, mask, dout, lse, delta, dkf, dv, dw_partial, *common,
-        **_meta(attn_mask, is_causal, block_m, block_n, block_e, v.dtype),
-        BLOCK_A=block_a, num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
+    partials = {}  # per config: dw summed over each key block, (b, h, key blocks, a)
+
+    def run_dkdv(config):
+        key_blocks = triton.cdiv(len_k, config.block_n)
+        partials[config] = _empty((b, h, key_blocks, a), torch.float32, v.device)
+        return _launch(
+            _additive_bwd_dkdv, (key_blocks, b * h),
+            qf, kf, w, v, mask, dout, lse, delta, dkf, dv, partials[config], *common,
+            **meta, BLOCK_A=block_a, **config.meta(),
+        )  # fmt: skip
+
+    config = _tuned_launch(_additive_bwd_dkdv, run_dkdv, v, block_e, meta, len_q, len_k)
+    dw_partial = partials[config]
     dw = dw_partial.sum(dim=(0, 2)).to(w.dtype)  # (h, a): summed over batch and key blocks
     return dqf, dkf, dw, dv
 

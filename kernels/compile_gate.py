@@ -52,6 +52,10 @@ DTYPES = ("float16", "bfloat16", "float32")
 HEAD_DIMS = (16, 40, 64, 80, 96, 128)
 MASKINGS = ("none", "key_mask", "causal", "causal+key_mask")
 
+# Kernels whose matrix products are their work: on sm_90 their 16-bit products must be wgmma.
+# (The fused additive kernels spend theirs on an elementwise tanh tile on CUDA cores.)
+WGMMA_KERNELS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
+
 # Kernel modules whose launches are captured; each routes every launch through `_launch`.
 KERNEL_MODULES = ("kernels.flash_attention", "kernels.additive_attention")
 
@@ -86,6 +90,7 @@ class Build:
     attrs: dict
     options: dict
     cases: list = field(default_factory=list)
+    ranks: dict = field(default_factory=dict)
     ok: bool = False
     error: str = ""
     shared_bytes: int = -1
@@ -227,16 +232,28 @@ def _path_name(kernel, path) -> str:
 
 
 def plan(cases: list[Case], archs: list[int], all_configs: bool) -> list[Build]:
-    """Every distinct build the cases launch on these architectures (deduplicated)."""
+    """Every distinct build the cases launch on these architectures (deduplicated). Each
+    build's ``ranks`` holds, per (case, kernel) it serves, its place in the launcher's order of
+    preference there (0 = first choice)."""
     builds: dict[str, Build] = {}
     for arch in archs:
         for case in cases:
             with _recording(arch, all_configs) as launches:
                 WORKLOADS[case.workload](case)
+            rank: dict[str, int] = {}
             for module, kernel, args, meta in launches:
-                build = _specialise(module, kernel, args, meta, arch)
-                builds.setdefault(build.key(), build).cases.append(case.label())
+                build = builds.setdefault(*_keyed(_specialise(module, kernel, args, meta, arch)))
+                if case.label() not in build.cases:
+                    build.cases.append(case.label())
+                serves = f"{case.label()}|{kernel.__name__}"
+                if serves not in build.ranks:
+                    build.ranks[serves] = rank.setdefault(kernel.__name__, 0)
+                    rank[kernel.__name__] += 1
     return list(builds.values())
+
+
+def _keyed(build: Build) -> tuple[str, Build]:
+    return build.key(), build
 
 
 # ------------------------------------------------------------------------------ compile
@@ -303,9 +320,8 @@ def problems(build: Build) -> list[str]:
     limit = shared_memory_limit(build.arch)
     if build.shared_bytes > limit:
         found.append(f"shared memory {build.shared_bytes} B > sm_{build.arch} limit {limit} B")
-    uses_dot = build.kernel != "_attn_bwd_delta"
     sixteen_bit = any(t in ("*fp16", "*bf16") for t in build.signature.values())
-    if build.arch == 90 and uses_dot and sixteen_bit and build.wgmma == 0:
+    if build.arch == 90 and build.kernel in WGMMA_KERNELS and sixteen_bit and build.wgmma == 0:
         found.append("16-bit products on sm_90 are not wgmma")
     return found
 
@@ -324,7 +340,8 @@ def _spills_everywhere(builds: list[Build]) -> dict[tuple, list[Build]]:
 
 
 def _float32(build: Build) -> bool:
-    return build.signature.get("Q") == "*fp32"
+    """Whether the call's inputs (its first pointer argument) are float32."""
+    return next(t for t in build.signature.values() if t.startswith("*")) == "*fp32"
 
 
 def failures(builds: list[Build]) -> list[str]:
@@ -360,10 +377,10 @@ def warnings(builds: list[Build]) -> list[str]:
 def ci_cases() -> tuple[list[Case], list[Case]]:
     """(cases tried with every config, cases tried with the launcher's first choice only).
 
-    Every config is tried where it matters most: bf16 (the models' dtype) at head dims 64 and
-    128, masked and causal at once (both masking code paths compiled). The other dtypes, head
-    dims and maskings, and the one-query decoding shape, compile with the configuration the
-    launcher would choose first.
+    Every config is tried where it matters most: flash attention in bf16 (the models' dtype) at
+    head dims 64 and 128, masked and causal at once (both masking code paths compiled). The
+    other dtypes, head dims and maskings, the one-query decoding shape and the additive kernels
+    compile in the launcher's order until one config compiles without spills.
     """
     every = [Case("flash_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
     first = [
@@ -372,10 +389,11 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
-    every += [Case("additive_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
     first += [
         Case("additive_attention", dtype, d, masking)
         for dtype, d, masking in (
+            ("bfloat16", 64, "causal+key_mask"),
+            ("bfloat16", 128, "causal+key_mask"),
             ("float16", 16, "none"),
             ("float16", 40, "causal"),
             ("float16", 96, "key_mask"),
@@ -395,20 +413,41 @@ def full_cases() -> list[Case]:
 
 
 def run(cases_every, cases_first, archs_every, archs_first, jobs, progress=True) -> list[Build]:
-    """Compile what the cases launch: every config on archs_every, the first choice on
-    archs_first (cases_first on both), each distinct build once."""
-    builds = plan(cases_every, archs_every, all_configs=True)
-    seen = {b.key() for b in builds}
-    firsts = plan(cases_first + cases_every, archs_first, all_configs=False)
-    builds += [b for b in firsts if b.key() not in seen]
-    if progress:
-        archs = sorted(set(archs_every) | set(archs_first))
-        print(f"compiling {len(builds)} builds for {', '.join(f'sm_{a}' for a in archs)} "
-              f"with {jobs} process(es)", flush=True)  # fmt: skip
-    if jobs <= 1:
-        return [compile_build(b) for b in _progress(builds, progress)]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=_spawn()) as pool:
-        return list(_progress(pool.map(compile_build, builds, chunksize=4), progress, len(builds)))
+    """Compile what the cases launch: every config of cases_every on archs_every; everything
+    else (cases_first anywhere, cases_every on the other archs_first) in the launcher's order
+    until one config compiles without spills, as the launcher itself picks with autotuning off.
+    Each distinct build is compiled once."""
+    builds = plan(cases_every + cases_first, sorted(set(archs_every) | set(archs_first)), True)
+    every = {c.label() for c in cases_every}
+    eager = [b for b in builds if b.arch in archs_every and every & set(b.cases)]
+    done: dict[str, Build] = {}
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) as pool:
+        for round_ in itertools.count():
+            todo = eager if round_ == 0 else []
+            todo = {b.key(): b for b in todo + _next_choices(builds, done, round_)}
+            todo = [b for k, b in todo.items() if k not in done]
+            if not todo:
+                break
+            if progress:
+                print(f"round {round_}: compiling {len(todo)} builds", flush=True)
+            for build in _progress(pool.map(compile_build, todo, chunksize=2), progress, len(todo)):
+                done[build.key()] = build
+    return list(done.values())
+
+
+def _next_choices(builds: list[Build], done: dict[str, Build], round_: int) -> list[Build]:
+    """The builds ranked ``round_`` for every (arch, case, kernel) with no spill-free build yet."""
+    settled = set()
+    for build in builds:
+        compiled = done.get(build.key())
+        if compiled is not None and compiled.ok and compiled.local_bytes == 0:
+            settled.update((build.arch, serves) for serves in build.ranks)
+    return [
+        build
+        for build in builds
+        for serves, rank in build.ranks.items()
+        if rank == round_ and (build.arch, serves) not in settled
+    ]
 
 
 def _spawn():

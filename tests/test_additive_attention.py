@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import additive_attention
+from kernels.launch import LaunchConfig
 
 aa = importlib.import_module("kernels.additive_attention")
 
@@ -330,7 +331,9 @@ def test_result_does_not_depend_on_block_sizes(monkeypatch):
     mask = random_key_mask(1, 51)
     results = []
     for blocks in ((16, 16), (16, 64), (64, 32)):
-        monkeypatch.setattr(aa, "_launch_config", lambda kernel, dtype, b=blocks: (*b, 4, 1))
+        monkeypatch.setattr(
+            aa, "_configs", lambda kernel, dtype, b=blocks: [LaunchConfig(*b, 4, 1)]
+        )
         kwargs = dict(attn_mask=mask, is_causal=True)
         results.append(
             output_and_grads(additive_attention, qf, kf, w, v, dout, torch.float32, **kwargs)
