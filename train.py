@@ -41,6 +41,7 @@ RESUMABLE = {
     "progress",
     "device",
     "threads",
+    "compile",
     "final_test",
     "checkpoint_every",
     "log_every",
@@ -113,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=positive_int, help="CPU threads for PyTorch (default: PyTorch's choice)"
     )
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model for training steps (one graph for every batch shape; "
+        "compiling takes about a minute on 2 CPU cores, counted in the time budget: see the "
+        "README for when it pays)",
+    )
 
     g = p.add_argument_group("data")
     g.add_argument(
@@ -291,6 +300,7 @@ TRAIN_OPTIONS = (
     "amp",
     "threads",
     "progress",
+    "compile",
     "data",
     "src_lang",
     "tgt_lang",

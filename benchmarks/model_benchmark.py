@@ -9,6 +9,12 @@ Reported per backend (``naive``, ``sdpa``, ``triton``) and length:
 * peak memory of a step above what is held between steps (weights, gradients' absence,
   optimizer state), i.e. activations and temporaries.
 
+``--compile`` adds a row per backend with the model under ``torch.compile(fullgraph=True)``
+(batch and length marked dynamic, as ``train.py --compile`` does); its ``warmup_s`` (the first
+two steps, one short and one full-size) includes compiling, which happens once per process, and
+``breakeven_tokens`` says how many training tokens the compiled model must see before its faster
+steps have paid for that (warm-up time over the per-token saving).
+
 A backend that runs out of memory at one length is not run at longer ones (``skipped``). On a
 machine without a GPU each point runs on the CPU in a fresh process, and ``triton`` is recorded
 as ``not_measurable``.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import from the repository
@@ -33,7 +40,7 @@ from tqdm import tqdm
 
 from benchmarks import common
 from transformer.config import ModelConfig
-from transformer.model import Transformer
+from transformer.model import Transformer, mark_dynamic_batch
 
 BACKENDS = ("naive", "sdpa", "triton")
 LABELS = {"naive": "naive (einops)", "sdpa": "PyTorch SDPA", "triton": "ours (Triton)"}
@@ -61,17 +68,19 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
         backend=spec["backend"],
     )
     model = Transformer(config).to(device).train()
+    forward = torch.compile(model, fullgraph=True) if spec.get("compile") else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def batch(seq_len: int):
         # Token 0 is padding: draw from 1.. so that every position is real.
         src = torch.randint(1, spec["vocab"], (spec["batch"], seq_len), device=device)
         tgt = torch.randint(1, spec["vocab"], (spec["batch"], seq_len + 1), device=device)
+        mark_dynamic_batch(src, tgt)  # one compiled graph for both lengths
         return src, tgt[:, :-1], tgt[:, 1:]
 
     def step(src, tgt_in, tgt_out):
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(src, tgt_in)
+            logits = forward(src, tgt_in)
         loss = F.cross_entropy(
             logits.float().flatten(0, 1), tgt_out.flatten(), label_smoothing=LABEL_SMOOTHING
         )
@@ -81,12 +90,14 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
 
     try:
         # A short step first: libraries set up, optimizer state allocated, kernels compiled.
+        warmup_start = time.perf_counter()
         step(*batch(8))
         tokens = batch(spec["seq_len"])
         # On the CPU, cap the address space from here: a failed allocation is an OOM, not a
         # crash. The cap covers the full-size warm-up too, whose freed memory stays mapped.
         common.cap_address_space(memory_cap_bytes)
         step(*tokens)
+        warmup_s = time.perf_counter() - warmup_start
         peak = common.peak_memory(lambda: step(*tokens), device)
         ms = common.median_ms(lambda: step(*tokens), device, cpu_repeats=spec["cpu_repeats"])
     except Exception as err:  # noqa: BLE001
@@ -96,22 +107,44 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
         "status": "ok",
         "peak_bytes": peak,
         "median_ms": ms,
+        "warmup_s": warmup_s,
         "tgt_tokens_per_s": tgt_tokens / ms * 1e3,
         "tokens_per_s": 2 * tgt_tokens / ms * 1e3,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
 
+def series(args) -> list[tuple[str, bool]]:
+    """(backend, compiled) of every row: each backend eager, then compiled with --compile."""
+    compiled = getattr(args, "compile", False)  # absent from results written before --compile
+    return [(b, False) for b in args.backends] + [(b, True) for b in args.backends if compiled]
+
+
+def series_name(backend: str, compiled: bool) -> str:
+    return f"{backend}+compile" if compiled else backend
+
+
+def label(name: str) -> str:
+    backend, _, compiled = name.partition("+")
+    return LABELS[backend] + (" + torch.compile" if compiled else "")
+
+
+def style(name: str) -> dict:
+    backend, _, compiled = name.partition("+")
+    return {**STYLES[backend], **(dict(linestyle=":", markerfacecolor="none") if compiled else {})}
+
+
 def sweep(args, device: torch.device) -> list[dict]:
     cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * common.MIB
     records = []
-    progress = tqdm(total=len(args.backends) * len(args.lengths), desc="model")
-    for backend in args.backends:
+    progress = tqdm(total=len(series(args)) * len(args.lengths), desc="model")
+    for backend, compiled in series(args):
         out_of_memory = False
         for seq_len in args.lengths:
-            progress.set_postfix_str(f"{backend} len={seq_len}")
+            progress.set_postfix_str(f"{series_name(backend, compiled)} len={seq_len}")
             spec = dict(
                 backend=backend,
+                compile=compiled,
                 device=str(device),
                 seq_len=seq_len,
                 batch=args.batch,
@@ -132,10 +165,28 @@ def sweep(args, device: torch.device) -> list[dict]:
             else:
                 result = common.run_isolated("benchmarks.model_benchmark:measure_point", spec, cap)
             out_of_memory = out_of_memory or result["status"] == "oom"
-            records.append(dict(backend=backend, seq_len=seq_len, batch=args.batch, **result))
+            records.append(
+                dict(
+                    backend=backend, compiled=compiled, seq_len=seq_len, batch=args.batch, **result
+                )
+            )
             progress.update()
     progress.close()
+    add_breakeven(records)
     return records
+
+
+def add_breakeven(records: list[dict]) -> None:
+    """On each compiled record: the training tokens after which compiling has paid for itself,
+    (extra warm-up seconds) / (seconds saved per token); None when it is not faster per step."""
+    eager = {(r["backend"], r["seq_len"]): r for r in records if not r.get("compiled")}
+    for r in records:
+        base = eager.get((r["backend"], r["seq_len"]))
+        if not r.get("compiled") or r["status"] != "ok" or not base or base["status"] != "ok":
+            continue
+        saved = 1 / base["tgt_tokens_per_s"] - 1 / r["tgt_tokens_per_s"]
+        extra = r["warmup_s"] - base["warmup_s"]
+        r["breakeven_tokens"] = extra / saved if saved > 0 else None
 
 
 def plot(records: list[dict], args, env: dict, path: Path) -> None:
@@ -148,30 +199,32 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
         ("tgt_tokens_per_s", "training tokens / s (target)"),
         ("peak_mib", "peak memory of a step (MiB)"),
     )
+    names = [series_name(*s) for s in series(args)]
+    by_name = {n: [r for r in records if record_series(r) == n] for n in names}
     notes = [
-        f"{LABELS[b]}: {rs[0]['status']} at every point"
-        + (" -- runs on the CPU only under the Triton interpreter" if b == "triton" else "")
-        for b in args.backends
-        if (rs := [r for r in records if r["backend"] == b])
-        and not any(r["status"] == "ok" for r in rs)
+        f"{label(n)}: {rs[0]['status']} at every point"
+        + (
+            " -- runs on the CPU only under the Triton interpreter"
+            if n.startswith("triton")
+            else ""
+        )
+        for n, rs in by_name.items()
+        if rs and not any(r["status"] == "ok" for r in rs)
     ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2 + 0.25 * len(notes)))
     for ax, (key, title) in zip(axes, panels, strict=True):
         plotted = False
-        for slot, backend in enumerate(args.backends):
+        for slot, name in enumerate(names):
             by_length = {}
-            for r in records:
-                if r["backend"] == backend:
-                    extra = (
-                        {"peak_mib": r["peak_bytes"] / common.MIB} if r["status"] == "ok" else {}
-                    )
-                    by_length[r["seq_len"]] = {**r, **extra}
-            style = {**STYLES[backend], "label": LABELS[backend]}
-            plotted |= common.plot_series(ax, args.lengths, by_length, key, style, slot)
+            for r in by_name[name]:
+                extra = {"peak_mib": r["peak_bytes"] / common.MIB} if r["status"] == "ok" else {}
+                by_length[r["seq_len"]] = {**r, **extra}
+            line = {**style(name), "label": label(name)}
+            plotted |= common.plot_series(ax, args.lengths, by_length, key, line, slot)
         common.log_axes(ax, plotted)
         ax.set_xlabel("sequence length (source = target)")
         ax.set_title(title)
-    handles = [plt.Line2D([], [], **{**STYLES[b], "label": LABELS[b]}) for b in args.backends]
+    handles = [plt.Line2D([], [], **{**style(n), "label": label(n)}) for n in names]
     handles.append(
         plt.Line2D(
             [], [], marker="X", color="gray", linestyle="none", markersize=10, label="out of memory"
@@ -194,21 +247,52 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def record_series(record: dict) -> str:
+    return series_name(record["backend"], record.get("compiled", False))
+
+
 def markdown(records: list[dict], args) -> str:
-    by_key = {(r["backend"], r["seq_len"]): r for r in records}
+    by_key = {(record_series(r), r["seq_len"]): r for r in records}
+    names = [series_name(*s) for s in series(args)]
     header = ["length"]
-    for b in args.backends:
-        header += [f"{LABELS[b]} tokens/s", f"{LABELS[b]} MiB"]
+    for n in names:
+        header += [f"{label(n)} tokens/s", f"{label(n)} MiB"]
     rows = []
-    for n in args.lengths:
-        row = [str(n)]
-        for b in args.backends:
-            record = by_key.get((b, n))
+    for length in args.lengths:
+        row = [str(length)]
+        for n in names:
+            record = by_key.get((n, length))
             row.append(common.format_cell(record, "tgt_tokens_per_s"))
             row.append(common.format_cell(record, "peak_bytes", 1 / common.MIB))
         rows.append(row)
     title = f"### Training step: target tokens/s and peak step memory (MiB), batch {args.batch}\n\n"
-    return title + common.markdown_table(header, rows)
+    text = title + common.markdown_table(header, rows)
+    compiled = [r for r in records if r.get("compiled") and r["status"] == "ok"]
+    if compiled:
+        eager = {(r["backend"], r["seq_len"]): r for r in records if not r.get("compiled")}
+        rows = []
+        for r in compiled:
+            base = eager.get((r["backend"], r["seq_len"]))
+            tokens = r.get("breakeven_tokens")
+            rows.append([
+                LABELS[r["backend"]], str(r["seq_len"]), common.format_cell(base, "warmup_s"),
+                common.format_cell(r, "warmup_s"),
+                "never" if tokens is None else f"{tokens:,.0f}",
+            ])  # fmt: skip
+        text += (
+            "\n\n### torch.compile: first two steps (s, compiling included) and break-even\n\n"
+            + common.markdown_table(
+                [
+                    "backend",
+                    "length",
+                    "eager warm-up s",
+                    "compiled warm-up s",
+                    "training tokens to break even",
+                ],
+                rows,
+            )  # fmt: skip
+        )
+    return text
 
 
 def parse_args(argv=None):
@@ -233,6 +317,12 @@ def parse_args(argv=None):
     parser.add_argument("--heads", type=int, default=4, help="attention heads")
     parser.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each")
     parser.add_argument("--d-ff", type=int, default=1024, help="feed-forward width")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a torch.compile(fullgraph=True) row per backend, with its warm-up "
+        "(compile) time and the training tokens it takes to pay for it",
+    )
     common.add_cpu_and_output_arguments(parser, "model", 2048, "timed steps per CPU point")
     return parser.parse_args(argv)
 

@@ -27,23 +27,28 @@ Supported
     * Head dims 1 to 128 (not only powers of two: the kernel pads to the next power of two with
       masked loads).
     * ``attn_mask``: a boolean *key* mask, True = this key takes part (SDPA's convention), shaped
-      (b or 1, len_k) or (b or 1, h or 1, 1, len_k). It is read inside the kernel, one value per
-      key; nothing of size len_q x len_k is built.
+      (b or 1, h or 1, 1, len_k) -- a shape that means the same to SDPA. It is read inside the
+      kernel, one value per key; nothing of size len_q x len_k is built.
     * ``is_causal``, alone or together with ``attn_mask``. Causal masking is aligned to the
       **bottom-right** corner: query i sees keys j <= i + len_k - len_q. This is what a decoder
       with a key/value cache needs (the new queries are the *last* len_q positions).
       ``F.scaled_dot_product_attention`` aligns top-left instead; the two agree when
       len_q == len_k.
-    * Gradients for q, k and v through one ``torch.autograd.Function``; also through the
-      log-sum-exp when ``return_lse=True`` and it takes part in the loss.
+    * Gradients for q, k and v; also through the log-sum-exp when ``return_lse=True`` and it
+      takes part in the loss.
+    * ``torch.compile`` (``fullgraph=True`` too): forward and backward are PyTorch operators,
+      ``torch.ops.flash_transformer.flash_attention`` and ``..._backward``, registered with
+      ``torch.library.custom_op`` (see :mod:`kernels.ops` for why not ``triton_op``); a compiled
+      graph calls them as opaque nodes, with fake implementations giving their output shapes.
     * A query that sees no key at all (all its keys masked) gets an output of zeros, zero
       gradients, and a log-sum-exp of -inf.
     * Runs compiled on a CUDA GPU, or on the CPU under the Triton interpreter
       (``TRITON_INTERPRET=1`` set before triton is first imported).
 
 Caution -- not supported
-    * Full (len_q, len_k) or additive float masks: only boolean key masks. Note that a 2-D mask
-      means (batch, len_k) here, whereas SDPA would read a 2-D mask as (len_q, len_k).
+    * Full (len_q, len_k) or additive float masks: only boolean key masks. A mask of any rank
+      but 4 is refused, a 2-D one in particular: SDPA reads it as (len_q, len_k), so a
+      (batch, len_k) key padding mask must be passed as ``mask[:, None, None, :]``.
     * Dropout, grouped-query attention (k/v heads must equal q heads), a value head dim that
       differs from the query/key head dim, head dims above 128, float64.
     * float32 on a GPU multiplies as three TF32 products ("tf32x3", about float32 accuracy) in
@@ -58,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import launch
+from kernels import launch, ops
 from kernels.launch import LaunchConfig, TileShape
 
 # exp(x) == exp2(x * log2(e)): the kernels work in base 2 (exp2 is the native instruction) and
@@ -606,7 +611,12 @@ def _check_inputs(q, k, v, attn_mask, scale):
             "interpreter. Set TRITON_INTERPRET=1 in the environment before triton (or kernels) "
             "is first imported, or move the tensors to a CUDA device."
         )
-    return max(16, triton.next_power_of_2(d))  # tl.dot wants every dimension >= 16
+    return _block_d(d)
+
+
+def _block_d(head_dim):
+    """The head dim padded to a power of two, at least 16 (tl.dot wants every dimension >= 16)."""
+    return max(16, triton.next_power_of_2(head_dim))
 
 
 def _mask_strides(attn_mask, q, k):
@@ -624,29 +634,36 @@ def _mask_strides(attn_mask, q, k):
         )
     b, h, len_q, _ = q.shape
     len_k = k.shape[2]
-    # View a 2-D (batch, len_k) mask as (batch, 1, 1, len_k): one layout to check and index.
-    mask4 = attn_mask[:, None, None, :] if attn_mask.dim() == 2 else attn_mask
-    shape = tuple(mask4.shape)
+    shape = tuple(attn_mask.shape)
     if not (
-        mask4.dim() == 4
+        attn_mask.dim() == 4
         and shape[0] in (1, b)
         and shape[1] in (1, h)
         and shape[2] == 1
         and shape[3] == len_k
     ):
-        full = attn_mask.dim() >= 2 and len_q > 1 and attn_mask.shape[-2] == len_q
         raise ValueError(
-            "flash_attention: attn_mask must be a key mask shaped (batch or 1, len_k) or "
-            f"(batch or 1, heads or 1, 1, len_k) = ({b}|1, {h}|1, 1, {len_k}); "
-            f"got {tuple(attn_mask.shape)}"
-            + (" (full len_q x len_k masks are not supported)" if full else "")
+            "flash_attention: attn_mask must be a key mask shaped (batch or 1, heads or 1, 1, "
+            f"len_k) = ({b}|1, {h}|1, 1, {len_k}); got {tuple(attn_mask.shape)}. "
+            + _MASK_HINTS.get(attn_mask.dim(), "")
+            + ("" if attn_mask.dim() != 4 or shape[2] == 1 else _MASK_HINTS["full"])
         )
     # A dimension of size 1 broadcasts: stride 0 makes every batch/head read the same row.
     return (
-        0 if shape[0] == 1 else mask4.stride(0),
-        0 if shape[1] == 1 else mask4.stride(1),
-        mask4.stride(3),
+        0 if shape[0] == 1 else attn_mask.stride(0),
+        0 if shape[1] == 1 else attn_mask.stride(1),
+        attn_mask.stride(3),
     )
+
+
+# Why a mask of another rank or shape is refused, in the error message.
+_MASK_HINTS = {
+    2: "A 2-D mask means (len_q, len_k) in F.scaled_dot_product_attention, a full mask, which "
+    "the kernel does not read (it reads key masks only); a (batch, len_k) key padding mask "
+    "is passed as mask[:, None, None, :].",
+    "full": "Full (len_q x len_k) masks are not supported: the kernel reads key masks only; "
+    "pass causality with is_causal=True.",
+}
 
 
 def _launch(kernel, grid, *args, **meta):
@@ -799,21 +816,34 @@ def _meta(attn_mask, is_causal, block_d, head_dim, dtype):
     )
 
 
-class _FlashAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, attn_mask, is_causal, scale, block_d):
-        out, lse = _forward(q, k, v, attn_mask, is_causal, scale, block_d)
-        ctx.save_for_backward(q, k, v, attn_mask, out, lse)
-        ctx.is_causal, ctx.scale, ctx.block_d = is_causal, scale, block_d
-        return out, lse
+def _fake_forward(q, k, v, attn_mask, is_causal, scale):
+    """What _forward returns, as empty tensors: out like a contiguous q, lse (b, h, len_q)."""
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, k, v, attn_mask, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(
-            q, k, v, attn_mask, ctx.is_causal, ctx.scale, ctx.block_d, out, lse, dout, dlse
-        )
-        return dq, dk, dv, None, None, None, None
+
+def _fake_backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse):
+    """What _backward returns, as empty tensors: contiguous dq, dk, dv."""
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@ops.kernel_op("flash_attention_backward", fake=_fake_backward)
+def _backward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    block_d = _block_d(q.shape[-1])
+    return _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse)
+
+
+# The one autograd definition: gradients of q, k and v from the backward operator above, given
+# the inputs, (out, lse) and their gradients (dlse is zeros when lse took no part in the loss).
+@ops.kernel_op("flash_attention", fake=_fake_forward, backward=_backward_op, wrt=("q", "k", "v"))
+def _forward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]))
 
 
 def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, return_lse=False):
@@ -823,7 +853,8 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, ret
         q: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
         k, v: (batch, heads, len_k, head_dim), same dtype and device as q.
         attn_mask: optional boolean key mask, True = this key takes part (SDPA's convention),
-            shaped (batch or 1, len_k) or (batch or 1, heads or 1, 1, len_k).
+            shaped (batch or 1, heads or 1, 1, len_k), as SDPA would read it; any other shape
+            (a 2-D mask, which SDPA reads as (len_q, len_k), included) is refused.
         is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
             j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
             top-left; the two agree when len_q == len_k). May be combined with attn_mask.
@@ -839,7 +870,7 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, ret
         TypeError / ValueError: on a bad input, naming it, before anything is launched.
         RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
     """
-    block_d = _check_inputs(q, k, v, attn_mask, scale)
+    _check_inputs(q, k, v, attn_mask, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, lse = _FlashAttention.apply(q, k, v, attn_mask, bool(is_causal), scale, block_d)
+    out, lse = _forward_op(q, k, v, attn_mask, bool(is_causal), scale)
     return (out, lse) if return_lse else out

@@ -195,3 +195,29 @@ def test_flop_convention_and_ratios():
     ]
     ratios = {r["sdpa_backend"]: r["ratio"] for r in attention_benchmark.ratios(records)}
     assert ratios == {"sdpa_flash": 0.75, "sdpa_cudnn": 0.5}
+
+
+def test_compile_rows_break_even_when_the_saving_per_token_has_paid_for_the_warm_up():
+    from argparse import Namespace
+
+    from benchmarks import model_benchmark as mb
+
+    def record(backend, compiled, tokens_per_s, warmup_s, status="ok"):
+        return dict(
+            backend=backend, compiled=compiled, seq_len=32, batch=8, status=status,
+            tgt_tokens_per_s=tokens_per_s, warmup_s=warmup_s, peak_bytes=0,
+        )  # fmt: skip
+
+    records = [
+        record("naive", False, 1000.0, 1.0),
+        record("sdpa", False, 1000.0, 1.0),
+        record("naive", True, 2000.0, 31.0),  # 30 s more warm-up, 0.5 ms saved per token
+        record("sdpa", True, 800.0, 31.0),  # slower per step: never pays
+    ]
+    mb.add_breakeven(records)
+    assert records[2]["breakeven_tokens"] == pytest.approx(60_000)
+    assert records[3]["breakeven_tokens"] is None
+    args = Namespace(backends=["naive", "sdpa"], compile=True, lengths=[32], batch=8)
+    text = mb.markdown(records, args)
+    assert "naive (einops) + torch.compile tokens/s" in text
+    assert "60,000" in text and "never" in text

@@ -43,7 +43,6 @@ def allowed_pairs(len_q, len_k, key_mask, is_causal, device):
         allowed = j <= i + (len_k - len_q)
     allowed = allowed[None, None]
     if key_mask is not None:
-        key_mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask
         allowed = allowed & key_mask
     return allowed
 
@@ -77,12 +76,12 @@ def random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0):
 
 
 def random_key_mask(batch, len_k, seed=0, all_masked_row=True):
-    """(batch, len_k) bool, ~70% True; with batch > 1, the last row masks every key."""
+    """(batch, 1, 1, len_k) bool, ~70% True; with batch > 1, the last row masks every key."""
     gen = torch.Generator().manual_seed(seed + 1)
     mask = torch.rand(batch, len_k, generator=gen) < 0.7
     if all_masked_row and batch > 1:
         mask[-1] = False
-    return mask.to(DEVICE)
+    return mask[:, None, None, :].to(DEVICE)
 
 
 def output_and_grads(attn, q, k, v, dout, dtype, **kwargs):
@@ -176,7 +175,7 @@ def test_long_sequences_within_2x_naive_error_on_gpu(
     len_k=st.integers(1, 80),
     head_dim=st.sampled_from([8, 16, 24, 40, 64, 96, 128]),
     is_causal=st.booleans(),
-    mask_kind=st.sampled_from(["none", "2d", "4d", "4d-broadcast"]),
+    mask_kind=st.sampled_from(["none", "4d", "4d-broadcast", "4d-per-head"]),
     dtype=st.sampled_from(DTYPES),
     scale=st.one_of(st.none(), st.floats(0.05, 1.0)),
     seed=st.integers(0, 2**16),
@@ -186,12 +185,10 @@ def test_random_shapes_and_masks_match_reference(
 ):
     q, k, v, dout = random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed)
     mask = random_key_mask(batch, len_k, seed, all_masked_row=seed % 2 == 0)
-    mask = {
-        "none": None,
-        "2d": mask,
-        "4d": mask[:, None, None, :],
-        "4d-broadcast": mask[:1, None, None, :],
-    }[mask_kind]
+    if mask_kind == "4d-per-head":  # every head but the first sees every other key as well
+        mask = mask.repeat(1, heads, 1, 1)
+        mask[:, 1:, :, ::2] = True
+    mask = {"none": None, "4d": mask, "4d-broadcast": mask[:1]}.get(mask_kind, mask)
     assert_close_as_flash_attention_does(
         q, k, v, dout, attn_mask=mask, is_causal=is_causal, scale=scale
     )
@@ -231,12 +228,12 @@ def test_causal_mask_is_bottom_right_aligned():
 def test_matches_sdpa_with_equal_lengths(is_causal):
     q, k, v, _ = random_inputs(2, 3, 50, 50, 32, torch.float32)
     mask = random_key_mask(2, 50, all_masked_row=False)
-    mask[:, 0] = True  # SDPA returns NaN for a causal row 0 whose only key is masked
-    sdpa_mask = mask[:, None, None, :]
+    mask[..., 0] = True  # SDPA returns NaN for a causal row 0 whose only key is masked
+    sdpa_mask = mask
     if is_causal:  # SDPA refuses attn_mask with is_causal; fold the triangle into its mask
         sdpa_mask = sdpa_mask & torch.ones(50, 50, dtype=torch.bool, device=DEVICE).tril()
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
-    got = flash_attention(q, k, v, attn_mask=mask[:, None, None, :], is_causal=is_causal)
+    got = flash_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
     assert torch.allclose(got, expected, atol=1e-5)
 
 
@@ -244,20 +241,14 @@ def test_every_key_mask_layout_gives_the_same_result():
     q, k, v, _ = random_inputs(2, 3, 17, 29, 16, torch.float32)
     mask = random_key_mask(2, 29)
     expected = naive_attention(q, k, v, attn_mask=mask)
-    wide = torch.zeros(2, 58, dtype=torch.bool, device=DEVICE)
-    wide[:, ::2] = mask  # a non-contiguous view of the same mask
-    for layout in (
-        mask,
-        mask[:, None, None, :],
-        wide[:, ::2],
-        mask[:, None, None, :].expand(-1, 3, -1, -1),
-    ):
+    wide = torch.zeros(2, 1, 1, 58, dtype=torch.bool, device=DEVICE)
+    wide[..., ::2] = mask  # a non-contiguous view of the same mask
+    for layout in (mask, wide[..., ::2], mask.expand(-1, 3, -1, -1)):
         assert torch.allclose(flash_attention(q, k, v, attn_mask=layout), expected, atol=1e-5)
     # batch dim 1 broadcasts over the batch
     row = mask[:1]
-    expected = naive_attention(q, k, v, attn_mask=row.expand(2, -1))
-    for layout in (row, row[:, None, None, :]):
-        assert torch.allclose(flash_attention(q, k, v, attn_mask=layout), expected, atol=1e-5)
+    expected = naive_attention(q, k, v, attn_mask=row.expand(2, -1, -1, -1))
+    assert torch.allclose(flash_attention(q, k, v, attn_mask=row), expected, atol=1e-5)
     # a per-head key mask, (batch, heads, 1, len_k)
     per_head = torch.rand(2, 3, 1, 29, generator=torch.Generator().manual_seed(3)) < 0.5
     per_head = per_head.to(DEVICE)
@@ -366,7 +357,7 @@ def test_default_scale_is_inverse_sqrt_head_dim():
 
 def _bad_inputs():
     q, k, v, _ = random_inputs(2, 2, 5, 6, 16, torch.float32)
-    mask = torch.ones(2, 6, dtype=torch.bool, device=DEVICE)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool, device=DEVICE)
     return [
         ("rank", (q[0], k, v), {}, ValueError, "rank 4"),
         ("batch", (q, k[:1], v[:1]), {}, ValueError, "batch, heads"),
@@ -378,10 +369,12 @@ def _bad_inputs():
         ("float64", (q.double(), k.double(), v.double()), {}, TypeError, "float64"),
         ("not-tensor", (q, k.tolist(), v), {}, TypeError, "k must be a torch.Tensor"),
         ("mask-dtype", (q, k, v), {"attn_mask": mask.float()}, TypeError, "torch.bool"),
-        ("mask-len", (q, k, v), {"attn_mask": mask[:, :5]}, ValueError, "key mask"),
-        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 6, dtype=torch.bool)}, ValueError, "key mask"),
-        ("mask-full", (q, k, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool)}, ValueError, "full len_q x len_k"),
-        ("mask-3d", (q, k, v), {"attn_mask": mask[:, None]}, ValueError, "key mask"),
+        ("mask-len", (q, k, v), {"attn_mask": mask[..., :5]}, ValueError, "key mask"),
+        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool)}, ValueError, "key mask"),
+        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool)}, ValueError, "key mask"),
+        ("mask-full", (q, k, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool)}, ValueError, r"Full \(len_q x len_k\)"),
+        ("mask-3d", (q, k, v), {"attn_mask": mask[0]}, ValueError, r"\(batch or 1, heads or 1, 1, len_k\)"),
+        ("mask-2d", (q, k, v), {"attn_mask": mask[:, 0, 0]}, ValueError, r"2-D mask means \(len_q, len_k\)"),
     ]  # fmt: skip
 
 
@@ -395,6 +388,19 @@ def test_bad_input_raises_a_clear_error_before_any_launch(case, monkeypatch):
     monkeypatch.setattr(fa, "_launch", no_launch)
     with pytest.raises(error, match=message):
         flash_attention(*args, **kwargs)
+
+
+def test_a_2d_mask_is_refused_even_where_batch_equals_len_q():
+    """A (batch, len_k) key mask would be read as (len_q, len_k) by SDPA and by attend: where
+    batch == len_q both readings fit, so only refusing the 2-D form keeps the two functions
+    interchangeable."""
+    q, k, v, _ = random_inputs(3, 1, 3, 8, 16, torch.float32)
+    mask = random_key_mask(3, 8)[:, 0, 0]  # (3, 8): (batch, len_k) or (len_q, len_k)
+    with pytest.raises(ValueError, match=r"\(batch or 1, heads or 1, 1, len_k\)"):
+        flash_attention(q, k, v, attn_mask=mask)
+    sdpa_reading = naive_attention(q, k, v, attn_mask=mask[None, None])  # (1, 1, len_q, len_k)
+    key_reading = flash_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    assert not torch.allclose(sdpa_reading, key_reading, atol=1e-3)  # the two readings differ
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
@@ -435,3 +441,54 @@ else:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr + done.stdout
+
+
+# ----------------------------------------------------------------------------- the operator
+
+
+@pytest.mark.parametrize(
+    "len_q,len_k,masked,is_causal",
+    [(7, 5, True, True), (5, 13, False, False), (1, 9, True, False)],
+    ids=["ragged-masked-causal", "ragged", "one-query-masked"],
+)
+def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, masked, is_causal):
+    """torch.library.opcheck: schema, fake implementation vs the real one, autograd
+    registration, and AOT dispatch with dynamic shapes (what torch.compile relies on)."""
+    q, k, v, dout = random_inputs(2, 3, len_q, len_k, 24, torch.float32)
+    mask = random_key_mask(2, len_k) if masked else None
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    torch.library.opcheck(fa._forward_op, (*leaves, mask, is_causal, 0.3))
+    out, lse = fa._forward_op(q, k, v, mask, is_causal, 0.3)
+    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    # (the backward is not differentiable itself: no double backward, as in flash-attention)
+    torch.library.opcheck(fa._backward_op, (q, k, v, mask, is_causal, 0.3, out, lse, dout, dlse))
+
+
+def _metadata(t):
+    return t.shape, t.dtype, t.stride(), t.device.type
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("len_q,len_k", [(7, 13), (13, 7), (1, 1)])
+def test_fake_implementation_gives_the_real_shapes_dtypes_and_strides(len_q, len_k, dtype):
+    """The compiler only sees the fake functions: they must describe what the kernels return,
+    for odd lengths, len_q != len_k, with the log-sum-exp, and through the backward."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q, k, v, dout = random_inputs(2, 3, len_q, len_k, 40, dtype)
+    mask = random_key_mask(2, len_k)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    real = flash_attention(*leaves, attn_mask=mask, is_causal=True, return_lse=True)
+    torch.autograd.backward(real, (dout, torch.zeros_like(real[1])))
+    real_grads = [leaf.grad for leaf in leaves]
+
+    with FakeTensorMode() as mode:
+        fake_inputs = [mode.from_tensor(t) for t in (q, k, v, dout, mask)]
+        fq, fk, fv = (t.requires_grad_() for t in fake_inputs[:3])
+        fake = flash_attention(
+            fq, fk, fv, attn_mask=fake_inputs[4], is_causal=True, return_lse=True
+        )
+        fake_grads = torch.autograd.grad(fake[0], (fq, fk, fv), fake_inputs[3])
+    assert fake[1].dtype == torch.float32 and fake[1].shape == (2, 3, len_q)
+    for got, want in zip((*fake, *fake_grads), (*real, *real_grads), strict=True):
+        assert _metadata(got) == _metadata(want)

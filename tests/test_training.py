@@ -195,6 +195,34 @@ def test_backends_give_the_same_loss(corpus, tmp_path):
         assert loss == pytest.approx(losses["naive"], abs=1e-5), losses
 
 
+def test_compiled_training_has_the_losses_of_eager_training(corpus, tmp_path, monkeypatch):
+    """--compile: the same step losses as eager (float32, no dropout), and checkpoints that a
+    plain model loads. Compiled with the aot_eager backend (the graphs Dynamo and AOTAutograd
+    capture, without Inductor's slow code generation; tests/test_compile.py runs Inductor)."""
+    compiled_models, real_compile = [], torch.compile
+
+    def compile_with_aot_eager(model, **kwargs):
+        compiled_models.append(model)
+        return real_compile(model, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
+    model = dataclasses.replace(TINY_MODEL, dropout=0.0)
+    losses = {}
+    for compiled in (False, True):
+        run_dir = tmp_path / f"compile-{compiled}"
+        config = tiny_config(
+            corpus, run_dir, model=model, max_steps=4, compile=compiled, eval_at_epoch_end=False
+        )
+        train(config)
+        losses[compiled] = train_losses(run_dir)
+    assert len(compiled_models) == 1  # the compiled run, once
+    assert losses[True].keys() == losses[False].keys() == {1, 2, 3, 4}
+    for step, loss in losses[False].items():
+        assert losses[True][step] == pytest.approx(loss, abs=1e-5), step
+    checkpoint = load_checkpoint(tmp_path / "compile-True", "last")
+    checkpoint.load_weights(Transformer(ModelConfig(**checkpoint.model_config)))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

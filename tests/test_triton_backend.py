@@ -83,3 +83,18 @@ def test_cached_decoding_with_triton_matches_full_decoding_and_naive_greedy(scor
     assert greedy_decode(triton, src, BOS, EOS, max_len=8) == greedy_decode(
         naive, src, BOS, EOS, max_len=8
     )
+
+
+def test_attend_on_triton_reads_a_key_mask_of_any_rank_as_sdpa_does():
+    """attend broadcasts a mask from the right, as SDPA does; the triton backend lifts a key
+    mask of lower rank to the kernel's (batch or 1, heads or 1, 1, len_k) form."""
+    from transformer.attention import attend
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=gen) for n in (4, 9, 9))
+    keys = torch.rand(9, generator=gen) < 0.6
+    keys[0] = True
+    for mask in (keys, keys[None], keys[None, None], keys[None, None, None]):
+        expected = attend(q, k, v, attn_mask=mask, backend="naive")
+        got = attend(q, k, v, attn_mask=mask, backend="triton")
+        assert torch.allclose(got, expected, atol=1e-5), tuple(mask.shape)

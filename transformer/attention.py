@@ -109,6 +109,9 @@ def _triton(q, k, v, attn_mask, is_causal, scale, dropout_p):
         )
     from kernels import flash_attention
 
+    if attn_mask is not None and attn_mask.dim() < 4:
+        # attend broadcasts as SDPA does, from the right; the kernel takes the 4-D form only.
+        attn_mask = attn_mask.view((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
     return flash_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
 
 

@@ -85,11 +85,18 @@ class Transformer(nn.Module):
             raise ValueError(f"{name} must be (batch, length) token ids, got {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{name} must hold integer token ids, got {tokens.dtype}")
-        # The range check reads values back, which on a GPU would stall every step on a device
-        # sync; there an out-of-range id trips the embedding's own device-side assertion instead.
-        if tokens.device.type == "cpu" and tokens.numel():
+        message = f"{name} holds ids outside the vocabulary [0, {vocab_size})"
+        if torch.compiler.is_compiling():
+            # Branching on values would break the graph; an assertion node compiles instead and
+            # raises a RuntimeError with the message when the compiled code runs (on a GPU,
+            # asynchronously: no device sync).
+            in_range = ((tokens >= 0) & (tokens < vocab_size)).all()
+            torch._assert_async(in_range, message)
+        # Eager, the range check reads values back, which on a GPU would stall every step on a
+        # device sync; there an out-of-range id trips the embedding's device-side assertion.
+        elif tokens.device.type == "cpu" and tokens.numel():
             if tokens.min() < 0 or tokens.max() >= vocab_size:
-                raise ValueError(f"{name} holds ids outside the vocabulary [0, {vocab_size})")
+                raise ValueError(message)
 
     def encode(
         self, src: torch.Tensor, record: AttentionRecord | None = None
@@ -133,3 +140,15 @@ class Transformer(nn.Module):
         return AttentionMaps(
             record.get("encoder_self", []), record.get("decoder_self", []), record.get("cross", [])
         )
+
+
+def mark_dynamic_batch(*tokens: torch.Tensor) -> None:
+    """Tell ``torch.compile`` that the batch size and length of these (b, n) token tensors vary.
+
+    Batches come in many lengths; without this, a compiled model would compile one graph per
+    new shape (then, after the second, fall back to dynamic shapes on its own). Marked before
+    the first call, one graph serves every batch. Sizes 0 and 1 may still get their own graph.
+    """
+    for t in tokens:
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch._dynamo.maybe_mark_dynamic(t, 1)

@@ -58,7 +58,7 @@ from transformer.checkpoint import (
 from transformer.config import ModelConfig
 from transformer.data import DEFAULT_DATA_DIR, load_split
 from transformer.evaluation import autocast, translate_ids, translation_scores
-from transformer.model import Transformer
+from transformer.model import Transformer, mark_dynamic_batch
 from transformer.tokenizer import (
     PAD_ID,
     decode,
@@ -100,6 +100,7 @@ class TrainConfig:
     amp: str = "auto"
     threads: int | None = None
     progress: bool = True
+    compile: bool = False  # torch.compile the model for training steps (see README)
     # optimization
     max_tokens: int = 2048
     lr: float = 1.5e-3
@@ -321,6 +322,8 @@ def train_step(
     for g in run.optimizer.param_groups:
         g["lr"] = lr
     torch.manual_seed(config.seed * 1_000_003 + state.step * dist_info.world_size + dist_info.rank)
+    if config.compile:
+        mark_dynamic_batch(batch.src, batch.tgt_in)  # one graph for every batch shape
     with autocast(run.device, run.amp):
         logits = run.train_model(batch.src, batch.tgt_in)
     loss = label_smoothed_loss(logits, batch.tgt_out, config.label_smoothing)
@@ -566,6 +569,11 @@ def setup_run(config: TrainConfig, resume: bool, started: float) -> Run:
     if dist_info.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
+    if config.compile:
+        # Training steps only (validation and decoding stay eager); run.model stays the plain
+        # module, so checkpoints keep their parameter names. DDP splits the graph at its
+        # gradient buckets, so fullgraph is asked for only without it.
+        train_model = torch.compile(train_model, fullgraph=not dist_info.enabled)
     resume_step = state.step if resume else None
     log = MetricsLog(run_dir, dist_info.is_main, resume_step, schedule=config.schedule)
     amp = use_amp(config.amp, device)
