@@ -40,7 +40,8 @@ Supported
       ``flash_attention``: query i sees keys j <= i + len_k - len_q.
     * Any len_q and len_k >= 0, not necessarily equal or multiples of the block size.
     * Gradients for query_features, key_features, score_weight and v through one
-      ``torch.autograd.Function``; also through the log-sum-exp with ``return_lse=True``.
+      PyTorch operator (kernels.ops: torch.compile sees it as one node); also through the
+      log-sum-exp with ``return_lse=True``.
     * A query that sees no key gets zeros, zero gradients and a log-sum-exp of -inf.
     * Runs compiled on a CUDA GPU, or on the CPU under the Triton interpreter
       (``TRITON_INTERPRET=1`` set before triton is first imported).
@@ -59,7 +60,7 @@ import triton.language as tl
 
 # Shared with the dot-product kernel: the interpreter's bf16 emulation, the key-mask read and
 # the rowsum(dO * O) pass of the backward are the same here.
-from kernels import launch
+from kernels import launch, ops
 from kernels.flash_attention import DELTA_ROWS, _attn_bwd_delta, _dot, _key_is_valid, _round
 from kernels.launch import LaunchConfig
 
@@ -635,22 +636,47 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
     return dqf, dkf, dw, dv
 
 
-class _AdditiveAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
-        out, lse = _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e)
-        ctx.save_for_backward(qf, kf, w, v, attn_mask, out, lse)
-        ctx.is_causal, ctx.block_a, ctx.block_e = is_causal, block_a, block_e
-        return out, lse
+def _blocks(qf, v):
+    """(BLOCK_A, BLOCK_E): the feature size and value head dim padded to powers of two."""
+    return triton.next_power_of_2(qf.shape[3]), max(16, triton.next_power_of_2(v.shape[3]))
 
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        qf, kf, w, v, attn_mask, out, lse = ctx.saved_tensors
-        grads = _backward(
-            qf, kf, w, v, attn_mask, ctx.is_causal, ctx.block_a, ctx.block_e, out, lse,
-            dout, dlse,
-        )  # fmt: skip
-        return (*grads, None, None, None, None)
+
+def _fake_forward(qf, kf, w, v, attn_mask, is_causal):
+    """What _forward returns, as empty tensors: out (b, h, len_q, value_dim), lse (b, h, len_q)."""
+    out = v.new_empty((*qf.shape[:3], v.shape[3]))
+    return out, qf.new_empty(qf.shape[:3], dtype=torch.float32)
+
+
+def _fake_backward(qf, kf, w, v, attn_mask, is_causal, out, lse, dout, dlse):
+    """What _backward returns, as empty tensors: contiguous dqf, dkf, dw, dv."""
+    return (
+        qf.new_empty(qf.shape),
+        kf.new_empty(kf.shape),
+        w.new_empty(w.shape),
+        v.new_empty(v.shape),
+    )
+
+
+@ops.kernel_op("additive_attention_backward", fake=_fake_backward)
+def _backward_op(
+    qf: torch.Tensor, kf: torch.Tensor, w: torch.Tensor, v: torch.Tensor,
+    attn_mask: torch.Tensor | None, is_causal: bool, out: torch.Tensor, lse: torch.Tensor,
+    dout: torch.Tensor, dlse: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    block_a, block_e = _blocks(qf, v)
+    return _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse)
+
+
+# The one autograd definition (kernels.ops): gradients of the features, the score vector and
+# the values from the backward operator above.
+@ops.kernel_op(
+    "additive_attention", fake=_fake_forward, backward=_backward_op, wrt=("qf", "kf", "w", "v")
+)
+def _forward_op(
+    qf: torch.Tensor, kf: torch.Tensor, w: torch.Tensor, v: torch.Tensor,
+    attn_mask: torch.Tensor | None, is_causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _forward(qf, kf, w, v, attn_mask, is_causal, *_blocks(qf, v))
 
 
 def additive_attention(
@@ -687,15 +713,8 @@ def additive_attention(
         TypeError / ValueError: on a bad input, naming it, before anything is launched.
         RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
     """
-    block_a, block_e = _check_inputs(query_features, key_features, score_weight, v, attn_mask)
-    out, lse = _AdditiveAttention.apply(
-        query_features,
-        key_features,
-        score_weight,
-        v,
-        attn_mask,
-        bool(is_causal),
-        block_a,
-        block_e,
+    _check_inputs(query_features, key_features, score_weight, v, attn_mask)
+    out, lse = _forward_op(
+        query_features, key_features, score_weight, v, attn_mask, bool(is_causal)
     )
     return (out, lse) if return_lse else out
