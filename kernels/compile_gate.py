@@ -315,7 +315,9 @@ def problems(build: Build) -> list[str]:
     from kernels.launch import shared_memory_limit
 
     if not build.ok:
-        return [f"does not compile: {build.error.splitlines()[0] if build.error else '?'}"]
+        lines = [line.strip() for line in build.error.splitlines() if line.strip()] or ["?"]
+        cause = next((line for line in lines if "Error" in line and line != lines[0]), lines[-1])
+        return [f"does not compile: {lines[0]} {cause}"[:300]]
     found = []
     limit = shared_memory_limit(build.arch)
     if build.shared_bytes > limit:
