@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import from the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from tqdm import tqdm

@@ -62,7 +62,7 @@ SCRIPTS = sorted(
 
 
 def test_every_benchmark_script_is_covered():
-    assert SCRIPTS == [module_name("attention"), module_name("model")]
+    assert SCRIPTS == [module_name("additive"), module_name("attention"), module_name("model")]
 
 
 @pytest.mark.parametrize("form", ["module", "file"])
@@ -74,7 +74,7 @@ def test_help_runs_as_a_module_and_as_a_file(module, form):
     assert "usage" in done.stdout
 
 
-@pytest.mark.parametrize("module", [module_name("attention"), module_name("model")])
+@pytest.mark.parametrize("module", SCRIPTS)
 def test_every_option_has_help_and_defaults_show_once(module, monkeypatch):
     import argparse
     import importlib
@@ -93,7 +93,7 @@ def test_every_option_has_help_and_defaults_show_once(module, monkeypatch):
         assert action.help, f"{action.option_strings} has no help"
     text = " ".join(parser.format_help().split())  # unwrapped
     assert "(default: None)" not in text
-    assert "--d-model D_MODEL model width (default: 256)" in text or "attention" in module
+    assert "--d-model D_MODEL model width (default: 256)" in text or module != module_name("model")
 
 
 def test_attention_benchmark_on_cpu(tmp_path):
