@@ -61,7 +61,16 @@ import triton.language as tl
 # Shared with the dot-product kernel: the interpreter's bf16 emulation, the key-mask read and
 # the rowsum(dO * O) pass of the backward are the same here.
 from kernels import launch, ops
-from kernels.flash_attention import DELTA_ROWS, _attn_bwd_delta, _dot, _key_is_valid, _round
+from kernels.flash_attention import (
+    DELTA_ROWS,
+    _attn_bwd_delta,
+    _check_runnable,
+    _dot,
+    _kernel_mask,
+    _key_is_valid,
+    _mask_strides,
+    _round,
+)
 from kernels.launch import LaunchConfig
 
 # Module globals read inside @triton.jit code must be tl.constexpr objects: the compiler
@@ -380,6 +389,7 @@ def _additive_bwd_dq(
 # ---------------------------------------------------------------------------------------------
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+CALLER = "additive_attention"  # how errors name this kernel
 
 # Triton decides at @triton.jit time (when this module was imported) whether kernels are
 # compiled or interpreted, from TRITON_INTERPRET as it was then.
@@ -492,66 +502,19 @@ def _check_inputs(query_features, key_features, score_weight, v, attn_mask):
             f"(1 to {MAX_VALUE_DIM})"
         )
     if attn_mask is not None:
-        _mask_strides(attn_mask, qf, kf)  # raises on a bad mask
-    if qf.device.type == "cpu" and not _INTERPRETED:
-        raise RuntimeError(
-            "additive_attention: the tensors are on the CPU but Triton was imported without its "
-            "interpreter. Set TRITON_INTERPRET=1 in the environment before triton (or kernels) "
-            "is first imported, or move the tensors to a CUDA device."
-        )
+        _mask_strides(attn_mask, qf, kf, CALLER)  # raises on a bad mask
+    _check_runnable(qf.device, CALLER)
     # tl.dot wants every dimension >= 16; the (BLOCK, A) accumulators only a power of two.
     return triton.next_power_of_2(a), max(16, triton.next_power_of_2(v.shape[3]))
 
 
-def _mask_strides(attn_mask, qf, kf):
-    """(batch, head, key) strides of a (b|1, h|1, 1, len_k) boolean key mask; 0 to broadcast."""
-    if not isinstance(attn_mask, torch.Tensor):
-        raise TypeError(
-            f"additive_attention: attn_mask must be a torch.Tensor, got {type(attn_mask)}"
-        )
-    if attn_mask.dtype != torch.bool:
-        raise TypeError(
-            "additive_attention: attn_mask must be torch.bool (True = key takes part), "
-            f"got {attn_mask.dtype}"
-        )
-    if attn_mask.device != qf.device:
-        raise ValueError(
-            f"additive_attention: attn_mask is on {attn_mask.device}, the inputs on {qf.device}"
-        )
-    b, h, len_q, _ = qf.shape
-    len_k = kf.shape[2]
-    shape = tuple(attn_mask.shape)
-    if not (
-        attn_mask.dim() == 4
-        and shape[0] in (1, b)
-        and shape[1] in (1, h)
-        and shape[2] == 1
-        and shape[3] == len_k
-    ):
-        full = attn_mask.dim() == 4 and len_q > 1 and shape[2] == len_q
-        raise ValueError(
-            "additive_attention: attn_mask must be a key mask shaped "
-            f"(batch or 1, heads or 1, 1, len_k) = ({b}|1, {h}|1, 1, {len_k}); "
-            f"got {shape}" + (" (full len_q x len_k masks are not supported)" if full else "")
-        )
-    return (
-        0 if shape[0] == 1 else attn_mask.stride(0),
-        0 if shape[1] == 1 else attn_mask.stride(1),
-        attn_mask.stride(3),
-    )
-
-
-def _kernel_mask(attn_mask, qf, kf):
-    """The mask as uint8 (Triton reads bytes) with its strides, or a dummy when absent."""
-    if attn_mask is None:
-        return torch.empty(1, dtype=torch.uint8, device=qf.device), (0, 0, 0)
-    return attn_mask.view(torch.uint8), _mask_strides(attn_mask, qf, kf)
-
-
 def _launch(kernel, grid, *args, **meta):
-    """Every kernel launch of this module goes through here."""
-    if grid[0] > 0 and grid[1] > 0:  # an empty grid is not launchable, and has nothing to do
-        kernel[grid](*args, **meta)
+    """Every kernel launch of this module goes through here (the compile gate captures them);
+    returns Triton's compiled kernel, which kernels.launch.pick reads for spills (None for an
+    empty grid, which is not launchable and has nothing to do)."""
+    if grid[0] > 0 and grid[1] > 0:
+        return kernel[grid](*args, **meta)
+    return None
 
 
 def _meta(attn_mask, is_causal, block_e, dtype):
@@ -571,7 +534,7 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     len_k, value_dim = v.shape[2], v.shape[3]
     out = _empty((b, h, len_q, value_dim), v.dtype, v.device)
     lse = _empty((b, h, len_q), torch.float32, v.device)
-    mask, mask_strides = _kernel_mask(attn_mask, qf, kf)
+    mask, mask_strides = _kernel_mask(attn_mask, qf, kf, CALLER)
     meta = _meta(attn_mask, is_causal, block_e, v.dtype)
     args = (
         qf, kf, w, v, mask, out, lse,
@@ -590,7 +553,7 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
 def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse):
     b, h, len_q, a = qf.shape
     len_k, value_dim = v.shape[2], v.shape[3]
-    mask, mask_strides = _kernel_mask(attn_mask, qf, kf)
+    mask, mask_strides = _kernel_mask(attn_mask, qf, kf, CALLER)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=v.device)
     dlse = dlse.to(torch.float32).contiguous()

@@ -605,13 +605,18 @@ def _check_inputs(q, k, v, attn_mask, scale):
         raise ValueError(f"flash_attention: scale must be finite, got {scale}")
     if attn_mask is not None:
         _mask_strides(attn_mask, q, k)  # raises on a bad mask
-    if q.device.type == "cpu" and not _INTERPRETED:
+    _check_runnable(q.device)
+    return _block_d(d)
+
+
+def _check_runnable(device, caller="flash_attention"):
+    """CPU tensors need the Triton interpreter, which is chosen when triton is imported."""
+    if device.type == "cpu" and not _INTERPRETED:
         raise RuntimeError(
-            "flash_attention: the tensors are on the CPU but Triton was imported without its "
+            f"{caller}: the tensors are on the CPU but Triton was imported without its "
             "interpreter. Set TRITON_INTERPRET=1 in the environment before triton (or kernels) "
             "is first imported, or move the tensors to a CUDA device."
         )
-    return _block_d(d)
 
 
 def _block_d(head_dim):
@@ -619,19 +624,17 @@ def _block_d(head_dim):
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _mask_strides(attn_mask, q, k):
-    """(batch, head, key) strides of a boolean key mask; 0 where a dimension broadcasts."""
+def _mask_strides(attn_mask, q, k, caller="flash_attention"):
+    """(batch, head, key) strides of a boolean (b|1, h|1, 1, len_k) key mask; 0 where a
+    dimension broadcasts. Raises, naming ``caller``, on any other mask (both kernels use it)."""
     if not isinstance(attn_mask, torch.Tensor):
-        raise TypeError(f"flash_attention: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
+        raise TypeError(f"{caller}: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
     if attn_mask.dtype != torch.bool:
         raise TypeError(
-            f"flash_attention: attn_mask must be torch.bool (True = key takes part), "
-            f"got {attn_mask.dtype}"
+            f"{caller}: attn_mask must be torch.bool (True = key takes part), got {attn_mask.dtype}"
         )
     if attn_mask.device != q.device:
-        raise ValueError(
-            f"flash_attention: attn_mask is on {attn_mask.device}, the inputs on {q.device}"
-        )
+        raise ValueError(f"{caller}: attn_mask is on {attn_mask.device}, the inputs on {q.device}")
     b, h, len_q, _ = q.shape
     len_k = k.shape[2]
     shape = tuple(attn_mask.shape)
@@ -643,7 +646,7 @@ def _mask_strides(attn_mask, q, k):
         and shape[3] == len_k
     ):
         raise ValueError(
-            "flash_attention: attn_mask must be a key mask shaped (batch or 1, heads or 1, 1, "
+            f"{caller}: attn_mask must be a key mask shaped (batch or 1, heads or 1, 1, "
             f"len_k) = ({b}|1, {h}|1, 1, {len_k}); got {tuple(attn_mask.shape)}. "
             + _MASK_HINTS.get(attn_mask.dim(), "")
             + ("" if attn_mask.dim() != 4 or shape[2] == 1 else _MASK_HINTS["full"])
@@ -786,11 +789,11 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
     return dq, dk, dv
 
 
-def _kernel_mask(attn_mask, q, k):
+def _kernel_mask(attn_mask, q, k, caller="flash_attention"):
     """The mask as uint8 (Triton reads bytes) with its strides, or a dummy when absent."""
     if attn_mask is None:
         return torch.empty(1, dtype=torch.uint8, device=q.device), (0, 0, 0)
-    return attn_mask.view(torch.uint8), _mask_strides(attn_mask, q, k)
+    return attn_mask.view(torch.uint8), _mask_strides(attn_mask, q, k, caller)
 
 
 def _precision(dtype):
