@@ -105,6 +105,8 @@ def test_a_config_that_spills_is_used_only_when_nothing_else_runs(monkeypatch):
     monkeypatch.setattr(launch, "_TUNED", {})
     fake = FakeKernels(failing=set(CONFIGS[:2]), spilling={CONFIGS[2]})
     assert launch.pick("k", CONFIGS, fake) == CONFIGS[2]
+    spill_then_fail = FakeKernels(spilling={CONFIGS[0]}, failing=set(CONFIGS[1:]))
+    assert launch.pick("k3", CONFIGS, spill_then_fail) == CONFIGS[0]
     with pytest.raises(RuntimeError, match="no launch configuration"):
         launch.pick("k2", CONFIGS, FakeKernels(failing=set(CONFIGS)))
 
