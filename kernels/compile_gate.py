@@ -34,6 +34,7 @@ import argparse
 import importlib
 import itertools
 import json
+import operator
 import os
 import re
 import subprocess
@@ -472,7 +473,7 @@ def summary(builds: list[Build]) -> str:
              f"{'max regs':>8s} {'spills':>6s} {'wgmma':>6s} {'failed':>6s}"]  # fmt: skip
     from kernels.launch import shared_memory_limit
 
-    key = lambda b: (b.arch, b.kernel)  # noqa: E731
+    key = operator.attrgetter("arch", "kernel")
     for (arch, kernel), group in itertools.groupby(sorted(builds, key=key), key=key):
         group = list(group)
         done = [b for b in group if b.ok]
