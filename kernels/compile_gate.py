@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--full", action="store_true",
                         help="every dtype x head dim x masking, each with every config the "
-                        "launcher may pick (slow: about an hour on 2 cores)")  # fmt: skip
+                        "launcher may pick (slow: about 30 minutes on 2 cores)")  # fmt: skip
     parser.add_argument("--arch", type=int, nargs="+", default=sorted(ARCH_NAMES),
                         help="compute capabilities to build for (default: %(default)s)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
