@@ -428,3 +428,23 @@ def test_linear_decay_on_a_time_budget_ends_near_zero_and_resumes_exactly(
     assert logged(tmp_path / "part", "lr") == lrs
     for step, loss in logged(tmp_path / "whole", "loss").items():
         assert logged(tmp_path / "part", "loss")[step] == pytest.approx(loss, rel=1e-6, abs=1e-6)
+
+
+def test_a_validation_that_spends_the_time_budget_ends_the_run_at_that_step(
+    corpus, tmp_path, monkeypatch
+):
+    from transformer import training
+
+    # Fake clock: a step takes 1 s and so does a validation. The validation after step 4 takes
+    # the loop to 5 s, over the 4.5 s budget: the run ends there, validated once, not a step later.
+    monkeypatch.setattr(training, "clock", FakeClock())
+    config = tiny_config(
+        corpus, tmp_path / "run", time_budget=4.5 / 60, eval_every=4, eval_at_epoch_end=False
+    )
+    result = train(config)
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert result.step == 4
+    assert [r["step"] for r in records if r["split"] == "val"] == [4]
+    assert load_checkpoint(tmp_path / "run").meta["train_time"] == 5.0  # the validation counted

@@ -48,7 +48,7 @@ from einops import einsum, reduce
 
 from .attention import MultiHeadAttention
 from .cli import HelpFormatter, device_problem, prepare_output
-from .decoding import beam_search, greedy_decode
+from .decoding import DEFAULT_LENGTH_PENALTY, beam_search, greedy_decode
 from .model import Transformer
 
 KINDS = ("cross", "encoder", "decoder")
@@ -403,7 +403,7 @@ def sentence_map(
     grid: bool = False,
     method: str = "naive",
     beam_size: int = 4,
-    length_penalty: float = 0.6,
+    length_penalty: float = DEFAULT_LENGTH_PENALTY,
     translation: str | None = None,
     units: str = "words",
 ) -> SentenceMap:
@@ -690,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--length-penalty",
         type=float,
-        default=0.6,
+        default=DEFAULT_LENGTH_PENALTY,
         help="GNMT length penalty alpha of the beam search (default: %(default)s)",
     )
     parser.add_argument(

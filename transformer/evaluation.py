@@ -9,7 +9,7 @@ import sacrebleu
 import torch
 
 from transformer.batching import batch_indices, pad
-from transformer.decoding import beam_search, greedy_decode
+from transformer.decoding import DEFAULT_LENGTH_PENALTY, beam_search, greedy_decode
 from transformer.model import Transformer
 from transformer.tokenizer import BOS_ID, EOS_ID
 
@@ -24,7 +24,7 @@ def translate_ids(
     model: Transformer,
     sources: Sequence[Sequence[int]],
     beam_size: int = 4,
-    length_penalty: float = 0.6,
+    length_penalty: float = DEFAULT_LENGTH_PENALTY,
     max_tokens: int = 6000,
     amp: bool = False,
 ) -> list[list[int]]:

@@ -57,6 +57,7 @@ from transformer.checkpoint import (
 )
 from transformer.config import ModelConfig
 from transformer.data import DEFAULT_DATA_DIR, load_split
+from transformer.decoding import DEFAULT_LENGTH_PENALTY
 from transformer.evaluation import autocast, translate_ids, translation_scores
 from transformer.model import Transformer, mark_dynamic_batch
 from transformer.tokenizer import (
@@ -119,7 +120,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     beam_size: int = 4
-    length_penalty: float = 0.6
+    length_penalty: float = DEFAULT_LENGTH_PENALTY
     val_beam_size: int = 1
     average_last: int = 0
     final_test: bool = True
@@ -288,9 +289,14 @@ def train_loop(run: Run) -> list[torch.Tensor]:
             periodic = config.eval_every and state.step % config.eval_every == 0
             if done or (end_of_epoch and config.eval_at_epoch_end) or periodic:
                 eval_start = clock()
-                save(run, validate(run))
-                last_eval_step = state.step
+                val = validate(run)
                 state.train_time += clock() - eval_start
+                # The validation may have spent the budget: stop now rather than train one
+                # more step and validate it again. Checked before saving, so that a resumed
+                # run's clock (and schedule) counts the validation too.
+                done = done or out_of_budget(run)
+                save(run, val)
+                last_eval_step = state.step
                 throughput.restart()
             elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
                 save(run, None)

@@ -17,6 +17,7 @@ import torch
 from transformer.checkpoint import CheckpointError, load_checkpoint
 from transformer.cli import HelpFormatter, device_problem, prepare_output
 from transformer.config import ModelConfig
+from transformer.decoding import DEFAULT_LENGTH_PENALTY
 from transformer.evaluation import translate_ids
 from transformer.model import Transformer
 from transformer.tokenizer import decode, encode, load_tokenizer
@@ -46,7 +47,7 @@ class Translator:
         self,
         sentences: list[str],
         beam_size: int = 4,
-        length_penalty: float = 0.6,
+        length_penalty: float = DEFAULT_LENGTH_PENALTY,
         max_tokens: int = 6000,
     ) -> list[str]:
         """Translations of ``sentences`` in order; blank input lines give empty strings."""
@@ -78,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="file of source sentences (default: stdin)")
     p.add_argument("--output", help="file for the translations (default: stdout)")
     p.add_argument("--beam-size", type=int, default=4, help="beam size; 1 = greedy")
-    p.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha")
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        default=DEFAULT_LENGTH_PENALTY,
+        help="GNMT length penalty alpha",
+    )
     p.add_argument(
         "--max-tokens", type=int, default=6000, help="source tokens per batch, all beams counted"
     )
