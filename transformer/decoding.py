@@ -64,7 +64,7 @@ def greedy_decode(
 
 # GNMT length-penalty alpha used by default everywhere (training's test decode, translate, maps).
 # Chosen on Multi30K val with beam 4 (see README, "Options for learning quality").
-DEFAULT_LENGTH_PENALTY = 1.0
+DEFAULT_LENGTH_PENALTY = 1.2
 
 
 def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
