@@ -133,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tgt-lang", default=d.tgt_lang, help="target language suffix / column")
     g.add_argument("--test-split", default=d.test_split, help="split scored at the end")
     g.add_argument(
-        "--vocab-size", type=positive_int, default=d.vocab_size, help="shared BPE vocabulary size"
+        "--vocab-size",
+        type=positive_int,
+        default=d.vocab_size,
+        help="shared BPE vocabulary size (default: %(default)s)",
     )
     g.add_argument(
         "--max-length",
@@ -188,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.schedule,
         help="learning rate after warm-up: inverse-sqrt (peak·√(warmup/step)) or linear-decay "
         "(straight down to zero as the budget ends: the time budget, following elapsed training "
-        "time, or --max-steps / --epochs, whichever ends first)",
+        "time, or --max-steps / --epochs, whichever ends first; default: %(default)s)",
     )
     g.add_argument(
         "--weight-decay",

@@ -6,9 +6,9 @@
    BPE vocabulary on the training split and save it as ``run_dir/tokenizer.json``; build the
    model and optimizer, and restore a checkpoint's position when resuming;
 2. :func:`train_loop`: train with token-count batches (:mod:`transformer.batching`),
-   label-smoothed cross-entropy, AdamW with linear warm-up and then inverse-square-root decay or
-   linear decay to zero at the end of the budget (``schedule``), gradient clipping and bf16
-   autocast where it pays;
+   label-smoothed cross-entropy, AdamW with linear warm-up and then linear decay to zero at the
+   end of the budget (default) or inverse-square-root decay (``schedule``), gradient clipping
+   and bf16 autocast where it pays;
 3. inside it, every ``eval_every`` steps, at each epoch's end and at the end: validation loss,
    sacreBLEU and chrF, a checkpoint, ``best.json`` moved when BLEU improves; every
    ``checkpoint_every`` steps a checkpoint;
@@ -83,14 +83,14 @@ class TrainConfig:
     """
 
     model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(8000, 8000, d_ff=512, dropout=0.0)
+        default_factory=lambda: ModelConfig(6000, 6000, d_ff=512, dropout=0.0)
     )
     # data
     data: str = str(DEFAULT_DATA_DIR)
     src_lang: str = "de"
     tgt_lang: str = "en"
     test_split: str = "test_2016_flickr"
-    vocab_size: int = 8000
+    vocab_size: int = 6000
     max_length: int = 128
     train_limit: int | None = None
     val_limit: int | None = None
@@ -104,16 +104,16 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for training steps (see README)
     # optimization
     max_tokens: int = 2048
-    lr: float = 1.5e-3
+    lr: float = 2.5e-3
     warmup_steps: int = 150
     beta2: float = 0.98
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
-    schedule: str = "inverse-sqrt"
+    schedule: str = "linear-decay"
     epochs: int = 100
     max_steps: int | None = None
-    time_budget: float | None = 8.0
+    time_budget: float | None = 9.0
     # evaluation and checkpoints
     eval_every: int = 0
     eval_at_epoch_end: bool = True
