@@ -91,9 +91,12 @@ def test_overfits_a_small_slice_and_reproduces_its_sentences(corpus, tmp_path):
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(corpus, tmp_path):
-    whole = train(tiny_config(corpus, tmp_path / "whole", max_steps=14))
+    # Stopped by a smaller --max-steps and resumed with a larger one: only a schedule that does
+    # not know the budget can give the same run (linear decay would have ended at zero at step 6;
+    # its killed-and-resumed runs are tested below).
+    whole = train(tiny_config(corpus, tmp_path / "whole", max_steps=14, schedule="inverse-sqrt"))
     # Stop after 6 steps (mid-epoch: an epoch of 64 pairs is ~9 batches), then resume to 14.
-    part = tiny_config(corpus, tmp_path / "part", max_steps=6)
+    part = tiny_config(corpus, tmp_path / "part", max_steps=6, schedule="inverse-sqrt")
     train(part)
     assert load_checkpoint(tmp_path / "part").meta["step"] == 6
     resumed = train(dataclasses.replace(part, max_steps=14), resume=True)
@@ -448,3 +451,34 @@ def test_a_validation_that_spends_the_time_budget_ends_the_run_at_that_step(
     assert result.step == 4
     assert [r["step"] for r in records if r["split"] == "val"] == [4]
     assert load_checkpoint(tmp_path / "run").meta["train_time"] == 5.0  # the validation counted
+
+
+def test_killed_and_resumed_default_run_equals_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    from transformer import training
+
+    # The default schedule (linear decay over a 14-step budget), killed just after its step-6
+    # checkpoint (mid-epoch) and resumed: the same learning rates, losses and weights.
+    assert TrainConfig().schedule == "linear-decay"
+    whole = train(tiny_config(corpus, tmp_path / "whole", max_steps=14))
+    save = training.save_checkpoint
+
+    def save_then_die(run_dir, model, state, meta, **kwargs):
+        save(run_dir, model, state, meta, **kwargs)
+        if meta["step"] == 6:
+            raise Killed
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    config = tiny_config(corpus, tmp_path / "part", max_steps=14, checkpoint_every=3)
+    with pytest.raises(Killed):
+        train(config)
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    resumed = train(config, resume=True)
+    assert resumed.step == whole.step == 14
+    assert logged(tmp_path / "part", "lr") == logged(tmp_path / "whole", "lr")
+    assert sorted(logged(tmp_path / "part", "loss")) == list(range(1, 15))
+    for step, loss in logged(tmp_path / "whole", "loss").items():
+        assert logged(tmp_path / "part", "loss")[step] == pytest.approx(loss, rel=1e-6, abs=1e-6)
+    for (name, a), b in zip(
+        whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
