@@ -293,8 +293,9 @@ def train_loop(run: Run) -> list[torch.Tensor]:
                 state.train_time += clock() - eval_start
                 # The validation may have spent the budget: stop now rather than train one
                 # more step and validate it again. Checked before saving, so that a resumed
-                # run's clock (and schedule) counts the validation too.
-                done = done or out_of_budget(run)
+                # run's clock (and schedule) counts the validation too. The check is monotone
+                # (same step, train_time only grew): a run that was done stays done.
+                done = out_of_budget(run)
                 save(run, val)
                 last_eval_step = state.step
                 throughput.restart()
