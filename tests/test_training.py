@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
 
 import train as train_cli  # noqa: E402
-from transformer import translate  # noqa: E402
+from transformer import sizing, translate  # noqa: E402
 from transformer.batching import make_batch  # noqa: E402
 from transformer.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from transformer.config import ModelConfig  # noqa: E402
@@ -45,6 +45,13 @@ from transformer.training import (  # noqa: E402
 TINY_MODEL = ModelConfig(
     1, 1, d_model=64, heads=2, encoder_layers=2, decoder_layers=2, d_ff=128, dropout=0.1
 )
+
+
+@pytest.fixture(autouse=True)
+def fast_machine(monkeypatch):
+    """Tests never time the machine: --config auto sees a rate that picks the cpu preset (the
+    choice itself is tested in test_sizing.py)."""
+    monkeypatch.setattr(sizing, "measure_gflops", lambda dtype: sizing.FAST_GFLOPS * 2)
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,7 @@ from transformer.data import DEFAULT_DATA_DIR, load_split
 from transformer.decoding import DEFAULT_LENGTH_PENALTY
 from transformer.evaluation import autocast, translate_ids, translation_scores
 from transformer.model import Transformer, mark_dynamic_batch
+from transformer.sizing import Sizing
 from transformer.tokenizer import (
     PAD_ID,
     decode,
@@ -102,6 +103,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     compile: bool = False  # torch.compile the model for training steps (see README)
+    sizing: Sizing | None = None  # how --config auto chose the size (None: it did not choose)
     # optimization
     max_tokens: int = 2048
     lr: float = 2.5e-3
@@ -188,6 +190,8 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
         if isinstance(d.get("model"), dict):
             d["model"] = ModelConfig(**d["model"])
+        if isinstance(d.get("sizing"), dict):
+            d["sizing"] = Sizing(**d["sizing"])
         return cls(**d)
 
 
