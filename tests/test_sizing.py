@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
 import train as train_cli  # noqa: E402
 from transformer import sizing  # noqa: E402
 from transformer.data import DEFAULT_DATA_DIR  # noqa: E402
+from transformer.training import TrainConfig  # noqa: E402
 
 SLOW, FAST = sizing.FAST_GFLOPS / 2, sizing.FAST_GFLOPS * 2
 
@@ -161,6 +162,7 @@ def test_config_json_records_the_choice_and_resume_reuses_it_without_probing(
     assert saved["sizing"]["dtype"] == "float32" and saved["sizing"]["threads"] == 1
     assert (saved["model"]["d_model"], saved["model"]["d_ff"]) == (32, 384)  # explicit, preset
     assert saved["model"]["backend"] == "sdpa"
+    assert TrainConfig.from_dict(saved).sizing == sizing.Sizing(**saved["sizing"])
 
     def refuse(dtype):
         raise AssertionError("a resumed run probed again")
