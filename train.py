@@ -447,8 +447,6 @@ def main(argv: list[str] | None = None) -> int:
         config = resumed_config(args, given) if args.resume else config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    if config.sizing is not None and not args.resume:
-        print(f"size: {config.sizing.preset} ({config.sizing.reason})", file=sys.stderr)
     problem = device_problem(config.device, allow_auto=True)
     if problem:
         parser.error(problem)
