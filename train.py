@@ -1,8 +1,9 @@
 """Train the German→English Transformer: ``python train.py`` (defaults fit 2 CPU cores, 10 minutes).
 
-Builds one :class:`transformer.training.TrainConfig` from the command line and hands it to
-:func:`transformer.training.train`. ``torchrun --nproc_per_node=N train.py ...`` trains data
-parallel. ``--resume RUN_DIR`` continues a stopped run from its last checkpoint.
+Builds one :class:`transformer.translation.training.TrainConfig` from the command line and
+hands it to :func:`transformer.translation.training.train`. ``torchrun --nproc_per_node=N
+train.py ...`` trains data parallel. ``--resume RUN_DIR`` continues a stopped run from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from transformer.cli import HelpFormatter, device_problem
 from transformer.config import BACKENDS, SCORES, ModelConfig
-from transformer.training import CONFIG_FILE, SCHEDULES, TrainConfig
+from transformer.translation.cli import HelpFormatter, device_problem
+from transformer.translation.training import CONFIG_FILE, SCHEDULES, TrainConfig
 
 # Named model shapes. "cpu" is what 2 CPU cores can train to useful BLEU in ~8 minutes: a run
 # that short sees ~4 epochs, too few to overfit 29k pairs, so dropout (12% of a CPU step, and
@@ -420,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             "very slowly, in Triton's CPU interpreter)"
         )
 
-    from transformer.checkpoint import CheckpointError
-    from transformer.data import CorpusError
-    from transformer.training import train
+    from transformer.translation.checkpoint import CheckpointError
+    from transformer.translation.data import CorpusError
+    from transformer.translation.training import train
 
     try:
         result = train(config, resume=bool(args.resume))
