@@ -15,9 +15,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
 
 import train as train_cli  # noqa: E402
-from transformer import sizing  # noqa: E402
-from transformer.data import DEFAULT_DATA_DIR  # noqa: E402
-from transformer.training import TrainConfig  # noqa: E402
+from transformer.translation.data import DEFAULT_DATA_DIR  # noqa: E402
+from transformer.translation.training import TrainConfig, sizing  # noqa: E402
 
 SLOW, FAST = sizing.FAST_GFLOPS / 2, sizing.FAST_GFLOPS * 2
 
