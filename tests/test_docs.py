@@ -61,3 +61,15 @@ def test_no_tracked_file_mentions_an_internal_issue_number():
         if path.is_file() and pattern.search(path.read_bytes()):
             found.append(name.decode())
     assert not found, f"internal issue numbers in: {found}"
+
+
+def test_the_readme_kernel_example_runs_and_agrees_with_sdpa(capsys):
+    """The README's "Using the kernel" example, run as written (under Triton's interpreter
+    without a GPU: tests/conftest.py sets TRITON_INTERPRET=1)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Using the kernel", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    assert "from kernels import flash_attention" in example
+    exec(compile(example, "README.md example", "exec"), {})
+    printed = capsys.readouterr().out
+    assert float(re.search(r"tensor\(([-0-9.e+]+)", printed).group(1)) < 1e-5, printed
