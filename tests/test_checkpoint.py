@@ -1,4 +1,4 @@
-"""Checkpoint files (transformer.checkpoint) without a training run: what is refused on load,
+"""Checkpoint files (transformer.translation.checkpoint) without a training run: what is refused on load,
 and what a save that crashes or repeats a step leaves behind."""
 
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from transformer import checkpoint as ckpt
-from transformer.checkpoint import (
+from transformer.translation import checkpoint as ckpt
+from transformer.translation.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     load_checkpoint,

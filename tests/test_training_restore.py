@@ -1,6 +1,6 @@
-"""Starting and resuming runs (transformer.training): what restore() refuses, a new run in a
-directory that holds one, a schedule without warm-up, and a resume after a kill between
-checkpoints (the metrics the killed run logged after its last checkpoint are dropped)."""
+"""Starting and resuming runs (transformer.translation.training): what restore() refuses, a
+new run in a directory that holds one, a schedule without warm-up, and a resume after a kill
+between checkpoints (the metrics the killed run logged after its last checkpoint are dropped)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,14 @@ import pytest
 import torch
 from test_training import corpus, tiny_config  # noqa: F401  (corpus: a fixture)
 
-from transformer.checkpoint import CheckpointError, save_checkpoint
 from transformer.config import ModelConfig
 from transformer.model import Transformer
-from transformer.training import (
-    TrainConfig,
-    TrainState,
-    learning_rate,
-    make_optimizer,
-    restore,
-    train,
-)
+from transformer.translation.checkpoint import CheckpointError, save_checkpoint
+from transformer.translation.training import TrainConfig, train
+from transformer.translation.training.checkpointing import restore
+from transformer.translation.training.optimizer import make_optimizer
+from transformer.translation.training.schedules import learning_rate
+from transformer.translation.training.state import TrainState
 
 SMALL = ModelConfig(40, 40, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, d_ff=32)
 POSITION = dict(step=7, epoch=1, next_batch=3, train_time=12.5, best_bleu=4.25)
@@ -127,9 +124,9 @@ def test_a_run_killed_between_checkpoints_resumes_without_its_later_metrics(
     tmp_path,
     monkeypatch,
 ):
-    from transformer import training
+    from transformer.translation.training import loop
 
-    log_training = training.log_training
+    log_training = loop.log_training
 
     def log_then_die(run, *args):
         log_training(run, *args)
@@ -138,7 +135,7 @@ def test_a_run_killed_between_checkpoints_resumes_without_its_later_metrics(
 
     config = tiny_config(corpus, tmp_path / "run", max_steps=7, checkpoint_every=3)
     with monkeypatch.context() as patch:
-        patch.setattr(training, "log_training", log_then_die)
+        patch.setattr(loop, "log_training", log_then_die)
         with pytest.raises(Killed):
             train(config)
     killed = [r for r in records(tmp_path / "run") if r["split"] == "train"]
