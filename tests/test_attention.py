@@ -266,6 +266,11 @@ def test_rank_dtype_and_device_mismatches_are_refused():
         attend(q.double(), k, v)
     with pytest.raises(ValueError, match="len_k"):
         attend(q, k, v[:, :, :3])
+    # the meta device stands in for a second device on a machine with one
+    with pytest.raises(ValueError, match="one device, got cpu, meta, cpu"):
+        attend(q, k.to("meta"), v)
+    with pytest.raises(ValueError, match="one device, got cpu, cpu, meta"):
+        attend(q, k, v.to("meta"), backend="sdpa")
 
 
 def test_unknown_backend_or_score_is_refused_with_a_clear_error():

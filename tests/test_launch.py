@@ -115,3 +115,56 @@ def test_a_config_that_spills_is_used_only_when_nothing_else_runs(monkeypatch):
 def test_the_interpreter_uses_one_config_and_never_tunes():
     q = torch.empty(1, 1, 8, 64)
     assert fa._configs("fwd", q, 64) == [launch.INTERPRETER_CONFIG]
+
+
+# Bytes one program holds, counted by hand from the kernels (not from TileShape): 16-bit tiles
+# of (rows x BLOCK_D); a streamed tile once per pipeline stage; one (BLOCK_M x BLOCK_N) score
+# tile; 1 KiB of barriers.
+HAND_COUNTED = [
+    # forward: the query tile stays; K and V blocks stream, 3 stages
+    # 2 B * (128*128 Q + 3 * (64*128 K + 64*128 V) + 128*64 S) + 1024
+    ("fwd", LaunchConfig(128, 64, 8, 3), 128, torch.bfloat16, 2 * (16384 + 49152 + 8192) + 1024),
+    # dK/dV: K and V blocks of 64 keys stay; Q and dO blocks of 32 queries stream, 2 stages
+    # 2 B * (2 * 64*128 + 2 * (32*128 + 32*128) + 32*64) + 1024
+    ("dkdv", LaunchConfig(32, 64, 8, 2), 128, torch.float16, 2 * (16384 + 16384 + 2048) + 1024),
+    # dQ in float32: Q and dO stay; K and V stream, 2 stages; d = 40 padded to 64
+    # 4 B * (2 * 64*64 + 2 * (32*64 + 32*64) + 64*32) + 1024
+    ("dq", LaunchConfig(64, 32, 4, 2), 64, torch.float32, 4 * (8192 + 8192 + 2048) + 1024),
+]
+
+
+@pytest.mark.parametrize("kernel,config,block_d,dtype,expected", HAND_COUNTED, ids=str)
+def test_shared_memory_estimate_equals_the_hand_counted_tiles(
+    kernel, config, block_d, dtype, expected
+):
+    assert fa.TILES[kernel].shared_memory(config, block_d, dtype.itemsize) == expected
+
+
+def test_when_no_config_fits_the_smallest_is_kept_as_the_floor():
+    tile = fa.TILES["fwd"]
+    huge = [
+        LaunchConfig(256, 256, 8, 4),
+        LaunchConfig(128, 256, 8, 3),
+        LaunchConfig(256, 128, 8, 4),
+    ]
+    sizes = [tile.shared_memory(c, 128, 4) for c in huge]
+    assert min(sizes) > max(launch.SHARED_MEMORY_PER_BLOCK.values())  # none fits anywhere
+    assert launch.candidates(tile, huge, 90, 128, torch.float32) == [huge[2]]  # the smallest
+
+
+def test_an_unknown_architecture_gets_the_smallest_shared_memory_limit(monkeypatch):
+    smallest = min(launch.SHARED_MEMORY_PER_BLOCK.values())
+    for unknown in (75, 100, 120):
+        assert launch.shared_memory_limit(unknown) == smallest
+    tile, d = fa.TILES["fwd"], 128
+    unknown = configs_on(75, "fwd", d, torch.bfloat16, monkeypatch)
+    assert unknown == configs_on(86, "fwd", d, torch.bfloat16, monkeypatch)  # as an RTX 30xx
+    assert all(tile.shared_memory(c, d, 2) <= smallest for c in unknown)
+
+
+def test_one_config_is_returned_without_launching_timing_or_remembering(monkeypatch):
+    monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
+    monkeypatch.setattr(launch, "_TUNED", {})
+    fake = FakeKernels(spilling={CONFIGS[0]})  # would spill: with no other config, it is used
+    assert launch.pick("single", CONFIGS[:1], fake) == CONFIGS[0]
+    assert fake.calls == [] and launch.tuned_configs() == {}
