@@ -370,9 +370,9 @@ def _bad_inputs():
         ("not-tensor", (q, k.tolist(), v), {}, TypeError, "k must be a torch.Tensor"),
         ("mask-dtype", (q, k, v), {"attn_mask": mask.float()}, TypeError, "torch.bool"),
         ("mask-len", (q, k, v), {"attn_mask": mask[..., :5]}, ValueError, "key mask"),
-        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool)}, ValueError, "key mask"),
-        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool)}, ValueError, "key mask"),
-        ("mask-full", (q, k, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool)}, ValueError, r"Full \(len_q x len_k\)"),
+        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "key mask"),
+        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "key mask"),
+        ("mask-full", (q, k, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE)}, ValueError, r"Full \(len_q x len_k\)"),
         ("mask-3d", (q, k, v), {"attn_mask": mask[0]}, ValueError, r"\(batch or 1, heads or 1, 1, len_k\)"),
         ("mask-2d", (q, k, v), {"attn_mask": mask[:, 0, 0]}, ValueError, r"2-D mask means \(len_q, len_k\)"),
     ]  # fmt: skip
