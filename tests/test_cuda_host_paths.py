@@ -107,3 +107,118 @@ def test_peak_memory_counts_the_call_not_autotuning_or_do_bench_flush_buffer(mon
     held = memory.allocate(5 * 2**20)  # the inputs, allocated before the window
     assert common.peak_memory(attention_call, torch.device("cuda")) == workspace
     held()
+
+
+# --- kernels: what a GPU may do that the interpreter does not ----------------------------------
+
+interpreter_only = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="patches Triton's interpreter (runs where there is no GPU)"
+)
+
+
+def additive_inputs(value_dim, a=8, len_q=7, len_k=9, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qf = torch.randn(2, 2, len_q, a, generator=gen)
+    kf = torch.randn(2, 2, len_k, a, generator=gen)
+    w = torch.randn(2, a, generator=gen)
+    v = torch.randn(2, 2, len_k, value_dim, generator=gen)
+    return [t.requires_grad_() for t in (qf, kf, w, v)]
+
+
+def outputs_and_grads(fn, inputs):
+    out = fn(*inputs)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(9)))
+    return [out.detach(), *(t.grad for t in inputs)]
+
+
+@pytest.mark.slow  # ~45 s on a loaded 2-core machine
+@interpreter_only
+def test_masked_loads_never_read_the_undefined_lanes(monkeypatch):
+    """A masked tl.load without ``other=`` returns undefined values in masked-out lanes (Triton's
+    specification; the interpreter happens to give zeros, a GPU need not). Poisoning those lanes
+    with NaN must change nothing: with a value dim that is not a power of two (12, padded to 16)
+    and ragged lengths, the padding lanes of v and dO feed the sums of dQ, dK and dw."""
+    from triton.runtime import interpreter
+
+    from kernels import additive_attention, flash_attention
+
+    def run_both():
+        gen = torch.Generator().manual_seed(3)
+        qkv = [torch.randn(2, 3, n, 12, generator=gen).requires_grad_() for n in (7, 9, 9)]
+        return (
+            outputs_and_grads(additive_attention, additive_inputs(value_dim=12)),
+            outputs_and_grads(flash_attention, qkv),
+        )
+
+    expected = run_both()
+    real_load = interpreter.InterpreterBuilder.create_masked_load
+
+    def load_nan_where_masked(self, ptrs, mask, other, *args):
+        if other is None:
+            dtype_tt = ptrs.get_element_ty()
+            dtype_np = interpreter._get_np_dtype(dtype_tt)
+            if dtype_np.kind == "f":
+                other = interpreter.TensorHandle(
+                    interpreter.np.full(ptrs.data.shape, float("nan"), dtype=dtype_np), dtype_tt
+                )
+        return real_load(self, ptrs, mask, other, *args)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load", load_nan_where_masked)
+    for want, got in zip(expected, run_both(), strict=True):
+        for a, b in zip(want, got, strict=True):
+            assert not b.isnan().any()
+            torch.testing.assert_close(b, a)
+
+
+def test_the_device_guard_makes_the_first_cuda_tensors_device_current(monkeypatch):
+    """Triton launches on the current device: the guard switches to the inputs' device (a
+    stand-in with a cuda:1 device here), and does nothing for CPU tensors."""
+    from types import SimpleNamespace
+
+    from kernels import ops
+
+    entered = []
+
+    class FakeDevice:  # torch.cuda.device(d): a context manager that makes d current
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    with ops.device_guard(torch.zeros(1), None, 0.5):
+        pass
+    assert entered == []
+    on_gpu1 = SimpleNamespace(device=torch.device("cuda", 1))
+    with ops.device_guard(None, on_gpu1, SimpleNamespace(device=torch.device("cuda", 0))):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+def test_every_kernel_operator_runs_inside_the_device_guard(monkeypatch, kernel_device):
+    """Both kernels' forward and backward operators call their launchers inside device_guard,
+    given the operator's inputs."""
+    from kernels import additive_attention, flash_attention, ops
+
+    guarded, real_guard = [], ops.device_guard
+
+    def recording_guard(*args):
+        guarded.append([a for a in args if isinstance(a, torch.Tensor)])
+        return real_guard(*args)
+
+    monkeypatch.setattr(ops, "device_guard", recording_guard)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 3, 16, generator=gen).to(kernel_device) for _ in range(3))
+    for t in (q, k, v):
+        t.requires_grad_()
+    flash_attention(q, k, v).sum().backward()
+    additive = additive_inputs(value_dim=16, len_q=3, len_k=3)
+    additive_attention(
+        *(t.detach().to(kernel_device).requires_grad_() for t in additive)
+    ).sum().backward()
+    assert len(guarded) == 4  # two operators, forward and backward each
+    assert all(tensors and tensors[0].device.type == kernel_device.type for tensors in guarded)
