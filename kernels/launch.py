@@ -198,6 +198,8 @@ def pick(
     for config in configs:
         try:
             compiled = launch(config)
+        except ValueError:  # our own refusals (e.g. a grid past CUDA's limits) say what is wrong
+            raise
         except Exception as err:  # a config this GPU cannot run is simply not chosen
             failures.append((config, f"{type(err).__name__}: {err}"))
             continue

@@ -155,6 +155,9 @@ def test_batch_times_heads_goes_on_the_grid_axis_without_the_65535_limit():
         launch.grid(8, 70_000)
     with pytest.raises(ValueError, match=r"axis 0 \(batch \* heads\)"):
         launch.grid(2**31, 1)
+    # the launcher's refusal reaches the caller, not "no launch configuration could run"
+    with pytest.raises(ValueError, match="65,535"):
+        launch.pick("too-long", CONFIGS, lambda config: launch.grid(8, 70_000))
 
 
 def recorded_launches(monkeypatch, module):
