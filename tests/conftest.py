@@ -16,5 +16,5 @@ def kernel_device() -> torch.device:
     """Where a test that runs our Triton kernels puts its tensors and model: the GPU when there
     is one, else the CPU, where the kernels run under Triton's interpreter (set above). Every
     test that reaches the triton backend or the flash kernel takes its device from here
-    (tests/test_code_shape.py checks it)."""
+    (tests/test_kernel_device.py checks it)."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -1,16 +1,17 @@
-"""Limits the code keeps: no function in ``transformer/`` longer than a screen or two, and every
-test that runs our kernels takes its device from the ``kernel_device`` fixture."""
+"""Readability limits the code keeps, and the direction its imports run.
+
+In ``transformer/`` (subpackages included) no function is longer than a screen or two and no file
+longer than ~400 lines; the model library (the modules directly in ``transformer/``) imports
+nothing from the translation application (``transformer.translation``) built on it.
+"""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "transformer"
-TESTS = Path(__file__).resolve().parent
+APPLICATION = "transformer.translation"
 MAX_FUNCTION_LINES = 120
-# A test reaches our kernels through the model with backend="triton" (the string "triton"
-# anywhere) or through the attention maps with method="flash".
-# Files that name "triton" as a benchmark's label, not a backend they launch.
-NOT_KERNEL_TESTS = {"test_benchmarks.py", "test_gpu_report.py", "test_code_shape.py"}
+MAX_FILE_LINES = 400
 
 
 def long_functions(source: str, limit: int) -> list[tuple[str, int]]:
@@ -23,6 +24,45 @@ def long_functions(source: str, limit: int) -> list[tuple[str, int]]:
     ]
 
 
+def package_files() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool) -> set[str]:
+    """Every module ``source`` (the module named ``module``) imports, relative imports resolved;
+    for ``from X import a`` both ``X`` and ``X.a`` (``a`` may be a submodule)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = module.split(".")
+                if not is_package:
+                    parts = parts[:-1]
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
+                origin = f"{base}.{node.module}" if node.module else base
+            else:
+                origin = node.module
+            names.add(origin)
+            names.update(f"{origin}.{alias.name}" for alias in node.names)
+    return names
+
+
+def application_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """The application modules among ``source``'s imports."""
+    return sorted(
+        name
+        for name in imported_modules(source, module, is_package)
+        if name == APPLICATION or name.startswith(APPLICATION + ".")
+    )
+
+
 def test_the_length_check_finds_a_long_function():
     body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
     assert long_functions(f"def short():\n    pass\n\ndef long():\n{body}", MAX_FUNCTION_LINES) == [
@@ -32,78 +72,90 @@ def test_the_length_check_finds_a_long_function():
 
 def test_no_function_in_the_package_is_over_120_lines():
     too_long = {
-        f"{path.name}:{name}": lines
-        for path in sorted(PACKAGE.glob("*.py"))
+        f"{path.relative_to(PACKAGE)}:{name}": lines
+        for path in package_files()
         for name, lines in long_functions(path.read_text(), MAX_FUNCTION_LINES)
     }
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines: {too_long}"
 
 
-def kernel_tests_without_fixture(source: str) -> list[str]:
-    """Test functions that reach a kernel marker, in their body, decorators or any module-level
-    helper or constant they name (followed through), without a ``kernel_device`` argument."""
-    module = ast.parse(source).body
-    definitions = {}
-    for node in module:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            definitions[node.name] = node
-        elif isinstance(node, ast.Assign):
-            definitions.update((t.id, node) for t in node.targets if isinstance(t, ast.Name))
-
-    def reaches_a_kernel(node, seen):
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Constant) and sub.value == "triton":
-                return True
-            if isinstance(sub, ast.keyword) and sub.arg == "method":
-                if isinstance(sub.value, ast.Constant) and sub.value.value == "flash":
-                    return True
-            if isinstance(sub, ast.Name) and sub.id in definitions and sub.id not in seen:
-                seen.add(sub.id)
-                if reaches_a_kernel(definitions[sub.id], seen):
-                    return True
-        return False
-
-    return [
-        node.name
-        for node in module
-        if isinstance(node, ast.FunctionDef)
-        and node.name.startswith("test")
-        and reaches_a_kernel(node, {node.name})
-        and "kernel_device" not in [a.arg for a in node.args.args]
-    ]
-
-
-def test_the_device_check_finds_a_triton_test_without_the_fixture():
-    source = """
-BACKENDS = ("naive", "triton")
-def model(backend):
-    return backend
-@parametrize("backend", BACKENDS)
-def test_parametrized(backend):
-    pass
-def test_through_a_helper():
-    model("triton")
-def test_flash_maps():
-    layer_weights(method="flash")
-def test_with_the_fixture(kernel_device):
-    model("triton")
-def test_unrelated():
-    model("naive")
-"""
-    assert kernel_tests_without_fixture(source) == [
-        "test_parametrized",
-        "test_through_a_helper",
-        "test_flash_maps",
-    ]
-
-
-def test_every_test_that_runs_a_kernel_takes_the_kernel_device_fixture():
-    """On a GPU machine the kernels refuse CPU tensors (no interpreter there): a test that builds
-    its tensors on the CPU and runs backend="triton" would fail there, not here."""
-    missing = {
-        path.name: names
-        for path in sorted(TESTS.glob("test_*.py"))
-        if path.name not in NOT_KERNEL_TESTS
-        and (names := kernel_tests_without_fixture(path.read_text()))
+def test_no_file_in_the_package_is_over_400_lines():
+    too_long = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in package_files()
+        if (lines := len(path.read_text().splitlines())) > MAX_FILE_LINES
     }
-    assert not missing, f"tests that run a kernel without the kernel_device fixture: {missing}"
+    assert not too_long, f"files over {MAX_FILE_LINES} lines (split them by concern): {too_long}"
+
+
+def test_the_import_check_finds_every_way_to_import_the_application():
+    ways = [
+        "import transformer.translation.data",
+        "from transformer.translation.tokenizer import PAD_ID",
+        "from transformer import translation",
+        "from .translation import training",
+        "from . import translation",
+        "def later():\n    from .translation.checkpoint import save_checkpoint",
+    ]
+    for source in ways:
+        assert application_imports(source, "transformer.model"), source
+    allowed = (
+        "from .attention import attend\nfrom transformer.config import ModelConfig\nimport torch"
+    )
+    assert application_imports(allowed, "transformer.model") == []
+    # Inside the application, a relative import resolves to the application itself.
+    assert application_imports("from .data import load_split", "transformer.translation.cli")
+
+
+def test_the_model_library_imports_nothing_from_the_translation_application():
+    library = [path for path in package_files() if path.parent == PACKAGE]
+    assert {module_name(path) for path in library} >= {"transformer", "transformer.model"}
+    upward = {
+        module_name(path): found
+        for path in library
+        if (
+            found := application_imports(
+                path.read_text(), module_name(path), path.stem == "__init__"
+            )
+        )
+    }
+    assert not upward, f"library modules importing the application: {upward}"
+
+
+ROOT = PACKAGE.parent
+MAP = ROOT / "docs" / "architecture.md"
+
+
+def tree_paths(markdown: str) -> list[str]:
+    """The paths named by the fenced tree under ``## The tree``: two spaces of indent per level,
+    the first word of each line a file or ``folder/``."""
+    block = markdown.split("## The tree", 1)[1].split("```", 2)[1]
+    paths, folders = [], []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        folders = folders[:depth]
+        path = "".join(folders) + name
+        paths.append(path.rstrip("/"))
+        if name.endswith("/"):
+            folders.append(name)
+    return paths
+
+
+def test_the_tree_reader_nests_by_indent():
+    markdown = "## The tree\n```\na/   x\n  b.py  y\n  c/\n    d.py\ne.py\n```\n"
+    assert tree_paths(markdown) == ["a", "a/b.py", "a/c", "a/c/d.py", "e.py"]
+
+
+def test_the_architecture_map_matches_the_tree():
+    named = tree_paths(MAP.read_text())
+    missing = [path for path in named if not (ROOT / path).exists()]
+    assert not missing, f"docs/architecture.md names what does not exist: {missing}"
+    unnamed = [
+        str(path.relative_to(ROOT))
+        for path in package_files()
+        if str(path.relative_to(ROOT)) not in named
+    ]
+    assert not unnamed, f"docs/architecture.md does not name: {unnamed}"

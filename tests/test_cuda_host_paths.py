@@ -8,8 +8,9 @@ ones do (a fake refuses what the real function refuses).
 import pytest
 import torch
 
-from transformer import training
-from transformer.training import Distributed, TrainConfig, setup_devices
+from transformer.translation.training import TrainConfig
+from transformer.translation.training import devices as training_devices
+from transformer.translation.training.devices import Distributed, setup_devices
 
 
 def fake_cuda(monkeypatch, current=0):
@@ -41,7 +42,7 @@ def test_a_cuda_device_without_an_index_is_given_one_before_set_device(
     monkeypatch, name, ranks, expected
 ):
     chosen = fake_cuda(monkeypatch)
-    monkeypatch.setattr(training, "init_distributed", lambda device_type: ranks)
+    monkeypatch.setattr(training_devices, "init_distributed", lambda device_type: ranks)
     device, _ = setup_devices(TrainConfig(device=name))
     assert device == torch.device("cuda", expected)
     assert chosen == [expected]
