@@ -71,12 +71,14 @@ class Case:
     masking: str
     len_q: int = 200
     len_k: int = 333
+    batch: int = 2  # batch and heads matter to a build only through H's and the strides'
+    heads: int = 3  # divisibility by 16 (Triton specialises integers on it)
 
     def label(self) -> str:
-        return (
-            f"{self.workload} {self.dtype} d={self.head_dim} {self.masking} "
-            f"({self.len_q}x{self.len_k})"
-        )
+        shape = f"{self.len_q}x{self.len_k}"
+        if (self.batch, self.heads) != (2, 3):
+            shape = f"{self.batch}x{self.heads}x{shape}"
+        return f"{self.workload} {self.dtype} d={self.head_dim} {self.masking} ({shape})"
 
 
 @dataclass
@@ -125,12 +127,12 @@ def _flash_workload(case: Case) -> None:
     dtype = getattr(torch, case.dtype)
 
     def tensor(n):
-        return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
+        return torch.empty(case.batch, case.heads, n, case.head_dim, device="meta", dtype=dtype)
 
     q, k, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
     mask = None
     if "key_mask" in case.masking:
-        mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+        mask = torch.empty(case.batch, 1, 1, case.len_k, device="meta", dtype=torch.bool)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
     block_d = fa._check_inputs(q, k, v, mask, scale)
     out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
@@ -146,13 +148,13 @@ def _additive_workload(case: Case) -> None:
     dtype = getattr(torch, case.dtype)
 
     def tensor(n):
-        return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
+        return torch.empty(case.batch, case.heads, n, case.head_dim, device="meta", dtype=dtype)
 
     qf, kf, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
-    w = torch.empty(3, case.head_dim, device="meta", dtype=torch.float32)
+    w = torch.empty(case.heads, case.head_dim, device="meta", dtype=torch.float32)
     mask = None
     if "key_mask" in case.masking:
-        mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+        mask = torch.empty(case.batch, 1, 1, case.len_k, device="meta", dtype=torch.bool)
     causal = "causal" in case.masking
     block_a, block_e = aa._check_inputs(qf, kf, w, v, mask)
     out, lse = aa._forward(qf, kf, w, v, mask, causal, block_a, block_e)

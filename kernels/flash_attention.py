@@ -237,8 +237,8 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     # int64 batch/head offsets: b * stride_b overflows int32 for large tensors.
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
@@ -305,8 +305,8 @@ def _attn_bwd_delta(
     From dS = P * (dP - rowsum(dO * O)) for the output, plus dS += P * dlse for the
     log-sum-exp (d lse_i / d s_ij = P_ij): folding -dlse into delta covers both at no cost.
     """
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -384,8 +384,8 @@ def _attn_bwd_dkdv(
 
     DK and DV are contiguous (b, h, len_k, d) buffers; their strides are computed here.
     """
-    start_n = tl.program_id(0) * BLOCK_N
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_n = tl.program_id(1) * BLOCK_N
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
 
@@ -494,8 +494,8 @@ def _attn_bwd_dq(
     DQ is a contiguous (b, h, len_q, d) buffer. Query rows past len_q load q = dO = 0 and
     lse = delta = 0, so their dS is 0 and they add nothing; they are never stored.
     """
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
 
@@ -672,7 +672,7 @@ _MASK_HINTS = {
 def _launch(kernel, grid, *args, **meta):
     """Every kernel launch goes through here (the compile gate captures them); returns Triton's
     compiled kernel (None for an empty grid, which is not launchable and has nothing to do)."""
-    if grid[0] > 0 and grid[1] > 0:
+    if not launch.is_empty(grid):
         return kernel[grid](*args, **meta)
     return None
 
@@ -729,15 +729,21 @@ def _configs(kernel_name, q, block_d):
 
 
 def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
-    """Launch ``kernel`` with the best config for this shape; grid_rows(config) = grid dim 0."""
+    """Launch ``kernel`` with the best config for this shape; grid_rows(config) = the blocks of
+    rows (grid axis 1). An empty grid returns at once: nothing to run, nothing to tune (its
+    length bucket is a one-token call's)."""
     b, h, len_q, _ = q.shape
+    configs = _configs(name, q, block_d)
+    if launch.is_empty((b * h, grid_rows(configs[0]))):
+        return
 
     def run(config):
-        return _launch(kernel, (grid_rows(config), b * h), *args, **meta, **config.meta())
+        grid = launch.grid(b * h, grid_rows(config))
+        return _launch(kernel, grid, *args, **meta, **config.meta())
 
     key = (name, q.device.index, q.dtype, block_d, tuple(sorted(meta.items())),
            launch.length_bucket(len_q), launch.length_bucket(k.shape[2]))  # fmt: skip
-    run(launch.pick(key, _configs(name, q, block_d), run))
+    run(launch.pick(key, configs, run))
 
 
 def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
@@ -769,7 +775,7 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
 
     delta = _empty((b, h, len_q), torch.float32, q.device)
     _launch(
-        _attn_bwd_delta, (triton.cdiv(len_q, DELTA_ROWS), b * h),
+        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
         BLOCK_M=DELTA_ROWS, BLOCK_D=block_d,
     )  # fmt: skip

@@ -489,8 +489,8 @@ def _bad_inputs():
         ("not-tensor", (qf, kf.tolist(), w, v), {}, TypeError, "key_features must be a torch.Tensor"),
         ("mask-dtype", (qf, kf, w, v), {"attn_mask": mask.float()}, TypeError, "torch.bool"),
         ("mask-len", (qf, kf, w, v), {"attn_mask": mask[..., :5]}, ValueError, "key mask"),
-        ("mask-batch", (qf, kf, w, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool)}, ValueError, "key mask"),
-        ("mask-full", (qf, kf, w, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool)}, ValueError, r"Full \(len_q x len_k\)"),
+        ("mask-batch", (qf, kf, w, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "key mask"),
+        ("mask-full", (qf, kf, w, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE)}, ValueError, r"Full \(len_q x len_k\)"),
         ("mask-2d", (qf, kf, w, v), {"attn_mask": mask[:, 0, 0]}, ValueError, "key mask"),
         ("mask-list", (qf, kf, w, v), {"attn_mask": mask.tolist()}, TypeError, "additive_attention: attn_mask must be a torch.Tensor"),
     ]  # fmt: skip

@@ -283,16 +283,17 @@ def test_unknown_backend_or_score_is_refused_with_a_clear_error():
         small_config(backend="cudnn")
 
 
-def test_backends_that_cannot_honour_a_setting_refuse_it():
+def test_backends_that_cannot_honour_a_setting_refuse_it(kernel_device):
     with pytest.raises(ValueError, match="dropout"):
         small_config(backend="triton", attention_dropout=0.1)
     with pytest.raises(ValueError, match="additive"):
         small_config(score="additive", backend="sdpa")
-    q, k, v = random_qkv()
+    q, k, v = (t.to(kernel_device) for t in random_qkv())
     with pytest.raises(ValueError, match="dropout"):
         attend(q, k, v, backend="triton", dropout_p=0.1)
+    full_mask = torch.ones(2, 3, 5, 7, dtype=torch.bool, device=kernel_device)
     with pytest.raises(ValueError, match="key masks only"):
-        attend(q, k, v, attn_mask=torch.ones(2, 3, 5, 7, dtype=torch.bool), backend="triton")
+        attend(q, k, v, attn_mask=full_mask, backend="triton")
 
 
 @settings(max_examples=40, deadline=None)
