@@ -61,16 +61,10 @@ import triton.language as tl
 # Shared with the dot-product kernel: the interpreter's bf16 emulation, the key-mask read and
 # the rowsum(dO * O) pass of the backward are the same here.
 from kernels import launch, ops
-from kernels.flash_attention import (
-    DELTA_ROWS,
-    _attn_bwd_delta,
-    _check_runnable,
-    _dot,
-    _kernel_mask,
-    _key_is_valid,
-    _mask_strides,
-    _round,
-)
+from kernels.flash_attention.backward import _attn_bwd_delta
+from kernels.flash_attention.checks import _check_runnable, _mask_strides
+from kernels.flash_attention.launcher import _kernel_mask
+from kernels.flash_attention.tiles import DELTA_ROWS, _dot, _key_is_valid, _round
 from kernels.launch import LaunchConfig
 
 # Module globals read inside @triton.jit code must be tl.constexpr objects: the compiler

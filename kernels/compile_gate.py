@@ -58,7 +58,7 @@ MASKINGS = ("none", "key_mask", "causal", "causal+key_mask")
 WGMMA_KERNELS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
 
 # Kernel modules whose launches are captured; each routes every launch through `_launch`.
-KERNEL_MODULES = ("kernels.flash_attention", "kernels.additive_attention")
+KERNEL_MODULES = ("kernels.flash_attention.launcher", "kernels.additive_attention")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ def _flash_workload(case: Case) -> None:
     function dispatches a PyTorch operator whose meta-tensor stand-in launches nothing)."""
     import torch
 
-    fa = importlib.import_module("kernels.flash_attention")
+    fa = importlib.import_module("kernels.flash_attention.launcher")
+    checks = importlib.import_module("kernels.flash_attention.checks")
     dtype = getattr(torch, case.dtype)
 
     def tensor(n):
@@ -132,7 +133,7 @@ def _flash_workload(case: Case) -> None:
     if "key_mask" in case.masking:
         mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
-    block_d = fa._check_inputs(q, k, v, mask, scale)
+    block_d = checks._check_inputs(q, k, v, mask, scale)
     out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
     fa._backward(q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None)
 

@@ -23,8 +23,11 @@ from hypothesis import strategies as st
 from kernels import flash_attention
 from kernels.launch import LaunchConfig
 
-fa = importlib.import_module("kernels.flash_attention")  # the module; `kernels.flash_attention`
-# as an attribute is the function, which the package re-exports under the same name.
+# The kernel's modules (`kernels.flash_attention` as an attribute is the function, which the
+# package re-exports under its own name): the launcher, where tests intercept buffers, launches
+# and configurations, and the operators.
+fa = importlib.import_module("kernels.flash_attention.launcher")
+fn = importlib.import_module("kernels.flash_attention.function")
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -457,11 +460,11 @@ def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, masked, is_ca
     q, k, v, dout = random_inputs(2, 3, len_q, len_k, 24, torch.float32)
     mask = random_key_mask(2, len_k) if masked else None
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    torch.library.opcheck(fa._forward_op, (*leaves, mask, is_causal, 0.3))
-    out, lse = fa._forward_op(q, k, v, mask, is_causal, 0.3)
+    torch.library.opcheck(fn._forward_op, (*leaves, mask, is_causal, 0.3))
+    out, lse = fn._forward_op(q, k, v, mask, is_causal, 0.3)
     dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     # (the backward is not differentiable itself: no double backward, as in flash-attention)
-    torch.library.opcheck(fa._backward_op, (q, k, v, mask, is_causal, 0.3, out, lse, dout, dlse))
+    torch.library.opcheck(fn._backward_op, (q, k, v, mask, is_causal, 0.3, out, lse, dout, dlse))
 
 
 def _metadata(t):

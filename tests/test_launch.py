@@ -14,7 +14,8 @@ import torch
 from kernels import launch
 from kernels.launch import LaunchConfig
 
-fa = importlib.import_module("kernels.flash_attention")
+fa = importlib.import_module("kernels.flash_attention.launcher")
+fa_configs = importlib.import_module("kernels.flash_attention.configs")
 
 
 def configs_on(arch, kernel, block_d, dtype, monkeypatch):
@@ -27,7 +28,7 @@ def configs_on(arch, kernel, block_d, dtype, monkeypatch):
 @pytest.mark.parametrize("arch", launch.CLAIMED_ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("block_d", [16, 64, 128])
-@pytest.mark.parametrize("kernel", sorted(fa.TILES))
+@pytest.mark.parametrize("kernel", sorted(fa_configs.TILES))
 def test_candidates_fit_the_architectures_shared_memory_before_anything_compiles(
     kernel, block_d, dtype, arch, monkeypatch
 ):
@@ -35,12 +36,12 @@ def test_candidates_fit_the_architectures_shared_memory_before_anything_compiles
     assert 1 <= len(configs) <= launch.MAX_CANDIDATES
     limit = launch.shared_memory_limit(arch)
     for config in configs:
-        assert fa.TILES[kernel].shared_memory(config, block_d, dtype.itemsize) <= limit
+        assert fa_configs.TILES[kernel].shared_memory(config, block_d, dtype.itemsize) <= limit
         assert config.block_m >= 16 and config.block_n >= 16  # tl.dot's minimum
 
 
 def test_a_consumer_gpu_gets_no_config_that_only_a_datacenter_gpu_can_hold(monkeypatch):
-    tile, d = fa.TILES["fwd"], 128
+    tile, d = fa_configs.TILES["fwd"], 128
     hopper = set(configs_on(90, "fwd", d, torch.bfloat16, monkeypatch))
     rtx = configs_on(86, "fwd", d, torch.bfloat16, monkeypatch)
     too_big = [c for c in hopper if tile.shared_memory(c, d, 2) > launch.shared_memory_limit(86)]

@@ -1,0 +1,69 @@
+"""flash_attention: the two PyTorch operators and the public, SDPA-shaped function."""
+
+import math
+
+import torch
+
+from kernels import ops
+from kernels.flash_attention.checks import _block_d, _check_inputs
+from kernels.flash_attention.launcher import _backward, _forward
+
+
+def _fake_forward(q, k, v, attn_mask, is_causal, scale):
+    """What _forward returns, as empty tensors: out like a contiguous q, lse (b, h, len_q)."""
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _fake_backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse):
+    """What _backward returns, as empty tensors: contiguous dq, dk, dv."""
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@ops.kernel_op("flash_attention_backward", fake=_fake_backward)
+def _backward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    block_d = _block_d(q.shape[-1])
+    return _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse)
+
+
+# The one autograd definition: gradients of q, k and v from the backward operator above, given
+# the inputs, (out, lse) and their gradients (dlse is zeros when lse took no part in the loss).
+@ops.kernel_op("flash_attention", fake=_fake_forward, backward=_backward_op, wrt=("q", "k", "v"))
+def _forward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]))
+
+
+def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, return_lse=False):
+    """Scaled dot-product attention, a drop-in for ``F.scaled_dot_product_attention``.
+
+    Args:
+        q: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
+        k, v: (batch, heads, len_k, head_dim), same dtype and device as q.
+        attn_mask: optional boolean key mask, True = this key takes part (SDPA's convention),
+            shaped (batch or 1, heads or 1, 1, len_k), as SDPA would read it; any other shape
+            (a 2-D mask, which SDPA reads as (len_q, len_k), included) is refused.
+        is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
+            j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
+            top-left; the two agree when len_q == len_k). May be combined with attn_mask.
+        scale: the softmax scale; defaults to 1 / sqrt(head_dim).
+        return_lse: also return the row-wise log-sum-exp of the scaled, masked scores.
+
+    Returns:
+        out (batch, heads, len_q, head_dim) in q's dtype; with ``return_lse`` also
+        lse (batch, heads, len_q) in float32 (natural log). A query that sees no key gets
+        zeros in out (and zero gradients) and -inf in lse.
+
+    Raises:
+        TypeError / ValueError: on a bad input, naming it, before anything is launched.
+        RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
+    """
+    _check_inputs(q, k, v, attn_mask, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, lse = _forward_op(q, k, v, attn_mask, bool(is_causal), scale)
+    return (out, lse) if return_lse else out

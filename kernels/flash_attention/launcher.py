@@ -1,0 +1,120 @@
+"""Host side: allocate the outputs, pick launch configurations, launch the kernels."""
+
+import torch
+import triton
+
+from kernels import launch
+from kernels.flash_attention import configs
+from kernels.flash_attention.backward import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
+from kernels.flash_attention.checks import _mask_strides
+from kernels.flash_attention.forward import _attn_fwd
+from kernels.flash_attention.tiles import _INTERPRETED, DELTA_ROWS, LOG2_E
+
+
+def _empty(shape, dtype, device):
+    """Every buffer the launchers hand to a kernel comes from here (tests poison it with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _launch(kernel, grid, *args, **meta):
+    """Every kernel launch goes through here (the compile gate captures them); returns Triton's
+    compiled kernel (None for an empty grid, which is not launchable and has nothing to do)."""
+    if grid[0] > 0 and grid[1] > 0:
+        return kernel[grid](*args, **meta)
+    return None
+
+
+def _configs(kernel_name, q, block_d):
+    """The launch configurations to choose from (tests replace this to force block sizes)."""
+    return configs.for_kernel(kernel_name, q, block_d)
+
+
+def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
+    """Launch ``kernel`` with the best config for this shape; grid_rows(config) = grid dim 0."""
+    b, h, len_q, _ = q.shape
+
+    def run(config):
+        return _launch(kernel, (grid_rows(config), b * h), *args, **meta, **config.meta())
+
+    key = (name, q.device.index, q.dtype, block_d, tuple(sorted(meta.items())),
+           launch.length_bucket(len_q), launch.length_bucket(k.shape[2]))  # fmt: skip
+    run(launch.pick(key, _configs(name, q, block_d), run))
+
+
+def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
+    b, h, len_q, d = q.shape
+    len_k = k.shape[2]
+    out = _empty((b, h, len_q, d), q.dtype, q.device)
+    lse = _empty((b, h, len_q), torch.float32, q.device)
+    mask, mask_strides = _kernel_mask(attn_mask, q, k)
+    args = (
+        q, k, v, mask, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
+        h, len_q, len_k, d, scale * LOG2_E.value,
+    )  # fmt: skip
+    meta = _meta(attn_mask, is_causal, block_d, d, q.dtype)
+    _tuned_launch(
+        _attn_fwd, "fwd", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
+    )
+    return out, lse
+
+
+def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse):
+    b, h, len_q, d = q.shape
+    len_k = k.shape[2]
+    mask, mask_strides = _kernel_mask(attn_mask, q, k)
+    meta = _meta(attn_mask, is_causal, block_d, d, q.dtype)
+    if dlse is None:
+        dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
+    dlse = dlse.to(torch.float32).contiguous()
+
+    delta = _empty((b, h, len_q), torch.float32, q.device)
+    _launch(
+        _attn_bwd_delta, (triton.cdiv(len_q, DELTA_ROWS), b * h),
+        out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
+        BLOCK_M=DELTA_ROWS, BLOCK_D=block_d,
+    )  # fmt: skip
+    dk = _empty((b, h, len_k, d), q.dtype, q.device)
+    dv = _empty((b, h, len_k, d), q.dtype, q.device)
+    common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
+    sizes = (h, len_q, len_k, d, scale, scale * LOG2_E.value)
+    args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
+    _tuned_launch(
+        _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
+    )
+    dq = _empty((b, h, len_q, d), q.dtype, q.device)
+    args = (q, k, v, mask, dout, lse, delta, dq, *common, *sizes)
+    _tuned_launch(
+        _attn_bwd_dq, "dq", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
+    )
+    return dq, dk, dv
+
+
+def _kernel_mask(attn_mask, q, k, caller="flash_attention"):
+    """The mask as uint8 (Triton reads bytes) with its strides, or a dummy when absent."""
+    if attn_mask is None:
+        return torch.empty(1, dtype=torch.uint8, device=q.device), (0, 0, 0)
+    return attn_mask.view(torch.uint8), _mask_strides(attn_mask, q, k, caller)
+
+
+def _precision(dtype):
+    """How tl.dot multiplies: for float32, "tf32x3" on a GPU (three TF32 tensor-core products
+    that recover float32 accuracy; plain FMA products ("ieee") need too many registers to tile
+    well and spilled in every configuration the compile gate tried) and "ieee" under the
+    interpreter, whose numpy products are exact anyway; for 16-bit inputs the setting does not
+    apply ("tf32" is Triton's default)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "ieee" if _INTERPRETED else "tf32x3"
+
+
+def _meta(attn_mask, is_causal, block_d, head_dim, dtype):
+    """The constexprs every attention kernel takes, apart from its block sizes."""
+    return dict(
+        HAS_MASK=attn_mask is not None,
+        IS_CAUSAL=bool(is_causal),
+        EVEN_D=block_d == head_dim,
+        BLOCK_D=block_d,
+        EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
+        PRECISION=_precision(dtype),
+    )
