@@ -51,7 +51,8 @@ from unittest import mock
 ARCH_NAMES = {80: "A100", 86: "RTX 30xx / A10", 89: "RTX 40xx / L4", 90: "H100 / H200"}
 DTYPES = ("float16", "bfloat16", "float32")
 HEAD_DIMS = (16, 40, 64, 80, 96, 128)
-MASKINGS = ("none", "key_mask", "causal", "causal+key_mask")
+MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias")
+ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only
 
 # Kernels whose matrix products are their work: on sm_90 their 16-bit products must be wgmma.
 # (The fused additive kernels spend theirs on an elementwise tanh tile on CUDA cores.)
@@ -129,13 +130,30 @@ def _flash_workload(case: Case) -> None:
         return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
 
     q, k, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
-    mask = None
-    if "key_mask" in case.masking:
-        mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+    mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
     block_d = checks._check_inputs(q, k, v, mask, scale)
     out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
-    fa._backward(q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None)
+    mask_grad = mask is not None and mask.is_floating_point()
+    fa._backward(
+        q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None, mask_grad
+    )
+
+
+def _flash_mask(case: Case, dtype):
+    """The attention mask a masking names: a boolean key mask (b, 1, 1, len_k), a boolean
+    full mask (b, h, len_q, len_k), or a float bias shared by the batch (1, h, len_q, len_k)
+    whose gradient is taken (every mask layout the kernels specialise on)."""
+    import torch
+
+    b, h, len_q, len_k = 2, 3, case.len_q, case.len_k
+    if "key_mask" in case.masking:
+        return torch.empty(b, 1, 1, len_k, device="meta", dtype=torch.bool)
+    if "full_mask" in case.masking:
+        return torch.empty(b, h, len_q, len_k, device="meta", dtype=torch.bool)
+    if "bias" in case.masking:
+        return torch.empty(1, h, len_q, len_k, device="meta", dtype=dtype)
+    return None
 
 
 def _additive_workload(case: Case) -> None:
@@ -389,7 +407,7 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     every = [Case("flash_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
     first = [
         Case("flash_attention", "float16", d, masking)
-        for d, masking in ((16, "none"), (40, "causal"), (80, "key_mask"), (96, "causal+key_mask"))
+        for d, masking in ((16, "none"), (40, "causal"), (80, "full_mask"), (96, "causal+bias"))
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
@@ -413,6 +431,7 @@ def full_cases() -> list[Case]:
         Case(workload, dtype, d, masking)
         for workload in WORKLOADS
         for dtype, d, masking in itertools.product(DTYPES, HEAD_DIMS, MASKINGS)
+        if workload == "flash_attention" or masking in ADDITIVE_MASKINGS
     ]
 
 

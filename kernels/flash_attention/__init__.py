@@ -26,29 +26,32 @@ Supported
     * Any len_q and len_k >= 0, not necessarily equal or multiples of the block size.
     * Head dims 1 to 128 (not only powers of two: the kernel pads to the next power of two with
       masked loads).
-    * ``attn_mask``: a boolean *key* mask, True = this key takes part (SDPA's convention), shaped
-      (b or 1, h or 1, 1, len_k) -- a shape that means the same to SDPA. It is read inside the
-      kernel, one value per key; nothing of size len_q x len_k is built.
+    * ``attn_mask`` of any shape broadcastable to (b, h, len_q, len_k), read as SDPA reads it
+      (broadcast from the right: a 2-D mask is (len_q, len_k)); boolean (True = the pair
+      takes part) or float (added to the scores, e.g. a relative-position bias or ALiBi; -inf
+      hides a pair). The kernels read the caller's tensor tile by tile with stride 0 on the
+      axes it broadcasts over: a (b, 1, 1, len_k) key mask stays one value per key, and
+      nothing of size len_q x len_k is built that the caller did not pass. A float mask that
+      requires grad gets its gradient dS (computed as a (b, h, len_q, len_k) float32 buffer
+      in the backward, then summed over the mask's broadcast axes).
     * ``is_causal``, alone or together with ``attn_mask``. Causal masking is aligned to the
       **bottom-right** corner: query i sees keys j <= i + len_k - len_q. This is what a decoder
       with a key/value cache needs (the new queries are the *last* len_q positions).
       ``F.scaled_dot_product_attention`` aligns top-left instead; the two agree when
       len_q == len_k.
-    * Gradients for q, k and v; also through the log-sum-exp when ``return_lse=True`` and it
-      takes part in the loss.
+    * Gradients for q, k, v and a float mask; also through the log-sum-exp when
+      ``return_lse=True`` and it takes part in the loss.
     * ``torch.compile`` (``fullgraph=True`` too): forward and backward are PyTorch operators,
       ``torch.ops.flash_transformer.flash_attention`` and ``..._backward``, registered with
       ``torch.library.custom_op`` (see :mod:`kernels.ops` for why not ``triton_op``); a compiled
       graph calls them as opaque nodes, with fake implementations giving their output shapes.
-    * A query that sees no key at all (all its keys masked) gets an output of zeros, zero
-      gradients, and a log-sum-exp of -inf.
+    * A query that sees no key at all (all its keys masked, by a boolean mask, -inf biases or
+      causality) gets an output of zeros, zero gradients, and a log-sum-exp of -inf (SDPA's
+      math backend gives NaN there).
     * Runs compiled on a CUDA GPU, or on the CPU under the Triton interpreter
       (``TRITON_INTERPRET=1`` set before triton is first imported).
 
 Caution -- not supported
-    * Full (len_q, len_k) or additive float masks: only boolean key masks. A mask of any rank
-      but 4 is refused, a 2-D one in particular: SDPA reads it as (len_q, len_k), so a
-      (batch, len_k) key padding mask must be passed as ``mask[:, None, None, :]``.
     * Dropout, grouped-query attention (k/v heads must equal q heads), a value head dim that
       differs from the query/key head dim, head dims above 128, float64.
     * float32 on a GPU multiplies as three TF32 products ("tf32x3", about float32 accuracy) in

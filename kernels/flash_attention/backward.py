@@ -6,8 +6,8 @@ import triton.language as tl
 
 from kernels.flash_attention.forward import _visible_key_blocks
 from kernels.flash_attention.tiles import (
+    _apply_mask,
     _dot,
-    _key_is_valid,
     _load_rows,
     _mask_key_block,
     _round,
@@ -52,10 +52,11 @@ def _attn_bwd_delta(
 
 @triton.jit
 def _dkdv_query_blocks(
-    dk, dv, k, v, key_valid, Q, DOut, Lse, Delta, row_base,
-    stride_qm, stride_gm,
-    cols, offs_m, d_ok, start, stop, LEN_Q, causal_shift, qk_scale_log2,
-    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    dk, dv, k, v, M, Q, DOut, Lse, Delta, row_base,
+    stride_qm, stride_gm, stride_mm, stride_mn,
+    cols, offs_m, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
     EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -73,13 +74,15 @@ def _dkdv_query_blocks(
         lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, MASKED)
 
         s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        if HAS_MASK:
+            s = _apply_mask(
+                s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, MASK_FLOAT, MASK_ROWS
+            )
         if MASKED:
-            valid = (rows < LEN_Q)[:, None] & key_valid[None, :]
+            valid = (rows < LEN_Q)[:, None]
             if IS_CAUSAL:
                 valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
             s = tl.where(valid, s, float("-inf"))
-        elif HAS_MASK:
-            s = tl.where(key_valid[None, :], s, float("-inf"))
         # Recompute P from the saved log-sum-exp: P = exp(s - lse), already normalised.
         p = tl.exp2(s - lse_log2[:, None])
 
@@ -97,9 +100,10 @@ def _attn_bwd_dkdv(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
-    stride_mb, stride_mh, stride_mn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
-    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -126,10 +130,7 @@ def _attn_bwd_dkdv(
     v = tl.load(
         v_ptrs + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0
     )
-    # The key mask is per key, so this block's slice of it is read once, outside the loop.
-    key_valid = _key_is_valid(
-        Mask, off_b * stride_mb + off_h * stride_mh, stride_mn, cols, LEN_K, HAS_MASK
-    )
+    m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
 
     q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_d[None, :] * stride_qd
     g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_d[None, :] * stride_gd
@@ -150,19 +151,22 @@ def _attn_bwd_dkdv(
         last_col = tl.maximum(0, start_n + BLOCK_N - 1 - causal_shift)
         m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     dk, dv = _dkdv_query_blocks(
-        dk, dv, k, v, key_valid, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-        cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q, causal_shift, qk_scale_log2,
-        True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+        stride_mm, stride_mn, cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q, LEN_K,
+        causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D,
+        BLOCK_M, EMULATE_BF16, PRECISION,
     )  # fmt: skip
     dk, dv = _dkdv_query_blocks(
-        dk, dv, k, v, key_valid, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-        cols, offs_m, d_ok, m_whole, m_even, LEN_Q, causal_shift, qk_scale_log2,
-        False, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+        stride_mm, stride_mn, cols, offs_m, d_ok, m_whole, m_even, LEN_Q, LEN_K, causal_shift,
+        qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_M,
+        EMULATE_BF16, PRECISION,
     )  # fmt: skip
     dk, dv = _dkdv_query_blocks(
-        dk, dv, k, v, key_valid, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-        cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q, LEN_Q, causal_shift,
-        qk_scale_log2, True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+        stride_mm, stride_mn, cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q, LEN_Q,
+        LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
+        EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
     )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
@@ -173,10 +177,11 @@ def _attn_bwd_dkdv(
 
 @triton.jit
 def _dq_key_blocks(
-    dq, q, do, lse_log2, delta, K, V, Mask, mask_base,
-    stride_kn, stride_vn, stride_mn,
-    rows, offs_n, d_ok, start, stop, LEN_K, causal_shift, qk_scale_log2,
-    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    dq, q, do, lse_log2, delta, K, V, M, DBias,
+    stride_kn, stride_vn, stride_mm, stride_mn,
+    rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
     EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -188,27 +193,31 @@ def _dq_key_blocks(
 
         s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
         s = _mask_key_block(
-            s, Mask, mask_base, stride_mn, rows, cols, LEN_K, causal_shift,
-            MASKED, HAS_MASK, IS_CAUSAL,
+            s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
+            MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
         )  # fmt: skip
         p = tl.exp2(s - lse_log2[:, None])
 
         dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
-        ds = p * (dp - delta[:, None])
+        ds = p * (dp - delta[:, None])  # gradient w.r.t. the scores, and so the float mask's
+        if MASK_GRAD:  # DBias: this (batch, head)'s contiguous (len_q, len_k) float32 slice
+            ok = (rows[:, None] < LEN_Q) & (cols[None, :] < LEN_K)
+            tl.store(DBias + rows[:, None] * LEN_K + cols[None, :], ds, mask=ok)
         dq += _dot(_round(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
     return dq
 
 
 @triton.jit
 def _attn_bwd_dq(
-    Q, K, V, Mask, DOut, Lse, Delta, DQ,
+    Q, K, V, Mask, DOut, Lse, Delta, DQ, DBias,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
-    stride_mb, stride_mh, stride_mn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
-    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
+    MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -242,20 +251,23 @@ def _attn_bwd_dq(
 
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
-    mask_base = off_b * stride_mb + off_h * stride_mh
+    m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
+    db_base = DBias + row_base * LEN_K  # (only written with MASK_GRAD)
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     causal_shift = LEN_K - LEN_Q
     dq = _dq_key_blocks(
-        dq, q, do, lse_log2, delta, k_base, v_base, Mask, mask_base, stride_kn, stride_vn,
-        stride_mn, rows, offs_n, d_ok, 0, n_whole, LEN_K, causal_shift, qk_scale_log2,
-        False, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+        dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
+        stride_mm, stride_mn, rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift,
+        qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, EVEN_D,
+        BLOCK_N, EMULATE_BF16, PRECISION,
     )  # fmt: skip
     dq = _dq_key_blocks(
-        dq, q, do, lse_log2, delta, k_base, v_base, Mask, mask_base, stride_kn, stride_vn,
-        stride_mn, rows, offs_n, d_ok, n_whole, n_stop, LEN_K, causal_shift, qk_scale_log2,
-        True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+        dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
+        stride_mm, stride_mn, rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift,
+        qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, EVEN_D,
+        BLOCK_N, EMULATE_BF16, PRECISION,
     )  # fmt: skip
 
     dq *= sm_scale  # dQ = scale * dS K

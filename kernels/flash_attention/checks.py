@@ -55,7 +55,7 @@ def _check_inputs(q, k, v, attn_mask, scale):
     if scale is not None and not math.isfinite(float(scale)):
         raise ValueError(f"flash_attention: scale must be finite, got {scale}")
     if attn_mask is not None:
-        _mask_strides(attn_mask, q, k)  # raises on a bad mask
+        _mask_layout(attn_mask, q, k)  # raises on a bad mask
     _check_runnable(q.device)
     return _block_d(d)
 
@@ -75,9 +75,45 @@ def _block_d(head_dim):
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _mask_strides(attn_mask, q, k, caller="flash_attention"):
+def _mask_layout(attn_mask, q, k):
+    """attn_mask seen as 4-D (b|1, h|1, len_q|1, len_k|1) and its four strides, 0 on every axis
+    it broadcasts over, so the kernels read the caller's tensor as it is.
+
+    SDPA's reading: the mask broadcasts to (batch, heads, len_q, len_k) from the right, so a
+    2-D mask is (len_q, len_k) and a (batch, len_k) key padding mask is passed as
+    ``mask[:, None, None, :]``. Boolean: True = the pair takes part; float: added to the scores.
+    """
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"flash_attention: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
+    if attn_mask.dtype != torch.bool and attn_mask.dtype not in _DTYPES:
+        raise TypeError(
+            "flash_attention: attn_mask must be torch.bool (True = takes part) or one of "
+            f"{_DTYPES} (added to the scores), got {attn_mask.dtype}"
+        )
+    if attn_mask.device != q.device:
+        raise ValueError(
+            f"flash_attention: attn_mask is on {attn_mask.device}, the inputs on {q.device}"
+        )
+    b, h, len_q, _ = q.shape
+    full = (b, h, len_q, k.shape[2])
+    shape = tuple(attn_mask.shape)
+    if not 1 <= len(shape) <= 4 or any(
+        m not in (1, f) for m, f in zip(reversed(shape), reversed(full), strict=False)
+    ):
+        raise ValueError(
+            f"flash_attention: attn_mask of shape {shape} does not broadcast to (batch, heads, "
+            f"len_q, len_k) = {full}. As in F.scaled_dot_product_attention it broadcasts from "
+            "the right: a 2-D mask is (len_q, len_k); pass a (batch, len_k) key padding mask "
+            "as mask[:, None, None, :]."
+        )
+    mask = attn_mask[(None,) * (4 - len(shape))]  # a view: leading axes of size 1
+    return mask, tuple(0 if mask.shape[i] == 1 else mask.stride(i) for i in range(4))
+
+
+def _key_mask_strides(attn_mask, q, k, caller):
     """(batch, head, key) strides of a boolean (b|1, h|1, 1, len_k) key mask; 0 where a
-    dimension broadcasts. Raises, naming ``caller``, on any other mask (both kernels use it)."""
+    dimension broadcasts. Raises, naming ``caller``, on any other mask. (The additive kernel
+    reads key masks only.)"""
     if not isinstance(attn_mask, torch.Tensor):
         raise TypeError(f"{caller}: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
     if attn_mask.dtype != torch.bool:
@@ -108,6 +144,13 @@ def _mask_strides(attn_mask, q, k, caller="flash_attention"):
         0 if shape[1] == 1 else attn_mask.stride(1),
         attn_mask.stride(3),
     )
+
+
+def _kernel_key_mask(attn_mask, q, k, caller):
+    """A key mask as uint8 (Triton reads bytes) with its strides, or a dummy when absent."""
+    if attn_mask is None:
+        return torch.empty(1, dtype=torch.uint8, device=q.device), (0, 0, 0)
+    return attn_mask.view(torch.uint8), _key_mask_strides(attn_mask, q, k, caller)
 
 
 # Why a mask of another rank or shape is refused, in the error message.

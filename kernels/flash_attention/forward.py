@@ -8,10 +8,11 @@ from kernels.flash_attention.tiles import LN_2, _dot, _load_rows, _mask_key_bloc
 
 @triton.jit
 def _fwd_key_blocks(
-    acc, l_i, m_i, q, K, V, Mask, mask_base,
-    stride_kn, stride_vn, stride_mn,
-    rows, offs_n, d_ok, start, stop, LEN_K, causal_shift, qk_scale_log2,
-    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    acc, l_i, m_i, q, K, V, M,
+    stride_kn, stride_vn, stride_mm, stride_mn,
+    rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
     EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -24,8 +25,8 @@ def _fwd_key_blocks(
 
         s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
         s = _mask_key_block(
-            s, Mask, mask_base, stride_mn, rows, cols, LEN_K, causal_shift,
-            MASKED, HAS_MASK, IS_CAUSAL,
+            s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
+            MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
         )  # fmt: skip
 
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -69,9 +70,10 @@ def _attn_fwd(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    stride_mb, stride_mh, stride_mn,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     H, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
-    HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -91,7 +93,7 @@ def _attn_fwd(
     q = _load_rows(q_ptrs, rows, LEN_Q, d_ok, True, EVEN_D)  # (i, D)
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
-    mask_base = off_b * stride_mb + off_h * stride_mh
+    m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp2(s - m_i)
@@ -102,14 +104,16 @@ def _attn_fwd(
     n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     causal_shift = LEN_K - LEN_Q
     acc, l_i, m_i = _fwd_key_blocks(
-        acc, l_i, m_i, q, k_base, v_base, Mask, mask_base, stride_kn, stride_vn, stride_mn,
-        rows, offs_n, d_ok, 0, n_whole, LEN_K, causal_shift, qk_scale_log2,
-        False, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+        acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
+        rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_N,
+        EMULATE_BF16, PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_key_blocks(
-        acc, l_i, m_i, q, k_base, v_base, Mask, mask_base, stride_kn, stride_vn, stride_mn,
-        rows, offs_n, d_ok, n_whole, n_stop, LEN_K, causal_shift, qk_scale_log2,
-        True, HAS_MASK, IS_CAUSAL, EVEN_D, BLOCK_N, EMULATE_BF16, PRECISION,
+        acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
+        rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_N,
+        EMULATE_BF16, PRECISION,
     )  # fmt: skip
 
     # Normalise once at the end. A row with no valid key has l = 0 and acc = 0: it gets zeros

@@ -14,24 +14,43 @@ def _fake_forward(q, k, v, attn_mask, is_causal, scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-def _fake_backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse):
-    """What _backward returns, as empty tensors: contiguous dq, dk, dv."""
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+def _fake_backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad):
+    """What _backward returns, as empty tensors: contiguous dq, dk, dv, and dmask (the mask's
+    shape with mask_grad, else empty)."""
+    dmask = q.new_empty(0)
+    if attn_mask is not None:
+        dmask = attn_mask.new_empty(attn_mask.shape if mask_grad else (0,))
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
 @ops.kernel_op("flash_attention_backward", fake=_fake_backward)
 def _backward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
     is_causal: bool, scale: float, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
-    dlse: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    dlse: torch.Tensor | None, mask_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     block_d = _block_d(q.shape[-1])
-    return _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse)
+    return _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad)
 
 
-# The one autograd definition: gradients of q, k and v from the backward operator above, given
-# the inputs, (out, lse) and their gradients (dlse is zeros when lse took no part in the loss).
-@ops.kernel_op("flash_attention", fake=_fake_forward, backward=_backward_op, wrt=("q", "k", "v"))
+def _gradients(
+    q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, *, needs_grad
+):  # fmt: skip
+    """dq, dk, dv, and the mask's gradient when it is a float mask that needs one (else None)."""
+    mask_grad = bool(needs_grad[3] and attn_mask is not None and attn_mask.is_floating_point())
+    dq, dk, dv, dmask = _backward_op(
+        q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad
+    )
+    return dq, dk, dv, (dmask if mask_grad else None)
+
+
+# The one autograd definition: gradients of q, k, v (and of a float mask) from the backward
+# operator above, given the inputs, (out, lse) and their gradients (dlse is zeros when lse
+# took no part in the loss).
+@ops.kernel_op(
+    "flash_attention", fake=_fake_forward, backward=_gradients,
+    wrt=("q", "k", "v", "attn_mask"),
+)  # fmt: skip
 def _forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
     is_causal: bool, scale: float,
@@ -45,9 +64,10 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, ret
     Args:
         q: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
         k, v: (batch, heads, len_k, head_dim), same dtype and device as q.
-        attn_mask: optional boolean key mask, True = this key takes part (SDPA's convention),
-            shaped (batch or 1, heads or 1, 1, len_k), as SDPA would read it; any other shape
-            (a 2-D mask, which SDPA reads as (len_q, len_k), included) is refused.
+        attn_mask: optional mask broadcastable to (batch, heads, len_q, len_k) as SDPA reads
+            it (from the right: a 2-D mask is (len_q, len_k)); boolean, True = the pair takes
+            part, or float (float16, bfloat16 or float32), added to the scaled scores and
+            differentiable. Read in place, with stride 0 on its broadcast axes.
         is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
             j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
             top-left; the two agree when len_q == len_k). May be combined with attn_mask.

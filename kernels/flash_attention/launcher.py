@@ -6,7 +6,7 @@ import triton
 from kernels import launch
 from kernels.flash_attention import configs
 from kernels.flash_attention.backward import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
-from kernels.flash_attention.checks import _mask_strides
+from kernels.flash_attention.checks import _mask_layout
 from kernels.flash_attention.forward import _attn_fwd
 from kernels.flash_attention.tiles import _INTERPRETED, DELTA_ROWS, LOG2_E
 
@@ -46,24 +46,26 @@ def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
     len_k = k.shape[2]
     out = _empty((b, h, len_q, d), q.dtype, q.device)
     lse = _empty((b, h, len_q), torch.float32, q.device)
-    mask, mask_strides = _kernel_mask(attn_mask, q, k)
+    mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
         h, len_q, len_k, d, scale * LOG2_E.value,
     )  # fmt: skip
-    meta = _meta(attn_mask, is_causal, block_d, d, q.dtype)
+    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
     _tuned_launch(
         _attn_fwd, "fwd", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
     )
     return out, lse
 
 
-def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse):
+def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad):
+    """(dq, dk, dv, dmask): dmask, the float mask's gradient in its shape, only with mask_grad
+    (else an empty tensor)."""
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
-    mask, mask_strides = _kernel_mask(attn_mask, q, k)
-    meta = _meta(attn_mask, is_causal, block_d, d, q.dtype)
+    mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
+    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
     dlse = dlse.to(torch.float32).contiguous()
@@ -83,18 +85,40 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
         _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
     )
     dq = _empty((b, h, len_q, d), q.dtype, q.device)
-    args = (q, k, v, mask, dout, lse, delta, dq, *common, *sizes)
+    mask_grad = bool(mask_grad and mask_meta["MASK_FLOAT"])
+    # dS of every (query, key) pair, the float mask's gradient before its broadcast axes are
+    # summed: zeros, as the dQ pass skips the key blocks a causal query tile cannot see.
+    dbias = torch.zeros((b, h, len_q, len_k) if mask_grad else (1,), device=q.device)
+    args = (q, k, v, mask, dout, lse, delta, dq, dbias, *common, *sizes)
     _tuned_launch(
-        _attn_bwd_dq, "dq", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
-    )
-    return dq, dk, dv
+        _attn_bwd_dq, "dq", q, k, block_d, {**meta, "MASK_GRAD": mask_grad},
+        lambda c: triton.cdiv(len_q, c.block_m), args,
+    )  # fmt: skip
+    dmask = attn_mask.new_empty(0) if attn_mask is not None else q.new_empty(0)
+    if mask_grad:
+        dmask = _sum_to_mask(dbias, attn_mask)
+    return dq, dk, dv, dmask
 
 
-def _kernel_mask(attn_mask, q, k, caller="flash_attention"):
-    """The mask as uint8 (Triton reads bytes) with its strides, or a dummy when absent."""
+def _sum_to_mask(dbias, attn_mask):
+    """The (b, h, len_q, len_k) gradient summed over the axes the mask broadcasts over, in the
+    mask's shape and dtype."""
+    mask4_shape = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+    axes = [i for i in range(4) if mask4_shape[i] == 1 and dbias.shape[i] != 1]
+    summed = dbias.sum(dim=axes, keepdim=True) if axes else dbias
+    return summed.reshape(attn_mask.shape).to(attn_mask.dtype)
+
+
+def _kernel_mask(attn_mask, q, k):
+    """(what the kernels read, its four strides, the mask's constexprs): a boolean mask as
+    uint8 (Triton reads bytes), a float one as it is; a dummy when there is none."""
     if attn_mask is None:
-        return torch.empty(1, dtype=torch.uint8, device=q.device), (0, 0, 0)
-    return attn_mask.view(torch.uint8), _mask_strides(attn_mask, q, k, caller)
+        dummy = torch.empty(1, dtype=torch.uint8, device=q.device)
+        return dummy, (0, 0, 0, 0), dict(HAS_MASK=False, MASK_FLOAT=False, MASK_ROWS=False)
+    mask, strides = _mask_layout(attn_mask, q, k)
+    is_float = mask.is_floating_point()
+    meta = dict(HAS_MASK=True, MASK_FLOAT=is_float, MASK_ROWS=mask.shape[2] != 1)
+    return (mask if is_float else mask.view(torch.uint8)), strides, meta
 
 
 def _precision(dtype):
@@ -108,10 +132,10 @@ def _precision(dtype):
     return "ieee" if _INTERPRETED else "tf32x3"
 
 
-def _meta(attn_mask, is_causal, block_d, head_dim, dtype):
+def _meta(mask_meta, is_causal, block_d, head_dim, dtype):
     """The constexprs every attention kernel takes, apart from its block sizes."""
     return dict(
-        HAS_MASK=attn_mask is not None,
+        **mask_meta,
         IS_CAUSAL=bool(is_causal),
         EVEN_D=block_d == head_dim,
         BLOCK_D=block_d,

@@ -88,24 +88,49 @@ def _softmax_stats(Lse, Delta, row_ptrs, rows, LEN_Q, PARTIAL: tl.constexpr):
 
 
 @triton.jit
-def _mask_key_block(
-    s, Mask, mask_base, stride_mn, rows, cols, LEN_K, causal_shift,
-    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+def _apply_mask(
+    s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K,
+    MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
 ):  # fmt: skip
-    """Scores (i, j) of one key block with hidden pairs set to -inf.
+    """Scores s (i, j), in log2 units, with the attention mask of this tile applied.
+
+    ``M`` points at this batch's and head's mask, read with its own strides (0 on an axis it
+    broadcasts over). A boolean mask (read as bytes) sets the pairs that take no part to -inf;
+    a float mask is added to the scores (times log2 e: s is in log2 units). Without MASK_ROWS
+    the mask broadcasts over queries and one value per key is read; with it, an (i, j) tile.
+    Reads past len_q or len_k give 0 (a pair there is hidden or never stored anyway).
+    """
+    if MASK_ROWS:
+        ptrs = M + rows[:, None] * stride_mm + cols[None, :] * stride_mn
+        m = tl.load(ptrs, mask=(rows[:, None] < LEN_Q) & (cols[None, :] < LEN_K), other=0)
+    else:
+        m = tl.load(M + cols * stride_mn, mask=cols < LEN_K, other=0)[None, :]
+    if MASK_FLOAT:
+        s = s + m.to(tl.float32) * LOG2_E
+    else:
+        s = tl.where(m != 0, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _mask_key_block(
+    s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+):  # fmt: skip
+    """Scores (i, j) of one key block with the mask applied and hidden pairs set to -inf.
 
     A MASKED block may run past len_k or cross the causal diagonal, so it checks bounds and
     builds the causal mask; any other block is whole and wholly visible to every query of the
-    tile, and only a key mask, when given, is read (it is per key).
+    tile, and only the attention mask, when given, is read.
     """
+    if HAS_MASK:
+        s = _apply_mask(s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, MASK_FLOAT, MASK_ROWS)
     if MASKED:
-        valid = _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
+        valid = (cols < LEN_K)[None, :]
         if IS_CAUSAL:
             valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
         s = tl.where(valid, s, float("-inf"))
-    elif HAS_MASK:
-        takes_part = tl.load(Mask + mask_base + cols * stride_mn)
-        s = tl.where((takes_part != 0)[None, :], s, float("-inf"))
     return s
 
 
