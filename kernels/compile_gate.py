@@ -72,10 +72,12 @@ class Case:
     masking: str
     len_q: int = 200
     len_k: int = 333
+    heads_kv: int = 3  # of the 3 query heads; fewer: grouped-query attention
 
     def label(self) -> str:
+        gqa = "" if self.heads_kv == 3 else f" gqa 3/{self.heads_kv}"
         return (
-            f"{self.workload} {self.dtype} d={self.head_dim} {self.masking} "
+            f"{self.workload} {self.dtype} d={self.head_dim} {self.masking}{gqa} "
             f"({self.len_q}x{self.len_k})"
         )
 
@@ -126,13 +128,14 @@ def _flash_workload(case: Case) -> None:
     checks = importlib.import_module("kernels.flash_attention.checks")
     dtype = getattr(torch, case.dtype)
 
-    def tensor(n):
-        return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
+    def tensor(heads, n):
+        return torch.empty(2, heads, n, case.head_dim, device="meta", dtype=dtype)
 
-    q, k, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
+    q = tensor(3, case.len_q)
+    k, v = tensor(case.heads_kv, case.len_k), tensor(case.heads_kv, case.len_k)
     mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
-    block_d = checks._check_inputs(q, k, v, mask, scale)
+    block_d = checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.heads_kv != 3)
     out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
     mask_grad = mask is not None and mask.is_floating_point()
     fa._backward(
@@ -401,8 +404,10 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
 
     Every config is tried where it matters most: flash attention in bf16 (the models' dtype) at
     head dims 64 and 128, masked and causal at once (both masking code paths compiled). The
-    other dtypes, head dims and maskings, the one-query decoding shape and the additive kernels
-    compile in the launcher's order until one config compiles without spills.
+    other dtypes, head dims and maskings (a full boolean mask read with its own strides, a
+    float bias with its gradient), grouped-query attention, the one-query decoding shape and
+    the additive kernels compile in the launcher's order until one config compiles without
+    spills.
     """
     every = [Case("flash_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
     first = [
@@ -410,6 +415,7 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
         for d, masking in ((16, "none"), (40, "causal"), (80, "full_mask"), (96, "causal+bias"))
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
+    first.append(Case("flash_attention", "bfloat16", 128, "causal+key_mask", heads_kv=1))
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
     first += [
         Case("additive_attention", dtype, d, masking)

@@ -62,9 +62,12 @@ def masked_scores(q, k, attn_mask, is_causal, scale):
     return scores, scores != float("-inf")
 
 
-def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
-    """Textbook attention in q's dtype; a query with no allowed key gets zeros."""
+def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    """Textbook attention in q's dtype; a query with no allowed key gets zeros. With
+    enable_gqa, k and v are repeated to q's heads (autograd sums their gradients back)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     scores, allowed = masked_scores(q, k, attn_mask, is_causal, scale)
     scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # no softmax of all -inf
     probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
@@ -74,11 +77,13 @@ def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
 # ----------------------------------------------------------------------------- helpers
 
 
-def random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0):
+def random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0, heads_kv=None):
+    """q (b, h, len_q, d), k and v (b, h_kv, len_k, d), dout like q: standard normal."""
     gen = torch.Generator().manual_seed(seed)
+    heads_kv = heads if heads_kv is None else heads_kv
     q, k, v = (
-        torch.randn(batch, heads, n, head_dim, generator=gen).to(DEVICE, dtype)
-        for n in (len_q, len_k, len_k)
+        torch.randn(batch, h, n, head_dim, generator=gen).to(DEVICE, dtype)
+        for h, n in ((heads, len_q), (heads_kv, len_k), (heads_kv, len_k))
     )
     dout = torch.randn(batch, heads, len_q, head_dim, generator=gen).to(DEVICE, dtype)
     return q, k, v, dout
@@ -290,6 +295,20 @@ def test_every_key_mask_layout_gives_the_same_result():
     assert torch.allclose(flash_attention(q, k, v, attn_mask=per_head), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("heads,heads_kv", [(4, 2), (3, 1), (2, 2)], ids=str)
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_grouped_query_attention_matches_the_reference_on_repeated_keys_and_values(
+    heads, heads_kv, is_causal, dtype
+):
+    """Query head i reads key/value head i // (h / h_kv); dK and dV are summed over its group."""
+    q, k, v, dout = random_inputs(2, heads, 17, 33, 24, dtype, seed=heads, heads_kv=heads_kv)
+    mask = random_mask((2, heads, 17, 33), "float", seed=heads)  # per query head
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, attn_mask=mask, is_causal=is_causal, enable_gqa=True
+    )
+
+
 def random_mask(shape, kind, seed=0):
     """A boolean mask (~70% True) or a float one (standard normal, ~20% -inf) of this shape."""
     gen = torch.Generator().manual_seed(seed + 7)
@@ -462,7 +481,11 @@ def _bad_inputs():
     mask = torch.ones(2, 1, 1, 6, dtype=torch.bool, device=DEVICE)
     return [
         ("rank", (q[0], k, v), {}, ValueError, "rank 4"),
-        ("batch", (q, k[:1], v[:1]), {}, ValueError, "batch, heads"),
+        ("batch", (q, k[:1], v[:1]), {}, ValueError, "share the batch"),
+        ("kv-heads", (q, k, v[:, :1]), {}, ValueError, "k, v the heads"),
+        ("gqa-off", (q, k[:, :1], v[:, :1]), {}, ValueError, "enable_gqa=True"),
+        ("gqa-not-dividing", (torch.zeros(1, 3, 2, 16), *[torch.zeros(1, 2, 2, 16)] * 2), {"enable_gqa": True}, ValueError, "divide"),
+        ("dropout", (q, k, v), {"dropout_p": 0.1}, ValueError, "dropout"),
         ("kv-len", (q, k, v[:, :, :5]), {}, ValueError, "same length"),
         ("head-dim", (q, k[..., :8], v), {}, ValueError, "head dims differ"),
         ("v-head-dim", (q, k, v[..., :8]), {}, ValueError, "value head dim"),
@@ -548,21 +571,31 @@ else:
 
 
 @pytest.mark.parametrize(
-    "len_q,len_k,masked,is_causal",
-    [(7, 5, True, True), (5, 13, False, False), (1, 9, True, False)],
-    ids=["ragged-masked-causal", "ragged", "one-query-masked"],
-)
-def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, masked, is_causal):
+    "len_q,len_k,mask_kind,is_causal,heads_kv",
+    [(7, 5, "keys", True, 3), (5, 13, None, False, 1), (1, 9, "keys", False, 3),
+     (6, 11, "float", True, 1)],
+    ids=["ragged-masked-causal", "ragged-gqa", "one-query-masked", "float-mask-grad-gqa"],
+)  # fmt: skip
+def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, mask_kind, is_causal, heads_kv):
     """torch.library.opcheck: schema, fake implementation vs the real one, autograd
-    registration, and AOT dispatch with dynamic shapes (what torch.compile relies on)."""
-    q, k, v, dout = random_inputs(2, 3, len_q, len_k, 24, torch.float32)
-    mask = random_key_mask(2, len_k) if masked else None
+    registration (the float mask's gradient included), and AOT dispatch with dynamic shapes
+    (what torch.compile relies on)."""
+    q, k, v, dout = random_inputs(2, 3, len_q, len_k, 24, torch.float32, heads_kv=heads_kv)
+    mask = {
+        None: None,
+        "keys": random_key_mask(2, len_k),
+        "float": random_mask((3, len_q, len_k), "float"),
+    }[mask_kind]
+    mask_grad = mask_kind == "float"
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    if mask_grad:
+        mask = mask.clone().requires_grad_()
     torch.library.opcheck(fn._forward_op, (*leaves, mask, is_causal, 0.3))
     out, lse = fn._forward_op(q, k, v, mask, is_causal, 0.3)
     dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     # (the backward is not differentiable itself: no double backward, as in flash-attention)
-    torch.library.opcheck(fn._backward_op, (q, k, v, mask, is_causal, 0.3, out, lse, dout, dlse))
+    args = (q, k, v, mask, is_causal, 0.3, out, lse, dout, dlse, mask_grad)
+    torch.library.opcheck(fn._backward_op, args)
 
 
 def _metadata(t):

@@ -101,20 +101,23 @@ def _attn_bwd_dkdv(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """One program per key block: holds K_j, V_j and accumulates dK_j, dV_j over query blocks.
+    """One program per key block of one key/value head: holds K_j, V_j and accumulates dK_j,
+    dV_j over the query blocks of every query head that reads this key/value head (GROUP of
+    them with grouped-query attention, one otherwise), so nothing is repeated in memory.
 
-    DK and DV are contiguous (b, h, len_k, d) buffers; their strides are computed here.
+    DK and DV are contiguous (b, h_kv, len_k, d) buffers; their strides are computed here.
     """
     start_n = tl.program_id(0) * BLOCK_N
-    off_bh = tl.program_id(1)
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
+    off_bkv = tl.program_id(1)  # batch * h_kv + key/value head
+    H_KV = H // GROUP
+    off_b = (off_bkv // H_KV).to(tl.int64)
+    off_hk = (off_bkv % H_KV).to(tl.int64)
 
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -122,19 +125,14 @@ def _attn_bwd_dkdv(
     d_ok = offs_d < HEAD_DIM
     kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
 
-    k_ptrs = K + off_b * stride_kb + off_h * stride_kh
+    k_ptrs = K + off_b * stride_kb + off_hk * stride_kh
     k = tl.load(
         k_ptrs + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0
     )
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh
+    v_ptrs = V + off_b * stride_vb + off_hk * stride_vh
     v = tl.load(
         v_ptrs + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0
     )
-    m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
-
-    q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_d[None, :] * stride_qd
-    g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_d[None, :] * stride_gd
-    row_base = off_bh.to(tl.int64) * LEN_Q
 
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
@@ -150,27 +148,34 @@ def _attn_bwd_dkdv(
         lo = tl.maximum(0, start_n - causal_shift) // BLOCK_M * BLOCK_M
         last_col = tl.maximum(0, start_n + BLOCK_N - 1 - causal_shift)
         m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    dk, dv = _dkdv_query_blocks(
-        dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-        stride_mm, stride_mn, cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q, LEN_K,
-        causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D,
-        BLOCK_M, EMULATE_BF16, PRECISION,
-    )  # fmt: skip
-    dk, dv = _dkdv_query_blocks(
-        dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-        stride_mm, stride_mn, cols, offs_m, d_ok, m_whole, m_even, LEN_Q, LEN_K, causal_shift,
-        qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_M,
-        EMULATE_BF16, PRECISION,
-    )  # fmt: skip
-    dk, dv = _dkdv_query_blocks(
-        dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-        stride_mm, stride_mn, cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q, LEN_Q,
-        LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
-        EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
-    )  # fmt: skip
+    for g in range(0, GROUP):
+        off_h = off_hk * GROUP + g  # a query head reading this key/value head
+        q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_d[None, :] * stride_qd
+        g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_d[None, :] * stride_gd
+        m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
+        row_base = (off_b * H + off_h) * LEN_Q
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q,
+            LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS,
+            IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, d_ok, m_whole, m_even, LEN_Q, LEN_K,
+            causal_shift, qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
+            EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q,
+            LEN_Q, LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS,
+            IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
-    out_off = off_bh.to(tl.int64) * LEN_K * HEAD_DIM + cols[:, None] * HEAD_DIM + offs_d[None, :]
+    out_off = off_bkv.to(tl.int64) * LEN_K * HEAD_DIM + cols[:, None] * HEAD_DIM
+    out_off += offs_d[None, :]
     tl.store(DK + out_off, _round(dk, DK.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
     tl.store(DV + out_off, _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
 
@@ -215,7 +220,7 @@ def _attn_bwd_dq(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -249,8 +254,9 @@ def _attn_bwd_dq(
     row_base = off_bh.to(tl.int64) * LEN_Q
     lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 
-    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
+    off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
+    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_d[None, :] * stride_vd
     m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
     db_base = DBias + row_base * LEN_K  # (only written with MASK_GRAD)
 

@@ -11,7 +11,7 @@ MAX_HEAD_DIM = 128
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _check_inputs(q, k, v, attn_mask, scale):
+def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
     """Validate everything before a launch; returns the head dim's padding BLOCK_D."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -34,10 +34,21 @@ def _check_inputs(q, k, v, attn_mask, scale):
             f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
         )
     b, h, _, d = q.shape
-    if k.shape[:2] != (b, h) or v.shape[:2] != (b, h):
+    h_kv = k.shape[1]
+    if k.shape[0] != b or v.shape[0] != b or v.shape[1] != h_kv:
         raise ValueError(
-            "flash_attention: q, k, v must share (batch, heads); got "
+            "flash_attention: q, k, v must share the batch, and k, v the heads; got "
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if h_kv != h and not enable_gqa:
+        raise ValueError(
+            f"flash_attention: q has {h} heads and k, v have {h_kv}; pass enable_gqa=True for "
+            "grouped-query attention"
+        )
+    if h_kv != h and (h_kv == 0 or h % h_kv):
+        raise ValueError(
+            f"flash_attention: grouped-query attention needs the k/v heads ({h_kv}) to divide "
+            f"the query heads ({h})"
         )
     if k.shape[2] != v.shape[2]:
         raise ValueError(

@@ -71,7 +71,7 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -91,8 +91,9 @@ def _attn_fwd(
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
     q_ptrs += rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
     q = _load_rows(q_ptrs, rows, LEN_Q, d_ok, True, EVEN_D)  # (i, D)
-    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_d[None, :] * stride_vd
+    off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
+    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_d[None, :] * stride_vd
     m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units

@@ -58,24 +58,32 @@ def _forward_op(
     return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]))
 
 
-def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, return_lse=False):
-    """Scaled dot-product attention, a drop-in for ``F.scaled_dot_product_attention``.
+def flash_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+    enable_gqa=False, *, return_lse=False,
+):  # fmt: skip
+    """Scaled dot-product attention with ``F.scaled_dot_product_attention``'s signature.
 
     Args:
-        q: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
-        k, v: (batch, heads, len_k, head_dim), same dtype and device as q.
+        query: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
+        key, value: (batch, heads_kv, len_k, head_dim), same dtype and device as query;
+            heads_kv == heads, or with ``enable_gqa`` any divisor of heads.
         attn_mask: optional mask broadcastable to (batch, heads, len_q, len_k) as SDPA reads
             it (from the right: a 2-D mask is (len_q, len_k)); boolean, True = the pair takes
             part, or float (float16, bfloat16 or float32), added to the scaled scores and
             differentiable. Read in place, with stride 0 on its broadcast axes.
+        dropout_p: must be 0 (dropout is not implemented yet).
         is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
             j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
             top-left; the two agree when len_q == len_k). May be combined with attn_mask.
         scale: the softmax scale; defaults to 1 / sqrt(head_dim).
+        enable_gqa: grouped-query attention: query head i reads key/value head
+            i // (heads / heads_kv); nothing is repeated in memory, and dK, dV are summed over
+            each group inside the kernel.
         return_lse: also return the row-wise log-sum-exp of the scaled, masked scores.
 
     Returns:
-        out (batch, heads, len_q, head_dim) in q's dtype; with ``return_lse`` also
+        out (batch, heads, len_q, head_dim) in query's dtype; with ``return_lse`` also
         lse (batch, heads, len_q) in float32 (natural log). A query that sees no key gets
         zeros in out (and zero gradients) and -inf in lse.
 
@@ -83,7 +91,10 @@ def flash_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, *, ret
         TypeError / ValueError: on a bad input, naming it, before anything is launched.
         RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
     """
-    _check_inputs(q, k, v, attn_mask, scale)
+    q, k, v = query, key, value
+    if dropout_p:
+        raise ValueError("flash_attention: dropout is not implemented; pass dropout_p=0.0")
+    _check_inputs(q, k, v, attn_mask, scale, enable_gqa)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     out, lse = _forward_op(q, k, v, attn_mask, bool(is_causal), scale)
     return (out, lse) if return_lse else out

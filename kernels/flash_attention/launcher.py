@@ -30,11 +30,13 @@ def _configs(kernel_name, q, block_d):
 
 
 def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
-    """Launch ``kernel`` with the best config for this shape; grid_rows(config) = grid dim 0."""
+    """Launch ``kernel`` with the best config for this shape; grid_rows(config) = grid dim 0,
+    grid dim 1 = batch x heads (key/value heads for the dK/dV pass, query heads otherwise)."""
     b, h, len_q, _ = q.shape
+    heads = k.shape[1] if name == "dkdv" else h
 
     def run(config):
-        return _launch(kernel, (grid_rows(config), b * h), *args, **meta, **config.meta())
+        return _launch(kernel, (grid_rows(config), b * heads), *args, **meta, **config.meta())
 
     key = (name, q.device.index, q.dtype, block_d, tuple(sorted(meta.items())),
            launch.length_bucket(len_q), launch.length_bucket(k.shape[2]))  # fmt: skip
@@ -50,7 +52,7 @@ def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        h, len_q, len_k, d, scale * LOG2_E.value,
+        h, h // k.shape[1], len_q, len_k, d, scale * LOG2_E.value,
     )  # fmt: skip
     meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
     _tuned_launch(
@@ -76,10 +78,10 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
         BLOCK_M=DELTA_ROWS, BLOCK_D=block_d,
     )  # fmt: skip
-    dk = _empty((b, h, len_k, d), q.dtype, q.device)
-    dv = _empty((b, h, len_k, d), q.dtype, q.device)
+    dk = _empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
+    dv = _empty(v.shape, q.dtype, q.device)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
-    sizes = (h, len_q, len_k, d, scale, scale * LOG2_E.value)
+    sizes = (h, h // k.shape[1], len_q, len_k, d, scale, scale * LOG2_E.value)
     args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
     _tuned_launch(
         _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
