@@ -122,11 +122,13 @@ def max_err(a, b):
 FLOOR_F32 = 1e-5
 
 
-def assert_close_as_flash_attention_does(q, k, v, dout, **kwargs):
-    """Kernel error vs float64 <= 2 x naive error in the same dtype + floor, for out and grads."""
+def assert_close_as_flash_attention_does(q, k, v, dout, reference=None, **kwargs):
+    """Kernel error vs float64 <= 2 x naive error in the same dtype + floor, for out and grads.
+    ``reference`` (default: naive_attention) computes both the float64 and the same-dtype run."""
     dtype = q.dtype
-    exact = output_and_grads(naive_attention, q, k, v, dout, torch.float64, **kwargs)
-    naive = output_and_grads(naive_attention, q, k, v, dout, dtype, **kwargs)
+    reference = reference or naive_attention
+    exact = output_and_grads(reference, q, k, v, dout, torch.float64, **kwargs)
+    naive = output_and_grads(reference, q, k, v, dout, dtype, **kwargs)
     ours = output_and_grads(flash_attention, q, k, v, dout, dtype, **kwargs)
     names = ("out", "dq", "dk", "dv", "dmask")[: len(exact)]
     for name, got, ref, base in zip(names, ours, exact, naive, strict=True):
@@ -231,6 +233,60 @@ def test_random_shapes_and_masks_match_reference(
     assert_close_as_flash_attention_does(
         q, k, v, dout, attn_mask=mask, is_causal=is_causal, scale=scale
     )
+
+
+def sdpa_math(q, k, v, **kwargs):
+    """F.scaled_dot_product_attention on its math backend (the reference SDPA defines)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+@st.composite
+def sdpa_arguments(draw):
+    """Inputs and keyword arguments both functions take, drawn over every argument: mask rank,
+    broadcast axes and dtype (bool / float with its gradient), causal, scale, grouped-query
+    heads. Every query keeps key 0 visible (SDPA gives NaN for a query that sees nothing);
+    is_causal only where len_q == len_k and without a mask (SDPA aligns it top-left and refuses
+    it with a mask; ours aligns bottom-right and takes both)."""
+    batch = draw(st.integers(1, 2))
+    heads, heads_kv = draw(st.sampled_from([(2, 2), (4, 2), (3, 1), (1, 1)]))
+    len_q, len_k = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**16))
+    q, k, v, dout = random_inputs(
+        batch, heads, len_q, len_k, draw(st.sampled_from([8, 16, 24, 40])), dtype, seed, heads_kv
+    )
+    kwargs = dict(scale=draw(st.one_of(st.none(), st.floats(0.05, 1.0))))
+    if heads_kv != heads:
+        kwargs["enable_gqa"] = True
+    full = (batch, heads, len_q, len_k)
+    mask_kind = draw(st.sampled_from(["none", "bool", "float"]))
+    if mask_kind != "none":  # each axis kept or broadcast (size 1), rank 2 to 4
+        rank = draw(st.integers(2, 4))
+        shape = tuple(n if draw(st.booleans()) else 1 for n in full[4 - rank :])
+        mask = random_mask(shape, mask_kind, seed)
+        mask[..., 0] = True if mask_kind == "bool" else 0.0
+        kwargs["attn_mask"] = mask
+    elif len_q == len_k:
+        kwargs["is_causal"] = draw(st.booleans())
+    return q, k, v, dout, kwargs
+
+
+@settings(max_examples=5, deadline=None)
+@given(args=sdpa_arguments())
+def test_equals_sdpa_math_backend_on_drawn_arguments_with_every_gradient(args):
+    q, k, v, dout, kwargs = args
+    assert_close_as_flash_attention_does(q, k, v, dout, reference=sdpa_math, **kwargs)
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None)
+@given(args=sdpa_arguments())
+def test_equals_sdpa_math_backend_on_many_drawn_arguments_with_every_gradient(args):
+    q, k, v, dout, kwargs = args
+    assert_close_as_flash_attention_does(q, k, v, dout, reference=sdpa_math, **kwargs)
 
 
 # ----------------------------------------------------------------------------- semantics
