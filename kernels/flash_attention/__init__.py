@@ -20,8 +20,11 @@ below, pruned to the architecture's shared memory and autotuned on first use
 sm_80/86/89/90 on a machine without a GPU.
 
 Supported
-    * q (b, h, len_q, d), k and v (b, h, len_k, d), as in ``F.scaled_dot_product_attention``;
-      any strides (they are passed to the kernel, nothing is copied).
+    * ``F.scaled_dot_product_attention``'s signature: q (b, h, len_q, d), k and v
+      (b, h_kv, len_k, d); any strides (they are passed to the kernel, nothing is copied).
+    * ``enable_gqa``: grouped-query attention, h_kv dividing h; query head i reads key/value
+      head i // (h / h_kv), and the dK/dV pass loops over each group inside one program, so
+      nothing is repeated in memory and no atomics are needed.
     * float16, bfloat16 and float32; the three tensors share one dtype and one device.
     * Any len_q and len_k >= 0, not necessarily equal or multiples of the block size.
     * Head dims 1 to 128 (not only powers of two: the kernel pads to the next power of two with
@@ -52,8 +55,8 @@ Supported
       (``TRITON_INTERPRET=1`` set before triton is first imported).
 
 Caution -- not supported
-    * Dropout, grouped-query attention (k/v heads must equal q heads), a value head dim that
-      differs from the query/key head dim, head dims above 128, float64.
+    * Dropout (``dropout_p`` > 0 is refused), a value head dim that differs from the
+      query/key head dim, head dims above 128, float64.
     * float32 on a GPU multiplies as three TF32 products ("tf32x3", about float32 accuracy) in
       small tiles whose backward spills registers at head dims >= 64: correct, not fast. Use
       bfloat16 or float16 for speed.
