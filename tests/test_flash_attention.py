@@ -647,10 +647,11 @@ def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, mask_kind, is
     if mask_grad:
         mask = mask.clone().requires_grad_()
     torch.library.opcheck(fn._forward_op, (*leaves, mask, is_causal, 0.3))
-    out, lse = fn._forward_op(q, k, v, mask, is_causal, 0.3)
-    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     # (the backward is not differentiable itself: no double backward, as in flash-attention)
-    args = (q, k, v, mask, is_causal, 0.3, out, lse, dout, dlse, mask_grad)
+    detached = None if mask is None else mask.detach()
+    out, lse = fn._forward_op(q, k, v, detached, is_causal, 0.3)
+    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    args = (q, k, v, detached, is_causal, 0.3, out, lse, dout, dlse, mask_grad)
     torch.library.opcheck(fn._backward_op, args)
 
 

@@ -20,7 +20,7 @@ fa_configs = importlib.import_module("kernels.flash_attention.configs")
 
 def configs_on(arch, kernel, block_d, dtype, monkeypatch):
     """The launcher's candidates as it would list them on a GPU of compute capability arch."""
-    monkeypatch.setattr(fa, "_INTERPRETED", False)
+    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
     monkeypatch.setattr(launch, "capability", lambda device: arch)
     return fa._configs(kernel, torch.empty(1, 1, 1, block_d, dtype=dtype), block_d)
 
