@@ -1,8 +1,9 @@
 """Train the German→English Transformer: ``python train.py`` (defaults fit 2 CPU cores, 10 minutes).
 
-Builds one :class:`transformer.training.TrainConfig` from the command line and hands it to
-:func:`transformer.training.train`. ``torchrun --nproc_per_node=N train.py ...`` trains data
-parallel. ``--resume RUN_DIR`` continues a stopped run from its last checkpoint.
+Builds one :class:`transformer.translation.training.TrainConfig` from the command line and
+hands it to :func:`transformer.translation.training.train`. ``torchrun --nproc_per_node=N
+train.py ...`` trains data parallel. ``--resume RUN_DIR`` continues a stopped run from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ import os
 import sys
 from pathlib import Path
 
-from transformer.cli import HelpFormatter, device_problem
 from transformer.config import BACKENDS, SCORES, ModelConfig
-from transformer.training import CONFIG_FILE, SCHEDULES, TrainConfig
+from transformer.translation.cli import (
+    HelpFormatter,
+    add_options,
+    device_problem,
+    fraction,
+    nonnegative_int,
+    positive_int,
+)
+from transformer.translation.training import CONFIG_FILE, TrainConfig
 
 # Named model shapes. "cpu" is what 2 CPU cores can train to useful BLEU in ~8 minutes: a run
 # that short sees ~4 epochs, too few to overfit 29k pairs, so dropout (12% of a CPU step, and
@@ -48,43 +56,19 @@ RESUMABLE = {
 }
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    """The options of :class:`TrainConfig`, from its fields' metadata, plus the model options
+    (defaults: the ``--config`` preset) and those that only ``train.py`` has."""
     p = argparse.ArgumentParser(
         description="Train a Transformer encoder-decoder for German→English translation "
         "(Multi30K by default). Writes runs/<name>/ with checkpoints, tokenizer.json, "
         "metrics.jsonl, curves.png and results.json.",
         formatter_class=HelpFormatter,
     )
-    g = p.add_argument_group("run")
+    titles = ("run", "data", "model (defaults: the --config preset)", "optimization")
+    groups = {title.split()[0]: p.add_argument_group(title) for title in titles}
+    groups["evaluation"] = p.add_argument_group("evaluation and checkpoints")
+    g = groups["run"]
     g.add_argument(
         "--config",
         choices=sorted(PRESETS),
@@ -98,56 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint with its saved configuration; only how long it runs and how it reports may change",
     )
-    g.add_argument(
-        "--seed", type=int, default=d.seed, help="seed of initialization, batch order and dropout"
+    add_model_options(groups["model"])
+    add_options(TrainConfig, groups)
+    groups["optimization"].add_argument(
+        "--no-time-budget", action="store_true", help="train until --epochs / --max-steps"
     )
-    g.add_argument(
-        "--device", default=d.device, help="auto (CUDA if present), cpu, cuda, cuda:1, ..."
-    )
-    g.add_argument(
-        "--amp",
-        choices=["auto", "on", "off"],
-        default=d.amp,
-        help="bf16 autocast; auto: on for CUDA and for CPUs with bf16 units",
-    )
-    g.add_argument(
-        "--threads", type=positive_int, help="CPU threads for PyTorch (default: PyTorch's choice)"
-    )
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    g.add_argument(
-        "--compile",
+    groups["evaluation"].add_argument(
+        "--greedy",
         action="store_true",
-        default=None,
-        help="torch.compile the model for training steps (one graph for every batch shape; "
-        "compiling takes about a minute on 2 CPU cores, counted in the time budget: see the "
-        "README for when it pays)",
+        help="greedy decoding everywhere (same as --beam-size 1 --val-beam-size 1)",
     )
+    return p
 
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        default=d.data,
-        help="corpus directory: <split>.<lang>[.gz] text files or a datasets save_to_disk directory, with splits train, val and the test split",
-    )
-    g.add_argument("--src-lang", default=d.src_lang, help="source language suffix / column")
-    g.add_argument("--tgt-lang", default=d.tgt_lang, help="target language suffix / column")
-    g.add_argument("--test-split", default=d.test_split, help="split scored at the end")
-    g.add_argument(
-        "--vocab-size",
-        type=positive_int,
-        default=d.vocab_size,
-        help="shared BPE vocabulary size (default: %(default)s)",
-    )
-    g.add_argument(
-        "--max-length",
-        type=positive_int,
-        default=d.max_length,
-        help="training pairs with a side longer than this many tokens are skipped",
-    )
-    g.add_argument("--train-limit", type=positive_int, help="use only the first N training pairs")
-    g.add_argument("--val-limit", type=positive_int, help="use only the first N validation pairs")
 
-    g = p.add_argument_group("model (defaults: the --config preset)")
+def add_model_options(g: argparse._ArgumentGroup) -> None:
+    """The :class:`ModelConfig` options; None (not given) leaves the preset's value."""
     g.add_argument(
         "--attention",
         choices=BACKENDS,
@@ -173,117 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="separate source/target embeddings and output layer",
     )
 
-    g = p.add_argument_group("optimization")
-    g.add_argument(
-        "--max-tokens",
-        type=positive_int,
-        help=f"padded tokens per batch (default {d.max_tokens} for cpu)",
-    )
-    g.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {d.lr} for cpu)")
-    g.add_argument(
-        "--warmup-steps",
-        type=nonnegative_int,
-        help=f"linear warm-up steps, then the --schedule's decay (default {d.warmup_steps} for cpu)",
-    )
-    g.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default=d.schedule,
-        help="learning rate after warm-up: inverse-sqrt (peak·√(warmup/step)) or linear-decay "
-        "(straight down to zero as the budget ends: the time budget, following elapsed training "
-        "time, or --max-steps / --epochs, whichever ends first; default: %(default)s)",
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=d.weight_decay,
-        help="AdamW weight decay (matrices only)",
-    )
-    g.add_argument(
-        "--label-smoothing",
-        type=fraction,
-        default=d.label_smoothing,
-        help="label smoothing of the training loss",
-    )
-    g.add_argument(
-        "--clip-norm", type=float, default=d.clip_norm, help="gradient-norm clip; 0 turns it off"
-    )
-    g.add_argument(
-        "--epochs", type=positive_int, help=f"maximum epochs (default {d.epochs} for cpu)"
-    )
-    g.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps")
-    g.add_argument(
-        "--time-budget",
-        type=positive_float,
-        help=f"minutes for the training loop incl. validation (default {d.time_budget} for cpu, none for base)",
-    )
-    g.add_argument(
-        "--no-time-budget", action="store_true", help="train until --epochs / --max-steps"
-    )
-
-    g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument(
-        "--eval-every",
-        type=nonnegative_int,
-        help="validate (loss, BLEU, checkpoint) every N steps; 0: at epoch ends only",
-    )
-    g.add_argument(
-        "--no-epoch-eval",
-        dest="eval_at_epoch_end",
-        action="store_false",
-        default=None,
-        help="do not validate at each epoch's end (only every --eval-every steps and at the end)",
-    )
-    g.add_argument(
-        "--checkpoint-every",
-        type=nonnegative_int,
-        default=d.checkpoint_every,
-        help="checkpoint every N steps (0: only at validations)",
-    )
-    g.add_argument(
-        "--log-every",
-        type=positive_int,
-        default=d.log_every,
-        help="log training metrics every N steps",
-    )
-    g.add_argument(
-        "--beam-size",
-        type=positive_int,
-        default=d.beam_size,
-        help="beam size for the test set; 1 = greedy",
-    )
-    g.add_argument(
-        "--greedy",
-        action="store_true",
-        help="greedy decoding everywhere (same as --beam-size 1 --val-beam-size 1)",
-    )
-    g.add_argument(
-        "--val-beam-size",
-        type=positive_int,
-        help=f"beam size for validation BLEU during training, which chooses the best checkpoint "
-        f"(default {d.val_beam_size} for cpu: greedy, the fastest; 4 for base)",
-    )
-    g.add_argument(
-        "--average-last",
-        type=nonnegative_int,
-        default=d.average_last,
-        help="keep the last N checkpoints, average their weights at the end, validate the "
-        "average and make it the best checkpoint when its BLEU is higher (0 or 1: off)",
-    )
-    g.add_argument(
-        "--length-penalty",
-        type=float,
-        default=d.length_penalty,
-        help="GNMT length penalty alpha for beam search",
-    )
-    g.add_argument(
-        "--no-final-test",
-        dest="final_test",
-        action="store_false",
-        help="skip the test-set BLEU at the end",
-    )
-    return p
-
 
 MODEL_OPTIONS = {
     "attention": "backend",
@@ -297,41 +135,8 @@ MODEL_OPTIONS = {
     "attention_dropout": "attention_dropout",
     "tie_embeddings": "tie_embeddings",
 }
-TRAIN_OPTIONS = (
-    "seed",
-    "device",
-    "amp",
-    "threads",
-    "progress",
-    "compile",
-    "data",
-    "src_lang",
-    "tgt_lang",
-    "test_split",
-    "vocab_size",
-    "max_length",
-    "train_limit",
-    "val_limit",
-    "max_tokens",
-    "lr",
-    "warmup_steps",
-    "schedule",
-    "weight_decay",
-    "label_smoothing",
-    "clip_norm",
-    "epochs",
-    "max_steps",
-    "time_budget",
-    "eval_every",
-    "eval_at_epoch_end",
-    "checkpoint_every",
-    "log_every",
-    "beam_size",
-    "val_beam_size",
-    "average_last",
-    "length_penalty",
-    "final_test",
-)
+# The TrainConfig fields that are options (their metadata says how).
+TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -420,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             "very slowly, in Triton's CPU interpreter)"
         )
 
-    from transformer.checkpoint import CheckpointError
-    from transformer.data import CorpusError
-    from transformer.training import train
+    from transformer.translation.checkpoint import CheckpointError
+    from transformer.translation.data import CorpusError
+    from transformer.translation.training import train
 
     try:
         result = train(config, resume=bool(args.resume))

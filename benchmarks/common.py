@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from transformer.cli import HelpFormatter
+from transformer.translation.cli import HelpFormatter
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

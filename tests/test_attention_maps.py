@@ -12,7 +12,8 @@ from matplotlib import image as mpimg
 
 from transformer import ModelConfig, Transformer
 from transformer.attention import attention_weights
-from transformer.attention_maps import (
+from transformer.masks import combine_masks
+from transformer.translation.attention_maps import (
     KINDS,
     attention_map,
     build_parser,
@@ -28,7 +29,6 @@ from transformer.attention_maps import (
     write_csv,
     write_json,
 )
-from transformer.masks import combine_masks
 
 PAD, BOS, EOS = 0, 1, 2
 SENTENCES = [
@@ -194,7 +194,7 @@ def test_flash_weights_rebuilt_from_lse_match_naive_weights(kind, score):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from transformer.tokenizer import train_tokenizer
+    from transformer.translation.tokenizer import train_tokenizer
 
     return train_tokenizer(SENTENCES, vocab_size=80, min_frequency=1)
 
@@ -204,8 +204,8 @@ def run_dir(tmp_path_factory, tokenizer):
     """A run directory as training writes it, holding an untrained model."""
     from dataclasses import asdict
 
-    from transformer.checkpoint import save_checkpoint
-    from transformer.tokenizer import save_tokenizer
+    from transformer.translation.checkpoint import save_checkpoint
+    from transformer.translation.tokenizer import save_tokenizer
 
     directory = tmp_path_factory.mktemp("run")
     vocab = tokenizer.get_vocab_size()

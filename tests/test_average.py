@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 from test_training import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
 
-from transformer import average, checkpoint, translate
-from transformer.average import average_weights
-from transformer.checkpoint import CheckpointError, load_checkpoint, load_recent
-from transformer.training import train
+from transformer.translation import average, checkpoint, translate
+from transformer.translation.average import average_weights
+from transformer.translation.checkpoint import CheckpointError, load_checkpoint, load_recent
+from transformer.translation.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_average_tool_refuses_a_run_that_kept_one_checkpoint(corpus, tmp_path, c
 
 def test_average_tool_help_runs_as_a_module():
     done = subprocess.run(
-        [sys.executable, "-m", "transformer.average", "--help"],
+        [sys.executable, "-m", "transformer.translation.average", "--help"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0 and "--last" in done.stdout and "usage" in done.stdout

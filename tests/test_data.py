@@ -7,8 +7,14 @@ import gzip
 import datasets
 import pytest
 
-from transformer.batching import batch_indices, shard
-from transformer.data import DEFAULT_DATA_DIR, CorpusError, load_split, read_lines, read_parallel
+from transformer.translation.batching import batch_indices, shard
+from transformer.translation.data import (
+    DEFAULT_DATA_DIR,
+    CorpusError,
+    load_split,
+    read_lines,
+    read_parallel,
+)
 
 
 def write(path, text: str | bytes) -> None:

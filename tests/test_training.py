@@ -24,23 +24,19 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
 
 import train as train_cli  # noqa: E402
-from transformer import translate  # noqa: E402
-from transformer.batching import make_batch  # noqa: E402
-from transformer.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from transformer.config import ModelConfig  # noqa: E402
-from transformer.data import DEFAULT_DATA_DIR  # noqa: E402
-from transformer.evaluation import translate_ids  # noqa: E402
 from transformer.model import Transformer  # noqa: E402
-from transformer.tokenizer import decode, encode, load_tokenizer  # noqa: E402
-from transformer.training import (  # noqa: E402
-    TrainConfig,
-    TrainState,
-    _encode_split,
-    budget_used,
-    label_smoothed_loss,
-    learning_rate,
-    train,
-)
+from transformer.translation import translate  # noqa: E402
+from transformer.translation.batching import make_batch  # noqa: E402
+from transformer.translation.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from transformer.translation.data import DEFAULT_DATA_DIR  # noqa: E402
+from transformer.translation.evaluation import translate_ids  # noqa: E402
+from transformer.translation.tokenizer import decode, encode, load_tokenizer  # noqa: E402
+from transformer.translation.training import TrainConfig, train  # noqa: E402
+from transformer.translation.training.corpus import encode_split  # noqa: E402
+from transformer.translation.training.loop import label_smoothed_loss  # noqa: E402
+from transformer.translation.training.schedules import budget_used, learning_rate  # noqa: E402
+from transformer.translation.training.state import TrainState  # noqa: E402
 
 TINY_MODEL = ModelConfig(
     1, 1, d_model=64, heads=2, encoder_layers=2, decoder_layers=2, d_ff=128, dropout=0.1
@@ -173,9 +169,9 @@ def test_backends_give_the_same_loss(corpus, tmp_path):
     config = tiny_config(corpus, tmp_path / "run", max_steps=1)
     train(config)  # for its tokenizer
     tokenizer = load_tokenizer(tmp_path / "run" / "tokenizer.json")
-    from transformer.data import load_split
+    from transformer.translation.data import load_split
 
-    data = _encode_split(tokenizer, load_split(corpus, "train"), config, 32, filter_long=False)
+    data = encode_split(tokenizer, load_split(corpus, "train"), config, 32, filter_long=False)
     batch = make_batch(data.src, data.tgt)
     vocab = tokenizer.get_vocab_size()
     base = dataclasses.replace(TINY_MODEL, dropout=0.0, src_vocab_size=vocab, tgt_vocab_size=vocab)
@@ -398,11 +394,11 @@ def logged(run_dir: Path, key: str) -> dict[int, float]:
 def test_linear_decay_on_a_time_budget_ends_near_zero_and_resumes_exactly(
     corpus, tmp_path, monkeypatch
 ):
-    from transformer import training
+    from transformer.translation.training import budget, checkpointing
 
     # Under the fake clock a step takes 1 s and so does a validation: a 15 s budget.
     changes = dict(schedule="linear-decay", warmup_steps=2, time_budget=0.25, checkpoint_every=3)
-    monkeypatch.setattr(training, "clock", FakeClock())
+    monkeypatch.setattr(budget, "clock", FakeClock())
     whole = train(tiny_config(corpus, tmp_path / "whole", **changes))
     lrs = logged(tmp_path / "whole", "lr")
     assert 8 <= whole.step <= 15
@@ -413,19 +409,19 @@ def test_linear_decay_on_a_time_budget_ends_near_zero_and_resumes_exactly(
     assert 0 < lrs[whole.step] <= 3e-3 * 2 / 15, lrs  # the last step: within 2 s of the end
 
     # The same run killed just after its step-6 checkpoint, then resumed.
-    save = training.save_checkpoint
+    save = checkpointing.save_checkpoint
 
     def save_then_die(run_dir, model, state, meta, **kwargs):
         save(run_dir, model, state, meta, **kwargs)
         if meta["step"] == 6:
             raise Killed
 
-    monkeypatch.setattr(training, "clock", FakeClock())
-    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(budget, "clock", FakeClock())
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save_then_die)
     config = tiny_config(corpus, tmp_path / "part", **changes)
     with pytest.raises(Killed):
         train(config)
-    monkeypatch.setattr(training, "save_checkpoint", save)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save)
     resumed = train(config, resume=True)
     assert resumed.step == whole.step
     assert logged(tmp_path / "part", "lr") == lrs
@@ -436,11 +432,11 @@ def test_linear_decay_on_a_time_budget_ends_near_zero_and_resumes_exactly(
 def test_a_validation_that_spends_the_time_budget_ends_the_run_at_that_step(
     corpus, tmp_path, monkeypatch
 ):
-    from transformer import training
+    from transformer.translation.training import budget
 
     # Fake clock: a step takes 1 s and so does a validation. The validation after step 4 takes
     # the loop to 5 s, over the 4.5 s budget: the run ends there, validated once, not a step later.
-    monkeypatch.setattr(training, "clock", FakeClock())
+    monkeypatch.setattr(budget, "clock", FakeClock())
     config = tiny_config(
         corpus, tmp_path / "run", time_budget=4.5 / 60, eval_every=4, eval_at_epoch_end=False
     )
@@ -454,24 +450,24 @@ def test_a_validation_that_spends_the_time_budget_ends_the_run_at_that_step(
 
 
 def test_killed_and_resumed_default_run_equals_uninterrupted_run(corpus, tmp_path, monkeypatch):
-    from transformer import training
+    from transformer.translation.training import checkpointing
 
     # The default schedule (linear decay over a 14-step budget), killed just after its step-6
     # checkpoint (mid-epoch) and resumed: the same learning rates, losses and weights.
     assert TrainConfig().schedule == "linear-decay"
     whole = train(tiny_config(corpus, tmp_path / "whole", max_steps=14))
-    save = training.save_checkpoint
+    save = checkpointing.save_checkpoint
 
     def save_then_die(run_dir, model, state, meta, **kwargs):
         save(run_dir, model, state, meta, **kwargs)
         if meta["step"] == 6:
             raise Killed
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save_then_die)
     config = tiny_config(corpus, tmp_path / "part", max_steps=14, checkpoint_every=3)
     with pytest.raises(Killed):
         train(config)
-    monkeypatch.setattr(training, "save_checkpoint", save)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save)
     resumed = train(config, resume=True)
     assert resumed.step == whole.step == 14
     assert logged(tmp_path / "part", "lr") == logged(tmp_path / "whole", "lr")

@@ -8,10 +8,10 @@ from contextlib import nullcontext
 import sacrebleu
 import torch
 
-from transformer.batching import batch_indices, pad
 from transformer.decoding import DEFAULT_LENGTH_PENALTY, beam_search, greedy_decode
 from transformer.model import Transformer
-from transformer.tokenizer import BOS_ID, EOS_ID
+from transformer.translation.batching import batch_indices, pad
+from transformer.translation.tokenizer import BOS_ID, EOS_ID
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -1,4 +1,4 @@
-"""Translate German to English with a trained run: ``python -m transformer.translate --checkpoint RUN_DIR``.
+"""Translate German to English with a trained run: ``python -m transformer.translation.translate --checkpoint RUN_DIR``.
 
 Reads one sentence a line from stdin (or ``--input``), writes one translation a line to stdout
 (or ``--output``), in the same order; an empty line gives an empty line. Sentences are decoded in
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from transformer.checkpoint import CheckpointError, load_checkpoint
-from transformer.cli import HelpFormatter, device_problem, prepare_output
 from transformer.config import ModelConfig
 from transformer.decoding import DEFAULT_LENGTH_PENALTY
-from transformer.evaluation import translate_ids
 from transformer.model import Transformer
-from transformer.tokenizer import decode, encode, load_tokenizer
+from transformer.translation.checkpoint import CheckpointError, load_checkpoint
+from transformer.translation.cli import HelpFormatter, device_problem, prepare_output
+from transformer.translation.evaluation import translate_ids
+from transformer.translation.tokenizer import decode, encode, load_tokenizer
 
 
 class Translator:
@@ -62,7 +62,7 @@ class Translator:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m transformer.translate",
+        prog="python -m transformer.translation.translate",
         description="Translate sentences (one a line) with a run directory written by train.py.",
         formatter_class=HelpFormatter,
     )
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--which",
         choices=["best", "last", "average"],
         default="best",
-        help="which checkpoint of the run (average: written by python -m transformer.average "
+        help="which checkpoint of the run (average: written by python -m transformer.translation.average "
         "or train.py --average-last)",
     )
     p.add_argument("--input", help="file of source sentences (default: stdin)")

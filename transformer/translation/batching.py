@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from transformer.tokenizer import PAD_ID
+from transformer.translation.tokenizer import PAD_ID
 
 
 @dataclass(frozen=True)

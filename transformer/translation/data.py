@@ -29,7 +29,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach for the hub
 
 import datasets  # noqa: E402
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "multi30k"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "multi30k"
 SPLIT_ALIASES = {"val": ("val", "validation", "valid", "dev"), "train": ("train",)}
 
 

@@ -9,7 +9,7 @@ Layout of a run directory::
         model.safetensors            weights
         state.pt                     optimizer and scheduler state (torch.save)
       checkpoints/average-00000800-00001200/
-        model.safetensors            the mean of the last checkpoints' weights (transformer.average)
+        model.safetensors            the mean of the last checkpoints' weights (transformer.translation.average)
       last.json                      points at the newest checkpoint (and lists the kept ones)
       best.json                      points at the one with the best validation BLEU
       average.json                   points at the averaged weights, if any

@@ -1,10 +1,10 @@
 """Average the weights of a run's last checkpoints, as fairseq's and JoeyNMT's
-``average_checkpoints`` do: ``python -m transformer.average --checkpoint RUN_DIR [--last N]``.
+``average_checkpoints`` do: ``python -m transformer.translation.average --checkpoint RUN_DIR [--last N]``.
 
 The mean of the last few checkpoints of a run usually translates a little better than any one
 of them. The average is written as ``checkpoints/average-<first step>-<last step>/`` with the
 pointer ``average.json`` (atomically, like every checkpoint), so that
-``python -m transformer.translate --checkpoint RUN_DIR --which average`` uses it. Training does
+``python -m transformer.translation.translate --checkpoint RUN_DIR --which average`` uses it. Training does
 the same at its end with ``--average-last N`` and makes the average ``best`` when it scores a
 higher validation BLEU.
 
@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from transformer.checkpoint import (
+from transformer.translation.checkpoint import (
     MODEL_FILE,
     Checkpoint,
     CheckpointError,
@@ -32,7 +32,7 @@ from transformer.checkpoint import (
     load_recent,
     save_weights,
 )
-from transformer.cli import HelpFormatter
+from transformer.translation.cli import HelpFormatter
 
 
 def average_weights(
@@ -90,7 +90,7 @@ def save_average(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m transformer.average",
+        prog="python -m transformer.translation.average",
         description="Average the weights of a run's last checkpoints into "
         "RUN_DIR/checkpoints/average-<first>-<last>/ and point RUN_DIR/average.json at it "
         "(translate with --which average).",

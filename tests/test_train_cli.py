@@ -1,0 +1,47 @@
+"""train.py's parser, built from TrainConfig's field metadata: every option fills its field, the
+defaults are the configuration's, and the help says what the hand-written parser said."""
+
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
+
+import train as train_cli  # noqa: E402
+from transformer.translation.training import TrainConfig  # noqa: E402
+
+
+def config_of(argv: list[str]) -> TrainConfig:
+    return train_cli.config_from_args(train_cli.build_parser().parse_args(argv))
+
+
+def test_no_options_give_the_configuration_defaults():
+    config, defaults = config_of([]), TrainConfig()
+    assert config.model.d_model == 256 and config.model.encoder_layers == 3  # the cpu preset
+    assert dataclasses.replace(config, model=defaults.model) == defaults
+
+
+def test_every_option_field_has_an_option_that_fills_it():
+    dests = {action.dest for action in train_cli.build_parser()._actions}
+    assert set(train_cli.TRAIN_OPTIONS) <= dests
+    assert len(train_cli.TRAIN_OPTIONS) == 33
+    config = config_of(
+        ["--lr", "1e-3", "--max-steps", "7", "--eval-every", "3", "--seed", "5"]
+        + ["--no-progress", "--no-epoch-eval", "--no-final-test", "--compile"]
+        + ["--schedule", "inverse-sqrt", "--label-smoothing", "0.2", "--val-limit", "9"]
+    )
+    assert (config.lr, config.max_steps, config.eval_every, config.seed) == (1e-3, 7, 3, 5)
+    assert not config.progress and not config.eval_at_epoch_end and not config.final_test
+    assert config.compile and config.schedule == "inverse-sqrt"
+    assert (config.label_smoothing, config.val_limit) == (0.2, 9)
+
+
+def test_help_shows_each_default_once_and_the_cpu_presets_values():
+    text = " ".join(train_cli.build_parser().format_help().split())  # unwrapped
+    assert "(default: None)" not in text and "{default}" not in text
+    assert "padded tokens per batch (default 2048 for cpu)" in text
+    assert "(default 9.0 for cpu, none for base)" in text
+    assert "seed of initialization, batch order and dropout (default: 1)" in text
+    assert "shared BPE vocabulary size (default: 6000)" in text
+    assert text.count("(default: 6000)") == 1
+    assert "--no-progress no progress bar --compile" in text

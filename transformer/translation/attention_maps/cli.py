@@ -1,0 +1,185 @@
+"""The command line: ``python -m transformer.translation.attention_maps --help``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from transformer.decoding import DEFAULT_LENGTH_PENALTY
+from transformer.translation.attention_maps.drawing import plot_map
+from transformer.translation.attention_maps.inputs import KINDS, check_layer_head
+from transformer.translation.attention_maps.sentence import sentence_map, write_csv, write_json
+from transformer.translation.attention_maps.weights import METHODS
+from transformer.translation.checkpoint import CheckpointError
+from transformer.translation.cli import HelpFormatter, device_problem, prepare_output
+from transformer.translation.translate import Translator
+
+
+def load_model(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
+    """The model (in eval mode) and tokenizer of a run directory written by ``train.py``.
+
+    ``which``: the ``best`` checkpoint (``last`` while the run has no best yet) or ``last``;
+    loaded exactly as ``python -m transformer.translation.translate`` loads it.
+    """
+
+    translator = Translator(run_dir, which, device)
+    return translator.model, translator.tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m transformer.translation.attention_maps",
+        formatter_class=HelpFormatter,
+        description=(
+            "Translate one sentence with a trained checkpoint and draw the attention weights the "
+            "model used, teacher-forced on its own translation, as a heat map PNG (and, if "
+            "asked, JSON/CSV). Layers and heads are numbered from 0; negative numbers count "
+            "from the end."
+        ),
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train.py"
+    )
+    parser.add_argument("--sentence", required=True, help="the source (German) sentence")
+    parser.add_argument(
+        "--output", default="attention.png", help="PNG to write (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="cross",
+        help="cross: generated tokens (rows) over source tokens (columns); encoder: source "
+        "self-attention; decoder: causal self-attention over <s> + translation "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--layer", type=int, default=None, help="one layer (default: the mean over all layers)"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--head", type=int, default=None, help="one head (default: the mean over all heads)"
+    )
+    group.add_argument(
+        "--grid",
+        action="store_true",
+        help="one map per head instead of a mean: a row of heads for --layer, or a grid of "
+        "layers x heads without it",
+    )
+    parser.add_argument(
+        "--pieces",
+        action="store_true",
+        help="draw the BPE pieces the model reads (▁Frau, Schnee, .) instead of words (Frau, "
+        "Schnee.), whose weights merge their pieces' (source pieces summed, target pieces "
+        "averaged)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="naive",
+        help="naive: the model's own einops weights; flash: rebuilt from the Triton kernel's "
+        "log-sum-exp (on the CPU under TRITON_INTERPRET=1, set for you) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--translation",
+        default=None,
+        help="draw the map for this translation instead of the model's own (e.g. a reference)",
+    )
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        default=4,
+        help="beam width; 1 decodes greedily (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=DEFAULT_LENGTH_PENALTY,
+        help="GNMT length penalty alpha of the beam search (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--which",
+        choices=("best", "last", "average"),
+        default="best",
+        help="which checkpoint of the run; best falls back to last while the run has no best; "
+        "average: the averaged weights (python -m transformer.translation.average) (default: %(default)s)",
+    )
+    parser.add_argument("--json", default=None, help="also write the weights as JSON here")
+    parser.add_argument(
+        "--csv",
+        default=None,
+        help="also write the weights as CSV here (columns: units (words or pieces), layer, "
+        "head, query_index, query_token, key_index, key_token, weight)",
+    )
+    parser.add_argument(
+        "--dpi", type=int, default=100, help="PNG resolution (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device to run the model on (default: %(default)s)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.sentence.strip():
+        parser.error("--sentence is empty")
+    if args.translation is not None and not args.translation.strip():
+        parser.error("--translation is empty")
+    if args.beam_size < 1:
+        parser.error(f"--beam-size must be >= 1, got {args.beam_size}")
+    if args.dpi < 1:
+        parser.error(f"--dpi must be >= 1, got {args.dpi}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
+    if not torch.cuda.is_available():
+        # The flash method, or a model trained with backend "triton", runs the kernel; on the
+        # CPU only under the interpreter, which triton reads when it is first imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+    try:
+        model, tokenizer = load_model(args.checkpoint, args.which, args.device)
+    except (CheckpointError, ValueError, OSError) as err:
+        parser.error(f"cannot load --checkpoint {args.checkpoint}: {err}")
+    try:
+        check_layer_head(model, args.kind, args.layer, args.head)
+        result = sentence_map(
+            model,
+            tokenizer,
+            args.sentence,
+            kind=args.kind,
+            layer=args.layer,
+            head=args.head,
+            grid=args.grid,
+            method=args.method,
+            beam_size=args.beam_size,
+            length_penalty=args.length_penalty,
+            translation=args.translation,
+            units="pieces" if args.pieces else "words",
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    for option in ("output", "json", "csv"):
+        path = getattr(args, option)
+        problem = path and prepare_output(path, f"--{option}")  # makes its directory
+        if problem:
+            parser.error(problem)
+    plot_map(result, args.output, dpi=args.dpi)
+    written = [args.output]
+    if args.json:
+        write_json(result, args.json)
+        written.append(args.json)
+    if args.csv:
+        write_csv(result, args.csv)
+        written.append(args.csv)
+    print(f"{result.source}\n→ {result.translation}", file=sys.stderr)
+    print("wrote " + ", ".join(written), file=sys.stderr)

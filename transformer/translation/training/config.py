@@ -1,0 +1,322 @@
+"""The run configuration: :class:`TrainConfig`, one frozen dataclass that a run is built from
+and saves as ``run_dir/config.json``; the names of the files a run directory holds.
+
+A field's metadata (:func:`transformer.translation.cli.option`) holds its ``train.py`` option:
+help, argument group, type; ``train.py`` builds its parser from them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from transformer.config import ModelConfig
+from transformer.decoding import DEFAULT_LENGTH_PENALTY
+from transformer.translation.cli import (
+    fraction,
+    nonnegative_int,
+    option,
+    positive_float,
+    positive_int,
+)
+from transformer.translation.data import DEFAULT_DATA_DIR
+from transformer.translation.training.schedules import SCHEDULES
+
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved as ``run_dir/config.json``.
+
+    ``model``'s vocabulary sizes are placeholders until the tokenizer is trained: the run uses
+    the tokenizer's actual size (at most ``vocab_size``).
+    """
+
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(6000, 6000, d_ff=512, dropout=0.0)
+    )
+    # data
+    data: str = field(
+        default=str(DEFAULT_DATA_DIR),
+        metadata=option(
+            "corpus directory: <split>.<lang>[.gz] text files or a datasets save_to_disk "
+            "directory, with splits train, val and the test split",
+            "data",
+        ),
+    )
+    src_lang: str = field(default="de", metadata=option("source language suffix / column", "data"))
+    tgt_lang: str = field(default="en", metadata=option("target language suffix / column", "data"))
+    test_split: str = field(
+        default="test_2016_flickr", metadata=option("split scored at the end", "data")
+    )
+    vocab_size: int = field(
+        default=6000,
+        metadata=option(
+            "shared BPE vocabulary size (default: %(default)s)", "data", type=positive_int
+        ),
+    )
+    max_length: int = field(
+        default=128,
+        metadata=option(
+            "training pairs with a side longer than this many tokens are skipped",
+            "data",
+            type=positive_int,
+        ),
+    )
+    train_limit: int | None = field(
+        default=None,
+        metadata=option("use only the first N training pairs", "data", type=positive_int),
+    )
+    val_limit: int | None = field(
+        default=None,
+        metadata=option("use only the first N validation pairs", "data", type=positive_int),
+    )
+    # run
+    run_dir: str | None = None
+    seed: int = field(
+        default=1,
+        metadata=option("seed of initialization, batch order and dropout", "run", type=int),
+    )
+    device: str = field(
+        default="auto", metadata=option("auto (CUDA if present), cpu, cuda, cuda:1, ...", "run")
+    )
+    amp: str = field(
+        default="auto",
+        metadata=option(
+            "bf16 autocast; auto: on for CUDA and for CPUs with bf16 units",
+            "run",
+            choices=["auto", "on", "off"],
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=option(
+            "CPU threads for PyTorch (default: PyTorch's choice)", "run", type=positive_int
+        ),
+    )
+    progress: bool = field(
+        default=True,
+        metadata=option("no progress bar", "run", flag="--no-progress", action="store_false"),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=option(
+            "torch.compile the model for training steps (one graph for every batch shape; "
+            "compiling takes about a minute on 2 CPU cores, counted in the time budget: see the "
+            "README for when it pays)",
+            "run",
+            action="store_true",
+        ),
+    )
+    # optimization; "{default}" in a help text is the field's default (the cpu preset's value)
+    max_tokens: int = field(
+        default=2048,
+        metadata=option(
+            "padded tokens per batch (default {default} for cpu)",
+            "optimization",
+            type=positive_int,
+            default=None,
+        ),
+    )
+    lr: float = field(
+        default=2.5e-3,
+        metadata=option(
+            "peak learning rate (default {default} for cpu)",
+            "optimization",
+            type=positive_float,
+            default=None,
+        ),
+    )
+    warmup_steps: int = field(
+        default=150,
+        metadata=option(
+            "linear warm-up steps, then the --schedule's decay (default {default} for cpu)",
+            "optimization",
+            type=nonnegative_int,
+            default=None,
+        ),
+    )
+    beta2: float = 0.98
+    weight_decay: float = field(
+        default=0.01,
+        metadata=option("AdamW weight decay (matrices only)", "optimization", type=float),
+    )
+    label_smoothing: float = field(
+        default=0.1,
+        metadata=option("label smoothing of the training loss", "optimization", type=fraction),
+    )
+    clip_norm: float = field(
+        default=1.0,
+        metadata=option("gradient-norm clip; 0 turns it off", "optimization", type=float),
+    )
+    schedule: str = field(
+        default="linear-decay",
+        metadata=option(
+            "learning rate after warm-up: inverse-sqrt (peak·√(warmup/step)) or linear-decay "
+            "(straight down to zero as the budget ends: the time budget, following elapsed "
+            "training time, or --max-steps / --epochs, whichever ends first; default: "
+            "%(default)s)",
+            "optimization",
+            choices=SCHEDULES,
+        ),
+    )
+    epochs: int = field(
+        default=100,
+        metadata=option(
+            "maximum epochs (default {default} for cpu)",
+            "optimization",
+            type=positive_int,
+            default=None,
+        ),
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata=option("stop after this many optimizer steps", "optimization", type=positive_int),
+    )
+    time_budget: float | None = field(
+        default=9.0,
+        metadata=option(
+            "minutes for the training loop incl. validation (default {default} for cpu, none "
+            "for base)",
+            "optimization",
+            type=positive_float,
+            default=None,
+        ),
+    )
+    # evaluation and checkpoints
+    eval_every: int = field(
+        default=0,
+        metadata=option(
+            "validate (loss, BLEU, checkpoint) every N steps; 0: at epoch ends only",
+            "evaluation",
+            type=nonnegative_int,
+            default=None,
+        ),
+    )
+    eval_at_epoch_end: bool = field(
+        default=True,
+        metadata=option(
+            "do not validate at each epoch's end (only every --eval-every steps and at the end)",
+            "evaluation",
+            flag="--no-epoch-eval",
+            action="store_false",
+        ),
+    )
+    checkpoint_every: int = field(
+        default=200,
+        metadata=option(
+            "checkpoint every N steps (0: only at validations)",
+            "evaluation",
+            type=nonnegative_int,
+        ),
+    )
+    log_every: int = field(
+        default=10,
+        metadata=option("log training metrics every N steps", "evaluation", type=positive_int),
+    )
+    beam_size: int = field(
+        default=4,
+        metadata=option("beam size for the test set; 1 = greedy", "evaluation", type=positive_int),
+    )
+    length_penalty: float = field(
+        default=DEFAULT_LENGTH_PENALTY,
+        metadata=option("GNMT length penalty alpha for beam search", "evaluation", type=float),
+    )
+    val_beam_size: int = field(
+        default=1,
+        metadata=option(
+            "beam size for validation BLEU during training, which chooses the best checkpoint "
+            "(default {default} for cpu: greedy, the fastest; 4 for base)",
+            "evaluation",
+            type=positive_int,
+            default=None,
+        ),
+    )
+    average_last: int = field(
+        default=0,
+        metadata=option(
+            "keep the last N checkpoints, average their weights at the end, validate the "
+            "average and make it the best checkpoint when its BLEU is higher (0 or 1: off)",
+            "evaluation",
+            type=nonnegative_int,
+        ),
+    )
+    final_test: bool = field(
+        default=True,
+        metadata=option(
+            "skip the test-set BLEU at the end",
+            "evaluation",
+            flag="--no-final-test",
+            action="store_false",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        positive = (
+            "vocab_size",
+            "max_length",
+            "max_tokens",
+            "epochs",
+            "log_every",
+            "beam_size",
+            "val_beam_size",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_limit", "val_limit", "max_steps", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 when given, got {value}")
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "checkpoint_every",
+            "average_last",
+            "weight_decay",
+            "clip_norm",
+            "length_penalty",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 < self.beta2 < 1:
+            raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be positive minutes, got {self.time_budget}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.amp not in ("auto", "on", "off"):
+            raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as err:
+                raise ValueError(f"bad device {self.device!r}: {err}") from None
+        if self.max_tokens < self.max_length:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be >= max_length ({self.max_length})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict`; raises ``ValueError`` on unknown or invalid fields."""
+        d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        if isinstance(d.get("model"), dict):
+            d["model"] = ModelConfig(**d["model"])
+        return cls(**d)
