@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from transformer.config import BACKENDS, SCORES, ModelConfig
 from transformer.translation.cli import (
     HelpFormatter,
@@ -24,23 +26,39 @@ from transformer.translation.cli import (
     nonnegative_int,
     positive_int,
 )
-from transformer.translation.training import CONFIG_FILE, TrainConfig
+from transformer.translation.training import CONFIG_FILE, TrainConfig, sizing
+from transformer.translation.training.devices import use_amp
 
-# Named model shapes. "cpu" is what 2 CPU cores can train to useful BLEU in ~8 minutes: a run
-# that short sees ~4 epochs, too few to overfit 29k pairs, so dropout (12% of a CPU step, and
-# slower early progress) is off. "base" is the Transformer-base of Vaswani et al. (2017), for a
-# GPU, with the heavier dropout a 60M-parameter model needs on a corpus this small.
+# Named model shapes. "cpu" is what 2 CPU cores with bf16 units train to useful BLEU in ~9
+# minutes: a run that short sees ~5 epochs, too few to overfit 29k pairs, so dropout (12% of a
+# CPU step, and slower early progress) is off. "cpu-small" is for about half that compute (a
+# float32-only CPU, or one core): narrower, a smaller vocabulary, SDPA attention (faster than
+# naive in float32) and validation only at the end (each one costs steps). "auto" (the default)
+# picks one of the two by timing this machine's compute (training/sizing.py; measurements in
+# docs/cpu_sizing.md). "base" is the Transformer-base of Vaswani et al. (2017), for a GPU, with
+# the heavier dropout a 60M-parameter model needs on a corpus this small.
 PRESETS: dict[str, dict] = {
     "cpu": dict(d_model=256, heads=4, encoder_layers=3, decoder_layers=3, d_ff=512, dropout=0.0),
+    "cpu-small": dict(
+        d_model=192,
+        heads=4,
+        encoder_layers=3,
+        decoder_layers=3,
+        d_ff=384,
+        dropout=0.0,
+        backend="sdpa",
+    ),
     "base": dict(d_model=512, heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048, dropout=0.3),
 }
 # Training defaults that differ per preset (everything else comes from TrainConfig).
 PRESET_TRAINING: dict[str, dict] = {
     "cpu": dict(),
+    "cpu-small": dict(vocab_size=4000, eval_at_epoch_end=False),
     "base": dict(
         max_tokens=8192, lr=1e-3, warmup_steps=1000, time_budget=None, epochs=60, val_beam_size=4
     ),
 }
+AUTO = "auto"
 # Options that may change when a run is resumed: how long it goes on and how it reports.
 RESUMABLE = {
     "max_steps",
@@ -71,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = groups["run"]
     g.add_argument(
         "--config",
-        choices=sorted(PRESETS),
-        default="cpu",
-        help="named model size: cpu (2 CPU cores, ~10 min) or base (Transformer-base, for a GPU)",
+        choices=[AUTO, *PRESETS],
+        default=AUTO,
+        help="named model size: cpu (2 CPU cores with bf16 units, ~10 min), cpu-small (about "
+        "half that compute), base (Transformer-base, for a GPU), or auto: cpu or cpu-small, "
+        "chosen by timing a matmul for a second (on a GPU: cpu); explicit options win",
     )
     g.add_argument("--name", help="run name: the run goes to runs/NAME (default: a timestamp)")
     g.add_argument("--run-dir", help="explicit run directory (overrides --name)")
@@ -100,14 +120,18 @@ def add_model_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--attention",
         choices=BACKENDS,
-        help="attention backend for the whole model (default naive)",
+        help="attention backend for the whole model (default naive; cpu-small sdpa)",
     )
     g.add_argument("--score", choices=SCORES, help="attention score function (default scaled_dot)")
-    g.add_argument("--d-model", type=positive_int, help="model width (cpu 256, base 512)")
+    g.add_argument(
+        "--d-model", type=positive_int, help="model width (cpu 256, cpu-small 192, base 512)"
+    )
     g.add_argument("--heads", type=positive_int, help="attention heads; must divide --d-model")
     g.add_argument("--encoder-layers", type=nonnegative_int, help="encoder layers (cpu 3, base 6)")
     g.add_argument("--decoder-layers", type=nonnegative_int, help="decoder layers (cpu 3, base 6)")
-    g.add_argument("--d-ff", type=positive_int, help="feed-forward width (cpu 512, base 2048)")
+    g.add_argument(
+        "--d-ff", type=positive_int, help="feed-forward width (cpu 512, cpu-small 384, base 2048)"
+    )
     g.add_argument("--dropout", type=fraction, help="residual/embedding dropout (cpu 0, base 0.3)")
     g.add_argument(
         "--attention-dropout",
@@ -140,19 +164,32 @@ TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" 
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of a new run: preset, then preset training defaults, then explicit options."""
-    model_kwargs = dict(PRESETS[args.config])
+    """The TrainConfig of a new run: ``--config auto`` (the default) times this machine's compute
+    to pick cpu or cpu-small (see training/sizing.py), unless explicit options already fix
+    everything the two differ in; any other ``--config`` is used as named."""
+    if args.config != AUTO:
+        return preset_config(args, args.config)
+    candidates = {name: preset_config(args, name) for name in sizing.PRESETS}  # checks each
+    first, *others = candidates.values()
+    if all(other == first for other in others):
+        return first
+    choice = sizing.choose(first.device, use_amp(first.amp, torch.device("cpu")), first.threads)
+    return dataclasses.replace(candidates[choice.preset], sizing=choice)
+
+
+def preset_config(args: argparse.Namespace, preset: str) -> TrainConfig:
+    """The TrainConfig of ``preset``, then its training defaults, then the explicit options."""
+    model_kwargs = dict(PRESETS[preset])
     for option, field in MODEL_OPTIONS.items():
         if getattr(args, option) is not None:
             model_kwargs[field] = getattr(args, option)
-    model = ModelConfig(
-        src_vocab_size=args.vocab_size, tgt_vocab_size=args.vocab_size, **model_kwargs
-    )
-    kwargs = dict(PRESET_TRAINING[args.config])
+    kwargs = dict(PRESET_TRAINING[preset])
     for name in TRAIN_OPTIONS:
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
+    vocab = kwargs.get("vocab_size", TrainConfig.vocab_size)
+    model = ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **model_kwargs)
     if args.no_time_budget:
         kwargs["time_budget"] = None
     if args.greedy:

@@ -21,6 +21,7 @@ aa = importlib.import_module("kernels.additive_attention")
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
 
 
 # ----------------------------------------------------------------------------- reference
@@ -146,8 +147,14 @@ def _report_largest_errors():
 
 # (len_q, len_k, a, value_dim): decoding (one query), equal odd lengths, and ragged
 # cross-attention both ways across several 64-blocks; feature sizes and value dims that are
-# not powers of two.
-CASES = [(1, 7, 8, 16), (37, 37, 12, 24), (70, 100, 8, 40), (100, 70, 5, 16)]
+# not powers of two. Every test run checks decoding and one ragged pair; the equal lengths and
+# the other ragged order run under the slow marker.
+CASES = [
+    (1, 7, 8, 16),
+    pytest.param(37, 37, 12, 24, marks=SLOW),
+    pytest.param(70, 100, 8, 40, marks=SLOW),
+    (100, 70, 5, 16),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -161,6 +168,7 @@ def test_output_and_grads_within_2x_naive_error_of_float64_reference(
     assert_close_as_flash_attention_does(qf, kf, w, v, dout, attn_mask=mask, is_causal=is_causal)
 
 
+@SLOW
 def test_causal_without_mask_and_a_wide_feature_size_within_2x_naive_error():
     qf, kf, w, v, dout = random_inputs(1, 1, 65, 65, 64, 64, torch.float32, seed=7)
     assert_close_as_flash_attention_does(qf, kf, w, v, dout, is_causal=True)
@@ -177,6 +185,7 @@ def test_long_sequences_within_2x_naive_error_on_gpu(len_q, len_k, a, is_causal,
     assert_close_as_flash_attention_does(qf, kf, w, v, dout, attn_mask=mask, is_causal=is_causal)
 
 
+@SLOW
 @settings(max_examples=5, deadline=None)
 @given(
     batch=st.integers(1, 2),
@@ -438,6 +447,7 @@ def test_mixed_devices_raise_on_gpu():
 # ----------------------------------------------------------------------------- as an operator
 
 
+@SLOW  # the default run checks the fake implementation through torch.compile (below)
 @pytest.mark.parametrize(
     "len_q,len_k,masked,is_causal",
     [(7, 5, True, True), (1, 9, False, False)],

@@ -154,7 +154,7 @@ def test_attention_benchmark_on_cpu_shows_naive_memory_growing_quadratically_and
     assert payload["ratios"] == []  # no kernel timings on the CPU, so no ratios
 
 
-@pytest.mark.parametrize("form", ["module", "file"])
+@pytest.mark.parametrize("form", [pytest.param("module", marks=pytest.mark.slow), "file"])
 def test_model_benchmark_on_cpu(tmp_path, form):
     # At length 1024 the naive path's scores need about 120 MiB here, SDPA's about 16.
     # Run as a file too: its CPU points run in forked children, which must find the package.

@@ -6,6 +6,9 @@ kernel is a ``torch.library`` operator, :mod:`kernels.ops`). Most use the ``aot_
 compiler backend: it captures the same graphs (Dynamo, AOTAutograd, the operators' fake
 implementations) without Inductor's code generation, which takes ~20 s per graph on two CPU
 cores; one test runs Inductor itself. Without CUDA the kernel runs under the interpreter.
+
+Every test run compiles one training step of the triton backend (the kernel's operator inside
+a graph); the other cases run under the slow marker.
 """
 
 import pytest
@@ -18,6 +21,7 @@ from transformer.layers import DecoderCache
 from transformer.model import Transformer, mark_dynamic_batch
 
 BACKENDS = ("naive", "sdpa", "triton")
+SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
 VOCAB, PAD = 50, 0
 # Compiled and eager float32 differ by reordered sums only (Inductor fuses and reorders).
 ATOL, RTOL = 1e-5, 1e-4
@@ -65,7 +69,9 @@ def assert_same_step(model, compiled, data):
         torch.testing.assert_close(got_grads[name], grad, atol=ATOL, rtol=RTOL, msg=name)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "backend", [pytest.param("naive", marks=SLOW), pytest.param("sdpa", marks=SLOW), "triton"]
+)
 def test_fullgraph_compiled_training_step_equals_eager_outputs_and_gradients(backend):
     model = tiny_model(backend)
     counter = CompileCounterWithBackend("aot_eager")
@@ -74,6 +80,7 @@ def test_fullgraph_compiled_training_step_equals_eager_outputs_and_gradients(bac
     assert counter.frame_count == 1
 
 
+@SLOW
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fullgraph_compiled_cached_decoding_equals_eager_full_decoding(backend):
     model = tiny_model(backend).eval()
@@ -92,6 +99,7 @@ def test_fullgraph_compiled_cached_decoding_equals_eager_full_decoding(backend):
     assert counter.frame_count <= 3
 
 
+@SLOW
 def test_training_over_five_lengths_compiles_one_graph_when_lengths_are_marked_dynamic():
     model = tiny_model("sdpa")
     counter = CompileCounterWithBackend("aot_eager")
@@ -103,6 +111,7 @@ def test_training_over_five_lengths_compiles_one_graph_when_lengths_are_marked_d
     assert counter.frame_count == 1
 
 
+@SLOW
 def test_inductor_compiles_the_kernel_operator_into_a_graph_equal_to_eager():
     """Inductor's generated code around our operator (the triton backend): a training step at
     two lengths from one dynamic graph, equal to eager within float32 tolerance."""
@@ -116,6 +125,7 @@ def test_inductor_compiles_the_kernel_operator_into_a_graph_equal_to_eager():
     assert counter.frame_count == 1
 
 
+@SLOW
 def test_out_of_vocabulary_ids_are_refused_inside_the_compiled_graph():
     compiled = torch.compile(tiny_model("naive"), fullgraph=True, backend="aot_eager")
     src, tgt_in, _ = batch(2, 5, 4)

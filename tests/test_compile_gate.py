@@ -1,8 +1,10 @@
 """The kernels compile for every GPU we claim, checked on a machine without one.
 
-The CI subset of ``python -m kernels.compile_gate`` runs in every test run (a few minutes on
-two cores); the full sweep sits behind the ``compile_full`` marker::
+Every test run compiles one bf16 call of each kernel for sm_90 (a handful of builds, well under
+a minute); the CI subset of ``python -m kernels.compile_gate`` (every architecture, a few
+minutes on two cores) runs under the ``slow`` marker, the full sweep under ``compile_full``::
 
+    python -m pytest -m slow tests/test_compile_gate.py
     python -m pytest -m compile_full tests/test_compile_gate.py
 
 The gate itself is tested here too: it must go red on a kernel that only the interpreter
@@ -38,6 +40,35 @@ def compiled_python(code_or_args, tmp_path, timeout):
         text=True,
         timeout=timeout,
     )
+
+
+ONE_CALL_OF_EACH_KERNEL_FOR_SM90 = """
+import json, sys
+from dataclasses import asdict
+from kernels import compile_gate
+from kernels.compile_gate import Case
+
+cases = [Case(kernel, "bfloat16", 64, "causal+key_mask")
+         for kernel in ("flash_attention", "additive_attention")]
+builds = compile_gate.run([], cases, [], [90], jobs=2, progress=False)
+print(json.dumps({"builds": [asdict(b) for b in builds],
+                  "failures": compile_gate.failures(builds)}, default=str))
+"""
+
+
+def test_one_bf16_call_of_each_kernel_compiles_for_sm90_with_wgmma_and_without_spills(tmp_path):
+    done = compiled_python(["-c", ONE_CALL_OF_EACH_KERNEL_FOR_SM90], tmp_path, 600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    builds = report["builds"]
+    assert report["failures"] == [], report["failures"]
+    assert {b["arch"] for b in builds} == {90}
+    kernels = {b["kernel"] for b in builds}
+    assert {"_attn_fwd", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq"} <= kernels
+    assert len(kernels) > 4, kernels  # the additive kernels compiled too
+    assert all(b["ok"] for b in builds), [b["error"] for b in builds if not b["ok"]]
+    wgmma_builds = [b for b in builds if b["kernel"] in compile_gate.WGMMA_KERNELS]
+    assert wgmma_builds and all(b["wgmma"] > 0 for b in wgmma_builds)
 
 
 @pytest.mark.slow

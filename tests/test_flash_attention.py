@@ -8,6 +8,7 @@ small; the ``cuda`` tests add long sequences where a GPU is present.
 """
 
 import importlib
+import itertools
 import math
 import os
 import subprocess
@@ -32,6 +33,7 @@ fn = importlib.import_module("kernels.flash_attention.function")
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
 
 
 # ----------------------------------------------------------------------------- reference
@@ -157,14 +159,30 @@ def _report_largest_errors():
 # ----------------------------------------------------------------------------- parity
 
 # (len_q, len_k, head_dim): decoding (one query), equal lengths, both ragged orders, and a
-# long-ish pair; head dims include non-powers of two (40, 80).
+# long-ish pair; head dims include non-powers of two (40, 80). Every test run checks the small
+# shapes in every dtype and masking, and one ragged shape longer than a block unmasked and with
+# both masks at once; the rest of the grid runs under the slow marker.
 CASES = [(1, 7, 16), (7, 7, 40), (113, 203, 64), (203, 113, 80), (256, 511, 128)]
+QUICK_CASES = {(1, 7, 16), (7, 7, 40)}
+QUICK_MASKINGS = {(False, False), (True, True)}  # (masked, is_causal) checked at every shape
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "keymask"])
-@pytest.mark.parametrize("len_q,len_k,head_dim", CASES)
+def parity_grid():
+    """(len_q, len_k, head_dim, masked, is_causal, dtype), the slow ones marked so."""
+    for (len_q, len_k, head_dim), masked, is_causal, dtype in itertools.product(
+        CASES, (False, True), (False, True), DTYPES
+    ):
+        quick = (len_q, len_k, head_dim) in QUICK_CASES or (
+            (len_q, len_k) == (113, 203) and (masked, is_causal) in QUICK_MASKINGS
+        )
+        name = f"{len_q}-{len_k}-{head_dim}-{'keymask' if masked else 'nomask'}-" + (
+            f"{'causal' if is_causal else 'full'}-{dtype}"
+        )
+        marks = () if quick else SLOW
+        yield pytest.param(len_q, len_k, head_dim, masked, is_causal, dtype, marks=marks, id=name)
+
+
+@pytest.mark.parametrize("len_q,len_k,head_dim,masked,is_causal,dtype", list(parity_grid()))
 def test_output_and_grads_within_2x_naive_error_of_float64_reference(
     len_q, len_k, head_dim, masked, is_causal, dtype
 ):
@@ -189,6 +207,7 @@ def test_long_sequences_within_2x_naive_error_on_gpu(
     assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=is_causal)
 
 
+@SLOW
 @settings(max_examples=12, deadline=None)
 @given(
     batch=st.integers(1, 2),
@@ -493,12 +512,21 @@ def test_every_output_element_is_written(monkeypatch):
 # (BLOCK_M, BLOCK_N) per kernel as the launcher may pick them, including shapes where the
 # causal diagonal crosses several blocks, query and key blocks of different sizes, and tiles
 # larger than the sequence, so that both loop stages (whole blocks unchecked, partial or
-# diagonal blocks masked) and the dK/dV pass's three query ranges all run.
-BLOCK_CHOICES = [(16, 16), (16, 32), (32, 16), (64, 32), (32, 128)]
+# diagonal blocks masked) and the dK/dV pass's three query ranges all run. Every test run
+# checks two block shapes on one ragged pair; the rest run under the slow marker.
+BLOCK_CHOICES = [
+    pytest.param((16, 16), marks=SLOW, id="(16, 16)"),
+    pytest.param((16, 32), id="(16, 32)"),
+    pytest.param((32, 16), marks=SLOW, id="(32, 16)"),
+    pytest.param((64, 32), id="(64, 32)"),
+    pytest.param((32, 128), marks=SLOW, id="(32, 128)"),
+]
 
 
-@pytest.mark.parametrize("blocks", BLOCK_CHOICES, ids=str)
-@pytest.mark.parametrize("len_q,len_k", [(75, 51), (51, 75), (64, 64)])
+@pytest.mark.parametrize("blocks", BLOCK_CHOICES)
+@pytest.mark.parametrize(
+    "len_q,len_k", [(75, 51), pytest.param(51, 75, marks=SLOW), pytest.param(64, 64, marks=SLOW)]
+)
 def test_every_block_size_matches_the_reference_in_both_loop_stages(
     blocks, len_q, len_k, monkeypatch
 ):
@@ -628,10 +656,14 @@ else:
 
 @pytest.mark.parametrize(
     "len_q,len_k,mask_kind,is_causal,heads_kv",
-    [(7, 5, "keys", True, 3), (5, 13, None, False, 1), (1, 9, "keys", False, 3),
-     (6, 11, "float", True, 1)],
+    [
+        (7, 5, "keys", True, 3),
+        pytest.param(5, 13, None, False, 1, marks=SLOW),
+        pytest.param(1, 9, "keys", False, 3, marks=SLOW),
+        (6, 11, "float", True, 1),
+    ],
     ids=["ragged-masked-causal", "ragged-gqa", "one-query-masked", "float-mask-grad-gqa"],
-)  # fmt: skip
+)
 def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, mask_kind, is_causal, heads_kv):
     """torch.library.opcheck: schema, fake implementation vs the real one, autograd
     registration (the float mask's gradient included), and AOT dispatch with dynamic shapes

@@ -5,10 +5,18 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
 
 import train as train_cli  # noqa: E402
-from transformer.translation.training import TrainConfig  # noqa: E402
+from transformer.translation.training import TrainConfig, sizing  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fast_machine(monkeypatch):
+    """--config auto sees a rate that picks the cpu preset (the choice: test_sizing.py)."""
+    monkeypatch.setattr(sizing, "measure_gflops", lambda dtype: sizing.FAST_GFLOPS * 2)
 
 
 def config_of(argv: list[str]) -> TrainConfig:
@@ -18,7 +26,8 @@ def config_of(argv: list[str]) -> TrainConfig:
 def test_no_options_give_the_configuration_defaults():
     config, defaults = config_of([]), TrainConfig()
     assert config.model.d_model == 256 and config.model.encoder_layers == 3  # the cpu preset
-    assert dataclasses.replace(config, model=defaults.model) == defaults
+    assert config.sizing.preset == "cpu"
+    assert dataclasses.replace(config, model=defaults.model, sizing=None) == defaults
 
 
 def test_every_option_field_has_an_option_that_fills_it():
@@ -42,6 +51,6 @@ def test_help_shows_each_default_once_and_the_cpu_presets_values():
     assert "padded tokens per batch (default 2048 for cpu)" in text
     assert "(default 9.0 for cpu, none for base)" in text
     assert "seed of initialization, batch order and dropout (default: 1)" in text
-    assert "shared BPE vocabulary size (default: 6000)" in text
-    assert text.count("(default: 6000)") == 1
+    assert "shared BPE vocabulary size (default 6000; cpu-small 4000)" in text
+    assert text.count("(default 6000") == 1
     assert "--no-progress no progress bar --compile" in text

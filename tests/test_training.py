@@ -32,7 +32,7 @@ from transformer.translation.checkpoint import CheckpointError, load_checkpoint 
 from transformer.translation.data import DEFAULT_DATA_DIR  # noqa: E402
 from transformer.translation.evaluation import translate_ids  # noqa: E402
 from transformer.translation.tokenizer import decode, encode, load_tokenizer  # noqa: E402
-from transformer.translation.training import TrainConfig, train  # noqa: E402
+from transformer.translation.training import TrainConfig, sizing, train  # noqa: E402
 from transformer.translation.training.corpus import encode_split  # noqa: E402
 from transformer.translation.training.loop import label_smoothed_loss  # noqa: E402
 from transformer.translation.training.schedules import budget_used, learning_rate  # noqa: E402
@@ -41,6 +41,13 @@ from transformer.translation.training.state import TrainState  # noqa: E402
 TINY_MODEL = ModelConfig(
     1, 1, d_model=64, heads=2, encoder_layers=2, decoder_layers=2, d_ff=128, dropout=0.1
 )
+
+
+@pytest.fixture(autouse=True)
+def fast_machine(monkeypatch):
+    """Tests never time the machine: --config auto sees a rate that picks the cpu preset (the
+    choice itself is tested in test_sizing.py)."""
+    monkeypatch.setattr(sizing, "measure_gflops", lambda dtype: sizing.FAST_GFLOPS * 2)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +93,7 @@ def test_overfits_a_small_slice_and_reproduces_its_sentences(corpus, tmp_path):
     assert exact >= 20, list(zip(hyps, targets, strict=True))
 
 
+@pytest.mark.slow  # the default run resumes a killed run: test_killed_and_resumed_default_run_...
 def test_stopped_and_resumed_run_equals_uninterrupted_run(corpus, tmp_path):
     # Stopped by a smaller --max-steps and resumed with a larger one: only a schedule that does
     # not know the budget can give the same run (linear decay would have ended at zero at step 6;
@@ -165,6 +173,7 @@ def test_bad_test_split_is_refused_before_training(corpus, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # the triton backend under the interpreter; its step: test_triton_backend.py
 def test_backends_give_the_same_loss(corpus, tmp_path):
     config = tiny_config(corpus, tmp_path / "run", max_steps=1)
     train(config)  # for its tokenizer
@@ -194,6 +203,7 @@ def test_backends_give_the_same_loss(corpus, tmp_path):
         assert loss == pytest.approx(losses["naive"], abs=1e-5), losses
 
 
+@pytest.mark.slow  # compiling; one compiled step runs by default in tests/test_compile.py
 def test_compiled_training_has_the_losses_of_eager_training(corpus, tmp_path, monkeypatch):
     """--compile: the same step losses as eager (float32, no dropout), and checkpoints that a
     plain model loads. Compiled with the aot_eager backend (the graphs Dynamo and AOTAutograd
@@ -240,6 +250,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out_
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes, each importing torch and training
 def test_two_gloo_ranks_take_a_step_and_stay_identical(corpus, tmp_path):
     config = tiny_config(corpus, tmp_path / "run", max_steps=1, val_limit=4)
     mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2, join=True)

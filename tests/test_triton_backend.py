@@ -19,6 +19,7 @@ PAD, BOS, EOS = 0, 1, 2
 
 
 SCORES = ["scaled_dot", "additive"]
+SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
 
 
 def twin_models(score="scaled_dot"):
@@ -46,7 +47,7 @@ def padded_batch():
     return src, tgt
 
 
-@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("score", ["scaled_dot", pytest.param("additive", marks=SLOW)])
 def test_training_step_loss_and_gradients_match_naive_backend(score):
     src, tgt = padded_batch()
     results = []
@@ -62,6 +63,7 @@ def test_training_step_loss_and_gradients_match_naive_backend(score):
         assert torch.allclose(grads_triton[name], grad, atol=1e-5, rtol=1e-4), name
 
 
+@SLOW  # minutes under the interpreter: a kernel launch per layer and token
 @pytest.mark.parametrize("score", SCORES)
 @torch.no_grad()
 def test_cached_decoding_with_triton_matches_full_decoding_and_naive_greedy(score):

@@ -63,7 +63,7 @@ def greedy_decode(
 
 
 # GNMT length-penalty alpha used by default everywhere (training's test decode, translate, maps).
-# Chosen on Multi30K val with beam 4 (see README, "Options for learning quality").
+# Chosen on Multi30K val with beam 4 (see docs/training.md, "Options for learning quality").
 DEFAULT_LENGTH_PENALTY = 1.2
 
 

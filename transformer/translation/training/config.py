@@ -23,6 +23,7 @@ from transformer.translation.cli import (
 )
 from transformer.translation.data import DEFAULT_DATA_DIR
 from transformer.translation.training.schedules import SCHEDULES
+from transformer.translation.training.sizing import Sizing
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
@@ -57,7 +58,10 @@ class TrainConfig:
     vocab_size: int = field(
         default=6000,
         metadata=option(
-            "shared BPE vocabulary size (default: %(default)s)", "data", type=positive_int
+            "shared BPE vocabulary size (default {default}; cpu-small 4000)",
+            "data",
+            type=positive_int,
+            default=None,
         ),
     )
     max_length: int = field(
@@ -113,6 +117,7 @@ class TrainConfig:
             action="store_true",
         ),
     )
+    sizing: Sizing | None = None  # how --config auto chose the size (None: it did not choose)
     # optimization; "{default}" in a help text is the field's default (the cpu preset's value)
     max_tokens: int = field(
         default=2048,
@@ -201,7 +206,8 @@ class TrainConfig:
     eval_at_epoch_end: bool = field(
         default=True,
         metadata=option(
-            "do not validate at each epoch's end (only every --eval-every steps and at the end)",
+            "do not validate at each epoch's end (only every --eval-every steps and at the end; "
+            "cpu-small's default)",
             "evaluation",
             flag="--no-epoch-eval",
             action="store_false",
@@ -319,4 +325,6 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
         if isinstance(d.get("model"), dict):
             d["model"] = ModelConfig(**d["model"])
+        if isinstance(d.get("sizing"), dict):
+            d["sizing"] = Sizing(**d["sizing"])
         return cls(**d)

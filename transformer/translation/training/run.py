@@ -65,6 +65,8 @@ def setup_run(config: TrainConfig, resume: bool, started: float) -> Run:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
         print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+        if config.sizing is not None and not resume:
+            print(f"size: {config.sizing.preset} ({config.sizing.reason})", file=sys.stderr)
     tokenizer = setup_tokenizer(config, run_dir, train_ds, dist_info, resume)
     train_corpus = encode_split(tokenizer, train_ds, config, config.train_limit, filter_long=True)
     val_corpus = encode_split(tokenizer, val_ds, config, config.val_limit, filter_long=False)
