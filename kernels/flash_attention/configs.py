@@ -21,10 +21,10 @@ C = LaunchConfig  # (BLOCK_M query rows, BLOCK_N key rows, warps, stages)
 # FlashAttention-2's wide tiles; the dK/dV pass, which keeps two (BLOCK_N, d) tiles and two
 # float32 accumulators per key block, spills registers on sm_80-89 with 64-key blocks at d = 64
 # and with anything wider than 32x64 at d = 128, so it keeps narrower key blocks there. Its
-# 16x32 fallback is for the paths that hold more per key block (a full or float mask read as
-# (i, j) tiles, the grouped-query loop): on sm_90 (d = 80 full mask, d = 96 float bias, d = 128
-# GQA) every wider config spilled 8-72 B, and on sm_80 32x32 spilled 128 B at d = 128 GQA;
-# 16x32 compiled without spills in each (compile gate builds, Triton 3.9).
+# 16x32 fallback on sm_80-89 is for the paths that hold more per key block (a full or float
+# mask read as (i, j) tiles, the grouped-query loop): on sm_80 32x32 spilled 128 B at d = 128
+# GQA, 16x32 none. On sm_90 a 16-row tile cannot use wgmma (the gate fails it), and every
+# config listed there spills 8-72 B for those paths: not yet solved (compile gate, Triton 3.9).
 CONFIGS_16BIT = {
     ("fwd", True, False): [C(128, 64, 8, 3), C(128, 128, 8, 3), C(64, 64, 4, 3), C(64, 32, 4, 3)],
     ("fwd", True, True): [C(128, 64, 8, 3), C(128, 128, 8, 3), C(64, 64, 4, 3), C(64, 32, 4, 3)],
@@ -37,7 +37,7 @@ CONFIGS_16BIT = {
     ("dkdv", True, False): [C(32, 32, 4, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
     ("dkdv", True, True): [C(64, 64, 8, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
     ("dkdv", False, False): [C(32, 64, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2), C(16, 32, 4, 2)],
-    ("dkdv", False, True): [C(32, 64, 8, 2), C(16, 64, 4, 2), C(16, 32, 4, 2)],
+    ("dkdv", False, True): [C(32, 64, 8, 2), C(16, 64, 4, 2)],
 }
 # float32 multiplies as three TF32 products (see _precision) and holds twice the bytes per tile:
 # small tiles only. Its backward still spills at head dims >= 64 (the gate reports it): float32
