@@ -15,7 +15,8 @@ Every measured point ends with one status:
 
 Memory is the peak *above* what was held just before the call (the inputs), i.e. what the call
 itself needs. On CUDA that is ``torch.cuda.max_memory_allocated`` after
-``reset_peak_memory_stats``. On the CPU each point runs in a fresh child process (forked from a
+``reset_peak_memory_stats``, around a second call at the measured shape (the first one
+autotunes, and autotuning's ``do_bench`` allocates a 256 MiB L2-flush buffer). On the CPU each point runs in a fresh child process (forked from a
 server that has already imported torch), which resets the kernel's peak-resident-set counter
 (``/proc/self/clear_refs``) and reads it back (``VmHWM``), so allocator caching from earlier
 points cannot hide memory; the child also caps its address space, so "out of memory" on the CPU
@@ -252,8 +253,15 @@ def _release_free_heap() -> None:
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Bytes above what was allocated before ``fn()`` at the peak of running it."""
+    """Bytes above what was allocated before ``fn()`` at the peak of running it.
+
+    On CUDA ``fn()`` runs once before the window opens, at the measured shape: the kernels'
+    first call at a new length bucket autotunes (:func:`kernels.launch.pick`), compiling and
+    timing candidates with ``do_bench``, whose 256 MiB L2-flush buffer would otherwise be
+    counted as the kernel's memory. Only the second call is measured.
+    """
     if device.type == "cuda":
+        fn()  # warm-up at this shape: autotuning and its flush buffer stay outside the window
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -287,6 +295,7 @@ def median_ms(
     if device.type == "cuda":
         from triton.testing import do_bench
 
+        fn()  # autotuning at this shape happens here, not in do_bench's estimate of fn's time
         return float(do_bench(fn, grad_to_none=grad_to_none, return_mode="median"))
     fn()
     times = []

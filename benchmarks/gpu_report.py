@@ -1,31 +1,36 @@
-"""Everything a GPU session should measure, in one command: python -m benchmarks.gpu_report
+"""Everything a GPU session should measure, in one command, within a wall-clock budget:
 
-Steps, in order (each is timed; a step that fails is recorded and the next one still runs):
+    python -m benchmarks.gpu_report --budget-minutes 9            # on the GPU machine
+    python -m benchmarks.gpu_report --budget-minutes 9 --dry-run  # the plan, on any machine
 
-1. ``parity``: the CUDA parity tests, ``python -m pytest -m cuda`` (kernel vs float64
-   reference at lengths up to 4096, every dtype, masks, causal).
-2. ``speed``: the attention benchmark in FlashAttention's setting: batch x length = 16k tokens,
-   hidden 2048 (heads = 2048 / head dim), head dims 64 and 128, causal and not, lengths 512 to
-   16k, forward, backward and forward + backward, bf16: ours beside SDPA's flash, cuDNN and
-   memory-efficient backends and naive attention; ours/SDPA-flash ratios from this one run.
-3. ``memory``: peak memory against length, batch 1, 16 heads of 128, causal, up to 128k
-   tokens: naive runs out of memory long before ours and SDPA's flash do.
+Steps, in order (:mod:`benchmarks.gpu_plan` sizes them to the budget; a step that does not fit
+is left out, and each runs in its own process, stopped at its time limit):
+
+0. ``warm``: every kernel the later steps launch is compiled into Triton's cache in parallel
+   on all CPU cores (:mod:`benchmarks.warm_cache`), so no step pays a compile and the triton
+   training run starts as warm as the sdpa one.
+1. ``parity``: the CUDA parity tests, ``pytest -m cuda``, with autotuning off
+   (``FLASH_ATTENTION_AUTOTUNE=0``: the first configuration that compiles without spills).
+2. ``speed``: the attention benchmark in FlashAttention's setting (16k tokens, hidden 2048,
+   head dims 64 and 128, causal and not, bf16, autotuned): ours beside SDPA's backends.
+3. ``memory``: peak memory against length, batch 1, 16 heads of 128, causal.
 4. ``model``: the whole-model training benchmark (tokens/s and step memory per backend).
-5. ``training``: ``train.py --config base`` for a few minutes with ``--attention triton`` and
-   with ``--attention sdpa``: tokens/s and whether the two loss curves agree.
+5. ``training``: ``train.py --config base`` for a few minutes with ``--attention triton``,
+   then ``sdpa``: tokens/s and whether the loss curves agree.
 
-It writes ``gpu_report_<device>.json``, ``.md`` and ``.png`` (plus each benchmark's own files)
-to ``benchmarks/results/`` and prints one short table last. Without a CUDA device it stops at
-once and says so. On one H100 the whole report takes about 15-20 minutes (``--quick``: about 5).
-
-    python -m benchmarks.gpu_report
-    python -m benchmarks.gpu_report --quick --skip training
+Each step writes ``<out-dir>/gpu_<step>.json`` the moment it ends (a session cut short keeps
+every finished step); ``gpu_report.md``/``.png`` summarise whatever step files exist. A step
+whose Python dependency is missing (``datasets`` for training, on an image without it) is
+skipped with one line. Without a CUDA device only ``--dry-run`` works.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
+import os
 import re
 import subprocess
 import sys
@@ -38,10 +43,22 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/gpu_report.py
 
 import torch
 
-from benchmarks import common
+from benchmarks import common, gpu_plan
+from benchmarks.gpu_summary import (  # noqa: F401 - the report's results, as tests read them
+    plot,
+    read_steps,
+    summary_rows,
+    write_step,
+    write_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("parity", "speed", "memory", "model", "training")
+STEPS = gpu_plan.STEPS
+# Python packages a step needs beyond torch, triton and numpy (the GPU image lacks `datasets`).
+NEEDS = {
+    "parity": ("pytest", "hypothesis"),
+    "training": ("datasets", "tokenizers", "sacrebleu", "einops"),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,39 +68,55 @@ def parse_args(argv=None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--budget-minutes", type=float, default=9.0, help="wall-clock budget (default 9)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument("--skip", nargs="+", default=[], choices=STEPS, help="steps to leave out")
     parser.add_argument(
-        "--quick", action="store_true", help="shorter sweeps (lengths to 4k, 64k memory, 1 min "
-        "of training each) for a first look"
+        "--cores", type=int, default=None, help="compiler processes for warm (default: all "
+        f"cores; a dry run on a machine other than the GPU one assumes {gpu_plan.GPU_MACHINE_CORES})"
     )  # fmt: skip
     parser.add_argument(
-        "--train-minutes", type=float, default=3.0, help="training budget per backend (default 3)"
-    )
-    parser.add_argument(
-        "--out-dir", type=Path, default=ROOT / "benchmarks" / "results", help="where results go"
-    )
+        "--out-dir", type=Path, default=ROOT / "benchmarks" / "results" / "gpu",
+        help="where each step's results go",
+    )  # fmt: skip
+    parser.add_argument("--run-step", choices=STEPS, help=argparse.SUPPRESS)  # one step, in-process
+    parser.add_argument("--sizes", type=json.loads, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def missing_dependencies(step: str) -> list[str]:
+    return [name for name in NEEDS.get(step, ()) if importlib.util.find_spec(name) is None]
 
 
 # ---------------------------------------------------------------------------------- steps
 
 
-def run_parity(args, tag: str) -> dict:
+def run_warm(args, sizes: gpu_plan.Sizes, steps: list[str]) -> dict:
+    from benchmarks import warm_cache
+
+    every, first = gpu_plan.warm_cases(steps, sizes)
+    return warm_cache.warm(every, first, jobs=args.cores or os.cpu_count())
+
+
+def run_parity(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
     log = args.out_dir / f"gpu_parity_{tag}.log"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "FLASH_ATTENTION_AUTOTUNE": "0"},
     )  # fmt: skip
     log.write_text(done.stdout + done.stderr)
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", done.stdout)}
     return {"returncode": done.returncode, "log": log.name, **counts}
 
 
-def run_speed(args, tag: str) -> dict:
+def run_speed(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
     from benchmarks import attention_benchmark
     from kernels import launch
 
-    max_len = 4096 if args.quick else 16384
+    max_len = sizes.speed_max_len
     payload = attention_benchmark.main([
         "--tokens", "16384", "--hidden", "2048", "--head-dims", "64", "128",
         "--min-len", "512", "--max-len", str(max_len),
@@ -94,10 +127,10 @@ def run_speed(args, tag: str) -> dict:
     return {"files": f"gpu_attention_{tag}.*", "ratios": payload["ratios"], "tuned": tuned}
 
 
-def run_memory(args, tag: str) -> dict:
+def run_memory(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
     from benchmarks import attention_benchmark
 
-    max_len = 65536 if args.quick else 131072
+    max_len = sizes.memory_max_len
     payload = attention_benchmark.main([
         "--batch", "1", "--heads", "16", "--head-dims", "128", "--causal", "yes",
         "--min-len", "1024", "--max-len", str(max_len),
@@ -125,18 +158,18 @@ def memory_ratios(records: list[dict]) -> list[dict]:
     return out
 
 
-def run_model(args, tag: str) -> dict:
+def run_model(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
     from benchmarks import model_benchmark
 
-    lengths = ["256", "1024"] if args.quick else ["256", "512", "1024", "2048", "4096", "8192"]
+    lengths = [str(n) for n in gpu_plan.doubling(256, sizes.model_max_len)]
     payload = model_benchmark.main(
         ["--lengths", *lengths, "--out-dir", str(args.out_dir), "--tag", f"gpu_model_{tag}"]
     )
     return {"files": f"gpu_model_{tag}.*", "records": payload["records"]}
 
 
-def run_training(args, tag: str) -> dict:
-    minutes = 1.0 if args.quick else args.train_minutes
+def run_training(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
+    minutes = sizes.train_minutes
     runs = {}
     for backend in ("triton", "sdpa"):
         name = f"gpu_report_{tag}_{backend}_{int(time.time())}"
@@ -174,10 +207,9 @@ def _loss_agreement(a: dict, b: dict) -> dict:
     la = dict(zip(a["steps"], a["loss"], strict=True))
     lb = dict(zip(b["steps"], b["loss"], strict=True))
     diffs = [abs(la[s] - lb[s]) / max(abs(lb[s]), 1e-9) for s in common_steps]
-    return {
-        "steps_compared": len(common_steps),
-        "max_relative_loss_difference": max(diffs, default=None),
-    }
+    # max() would pass over a NaN (NaN > x is False): a diverged curve is NaN, not agreement.
+    worst = math.nan if any(math.isnan(d) for d in diffs) else max(diffs, default=None)
+    return {"steps_compared": len(common_steps), "max_relative_loss_difference": worst}
 
 
 RUNNERS = {
@@ -189,128 +221,80 @@ RUNNERS = {
 }
 
 
-# ------------------------------------------------------------------------------- summary
+def run_step(args) -> int:
+    """One step, in this process (the report starts one process per step); writes its file."""
+    sizes = gpu_plan.Sizes(**args.sizes) if args.sizes else gpu_plan.Sizes()
+    device = torch.device("cuda")
+    start = time.perf_counter()
+    try:
+        if args.run_step == "warm":
+            steps = [s for s in STEPS if s not in args.skip]
+            result = run_warm(args, sizes, steps)
+        else:
+            result = RUNNERS[args.run_step](args, sizes, common.device_tag(device))
+    except Exception:  # recorded, and the next step still runs
+        result = {"error": traceback.format_exc()}
+        print(result["error"], file=sys.stderr)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result["environment"] = common.environment(device)
+    write_step(args.out_dir, args.run_step, result)
+    return 0 if "error" not in result else 1
 
 
-def summary_rows(results: dict) -> list[list[str]]:
-    """One short table: the headline of each step."""
-    rows = []
-    parity = results.get("parity", {})
-    if parity:
-        rows.append(["CUDA parity tests", _parity_line(parity)])
-    speed = results.get("speed", {})
-    for ratio in speed.get("ratios", []):
-        if ratio.get("sdpa_backend") == "sdpa_flash" and ratio.get("seq_len") in (
-            1024,
-            4096,
-            16384,
-        ):
-            rows.append([
-                f"ours/SDPA-flash {ratio['pass']} d={ratio['head_dim']} "
-                f"{'causal' if ratio['causal'] else 'full'} len {ratio['seq_len']}",
-                f"{ratio['ratio']:.2f}x",
-            ])  # fmt: skip
-    memory = results.get("memory", {}).get("ratios", [])
-    longest = [r for r in memory if r["pass"] == "forward_backward"][-1:]
-    for r in longest:
-        flash = r["over_sdpa_flash"]
-        rows.append([f"peak memory ours/SDPA-flash, fwd+bwd, len {r['seq_len']}",
-                     f"{flash:.2f}x" if flash else f"SDPA-flash {r['sdpa_flash_status']}"])  # fmt: skip
-    naive_fails = [
-        r["seq_len"]
-        for r in memory
-        if r["pass"] == "forward_backward" and r["naive_status"] != "ok"
-    ]
-    if naive_fails:
-        rows.append(["naive fwd+bwd first fails at length", str(min(naive_fails))])
-    training = results.get("training", {})
-    for backend, run in training.get("runs", {}).items():
-        rows.append([f"base training tokens/s, {backend}", f"{run['tokens_per_s'] or 0:,.0f}"])
-    if training.get("max_relative_loss_difference") is not None:
-        rows.append(["loss curves triton vs sdpa (max rel. diff)",
-                     f"{training['max_relative_loss_difference']:.3%}"])  # fmt: skip
-    for step, result in results.items():
-        if "error" in result:
-            rows.append([f"{step}: FAILED", result["error"].splitlines()[-1][:80]])
-    return rows
+def plan_for(args) -> gpu_plan.Plan:
+    from benchmarks import warm_cache
 
-
-def _parity_line(parity: dict) -> str:
-    if "error" in parity:
-        return "did not run"
-    return ", ".join(f"{parity.get(k, 0)} {k}" for k in ("passed", "failed", "skipped"))
-
-
-def plot(results: dict, env: dict, path: Path) -> None:
-    """ours/SDPA-flash against length, per pass, head dim and causality (the headline)."""
-    from matplotlib.figure import Figure
-
-    ratios = [
-        r
-        for r in results.get("speed", {}).get("ratios", [])
-        if r.get("sdpa_backend") == "sdpa_flash"
-    ]
-    fig = Figure(figsize=(12, 4.5))
-    passes = ("forward", "backward", "forward_backward")
-    for ax, pass_ in zip(fig.subplots(1, 3, sharey=True), passes, strict=True):
-        for d in (64, 128):
-            for causal in (False, True):
-                pts = sorted((r["seq_len"], r["ratio"]) for r in ratios
-                             if r["pass"] == pass_ and r["head_dim"] == d and r["causal"] == causal)  # fmt: skip
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o",
-                            label=f"d={d} {'causal' if causal else 'full'}")  # fmt: skip
-        ax.axhline(1.0, color="grey", linestyle=":")
-        ax.set(xscale="log", xlabel="sequence length", title=pass_.replace("_", " + "))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.axes[0].set_ylabel("ours / SDPA flash (TFLOP/s ratio)")
-    fig.suptitle(
-        f"{env['device_name']} -- torch {env['torch']}, triton {env.get('triton')}, {env['date']}"
+    cores = args.cores or (
+        os.cpu_count() if torch.cuda.is_available() else gpu_plan.GPU_MACHINE_CORES
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    arch = gpu_plan.H100_ARCH
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        arch = 10 * major + minor
+    steps = [s for s in STEPS if s not in args.skip]
+    return gpu_plan.make_plan(
+        60 * args.budget_minutes, cores, steps,
+        lambda every, first: warm_cache.count_builds(every, first, arch),
+    )  # fmt: skip
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.run_step:
+        return run_step(args)
+    if not args.dry_run and not torch.cuda.is_available():
         print("gpu_report needs a CUDA GPU, and this machine has none (torch.cuda.is_available() "
-              "is False). On a CPU, run the benchmarks themselves: python -m "
-              "benchmarks.attention_benchmark, python -m benchmarks.model_benchmark.",
-              file=sys.stderr)  # fmt: skip
+              "is False). --dry-run prints the plan anywhere; on a CPU, run the benchmarks "
+              "themselves: python -m benchmarks.attention_benchmark.", file=sys.stderr)  # fmt: skip
         return 2
-    device = torch.device("cuda")
-    env = common.environment(device)
-    tag = common.device_tag(device)
+    started = time.perf_counter()
+    plan = plan_for(args)
+    print(gpu_plan.describe(plan), flush=True)
+    if args.dry_run:
+        return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    results, timings = {}, {}
-    for step in STEPS:
-        if step in args.skip:
+    deadline = started + plan.budget_s
+    for step in plan.steps:
+        missing = missing_dependencies(step)
+        if missing:
+            print(f"{step}: skipped, missing Python packages {missing} (see docs/gpu.md)")
+            write_step(args.out_dir, step, {"skipped": f"missing {missing}"})
             continue
-        print(f"\n=== gpu_report: {step} ===", flush=True)
-        start = time.perf_counter()
+        limit = min(plan.limit_s(step), deadline - time.perf_counter())
+        if limit < 5:
+            print(f"{step}: skipped, the budget is spent")
+            continue
+        print(f"\n=== gpu_report: {step} (limit {limit:.0f} s) ===", flush=True)
+        command = [sys.executable, "-m", "benchmarks.gpu_report", "--run-step", step,
+                   "--sizes", json.dumps(vars(plan.sizes)), "--out-dir", str(args.out_dir)]  # fmt: skip
+        command += ["--skip", *args.skip] if args.skip else []
+        command += ["--cores", str(args.cores)] if args.cores else []
         try:
-            results[step] = RUNNERS[step](args, tag)
-        except Exception:  # one failed step must not lose the others' results
-            results[step] = {"error": traceback.format_exc()}
-            print(results[step]["error"], file=sys.stderr)
-        timings[step] = round(time.perf_counter() - start, 1)
-        torch.cuda.empty_cache()
-        payload = {"environment": env, "seconds": timings, "results": results}
-        common.write_json(args.out_dir / f"gpu_report_{tag}.json", payload)  # after every step
-
-    rows = summary_rows(results)
-    table = common.markdown_table(["measure", "value"], rows)
-    times = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-    (args.out_dir / f"gpu_report_{tag}.md").write_text(
-        f"# GPU report: {env['device_name']}\n\n{env['date']}; torch {env['torch']}, "
-        f"triton {env.get('triton')}; steps took {times}.\n\n{table}\n"
-    )
-    plot(results, env, args.out_dir / f"gpu_report_{tag}.png")
-    print(f"\nwrote {args.out_dir}/gpu_report_{tag}.json, .md and .png ({times})\n")
-    print(table)
-    return 0 if all("error" not in r for r in results.values()) else 1
+            subprocess.run(command, cwd=ROOT, timeout=limit, check=False)
+        except subprocess.TimeoutExpired:
+            print(f"{step}: stopped at its limit of {limit:.0f} s")
+            write_step(args.out_dir, step, {"error": f"timed out after {limit:.0f} s"})
+    return write_summary(args.out_dir)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,8 @@ def _additive_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     # int64 batch/head offsets: b * stride_b overflows int32 for large tensors.
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
@@ -166,7 +166,9 @@ def _additive_fwd(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * stride_vn, mask=col_ok[:, None] & e_ok[None, :])
+        v = tl.load(
+            v_base + cols[:, None] * stride_vn, mask=col_ok[:, None] & e_ok[None, :], other=0.0
+        )
         # p is rounded to the value dtype so the product runs on 16-bit tensor cores.
         acc = acc * alpha[:, None] + _dot(
             _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
@@ -208,9 +210,9 @@ def _additive_bwd_dkdv(
     DKF (b, h, len_k, a) and DV (b, h, len_k, e) are contiguous; DWPartial is a contiguous
     float32 (b, h, cdiv(len_k, BLOCK_N), a) buffer that the host sums over key blocks and batch.
     """
-    pid_n = tl.program_id(0)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    pid_n = tl.program_id(1)
     start_n = pid_n * BLOCK_N
-    off_bh = tl.program_id(1)
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
 
@@ -224,7 +226,9 @@ def _additive_bwd_dkdv(
 
     k_ptrs = KF + off_b * stride_kb + off_h * stride_kh + cols * stride_kn  # (j,), channel 0
     v_ptrs = V + off_b * stride_vb + off_h * stride_vh
-    v = tl.load(v_ptrs + cols[:, None] * stride_vn + offs_e[None, :] * stride_ve, mask=v_ok)
+    v = tl.load(
+        v_ptrs + cols[:, None] * stride_vn + offs_e[None, :] * stride_ve, mask=v_ok, other=0.0
+    )
     w_ptr = W + off_h * stride_wh
     # The key mask is per key, so this block's slice of it is read once, outside the loop.
     key_valid = _key_is_valid(
@@ -247,7 +251,9 @@ def _additive_bwd_dkdv(
         rows = start_m + offs_m
         row_ok = rows < LEN_Q
         q_ptrs = q_base + rows * stride_qm
-        do = tl.load(g_base + rows[:, None] * stride_gm, mask=row_ok[:, None] & e_ok[None, :])
+        do = tl.load(
+            g_base + rows[:, None] * stride_gm, mask=row_ok[:, None] & e_ok[None, :], other=0.0
+        )
         lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
         delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
         # Rows that saw no key saved lse = -inf and have no valid pair either; any finite
@@ -288,7 +294,7 @@ def _additive_bwd_dkdv(
     )
     dv_ptrs = DV + off_bh.to(tl.int64) * LEN_K * VALUE_DIM + cols[:, None] * VALUE_DIM
     tl.store(dv_ptrs + offs_e[None, :], _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=v_ok)
-    dw_ptrs = DWPartial + (off_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * A + offs_a
+    dw_ptrs = DWPartial + (off_bh.to(tl.int64) * tl.num_programs(1) + pid_n) * A + offs_a
     tl.store(dw_ptrs, dw, mask=a_ok)
 
 
@@ -308,8 +314,8 @@ def _additive_bwd_dq(
 ):  # fmt: skip
     """One program per query block: accumulates dQf_i over key blocks. DQF is a contiguous
     (b, h, len_q, a) buffer."""
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
 
@@ -325,6 +331,7 @@ def _additive_bwd_dq(
     do = tl.load(
         g_ptrs + rows[:, None] * stride_gm + offs_e[None, :] * stride_ge,
         mask=row_ok[:, None] & e_ok[None, :],
+        other=0.0,
     )
     row_base = off_bh.to(tl.int64) * LEN_Q
     lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
@@ -344,7 +351,9 @@ def _additive_bwd_dq(
         cols = start_n + offs_n
         col_ok = cols < LEN_K
         k_ptrs = k_base + cols * stride_kn
-        v = tl.load(v_base + cols[:, None] * stride_vn, mask=col_ok[:, None] & e_ok[None, :])
+        v = tl.load(
+            v_base + cols[:, None] * stride_vn, mask=col_ok[:, None] & e_ok[None, :], other=0.0
+        )
 
         s = _additive_scores(
             q_ptrs, k_ptrs, w_ptr, row_ok, col_ok,
@@ -421,10 +430,15 @@ def _configs(kernel, dtype):
     return CONFIGS[kernel.__name__, dtype != torch.float32]
 
 
-def _tuned_launch(kernel, run, v, block_e, meta, len_q, len_k):
-    """Launch with the best config (kernels.launch.pick); run(config) launches. The config."""
-    key = (kernel.__name__, v.device.index, v.dtype, block_e, tuple(sorted(meta.items())),
-           launch.length_bucket(len_q), launch.length_bucket(len_k))  # fmt: skip
+def _tuned_launch(kernel, run, v, block_a, block_e, meta, len_q, len_k, rows):
+    """Launch with the best config (kernels.launch.pick); run(config) launches. The config, or
+    None for an empty grid (``rows``, the length the grid tiles, or batch * heads is 0), which
+    has nothing to run and must not tune (its length bucket is a one-token call's)."""
+    if rows == 0 or v.shape[0] * v.shape[1] == 0:
+        return None
+    key = (kernel.__name__, v.device.index, v.dtype, block_a, block_e,
+           tuple(sorted(meta.items())), launch.length_bucket(len_q),
+           launch.length_bucket(len_k))  # fmt: skip
     config = launch.pick(key, _configs(kernel, v.dtype), run)
     run(config)
     return config
@@ -505,7 +519,7 @@ def _launch(kernel, grid, *args, **meta):
     """Every kernel launch of this module goes through here (the compile gate captures them);
     returns Triton's compiled kernel, which kernels.launch.pick reads for spills (None for an
     empty grid, which is not launchable and has nothing to do)."""
-    if grid[0] > 0 and grid[1] > 0:
+    if not launch.is_empty(grid):
         return kernel[grid](*args, **meta)
     return None
 
@@ -536,10 +550,10 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     )  # fmt: skip
 
     def run(config):
-        grid = (triton.cdiv(len_q, config.block_m), b * h)
+        grid = launch.grid(b * h, triton.cdiv(len_q, config.block_m))
         return _launch(_additive_fwd, grid, *args, **meta, **config.meta())
 
-    _tuned_launch(_additive_fwd, run, v, block_e, meta, len_q, len_k)
+    _tuned_launch(_additive_fwd, run, v, block_a, block_e, meta, len_q, len_k, rows=len_q)
     return out, lse
 
 
@@ -558,7 +572,7 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
     meta = _meta(attn_mask, is_causal, block_e, v.dtype)
     delta = _empty((b, h, len_q), torch.float32, v.device)
     _launch(
-        _attn_bwd_delta, (triton.cdiv(len_q, DELTA_ROWS), b * h),
+        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, value_dim,
         BLOCK_M=DELTA_ROWS, BLOCK_D=block_e,
     )  # fmt: skip
@@ -566,12 +580,12 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
 
     def run_dq(config):
         return _launch(
-            _additive_bwd_dq, (triton.cdiv(len_q, config.block_m), b * h),
+            _additive_bwd_dq, launch.grid(b * h, triton.cdiv(len_q, config.block_m)),
             qf, kf, w, v, mask, dout, lse, delta, dqf, *common,
             **meta, BLOCK_A=block_a, **config.meta(),
         )  # fmt: skip
 
-    _tuned_launch(_additive_bwd_dq, run_dq, v, block_e, meta, len_q, len_k)
+    _tuned_launch(_additive_bwd_dq, run_dq, v, block_a, block_e, meta, len_q, len_k, rows=len_q)
 
     dkf = _empty((b, h, len_k, a), kf.dtype, v.device)
     dv = _empty((b, h, len_k, value_dim), v.dtype, v.device)
@@ -581,12 +595,16 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
         key_blocks = triton.cdiv(len_k, config.block_n)
         partials[config] = _empty((b, h, key_blocks, a), torch.float32, v.device)
         return _launch(
-            _additive_bwd_dkdv, (key_blocks, b * h),
+            _additive_bwd_dkdv, launch.grid(b * h, key_blocks),
             qf, kf, w, v, mask, dout, lse, delta, dkf, dv, partials[config], *common,
             **meta, BLOCK_A=block_a, **config.meta(),
         )  # fmt: skip
 
-    config = _tuned_launch(_additive_bwd_dkdv, run_dkdv, v, block_e, meta, len_q, len_k)
+    config = _tuned_launch(
+        _additive_bwd_dkdv, run_dkdv, v, block_a, block_e, meta, len_q, len_k, rows=len_k
+    )
+    if config is None:  # no keys (or no batch): dw is an empty sum
+        return dqf, dkf, torch.zeros_like(w), dv
     dw_partial = partials[config]
     dw = dw_partial.sum(dim=(0, 2)).to(w.dtype)  # (h, a): summed over batch and key blocks
     return dqf, dkf, dw, dv

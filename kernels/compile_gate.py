@@ -72,14 +72,20 @@ class Case:
     masking: str
     len_q: int = 200
     len_k: int = 333
-    heads_kv: int = 3  # of the 3 query heads; fewer: grouped-query attention
+    batch: int = 2  # batch and heads matter to a build only through H's and the strides'
+    heads: int = 3  # divisibility by 16 (Triton specialises integers on it)
+    heads_kv: int | None = None  # of the query heads (None: as many); fewer: grouped-query
 
     def label(self) -> str:
-        gqa = "" if self.heads_kv == 3 else f" gqa 3/{self.heads_kv}"
-        return (
-            f"{self.workload} {self.dtype} d={self.head_dim} {self.masking}{gqa} "
-            f"({self.len_q}x{self.len_k})"
-        )
+        gqa = "" if self.kv_heads == self.heads else f" gqa {self.heads}/{self.kv_heads}"
+        shape = f"{self.len_q}x{self.len_k}"
+        if (self.batch, self.heads) != (2, 3):
+            shape = f"{self.batch}x{self.heads}x{shape}"
+        return f"{self.workload} {self.dtype} d={self.head_dim} {self.masking}{gqa} ({shape})"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads if self.heads_kv is None else self.heads_kv
 
 
 @dataclass
@@ -129,13 +135,13 @@ def _flash_workload(case: Case) -> None:
     dtype = getattr(torch, case.dtype)
 
     def tensor(heads, n):
-        return torch.empty(2, heads, n, case.head_dim, device="meta", dtype=dtype)
+        return torch.empty(case.batch, heads, n, case.head_dim, device="meta", dtype=dtype)
 
-    q = tensor(3, case.len_q)
-    k, v = tensor(case.heads_kv, case.len_k), tensor(case.heads_kv, case.len_k)
+    q = tensor(case.heads, case.len_q)
+    k, v = tensor(case.kv_heads, case.len_k), tensor(case.kv_heads, case.len_k)
     mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
-    block_d = checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.heads_kv != 3)
+    block_d = checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
     out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
     mask_grad = mask is not None and mask.is_floating_point()
     fa._backward(
@@ -149,7 +155,7 @@ def _flash_mask(case: Case, dtype):
     whose gradient is taken (every mask layout the kernels specialise on)."""
     import torch
 
-    b, h, len_q, len_k = 2, 3, case.len_q, case.len_k
+    b, h, len_q, len_k = case.batch, case.heads, case.len_q, case.len_k
     if "key_mask" in case.masking:
         return torch.empty(b, 1, 1, len_k, device="meta", dtype=torch.bool)
     if "full_mask" in case.masking:
@@ -168,13 +174,13 @@ def _additive_workload(case: Case) -> None:
     dtype = getattr(torch, case.dtype)
 
     def tensor(n):
-        return torch.empty(2, 3, n, case.head_dim, device="meta", dtype=dtype)
+        return torch.empty(case.batch, case.heads, n, case.head_dim, device="meta", dtype=dtype)
 
     qf, kf, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
-    w = torch.empty(3, case.head_dim, device="meta", dtype=torch.float32)
+    w = torch.empty(case.heads, case.head_dim, device="meta", dtype=torch.float32)
     mask = None
     if "key_mask" in case.masking:
-        mask = torch.empty(2, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+        mask = torch.empty(case.batch, 1, 1, case.len_k, device="meta", dtype=torch.bool)
     causal = "causal" in case.masking
     block_a, block_e = aa._check_inputs(qf, kf, w, v, mask)
     out, lse = aa._forward(qf, kf, w, v, mask, causal, block_a, block_e)

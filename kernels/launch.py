@@ -15,8 +15,9 @@ One job: choose ``BLOCK_M``, ``BLOCK_N``, ``num_warps`` and ``num_stages`` for a
   head dim, masking, and the lengths rounded up to a power of two, so that a new length does
   not re-tune forever) times each candidate with ``triton.testing.do_bench`` and keeps the
   fastest; later launches with that key reuse it. A candidate whose compiled kernel spills
-  registers is passed over. ``FLASH_ATTENTION_AUTOTUNE=0`` turns timing off (the first
-  candidate that compiles without spills, the heuristic choice, is used). Under the Triton interpreter the
+  registers is passed over. ``FLASH_ATTENTION_AUTOTUNE=0`` (or false, off, no) turns timing
+  off (the first candidate that compiles without spills, the heuristic choice, is used), as
+  does a CUDA-graph capture. Under the Triton interpreter the
   kernels take :data:`INTERPRETER_CONFIG`, one config (tests vary it).
 """
 
@@ -113,12 +114,50 @@ def capability(device: torch.device) -> int:
 
 
 def autotune_enabled() -> bool:
-    return os.environ.get("FLASH_ATTENTION_AUTOTUNE", "1") not in ("", "0")
+    """``FLASH_ATTENTION_AUTOTUNE`` is on unless set to 0, false, off or no (any case)."""
+    setting = os.environ.get("FLASH_ATTENTION_AUTOTUNE", "1").strip().lower()
+    return setting not in ("", "0", "false", "off", "no")
+
+
+# CUDA's grid limits: x up to 2^31 - 1 blocks, y and z up to 65,535.
+GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def grid(batch_heads: int, row_blocks: int) -> tuple[int, int]:
+    """The launch grid of every attention kernel: (batch * heads, blocks of rows).
+
+    batch * heads goes on axis 0, the only one that takes more than 65,535 blocks (batch 1024
+    with 64 heads is 65,536 already); the kernels read it as ``tl.program_id(0)``. A grid past
+    the limits is refused with the sizes that caused it, before anything is launched.
+    """
+    for axis, (size, limit) in enumerate(
+        zip((batch_heads, row_blocks), GRID_LIMITS[:2], strict=True)
+    ):
+        if size > limit:
+            what = "batch * heads" if axis == 0 else "blocks of rows (length / block size)"
+            raise ValueError(
+                f"launch grid axis {axis} ({what}) would be {size:,} blocks; CUDA allows at "
+                f"most {limit:,}: split the batch or the sequence"
+            )
+    return batch_heads, row_blocks
+
+
+def is_empty(grid_: tuple[int, ...]) -> bool:
+    """A grid with a zero dimension (an empty batch or length) has nothing to launch or tune."""
+    return any(size == 0 for size in grid_)
+
+
+def capturing() -> bool:
+    """Whether the current CUDA stream is being captured into a CUDA graph: nothing may be
+    timed or synchronized then."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def length_bucket(n: int) -> int:
-    """Lengths rounded up to a power of two, so tuning happens O(log n) times, not per length."""
-    return triton.next_power_of_2(max(1, n))
+    """Lengths rounded up to a power of two, so tuning happens O(log n) times, not per length.
+    Zero is a bucket of its own: a pass over keys with no queries (all zeros) must not choose
+    for the one-token calls."""
+    return triton.next_power_of_2(n) if n > 0 else 0
 
 
 _TUNED: dict[tuple[Hashable, bool], LaunchConfig] = {}
@@ -145,11 +184,12 @@ def pick(
     their outputs) and returns Triton's compiled kernel. A config that fails to compile or run
     (e.g. Triton's OutOfResources), or whose registers spill, is passed over: the estimates in
     :func:`candidates` are generous, and ptxas has the last word. With autotuning on, the
-    others are timed with ``do_bench`` and the fastest wins; with it off, the first one left.
+    others are timed with ``do_bench`` and the fastest wins; with it off, or while a CUDA graph
+    is being captured (``do_bench`` synchronizes, which a capture forbids), the first one left.
     """
     if len(configs) == 1:
         return configs[0]
-    tune = autotune_enabled()
+    tune = autotune_enabled() and not capturing()
     if (key, tune) in _TUNED:
         return _TUNED[key, tune]
     from triton.testing import do_bench
@@ -158,6 +198,8 @@ def pick(
     for config in configs:
         try:
             compiled = launch(config)
+        except ValueError:  # our own refusals (e.g. a grid past CUDA's limits) say what is wrong
+            raise
         except Exception as err:  # a config this GPU cannot run is simply not chosen
             failures.append((config, f"{type(err).__name__}: {err}"))
             continue

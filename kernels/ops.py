@@ -11,7 +11,8 @@ and one for its backward launcher, and ties them together with ``backward=``::
     def _forward_op(x: Tensor, w: Tensor) -> Tensor:
         ...  # launches the forward kernel
 
-and its public function calls ``_forward_op`` after checking its inputs. That is all a kernel
+and its public function calls ``_forward_op`` after checking its inputs. Each operator runs
+with its inputs' CUDA device made current (:func:`device_guard`). That is all a kernel
 needs: ``torch.ops.flash_transformer.my_kernel`` then runs in eager mode, differentiates, and
 appears in a ``torch.compile`` graph as one opaque node (no graph break), with the fake
 function giving the compiler output shapes, dtypes and strides.
@@ -29,6 +30,8 @@ need. On ``meta`` tensors an operator runs its fake function and launches nothin
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -57,13 +60,32 @@ def kernel_op(
     """
 
     def register(fn: Callable) -> torch.library.CustomOpDef:
-        op = torch.library.custom_op(f"{NAMESPACE}::{name}", fn, mutates_args=())
+        @functools.wraps(fn)  # the schema is inferred from fn's signature, which wraps keeps
+        def on_the_inputs_device(*args, **kwargs):
+            with device_guard(*args, *kwargs.values()):
+                return fn(*args, **kwargs)
+
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", on_the_inputs_device, mutates_args=())
         op.register_fake(fake)
         if backward is not None:
             _register_autograd(op, list(inspect.signature(fn).parameters), backward, wrt)
         return op
 
     return register
+
+
+def device_guard(*args) -> contextlib.AbstractContextManager:
+    """The first CUDA tensor's device, made current for the block; nothing for CPU tensors.
+
+    Triton launches on the *current* CUDA device, not on its arguments' (as a CUDA kernel
+    does): without this, tensors on ``cuda:1`` while ``cuda:0`` is current would be read by a
+    kernel running on the wrong GPU. Every operator registered here runs inside it.
+    """
+    for arg in args:
+        device = getattr(arg, "device", None)
+        if isinstance(device, torch.device) and device.type == "cuda":
+            return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _register_autograd(

@@ -266,6 +266,11 @@ def test_rank_dtype_and_device_mismatches_are_refused():
         attend(q.double(), k, v)
     with pytest.raises(ValueError, match="len_k"):
         attend(q, k, v[:, :, :3])
+    # the meta device stands in for a second device on a machine with one
+    with pytest.raises(ValueError, match="one device, got cpu, meta, cpu"):
+        attend(q, k.to("meta"), v)
+    with pytest.raises(ValueError, match="one device, got cpu, cpu, meta"):
+        attend(q, k, v.to("meta"), backend="sdpa")
 
 
 def test_unknown_backend_or_score_is_refused_with_a_clear_error():
@@ -278,12 +283,12 @@ def test_unknown_backend_or_score_is_refused_with_a_clear_error():
         small_config(backend="cudnn")
 
 
-def test_backends_that_cannot_honour_a_setting_refuse_it():
+def test_backends_that_cannot_honour_a_setting_refuse_it(kernel_device):
     with pytest.raises(ValueError, match="dropout"):
         small_config(backend="triton", attention_dropout=0.1)
     with pytest.raises(ValueError, match="additive"):
         small_config(score="additive", backend="sdpa")
-    q, k, v = random_qkv()
+    q, k, v = (t.to(kernel_device) for t in random_qkv())
     with pytest.raises(ValueError, match="dropout"):
         attend(q, k, v, backend="triton", dropout_p=0.1)
 

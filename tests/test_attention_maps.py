@@ -3,6 +3,7 @@ weights equal the naive ones, the files are written as promised, and a model tra
 sequences draws the reversal's alignment."""
 
 import csv
+import importlib.util
 import json
 
 import pytest
@@ -58,13 +59,10 @@ def padded_pair():
 
 
 def flash_available() -> tuple[bool, str]:
-    try:
-        from kernels import flash_attention
-
-        q = torch.zeros(1, 1, 1, 4)
-        flash_attention(q, q, q, return_lse=True)
-    except Exception as err:  # not written yet, no triton, or no interpreter
-        return False, f"kernels.flash_attention cannot run here: {type(err).__name__}: {err}"
+    """Whether Triton is installed. That is the only reason to skip: a kernel that is there but
+    fails must fail the test, not skip it."""
+    if importlib.util.find_spec("triton") is None:
+        return False, "Triton is not installed"
     return True, ""
 
 
@@ -179,12 +177,12 @@ def test_weights_from_lse_equal_softmax_block_by_block(is_causal, len_q, len_k):
     ["scaled_dot", pytest.param("general", marks=pytest.mark.slow), "additive"],
 )
 @pytest.mark.parametrize("kind", KINDS)
-def test_flash_weights_rebuilt_from_lse_match_naive_weights(kind, score):
+def test_flash_weights_rebuilt_from_lse_match_naive_weights(kind, score, kernel_device):
     ok, reason = flash_available()
     if not ok:
         pytest.skip(reason)
-    model = tiny_model(score=score)
-    src, tgt_in = padded_pair()
+    model = tiny_model(score=score).to(kernel_device)
+    src, tgt_in = (t.to(kernel_device) for t in padded_pair())
     for layer in range(2):
         for head in (None, 1):
             naive = layer_weights(model, src, tgt_in, kind, layer, head, method="naive")

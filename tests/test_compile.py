@@ -34,21 +34,22 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def tiny_model(backend: str) -> Transformer:
+def tiny_model(backend: str, device: torch.device | str = "cpu") -> Transformer:
     config = ModelConfig(
         VOCAB, VOCAB, d_model=32, heads=2, encoder_layers=1, decoder_layers=1, d_ff=64,
         dropout=0.0, backend=backend,
     )  # fmt: skip
     torch.manual_seed(0)
-    return Transformer(config)
+    return Transformer(config).to(device)
 
 
-def batch(size: int, src_len: int, tgt_len: int, seed: int = 0):
+def batch(size: int, src_len: int, tgt_len: int, seed: int = 0, device="cpu"):
     """Source and target-in tokens, the source right-padded in its second row."""
     gen = torch.Generator().manual_seed(seed)
     src = torch.randint(3, VOCAB, (size, src_len), generator=gen)
     src[1, src_len // 2 :] = PAD
     tgt = torch.randint(3, VOCAB, (size, tgt_len + 1), generator=gen)
+    src, tgt = src.to(device), tgt.to(device)
     return src, tgt[:, :-1], tgt[:, 1:]
 
 
@@ -72,21 +73,23 @@ def assert_same_step(model, compiled, data):
 @pytest.mark.parametrize(
     "backend", [pytest.param("naive", marks=SLOW), pytest.param("sdpa", marks=SLOW), "triton"]
 )
-def test_fullgraph_compiled_training_step_equals_eager_outputs_and_gradients(backend):
-    model = tiny_model(backend)
+def test_fullgraph_compiled_training_step_equals_eager_outputs_and_gradients(
+    backend, kernel_device
+):
+    model = tiny_model(backend, kernel_device)
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
-    assert_same_step(model, compiled, batch(3, 11, 9))
+    assert_same_step(model, compiled, batch(3, 11, 9, device=kernel_device))
     assert counter.frame_count == 1
 
 
 @SLOW
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fullgraph_compiled_cached_decoding_equals_eager_full_decoding(backend):
-    model = tiny_model(backend).eval()
+def test_fullgraph_compiled_cached_decoding_equals_eager_full_decoding(backend, kernel_device):
+    model = tiny_model(backend, kernel_device).eval()
     counter = CompileCounterWithBackend("aot_eager")
     decode = torch.compile(model.decode, fullgraph=True, backend=counter)
-    src, tgt, _ = batch(3, 11, 9)
+    src, tgt, _ = batch(3, 11, 9, device=kernel_device)
     with torch.no_grad():
         memory, src_key_mask = model.encode(src)
         full, _ = model.decode(tgt, memory, src_key_mask)
@@ -112,14 +115,14 @@ def test_training_over_five_lengths_compiles_one_graph_when_lengths_are_marked_d
 
 
 @SLOW
-def test_inductor_compiles_the_kernel_operator_into_a_graph_equal_to_eager():
+def test_inductor_compiles_the_kernel_operator_into_a_graph_equal_to_eager(kernel_device):
     """Inductor's generated code around our operator (the triton backend): a training step at
     two lengths from one dynamic graph, equal to eager within float32 tolerance."""
-    model = tiny_model("triton")
+    model = tiny_model("triton", kernel_device)
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
     for size, src_len, tgt_len in ((3, 11, 9), (2, 6, 14)):
-        data = batch(size, src_len, tgt_len, seed=src_len)
+        data = batch(size, src_len, tgt_len, seed=src_len, device=kernel_device)
         mark_dynamic_batch(*data)
         assert_same_step(model, compiled, data)
     assert counter.frame_count == 1

@@ -82,6 +82,9 @@ def test_every_launch_compiles_for_sm80_86_89_90_within_shared_memory_and_withou
     assert {b["arch"] for b in builds} == {80, 86, 89, 90}
     kernels = {b["kernel"] for b in builds}
     assert {"_attn_fwd", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq"} <= kernels
+    assert {"_additive_fwd", "_additive_bwd_dkdv", "_additive_bwd_dq"} <= kernels
+    for arch in (80, 86, 89, 90):  # each kernel, flash and additive, on each architecture
+        assert {b["kernel"] for b in builds if b["arch"] == arch} == kernels, arch
     hopper_16bit_dots = [
         b
         for b in builds
@@ -185,3 +188,92 @@ def test_a_build_that_does_not_compile_fails():
     broken = build()
     broken.ok, broken.error = False, "CompilationError: boom"
     assert any("does not compile" in f for f in compile_gate.failures([broken]))
+
+
+def test_the_ci_subset_compiles_both_kernels_in_every_dtype():
+    every, first = compile_gate.ci_cases()
+    cases = every + first
+    assert {c.workload for c in cases} == set(compile_gate.WORKLOADS)
+    for workload in compile_gate.WORKLOADS:
+        assert {c.dtype for c in cases if c.workload == workload} == set(compile_gate.DTYPES)
+        assert any(c.head_dim == 128 for c in cases if c.workload == workload)
+
+
+def test_float32_spilling_in_every_config_warns_and_does_not_fail():
+    spilling = [build(q="*fp32", local=64, wgmma=0), build(q="*fp32", local=8, wgmma=0)]
+    assert compile_gate.failures(spilling) == []
+    (warning,) = compile_gate.warnings(spilling)
+    assert "float32 spills in every config (least 8 B)" in warning
+    assert compile_gate.warnings([build(local=64), build(local=8)]) == []  # 16-bit: a failure
+
+
+@pytest.mark.parametrize(
+    "builds,status",
+    [
+        ([build(), build(q="*fp32", local=64, wgmma=0)], 0),  # a float32 spill only warns
+        ([build(arch=86, shared=launch.shared_memory_limit(86) + 1)], 1),
+        ([build(local=64)], 1),
+    ],
+    ids=["clean", "shared-memory", "spills"],
+)
+def test_main_exits_0_on_a_clean_gate_and_1_on_any_failure(
+    builds, status, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))  # main() sets it: restored
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
+    asked = []
+    monkeypatch.setattr(compile_gate, "run", lambda *args: asked.append(args) or builds)
+    report = tmp_path / "gate.json"
+    assert compile_gate.main(["--arch", "80", "86", "--jobs", "1", "--json", str(report)]) == status
+    assert asked[0][2] == [80, 86] and asked[0][4] == 1  # archs compiled every config, jobs
+    assert len(json.loads(report.read_text())) == len(builds)
+    out = capsys.readouterr().out
+    assert ("FAIL " in out) == bool(status)
+
+
+def test_main_refuses_to_run_under_the_interpreter(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(compile_gate, "run", lambda *args: pytest.fail("compiled anyway"))
+    with pytest.raises(SystemExit) as exit_info:
+        compile_gate.main([])
+    assert exit_info.value.code == 2
+    assert "unset TRITON_INTERPRET" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shared_memory_estimate_is_not_below_what_the_compiler_allocates(tmp_path):
+    """The launcher prunes with TileShape.shared_memory before compiling; if it underestimated,
+    a config that cannot launch would be kept. Three builds, the widest tiles of each flash
+    kernel in bfloat16 at d = 128 on sm_90, compiled here (about 10 s each on 2 cores)."""
+    script = textwrap.dedent(
+        """
+        import importlib, json
+        from kernels import compile_gate
+        from kernels.launch import LaunchConfig
+        fa = importlib.import_module("kernels.flash_attention.configs")
+        case = compile_gate.Case("flash_attention", "bfloat16", 128, "causal+key_mask")
+        widest = {}
+        for b in compile_gate.plan([case], [90], True):
+            if b.kernel in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+                area = b.constexprs["BLOCK_M"] * b.constexprs["BLOCK_N"]
+                if area > widest.get(b.kernel, (0, None))[0]:
+                    widest[b.kernel] = (area, b)
+        rows = []
+        for kernel, (_, b) in sorted(widest.items()):
+            compile_gate.compile_build(b)
+            c, o = b.constexprs, b.options
+            config = LaunchConfig(c["BLOCK_M"], c["BLOCK_N"], o["num_warps"], o["num_stages"])
+            name = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}[kernel]
+            estimate = fa.TILES[name].shared_memory(config, c["BLOCK_D"], 2)
+            rows.append([kernel, b.config(), b.ok, b.error[:300], b.shared_bytes, estimate])
+        print(json.dumps(rows))
+        """
+    )
+    done = compiled_python(["-c", script], tmp_path, 600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(rows) == 3
+    for kernel, config, ok, error, measured, estimate in rows:
+        assert ok, (kernel, config, error)
+        assert 0 < measured <= estimate, f"{kernel} {config}: ptxas {measured} B > {estimate} B"

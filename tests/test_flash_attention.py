@@ -9,7 +9,6 @@ small; the ``cuda`` tests add long sequences where a GPU is present.
 
 import importlib
 import itertools
-import math
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from kernels.launch import LaunchConfig
 # and configurations, and the operators.
 fa = importlib.import_module("kernels.flash_attention.launcher")
 fn = importlib.import_module("kernels.flash_attention.function")
+fa_configs = importlib.import_module("kernels.flash_attention.configs")  # the launch tables
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -509,36 +509,52 @@ def test_every_output_element_is_written(monkeypatch):
         assert torch.isfinite(t).all()
 
 
-# (BLOCK_M, BLOCK_N) per kernel as the launcher may pick them, including shapes where the
-# causal diagonal crosses several blocks, query and key blocks of different sizes, and tiles
-# larger than the sequence, so that both loop stages (whole blocks unchecked, partial or
-# diagonal blocks masked) and the dK/dV pass's three query ranges all run. Every test run
-# checks two block shapes on one ragged pair; the rest run under the slow marker.
-BLOCK_CHOICES = [
-    pytest.param((16, 16), marks=SLOW, id="(16, 16)"),
-    pytest.param((16, 32), id="(16, 32)"),
-    pytest.param((32, 16), marks=SLOW, id="(32, 16)"),
-    pytest.param((64, 32), id="(64, 32)"),
-    pytest.param((32, 128), marks=SLOW, id="(32, 128)"),
-]
+# (BLOCK_M, BLOCK_N) as the launcher may pick them on a GPU: every tile shape in the launch
+# tables (16-bit and float32, every kernel), plus 16x16. Lengths per shape (block_lengths) are
+# the smallest that run both loop stages -- whole blocks unchecked, partial or diagonal blocks
+# masked -- in every pass: a whole and a partial query tile, and a causal shift of more than a
+# key block, so that some key blocks are wholly visible to a query tile; then the lengths swapped
+# (the first queries see no key). Head dim 40 is padded to 64 inside the kernel.
+TABLE_BLOCKS = sorted(
+    {(c.block_m, c.block_n) for table in (fa_configs.CONFIGS_16BIT, fa_configs.CONFIGS_FLOAT32)
+     for configs in table.values() for c in configs} | {(16, 16)}
+)  # fmt: skip
+# A representative few run by default (narrow queries / wide keys, the reverse, square); the
+# interpreter is slow with large tiles, so the whole table is marked slow.
+DEFAULT_BLOCKS = [(16, 64), (64, 32), (32, 32)]
 
 
-@pytest.mark.parametrize("blocks", BLOCK_CHOICES)
-@pytest.mark.parametrize(
-    "len_q,len_k", [(75, 51), pytest.param(51, 75, marks=SLOW), pytest.param(64, 64, marks=SLOW)]
-)
-def test_every_block_size_matches_the_reference_in_both_loop_stages(
-    blocks, len_q, len_k, monkeypatch
-):
+def block_lengths(block_m, block_n):
+    len_q = block_m + 3
+    return [(len_q, len_q + block_n + 5), (len_q + block_n + 5, len_q)]
+
+
+def assert_blocks_match_the_reference(blocks, head_dim, monkeypatch, maskings):
     monkeypatch.setattr(fa, "_configs", lambda name, q, d: [LaunchConfig(*blocks, 4, 1)])
-    q, k, v, dout = random_inputs(2, 1, len_q, len_k, 32, torch.float32, seed=len_q + blocks[0])
-    for mask, is_causal in (
-        (None, True),
-        (random_key_mask(2, len_k), True),
-        (random_key_mask(2, len_k), False),
-        (None, False),
-    ):
-        assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=is_causal)
+    for len_q, len_k in block_lengths(*blocks):
+        q, k, v, dout = random_inputs(2, 1, len_q, len_k, head_dim, torch.float32, seed=len_q)
+        for masked, is_causal in maskings:
+            mask = random_key_mask(2, len_k) if masked else None
+            assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=is_causal)
+
+
+@pytest.mark.parametrize("head_dim", [40, 32])
+@pytest.mark.parametrize("blocks", DEFAULT_BLOCKS, ids=str)
+def test_launch_table_block_sizes_match_the_reference_in_both_loop_stages(
+    blocks, head_dim, monkeypatch
+):
+    assert set(DEFAULT_BLOCKS) <= set(TABLE_BLOCKS)
+    maskings = [(True, True)] if head_dim == 40 else [(False, False)]
+    assert_blocks_match_the_reference(blocks, head_dim, monkeypatch, maskings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("blocks", TABLE_BLOCKS, ids=str)
+def test_every_launch_table_block_size_matches_the_reference_with_every_masking(
+    blocks, monkeypatch
+):
+    maskings = [(False, False), (False, True), (True, False), (True, True)]
+    assert_blocks_match_the_reference(blocks, 40, monkeypatch, maskings)
 
 
 def test_empty_lengths():
@@ -552,9 +568,41 @@ def test_empty_lengths():
     assert out.shape == (1, 2, 0, 16) and (leaves[1].grad == 0).all()
 
 
-def test_default_scale_is_inverse_sqrt_head_dim():
-    q, k, v, _ = random_inputs(1, 1, 6, 6, 40, torch.float32)
-    assert torch.equal(flash_attention(q, k, v), flash_attention(q, k, v, scale=1 / math.sqrt(40)))
+@pytest.mark.parametrize("head_dim", [40, 7])
+def test_default_scale_is_sdpas_default_scale(head_dim):
+    q, k, v, _ = random_inputs(1, 2, 6, 9, head_dim, torch.float32)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert max_err(flash_attention(q, k, v), expected) < 1e-5
+    unscaled = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=1.0)
+    assert max_err(unscaled, expected) > 1e-2  # the scale matters for these inputs
+
+
+@pytest.mark.parametrize("head_dim", range(1, 8))
+def test_head_dims_1_to_7_within_2x_naive_error(head_dim):
+    q, k, v, dout = random_inputs(2, 1, 9, 13, head_dim, torch.float32, seed=head_dim)
+    mask = random_key_mask(2, 13)
+    assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=True)
+
+
+@pytest.mark.parametrize("batch,heads", [(0, 2), (2, 0), (0, 0)])
+def test_batch_or_heads_of_zero_give_empty_outputs_and_gradients(batch, heads, monkeypatch):
+    """Nothing is launched on an empty grid (a GPU refuses a grid dimension of 0)."""
+    from triton.runtime.jit import KernelInterface
+
+    grids, getitem = [], KernelInterface.__getitem__
+    monkeypatch.setattr(
+        KernelInterface,
+        "__getitem__",
+        lambda kernel, grid: grids.append(grid) or getitem(kernel, grid),
+    )
+    q, k, v, dout = random_inputs(batch, heads, 5, 7, 16, torch.float32)
+    mask = torch.ones(batch, 1, 1, 7, dtype=torch.bool, device=DEVICE)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = flash_attention(*leaves, attn_mask=mask, is_causal=True, return_lse=True)
+    out.backward(dout)
+    assert out.shape == (batch, heads, 5, 16) and lse.shape == (batch, heads, 5)
+    assert [leaf.grad.shape for leaf in leaves] == [t.shape for t in (q, k, v)]
+    assert grids == []  # every grid has batch * heads = 0 programs
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -580,11 +628,15 @@ def _bad_inputs():
         ("mask-dtype", (q, k, v), {"attn_mask": mask.int()}, TypeError, "torch.bool"),
         ("mask-float64", (q, k, v), {"attn_mask": mask.double()}, TypeError, "added to the scores"),
         ("mask-len", (q, k, v), {"attn_mask": mask[..., :5]}, ValueError, "does not broadcast"),
-        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool)}, ValueError, "does not broadcast"),
-        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool)}, ValueError, "does not broadcast"),
-        ("mask-len-q", (q, k, v), {"attn_mask": torch.ones(2, 1, 4, 6, dtype=torch.bool)}, ValueError, "does not broadcast"),
+        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-len-q", (q, k, v), {"attn_mask": torch.ones(2, 1, 4, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
         ("mask-rank-5", (q, k, v), {"attn_mask": mask[None]}, ValueError, "does not broadcast"),
         ("mask-2d-key-padding", (q, k, v), {"attn_mask": mask[:, 0, 0]}, ValueError, r"2-D mask is \(len_q, len_k\)"),
+        ("mask-list", (q, k, v), {"attn_mask": mask.tolist()}, TypeError, "attn_mask must be a torch.Tensor"),
+        ("scale-nan", (q, k, v), {"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
+        ("scale-inf", (q, k, v), {"scale": float("inf")}, ValueError, "scale must be finite, got inf"),
+        ("scale-tensor-inf", (q, k, v), {"scale": torch.tensor(-float("inf"))}, ValueError, "scale must be finite"),
     ]  # fmt: skip
 
 

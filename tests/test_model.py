@@ -189,7 +189,21 @@ def test_beam_search_returns_one_hypothesis_per_source_row_in_order():
 
 def test_untied_embeddings_with_different_vocabularies_work():
     model = tiny_model(tie_embeddings=False, tgt_vocab_size=23)
-    assert model(random_tokens(2, 5), random_tokens(2, 4) % 23).shape == (2, 4, 23)
+    src = torch.tensor([[29, 25, 24, 3, 7]])  # ids that only the source vocabulary holds
+    tgt_in = torch.tensor([[BOS, 22, 5, 9]])
+    logits = model(src, tgt_in)
+    assert logits.shape == (1, 4, 23)
+    src_table, tgt_table = model.src_embed.embedding.weight, model.tgt_embed.embedding.weight
+    generator = model.generator.weight
+    assert src_table.shape == (30, 32) and tgt_table.shape == generator.shape == (23, 32)
+    assert len({src_table.data_ptr(), tgt_table.data_ptr(), generator.data_ptr()}) == 3
+    logits.logsumexp(-1).sum().backward()
+    used_src, used_tgt = src_table.grad.abs().sum(-1) > 0, tgt_table.grad.abs().sum(-1) > 0
+    assert used_src.nonzero().flatten().tolist() == [3, 7, 24, 25, 29]  # each table its own rows
+    assert used_tgt.nonzero().flatten().tolist() == [1, 5, 9, 22]
+    assert (generator.grad.abs().sum(-1) > 0).all()  # every target token scored
+    with pytest.raises(ValueError, match=r"tgt_in holds ids outside the vocabulary \[0, 23\)"):
+        model(src, torch.tensor([[BOS, 23]]))
 
 
 def test_config_refuses_bad_values_with_clear_errors():

@@ -75,6 +75,27 @@ def test_probe_times_the_matmul_for_the_given_seconds_and_reports_a_positive_rat
         assert rate > 0 and 0.05 <= took < 5, (dtype, rate, took)
 
 
+def test_probe_reports_the_best_window_not_the_mean(monkeypatch):
+    """A slow first window (a clock ramping up, another process's moment) does not decide."""
+
+    class Clock:  # each reading advances the clock; in the first `slow` readings 10x as much
+        def __init__(self, slow):
+            self.now, self.readings, self.slow = 0.0, 0, slow
+
+        def __call__(self):
+            self.readings += 1
+            self.now += 0.1 if self.readings <= self.slow else 0.01
+            return self.now
+
+    def rate(slow_readings):
+        monkeypatch.setattr(sizing.time, "perf_counter", Clock(slow_readings))
+        return sizing.measure_gflops(torch.float32, seconds=0.5, windows=5)
+
+    steady, slow_first_window = rate(0), rate(3)
+    assert slow_first_window == pytest.approx(steady, rel=0.05)  # one product more or less
+    assert rate(10**6) < steady / 5  # slow in every window: reads slow
+
+
 def test_probe_runs_in_the_dtype_and_thread_count_the_run_will_use(probe):
     choice = sizing.choose("cpu", bf16=True, threads=1)
     assert probe.calls == [(torch.bfloat16, 1)]

@@ -67,6 +67,7 @@ def tiny_config(corpus: Path, run_dir: Path, **changes) -> TrainConfig:
         model=TINY_MODEL, data=str(corpus), run_dir=str(run_dir), vocab_size=400, max_tokens=256,
         lr=3e-3, warmup_steps=20, time_budget=None, threads=1, progress=False, log_every=1,
         checkpoint_every=0, final_test=False, amp="off", beam_size=2,
+        device="cpu",  # bit-exact resume comparisons and the gloo test are CPU tests by design
     )  # fmt: skip
     base.update(changes)
     return TrainConfig(**base)
@@ -174,7 +175,7 @@ def test_bad_test_split_is_refused_before_training(corpus, tmp_path, capsys):
 
 
 @pytest.mark.slow  # the triton backend under the interpreter; its step: test_triton_backend.py
-def test_backends_give_the_same_loss(corpus, tmp_path):
+def test_backends_give_the_same_loss(corpus, tmp_path, kernel_device):
     config = tiny_config(corpus, tmp_path / "run", max_steps=1)
     train(config)  # for its tokenizer
     tokenizer = load_tokenizer(tmp_path / "run" / "tokenizer.json")
@@ -185,10 +186,7 @@ def test_backends_give_the_same_loss(corpus, tmp_path):
     vocab = tokenizer.get_vocab_size()
     base = dataclasses.replace(TINY_MODEL, dropout=0.0, src_vocab_size=vocab, tgt_vocab_size=vocab)
     backends = ["naive", "sdpa"]
-    if (
-        importlib.util.find_spec("kernels.flash_attention")
-        and os.environ.get("TRITON_INTERPRET") == "1"
-    ):
+    if importlib.util.find_spec("kernels.flash_attention"):
         backends.append("triton")
     torch.manual_seed(0)
     reference = Transformer(base)
@@ -196,9 +194,11 @@ def test_backends_give_the_same_loss(corpus, tmp_path):
     for backend in backends:
         model = Transformer(dataclasses.replace(base, backend=backend))
         model.load_state_dict(reference.state_dict())
-        losses[backend] = label_smoothed_loss(
-            model(batch.src, batch.tgt_in), batch.tgt_out, 0.1
-        ).item()
+        model.to(kernel_device)
+        src, tgt_in, tgt_out = (
+            t.to(kernel_device) for t in (batch.src, batch.tgt_in, batch.tgt_out)
+        )
+        losses[backend] = label_smoothed_loss(model(src, tgt_in), tgt_out, 0.1).item()
     for loss in losses.values():
         assert loss == pytest.approx(losses["naive"], abs=1e-5), losses
 

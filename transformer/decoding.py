@@ -5,6 +5,9 @@ Both return, per source row, the generated token ids without the leading bos and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from .layers import DecoderCache
@@ -20,6 +23,17 @@ def _never_generate(logits: torch.Tensor, model: Transformer, bos_id: int) -> to
     logits[:, model.config.pad_id] = float("-inf")
     logits[:, bos_id] = float("-inf")
     return logits
+
+
+@contextmanager
+def _eval_mode(model: Transformer) -> Iterator[None]:
+    """Run in eval mode (no dropout), then restore the model's mode, also when decoding raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _strip(rows: torch.Tensor, eos_id: int) -> list[list[int]]:
@@ -38,8 +52,13 @@ def greedy_decode(
     max_len: int | None = None,
 ) -> list[list[int]]:
     """Pick the most likely next token until eos or ``max_len`` tokens; ``src`` is (b, s)."""
-    was_training = model.training
-    model.eval()
+    with _eval_mode(model):
+        return _greedy(model, src, bos_id, eos_id, max_len)
+
+
+def _greedy(
+    model: Transformer, src: torch.Tensor, bos_id: int, eos_id: int, max_len: int | None
+) -> list[list[int]]:
     max_len = _default_max_len(src) if max_len is None else max_len
     memory, src_key_mask = model.encode(src)
     batch = src.shape[0]
@@ -56,7 +75,6 @@ def greedy_decode(
         if finished.all():
             break
         tokens = next_token[:, None]
-    model.train(was_training)
     return (
         _strip(torch.stack(generated, dim=1), eos_id) if generated else [[] for _ in range(batch)]
     )
@@ -87,8 +105,19 @@ def beam_search(
     frozen. With ``beam_size=1`` this is greedy decoding."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    was_training = model.training
-    model.eval()
+    with _eval_mode(model):
+        return _beam_search(model, src, bos_id, eos_id, beam_size, length_penalty_alpha, max_len)
+
+
+def _beam_search(
+    model: Transformer,
+    src: torch.Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int,
+    length_penalty_alpha: float,
+    max_len: int | None,
+) -> list[list[int]]:
     max_len = _default_max_len(src) if max_len is None else max_len
     batch, device = src.shape[0], src.device
     memory, src_key_mask = model.encode(src)
@@ -126,7 +155,6 @@ def beam_search(
         tokens = next_token[:, None]
         if finished.all():
             break
-    model.train(was_training)
     final = (scores / length_penalty(lengths, length_penalty_alpha)).view(batch, beam_size)
     winner = final.argmax(dim=-1) + torch.arange(batch, device=device) * beam_size
     return _strip(history[winner], eos_id)

@@ -28,8 +28,8 @@ def _attn_bwd_delta(
     From dS = P * (dP - rowsum(dO * O)) for the output, plus dS += P * dlse for the
     log-sum-exp (d lse_i / d s_ij = P_ij): folding -dlse into delta covers both at no cost.
     """
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
     rows = start_m + tl.arange(0, BLOCK_M)
@@ -113,8 +113,8 @@ def _attn_bwd_dkdv(
 
     DK and DV are contiguous (b, h_kv, len_k, d) buffers; their strides are computed here.
     """
-    start_n = tl.program_id(0) * BLOCK_N
-    off_bkv = tl.program_id(1)  # batch * h_kv + key/value head
+    off_bkv = tl.program_id(0)  # batch * h_kv + key/value head, on axis 0: see launch.grid
+    start_n = tl.program_id(1) * BLOCK_N
     H_KV = H // GROUP
     off_b = (off_bkv // H_KV).to(tl.int64)
     off_hk = (off_bkv % H_KV).to(tl.int64)
@@ -231,8 +231,8 @@ def _attn_bwd_dq(
     DQ is a contiguous (b, h, len_q, d) buffer. Query rows past len_q load q = dO = 0 and
     lse = delta = 0, so their dS is 0 and they add nothing; they are never stored.
     """
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
 

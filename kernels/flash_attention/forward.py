@@ -77,8 +77,8 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    start_m = tl.program_id(0) * BLOCK_M
-    off_bh = tl.program_id(1)
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
     # int64 batch/head offsets: b * stride_b overflows int32 for large tensors.
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)

@@ -19,7 +19,7 @@ def _empty(shape, dtype, device):
 def _launch(kernel, grid, *args, **meta):
     """Every kernel launch goes through here (the compile gate captures them); returns Triton's
     compiled kernel (None for an empty grid, which is not launchable and has nothing to do)."""
-    if grid[0] > 0 and grid[1] > 0:
+    if not launch.is_empty(grid):
         return kernel[grid](*args, **meta)
     return None
 
@@ -30,17 +30,23 @@ def _configs(kernel_name, q, block_d):
 
 
 def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
-    """Launch ``kernel`` with the best config for this shape; grid_rows(config) = grid dim 0,
-    grid dim 1 = batch x heads (key/value heads for the dK/dV pass, query heads otherwise)."""
+    """Launch ``kernel`` with the best config for this shape; grid axis 0 = batch x heads
+    (key/value heads for the dK/dV pass, query heads otherwise), grid_rows(config) = the blocks
+    of rows (grid axis 1). An empty grid returns at once: nothing to run, nothing to tune (its
+    length bucket is a one-token call's)."""
     b, h, len_q, _ = q.shape
     heads = k.shape[1] if name == "dkdv" else h
+    candidates = _configs(name, q, block_d)
+    if launch.is_empty((b * heads, grid_rows(candidates[0]))):
+        return
 
     def run(config):
-        return _launch(kernel, (grid_rows(config), b * heads), *args, **meta, **config.meta())
+        grid = launch.grid(b * heads, grid_rows(config))
+        return _launch(kernel, grid, *args, **meta, **config.meta())
 
     key = (name, q.device.index, q.dtype, block_d, tuple(sorted(meta.items())),
            launch.length_bucket(len_q), launch.length_bucket(k.shape[2]))  # fmt: skip
-    run(launch.pick(key, _configs(name, q, block_d), run))
+    run(launch.pick(key, candidates, run))
 
 
 def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
@@ -52,7 +58,7 @@ def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        h, h // k.shape[1], len_q, len_k, d, scale * LOG2_E.value,
+        h, h // max(k.shape[1], 1), len_q, len_k, d, scale * LOG2_E.value,
     )  # fmt: skip
     meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
     _tuned_launch(
@@ -74,14 +80,14 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
 
     delta = _empty((b, h, len_q), torch.float32, q.device)
     _launch(
-        _attn_bwd_delta, (triton.cdiv(len_q, DELTA_ROWS), b * h),
+        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
         BLOCK_M=DELTA_ROWS, BLOCK_D=block_d,
     )  # fmt: skip
     dk = _empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
     dv = _empty(v.shape, q.dtype, q.device)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
-    sizes = (h, h // k.shape[1], len_q, len_k, d, scale, scale * LOG2_E.value)
+    sizes = (h, h // max(k.shape[1], 1), len_q, len_k, d, scale, scale * LOG2_E.value)
     args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
     _tuned_launch(
         _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args

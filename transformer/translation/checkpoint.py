@@ -128,6 +128,9 @@ def save_checkpoint(
 ) -> Path:
     """Save weights and training state as ``checkpoints/step-<step>/`` and point ``last.json`` at it.
 
+    A re-save of a step goes to ``step-<step>-1/`` (the files a pointer names are never
+    overwritten), and ``recent`` keeps one entry per step.
+
     Args:
         run_dir: the run directory.
         model: the bare model (not a DDP wrapper); tied weights are stored once.
@@ -141,13 +144,12 @@ def save_checkpoint(
     Checkpoint directories named by no pointer are deleted afterwards.
     """
     run_dir = Path(run_dir)
-    directory = run_dir / "checkpoints" / f"step-{meta['step']:08d}"
 
     def write(tmp_dir: Path) -> None:
         save_model(model, str(tmp_dir / MODEL_FILE))
         torch.save(state, tmp_dir / STATE_FILE)
 
-    _write_directory(directory, write)
+    directory = _write_directory(run_dir / "checkpoints" / f"step-{meta['step']:08d}", write)
     pointer = _pointer(run_dir, directory, meta)
     recent = [r for r in _recent(run_dir) if r["step"] < meta["step"]]  # a re-save replaces
     here = {"step": meta["step"], "directory": pointer["directory"], "files": pointer["files"]}
@@ -170,13 +172,12 @@ def save_weights(
     """Save bare weights (no training state) as ``checkpoints/<name>/`` and point each of
     ``pointers`` (e.g. ``("average",)``) at it; written as atomically as :func:`save_checkpoint`."""
     run_dir = Path(run_dir)
-    directory = run_dir / "checkpoints" / name
 
     def write(tmp_dir: Path) -> None:
         save_file(tensors, str(tmp_dir / MODEL_FILE), metadata=file_metadata)
         torch.save({}, tmp_dir / STATE_FILE)
 
-    _write_directory(directory, write)
+    directory = _write_directory(run_dir / "checkpoints" / name, write)
     pointer = _pointer(run_dir, directory, meta)
     for which in pointers:
         atomic_write_json(run_dir / f"{which}.json", pointer)
@@ -189,17 +190,24 @@ def point(run_dir: str | os.PathLike, which: str, checkpoint: Checkpoint, **chan
     atomic_write_json(Path(run_dir) / f"{which}.json", {**checkpoint.meta, **changes})
 
 
-def _write_directory(directory: Path, write: Callable[[Path], None]) -> None:
-    """Have ``write`` fill a temporary directory, fsync its files, then rename it to ``directory``."""
+def _write_directory(directory: Path, write: Callable[[Path], None]) -> Path:
+    """Have ``write`` fill a temporary directory, fsync its files, then rename it to ``directory``,
+    or, if that exists (a re-save of the same step), to ``directory`` with a ``-1``, ``-2``...
+    suffix: the files a pointer names are never overwritten, so a save that crashes before its
+    pointer moves leaves them whole. The directory written."""
     tmp_dir = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     write(tmp_dir)
     for name in (MODEL_FILE, STATE_FILE):
         _fsync_file(tmp_dir / name)
-    shutil.rmtree(directory, ignore_errors=True)  # a re-save of the same step
-    os.replace(tmp_dir, directory)
-    fsync_dir(directory.parent)
+    target, n = directory, 0
+    while target.exists():
+        n += 1
+        target = directory.with_name(f"{directory.name}-{n}")
+    os.replace(tmp_dir, target)
+    fsync_dir(target.parent)
+    return target
 
 
 def _pointer(run_dir: Path, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:

@@ -111,8 +111,8 @@ class TrainConfig:
         default=False,
         metadata=option(
             "torch.compile the model for training steps (one graph for every batch shape; "
-            "compiling takes about a minute on 2 CPU cores, counted in the time budget: see the "
-            "README for when it pays)",
+            "compiling takes about a minute on 2 CPU cores, counted in the time budget: see "
+            "docs/training.md for when it pays)",
             "run",
             action="store_true",
         ),

@@ -19,8 +19,11 @@ def setup_devices(config: TrainConfig) -> tuple[torch.device, Distributed]:
     """This rank's device and place in the process group; sets the CPU thread count."""
     device = pick_device(config.device)
     dist_info = init_distributed(device.type)
-    if config.device == "auto" and device.type == "cuda":
-        device = torch.device(f"cuda:{dist_info.local_rank}")
+    if device.type == "cuda" and (config.device == "auto" or device.index is None):
+        # "cuda" names no device, and torch.cuda.set_device refuses it: this rank's GPU
+        # (LOCAL_RANK under torchrun), or the current one in a single process.
+        index = dist_info.local_rank if dist_info.enabled else torch.cuda.current_device()
+        device = torch.device("cuda", index)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if config.threads is not None:

@@ -1,0 +1,103 @@
+"""Compile every kernel a GPU session will launch into Triton's cache, on all CPU cores, before
+anything is timed.
+
+Triton compiles a kernel the first time it is launched with a new specialisation (dtype,
+constexprs, integers' divisibility by 16, ...), about a second each, one at a time, in the
+middle of whatever is being measured. Here each *case* (one call of a public kernel function at
+one shape, as :class:`kernels.compile_gate.Case` describes it) runs in a worker process of a
+pool: the kernel's own launchers run forward and backward on ``meta`` tensors (shapes, no data,
+as the compile gate runs them), with ``launch.pick`` made to try every configuration the
+autotuner may time, and each kernel module's ``_launch`` replaced by Triton's
+``JITFunction.warmup``: the JIT's own path (binder, specialisation, options, cache key, compile)
+up to, not including, the launch. The compiled kernel lands in ``TRITON_CACHE_DIR``; when the
+measured run later launches the same specialisation, the JIT computes the same key and loads the
+kernel from disk instead of compiling it.
+
+Why the JIT's ``warmup`` and not ``triton.compile(ASTSource(...))`` as the compile gate does:
+the key the JIT looks up includes options the JIT adds itself before hashing (``debug``,
+instrumentation knobs; they differ between Triton versions), so a hand-built compile can miss
+the JIT's key in one version and not another. Calling the JIT is the same code path by
+construction, on every version (tests/test_warm_cache.py checks, on the CPU with a stand-in
+driver for an sm_90 target, that a fresh process then compiles nothing).
+
+A warmed specialisation is only hit by a launch of the same specialisation: the cases mirror
+the shapes each step of :mod:`benchmarks.gpu_report` launches (lengths of each divisibility
+class, the heads each step uses). A launch that was not warmed still works: it compiles at first
+use, as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from unittest import mock
+
+from kernels import compile_gate
+from kernels.compile_gate import Case
+
+
+def warm_case(case: Case, every_config: bool = True) -> tuple[str, int, float]:
+    """Compile (or find in the cache) every kernel ``case`` launches, with every configuration
+    the launcher may choose (else its first choice); (label, launches, seconds). Runs in a
+    worker process."""
+    from triton.runtime import driver
+
+    from kernels import launch
+
+    arch = driver.active.get_current_target().arch  # the GPU this process would launch on
+    launches = 0
+
+    def jit_warmup(kernel, grid, *args, **meta):
+        nonlocal launches
+        if not launch.is_empty(grid):
+            kernel.warmup(*args, grid=grid, **meta)
+            launches += 1
+
+    def try_every_config(key, configs, run):
+        for config in configs if every_config else configs[:1]:
+            run(config)
+        return configs[0]
+
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(launch, "pick", try_every_config))
+        # meta tensors have no CUDA device to ask: the launcher's table for this GPU's arch
+        stack.enter_context(mock.patch.object(launch, "capability", lambda device: arch))
+        for name in compile_gate.KERNEL_MODULES:
+            module = importlib.import_module(name)
+            stack.enter_context(mock.patch.object(module, "_launch", jit_warmup))
+        compile_gate.WORKLOADS[case.workload](case)
+    return case.label(), launches, time.perf_counter() - start
+
+
+def warm(every: Iterable[Case], first: Iterable[Case] = (), jobs: int | None = None) -> dict:
+    """Warm ``every`` case with every configuration and ``first`` with the first choice, in a
+    pool of ``jobs`` processes (default: one per core); a summary."""
+    every = list(dict.fromkeys(every))
+    work = [(c, True) for c in every] + [(c, False) for c in dict.fromkeys(first)]
+    jobs = jobs or os.cpu_count() or 1
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=compile_gate._spawn()) as pool:
+        done = list(pool.map(warm_case, *zip(*work, strict=True))) if work else []
+    return {
+        "cases": len(work),
+        "launches_warmed": sum(n for _, n, _ in done),
+        "jobs": jobs,
+        "seconds": time.perf_counter() - start,
+        "per_case_seconds": {label: round(s, 2) for label, _, s in done},
+    }
+
+
+def count_builds(every: Iterable[Case], first: Iterable[Case], arch: int) -> int:
+    """How many distinct kernel builds :func:`warm` compiles on ``arch`` (the compile gate's
+    plan, which specialises without compiling: any machine with compiled-mode Triton)."""
+    builds = compile_gate.plan(list(dict.fromkeys(every)), [arch], all_configs=True)
+    keys = {b.key() for b in builds}
+    for build in compile_gate.plan(list(dict.fromkeys(first)), [arch], all_configs=True):
+        if build.key() not in keys and min(build.ranks.values()) == 0:
+            keys.add(build.key())
+    return len(keys)
