@@ -61,16 +61,9 @@ import triton.language as tl
 # Shared with the dot-product kernel: the interpreter's bf16 emulation, the key-mask read and
 # the rowsum(dO * O) pass of the backward are the same here.
 from kernels import launch, ops
-from kernels.flash_attention import (
-    DELTA_ROWS,
-    _attn_bwd_delta,
-    _check_runnable,
-    _dot,
-    _kernel_mask,
-    _key_is_valid,
-    _mask_strides,
-    _round,
-)
+from kernels.flash_attention.backward import _attn_bwd_delta
+from kernels.flash_attention.checks import _check_runnable, _kernel_key_mask, _key_mask_strides
+from kernels.flash_attention.tiles import DELTA_ROWS, _dot, _key_is_valid, _round
 from kernels.launch import LaunchConfig
 
 # Module globals read inside @triton.jit code must be tl.constexpr objects: the compiler
@@ -516,7 +509,7 @@ def _check_inputs(query_features, key_features, score_weight, v, attn_mask):
             f"(1 to {MAX_VALUE_DIM})"
         )
     if attn_mask is not None:
-        _mask_strides(attn_mask, qf, kf, CALLER)  # raises on a bad mask
+        _key_mask_strides(attn_mask, qf, kf, CALLER)  # raises on a bad mask
     _check_runnable(qf.device, CALLER)
     # tl.dot wants every dimension >= 16; the (BLOCK, A) accumulators only a power of two.
     return triton.next_power_of_2(a), max(16, triton.next_power_of_2(v.shape[3]))
@@ -548,7 +541,7 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     len_k, value_dim = v.shape[2], v.shape[3]
     out = _empty((b, h, len_q, value_dim), v.dtype, v.device)
     lse = _empty((b, h, len_q), torch.float32, v.device)
-    mask, mask_strides = _kernel_mask(attn_mask, qf, kf, CALLER)
+    mask, mask_strides = _kernel_key_mask(attn_mask, qf, kf, CALLER)
     meta = _meta(attn_mask, is_causal, block_e, v.dtype)
     args = (
         qf, kf, w, v, mask, out, lse,
@@ -567,7 +560,7 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
 def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse):
     b, h, len_q, a = qf.shape
     len_k, value_dim = v.shape[2], v.shape[3]
-    mask, mask_strides = _kernel_mask(attn_mask, qf, kf, CALLER)
+    mask, mask_strides = _kernel_key_mask(attn_mask, qf, kf, CALLER)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=v.device)
     dlse = dlse.to(torch.float32).contiguous()

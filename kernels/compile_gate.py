@@ -51,14 +51,15 @@ from unittest import mock
 ARCH_NAMES = {80: "A100", 86: "RTX 30xx / A10", 89: "RTX 40xx / L4", 90: "H100 / H200"}
 DTYPES = ("float16", "bfloat16", "float32")
 HEAD_DIMS = (16, 40, 64, 80, 96, 128)
-MASKINGS = ("none", "key_mask", "causal", "causal+key_mask")
+MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias")
+ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only
 
 # Kernels whose matrix products are their work: on sm_90 their 16-bit products must be wgmma.
 # (The fused additive kernels spend theirs on an elementwise tanh tile on CUDA cores.)
 WGMMA_KERNELS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
 
 # Kernel modules whose launches are captured; each routes every launch through `_launch`.
-KERNEL_MODULES = ("kernels.flash_attention", "kernels.additive_attention")
+KERNEL_MODULES = ("kernels.flash_attention.launcher", "kernels.additive_attention")
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,18 @@ class Case:
     len_k: int = 333
     batch: int = 2  # batch and heads matter to a build only through H's and the strides'
     heads: int = 3  # divisibility by 16 (Triton specialises integers on it)
+    heads_kv: int | None = None  # of the query heads (None: as many); fewer: grouped-query
 
     def label(self) -> str:
+        gqa = "" if self.kv_heads == self.heads else f" gqa {self.heads}/{self.kv_heads}"
         shape = f"{self.len_q}x{self.len_k}"
         if (self.batch, self.heads) != (2, 3):
             shape = f"{self.batch}x{self.heads}x{shape}"
-        return f"{self.workload} {self.dtype} d={self.head_dim} {self.masking} ({shape})"
+        return f"{self.workload} {self.dtype} d={self.head_dim} {self.masking}{gqa} ({shape})"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads if self.heads_kv is None else self.heads_kv
 
 
 @dataclass
@@ -123,20 +130,39 @@ def _flash_workload(case: Case) -> None:
     function dispatches a PyTorch operator whose meta-tensor stand-in launches nothing)."""
     import torch
 
-    fa = importlib.import_module("kernels.flash_attention")
+    fa = importlib.import_module("kernels.flash_attention.launcher")
+    checks = importlib.import_module("kernels.flash_attention.checks")
     dtype = getattr(torch, case.dtype)
 
-    def tensor(n):
-        return torch.empty(case.batch, case.heads, n, case.head_dim, device="meta", dtype=dtype)
+    def tensor(heads, n):
+        return torch.empty(case.batch, heads, n, case.head_dim, device="meta", dtype=dtype)
 
-    q, k, v = tensor(case.len_q), tensor(case.len_k), tensor(case.len_k)
-    mask = None
-    if "key_mask" in case.masking:
-        mask = torch.empty(case.batch, 1, 1, case.len_k, device="meta", dtype=torch.bool)
+    q = tensor(case.heads, case.len_q)
+    k, v = tensor(case.kv_heads, case.len_k), tensor(case.kv_heads, case.len_k)
+    mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
-    block_d = fa._check_inputs(q, k, v, mask, scale)
+    block_d = checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
     out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
-    fa._backward(q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None)
+    mask_grad = mask is not None and mask.is_floating_point()
+    fa._backward(
+        q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None, mask_grad
+    )
+
+
+def _flash_mask(case: Case, dtype):
+    """The attention mask a masking names: a boolean key mask (b, 1, 1, len_k), a boolean
+    full mask (b, h, len_q, len_k), or a float bias shared by the batch (1, h, len_q, len_k)
+    whose gradient is taken (every mask layout the kernels specialise on)."""
+    import torch
+
+    b, h, len_q, len_k = case.batch, case.heads, case.len_q, case.len_k
+    if "key_mask" in case.masking:
+        return torch.empty(b, 1, 1, len_k, device="meta", dtype=torch.bool)
+    if "full_mask" in case.masking:
+        return torch.empty(b, h, len_q, len_k, device="meta", dtype=torch.bool)
+    if "bias" in case.masking:
+        return torch.empty(1, h, len_q, len_k, device="meta", dtype=dtype)
+    return None
 
 
 def _additive_workload(case: Case) -> None:
@@ -384,15 +410,18 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
 
     Every config is tried where it matters most: flash attention in bf16 (the models' dtype) at
     head dims 64 and 128, masked and causal at once (both masking code paths compiled). The
-    other dtypes, head dims and maskings, the one-query decoding shape and the additive kernels
-    compile in the launcher's order until one config compiles without spills.
+    other dtypes, head dims and maskings (a full boolean mask read with its own strides, a
+    float bias with its gradient), grouped-query attention, the one-query decoding shape and
+    the additive kernels compile in the launcher's order until one config compiles without
+    spills.
     """
     every = [Case("flash_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
     first = [
         Case("flash_attention", "float16", d, masking)
-        for d, masking in ((16, "none"), (40, "causal"), (80, "key_mask"), (96, "causal+key_mask"))
+        for d, masking in ((16, "none"), (40, "causal"), (80, "full_mask"), (96, "causal+bias"))
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
+    first.append(Case("flash_attention", "bfloat16", 128, "causal+key_mask", heads_kv=1))
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
     first += [
         Case("additive_attention", dtype, d, masking)
@@ -414,6 +443,7 @@ def full_cases() -> list[Case]:
         Case(workload, dtype, d, masking)
         for workload in WORKLOADS
         for dtype, d, masking in itertools.product(DTYPES, HEAD_DIMS, MASKINGS)
+        if workload == "flash_attention" or masking in ADDITIVE_MASKINGS
     ]
 
 

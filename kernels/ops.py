@@ -54,7 +54,9 @@ def kernel_op(
     tensors, never its inputs or views of them. ``fake(*args)`` returns empty tensors of the
     shapes, dtypes and strides ``fn`` would return. With ``backward`` (another ``kernel_op``),
     the operator differentiates: ``backward(*inputs, *outputs, *output_grads)`` returns the
-    gradients of the inputs named in ``wrt``, in that order; the others get none.
+    gradients of the inputs named in ``wrt``, in that order (None for one that gets none);
+    the others get none. A ``backward`` with a keyword ``needs_grad`` gets a tuple of bools,
+    which of the ``wrt`` inputs need a gradient.
     """
 
     def register(fn: Callable) -> torch.library.CustomOpDef:
@@ -94,6 +96,12 @@ def _register_autograd(
     if unknown:
         raise ValueError(f"{op}: wrt names {sorted(unknown)} are not arguments of the operator")
     positions = [names.index(n) for n in wrt]
+    # A backward that takes ``needs_grad`` is told which of the wrt inputs want a gradient
+    # (ctx.needs_input_grad), so that it can skip work for the others.
+    try:
+        wants_flags = "needs_grad" in inspect.signature(backward).parameters
+    except (TypeError, ValueError):  # an operator without a Python signature
+        wants_flags = False
 
     def setup_context(ctx, inputs, output):
         outputs = output if isinstance(output, tuple) else (output,)
@@ -106,7 +114,10 @@ def _register_autograd(
         saved, constants = iter(ctx.saved_tensors), iter(ctx.constants)
         inputs = [next(saved) if t else next(constants) for t in ctx.is_tensor]
         outputs = list(saved)
-        input_grads = backward(*inputs, *outputs, *grads)
+        flags = {}
+        if wants_flags:
+            flags["needs_grad"] = tuple(ctx.needs_input_grad[p] for p in positions)
+        input_grads = backward(*inputs, *outputs, *grads, **flags)
         input_grads = input_grads if isinstance(input_grads, tuple) else (input_grads,)
         result: list[Tensor | None] = [None] * len(names)
         for position, grad in zip(positions, input_grads, strict=True):

@@ -291,9 +291,6 @@ def test_backends_that_cannot_honour_a_setting_refuse_it(kernel_device):
     q, k, v = (t.to(kernel_device) for t in random_qkv())
     with pytest.raises(ValueError, match="dropout"):
         attend(q, k, v, backend="triton", dropout_p=0.1)
-    full_mask = torch.ones(2, 3, 5, 7, dtype=torch.bool, device=kernel_device)
-    with pytest.raises(ValueError, match="key masks only"):
-        attend(q, k, v, attn_mask=full_mask, backend="triton")
 
 
 @settings(max_examples=40, deadline=None)

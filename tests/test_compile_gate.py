@@ -251,7 +251,7 @@ def test_shared_memory_estimate_is_not_below_what_the_compiler_allocates(tmp_pat
         import importlib, json
         from kernels import compile_gate
         from kernels.launch import LaunchConfig
-        fa = importlib.import_module("kernels.flash_attention")
+        fa = importlib.import_module("kernels.flash_attention.configs")
         case = compile_gate.Case("flash_attention", "bfloat16", 128, "causal+key_mask")
         widest = {}
         for b in compile_gate.plan([case], [90], True):

@@ -23,8 +23,12 @@ from hypothesis import strategies as st
 from kernels import flash_attention
 from kernels.launch import LaunchConfig
 
-fa = importlib.import_module("kernels.flash_attention")  # the module; `kernels.flash_attention`
-# as an attribute is the function, which the package re-exports under the same name.
+# The kernel's modules (`kernels.flash_attention` as an attribute is the function, which the
+# package re-exports under its own name): the launcher, where tests intercept buffers, launches
+# and configurations, and the operators.
+fa = importlib.import_module("kernels.flash_attention.launcher")
+fn = importlib.import_module("kernels.flash_attention.function")
+fa_configs = importlib.import_module("kernels.flash_attention.configs")  # the launch tables
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -48,15 +52,24 @@ def allowed_pairs(len_q, len_k, key_mask, is_causal, device):
     return allowed
 
 
-def masked_scores(q, k, key_mask, is_causal, scale):
-    allowed = allowed_pairs(q.shape[-2], k.shape[-2], key_mask, is_causal, q.device)
+def masked_scores(q, k, attn_mask, is_causal, scale):
+    """Scaled scores with the mask applied as SDPA does (boolean: False hides the pair; float:
+    added) and the causal triangle; (scores, which pairs take part)."""
     scores = (q @ k.transpose(-2, -1)) * scale
-    return scores.masked_fill(~allowed, float("-inf")), allowed
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        scores = scores + attn_mask.to(scores.dtype)
+        attn_mask = None
+    allowed = allowed_pairs(q.shape[-2], k.shape[-2], attn_mask, is_causal, q.device)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores, scores != float("-inf")
 
 
-def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
-    """Textbook attention in q's dtype; a query with no allowed key gets zeros."""
+def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    """Textbook attention in q's dtype; a query with no allowed key gets zeros. With
+    enable_gqa, k and v are repeated to q's heads (autograd sums their gradients back)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     scores, allowed = masked_scores(q, k, attn_mask, is_causal, scale)
     scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # no softmax of all -inf
     probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
@@ -66,11 +79,13 @@ def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
 # ----------------------------------------------------------------------------- helpers
 
 
-def random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0):
+def random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0, heads_kv=None):
+    """q (b, h, len_q, d), k and v (b, h_kv, len_k, d), dout like q: standard normal."""
     gen = torch.Generator().manual_seed(seed)
+    heads_kv = heads if heads_kv is None else heads_kv
     q, k, v = (
-        torch.randn(batch, heads, n, head_dim, generator=gen).to(DEVICE, dtype)
-        for n in (len_q, len_k, len_k)
+        torch.randn(batch, h, n, head_dim, generator=gen).to(DEVICE, dtype)
+        for h, n in ((heads, len_q), (heads_kv, len_k), (heads_kv, len_k))
     )
     dout = torch.randn(batch, heads, len_q, head_dim, generator=gen).to(DEVICE, dtype)
     return q, k, v, dout
@@ -86,9 +101,14 @@ def random_key_mask(batch, len_k, seed=0, all_masked_row=True):
 
 
 def output_and_grads(attn, q, k, v, dout, dtype, **kwargs):
-    """attn run on copies of q, k, v cast to dtype; (out, dq, dk, dv) in float64."""
+    """attn run on copies of q, k, v cast to dtype; (out, dq, dk, dv) in float64, and the
+    gradient of a float attn_mask (cast to dtype as well) after them."""
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-    out = attn(*leaves, **kwargs)
+    mask = kwargs.get("attn_mask")
+    if mask is not None and mask.is_floating_point():
+        kwargs = {**kwargs, "attn_mask": mask.detach().to(dtype).requires_grad_()}
+        leaves.append(kwargs["attn_mask"])
+    out = attn(*leaves[:3], **kwargs)
     out.backward(dout.to(dtype))
     return [t.double() for t in (out, *(leaf.grad for leaf in leaves))]
 
@@ -104,13 +124,16 @@ def max_err(a, b):
 FLOOR_F32 = 1e-5
 
 
-def assert_close_as_flash_attention_does(q, k, v, dout, **kwargs):
-    """Kernel error vs float64 <= 2 x naive error in the same dtype + floor, for out and grads."""
+def assert_close_as_flash_attention_does(q, k, v, dout, reference=None, **kwargs):
+    """Kernel error vs float64 <= 2 x naive error in the same dtype + floor, for out and grads.
+    ``reference`` (default: naive_attention) computes both the float64 and the same-dtype run."""
     dtype = q.dtype
-    exact = output_and_grads(naive_attention, q, k, v, dout, torch.float64, **kwargs)
-    naive = output_and_grads(naive_attention, q, k, v, dout, dtype, **kwargs)
+    reference = reference or naive_attention
+    exact = output_and_grads(reference, q, k, v, dout, torch.float64, **kwargs)
+    naive = output_and_grads(reference, q, k, v, dout, dtype, **kwargs)
     ours = output_and_grads(flash_attention, q, k, v, dout, dtype, **kwargs)
-    for name, got, ref, base in zip(("out", "dq", "dk", "dv"), ours, exact, naive, strict=True):
+    names = ("out", "dq", "dk", "dv", "dmask")[: len(exact)]
+    for name, got, ref, base in zip(names, ours, exact, naive, strict=True):
         assert torch.isfinite(got).all(), f"{name} has NaN/Inf"
         err, base_err = max_err(got, ref), max_err(base, ref)
         scale = max(1.0, ref.abs().max().item() if ref.numel() else 0.0)
@@ -193,7 +216,18 @@ def test_long_sequences_within_2x_naive_error_on_gpu(
     len_k=st.integers(1, 80),
     head_dim=st.sampled_from([8, 16, 24, 40, 64, 96, 128]),
     is_causal=st.booleans(),
-    mask_kind=st.sampled_from(["none", "4d", "4d-broadcast", "4d-per-head"]),
+    mask_kind=st.sampled_from(
+        [
+            "none",
+            "4d",
+            "4d-broadcast",
+            "4d-per-head",
+            "2d",
+            "per-head-full",
+            "float-key",
+            "float-2d",
+        ]
+    ),
     dtype=st.sampled_from(DTYPES),
     scale=st.one_of(st.none(), st.floats(0.05, 1.0)),
     seed=st.integers(0, 2**16),
@@ -206,10 +240,72 @@ def test_random_shapes_and_masks_match_reference(
     if mask_kind == "4d-per-head":  # every head but the first sees every other key as well
         mask = mask.repeat(1, heads, 1, 1)
         mask[:, 1:, :, ::2] = True
-    mask = {"none": None, "4d": mask, "4d-broadcast": mask[:1]}.get(mask_kind, mask)
+    mask = {
+        "none": None,
+        "4d": mask,
+        "4d-broadcast": mask[:1],
+        "2d": random_mask((len_q, len_k), "bool", seed),
+        "per-head-full": random_mask((heads, len_q, len_k), "bool", seed),
+        "float-key": random_mask((batch, 1, 1, len_k), "float", seed),
+        "float-2d": random_mask((len_q, len_k), "float", seed),
+    }.get(mask_kind, mask)
     assert_close_as_flash_attention_does(
         q, k, v, dout, attn_mask=mask, is_causal=is_causal, scale=scale
     )
+
+
+def sdpa_math(q, k, v, **kwargs):
+    """F.scaled_dot_product_attention on its math backend (the reference SDPA defines)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+@st.composite
+def sdpa_arguments(draw):
+    """Inputs and keyword arguments both functions take, drawn over every argument: mask rank,
+    broadcast axes and dtype (bool / float with its gradient), causal, scale, grouped-query
+    heads. Every query keeps key 0 visible (SDPA gives NaN for a query that sees nothing);
+    is_causal only where len_q == len_k and without a mask (SDPA aligns it top-left and refuses
+    it with a mask; ours aligns bottom-right and takes both)."""
+    batch = draw(st.integers(1, 2))
+    heads, heads_kv = draw(st.sampled_from([(2, 2), (4, 2), (3, 1), (1, 1)]))
+    len_q, len_k = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**16))
+    q, k, v, dout = random_inputs(
+        batch, heads, len_q, len_k, draw(st.sampled_from([8, 16, 24, 40])), dtype, seed, heads_kv
+    )
+    kwargs = dict(scale=draw(st.one_of(st.none(), st.floats(0.05, 1.0))))
+    if heads_kv != heads:
+        kwargs["enable_gqa"] = True
+    full = (batch, heads, len_q, len_k)
+    mask_kind = draw(st.sampled_from(["none", "bool", "float"]))
+    if mask_kind != "none":  # each axis kept or broadcast (size 1), rank 2 to 4
+        rank = draw(st.integers(2, 4))
+        shape = tuple(n if draw(st.booleans()) else 1 for n in full[4 - rank :])
+        mask = random_mask(shape, mask_kind, seed)
+        mask[..., 0] = True if mask_kind == "bool" else 0.0
+        kwargs["attn_mask"] = mask
+    elif len_q == len_k:
+        kwargs["is_causal"] = draw(st.booleans())
+    return q, k, v, dout, kwargs
+
+
+@settings(max_examples=5, deadline=None)
+@given(args=sdpa_arguments())
+def test_equals_sdpa_math_backend_on_drawn_arguments_with_every_gradient(args):
+    q, k, v, dout, kwargs = args
+    assert_close_as_flash_attention_does(q, k, v, dout, reference=sdpa_math, **kwargs)
+
+
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None)
+@given(args=sdpa_arguments())
+def test_equals_sdpa_math_backend_on_many_drawn_arguments_with_every_gradient(args):
+    q, k, v, dout, kwargs = args
+    assert_close_as_flash_attention_does(q, k, v, dout, reference=sdpa_math, **kwargs)
 
 
 # ----------------------------------------------------------------------------- semantics
@@ -272,6 +368,88 @@ def test_every_key_mask_layout_gives_the_same_result():
     per_head = per_head.to(DEVICE)
     expected = naive_attention(q, k, v, attn_mask=per_head)
     assert torch.allclose(flash_attention(q, k, v, attn_mask=per_head), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,heads_kv", [(4, 2), (3, 1), (2, 2)], ids=str)
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_grouped_query_attention_matches_the_reference_on_repeated_keys_and_values(
+    heads, heads_kv, is_causal, dtype
+):
+    """Query head i reads key/value head i // (h / h_kv); dK and dV are summed over its group."""
+    q, k, v, dout = random_inputs(2, heads, 17, 33, 24, dtype, seed=heads, heads_kv=heads_kv)
+    mask = random_mask((2, heads, 17, 33), "float", seed=heads)  # per query head
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, attn_mask=mask, is_causal=is_causal, enable_gqa=True
+    )
+
+
+def random_mask(shape, kind, seed=0):
+    """A boolean mask (~70% True) or a float one (standard normal, ~20% -inf) of this shape."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    if kind == "bool":
+        return (torch.rand(shape, generator=gen) < 0.7).to(DEVICE)
+    bias = torch.randn(shape, generator=gen)
+    return bias.masked_fill(torch.rand(shape, generator=gen) < 0.2, float("-inf")).to(DEVICE)
+
+
+# As SDPA reads them, broadcast from the right against (b, h, len_q, len_k) = (2, 3, 17, 33):
+# full 2-D, per key (1-D and 4-D), per query, per head, per batch and head.
+MASK_SHAPES = [(17, 33), (33,), (2, 1, 1, 33), (1, 3, 17, 1), (3, 17, 33), (2, 1, 17, 33),
+               (2, 3, 17, 33)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("shape", MASK_SHAPES, ids=str)
+def test_masks_of_every_rank_and_broadcast_match_reference_with_the_mask_gradient(shape, kind):
+    q, k, v, dout = random_inputs(2, 3, 17, 33, 24, torch.float32, seed=len(shape))
+    mask = random_mask(shape, kind, seed=len(shape))
+    is_causal = len(shape) == 3  # with the causal triangle as well
+    assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=mask, is_causal=is_causal)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,kind", [((2, 3, 17, 33), "float"), ((17, 33), "bool")], ids=str)
+def test_full_masks_in_16_bit_dtypes_within_2x_naive_error(shape, kind, dtype):
+    q, k, v, dout = random_inputs(2, 3, 17, 33, 40, dtype, seed=3)
+    assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=random_mask(shape, kind, 3))
+
+
+def test_rows_a_float_mask_hides_entirely_get_zeros_minus_inf_lse_and_zero_grads():
+    q, k, v, dout = random_inputs(1, 2, 9, 20, 16, torch.float32)
+    bias = torch.randn(1, 2, 9, 20, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    bias[0, 1, 3] = float("-inf")  # one query of head 1 sees nothing
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+    out, lse = flash_attention(*leaves[:3], attn_mask=leaves[3], return_lse=True)
+    out.backward(dout)
+    assert (out[0, 1, 3] == 0).all() and lse[0, 1, 3] == float("-inf")
+    assert torch.isfinite(out).all() and torch.isfinite(lse[0, 0]).all()
+    assert (leaves[0].grad[0, 1, 3] == 0).all() and (leaves[3].grad[0, 1, 3] == 0).all()
+    for leaf in leaves:
+        assert torch.isfinite(leaf.grad).all()
+
+
+def test_a_broadcast_mask_is_read_in_place_with_zero_strides(monkeypatch):
+    """Nothing of len_q x len_k is built: the kernels get the caller's mask and stride 0 on the
+    axes it broadcasts over (a key mask stays one value per key)."""
+    launched = []
+
+    def spy(kernel, grid, *args, **meta):
+        launched.append((kernel, args, meta))
+        return launch_for_real(kernel, grid, *args, **meta)
+
+    launch_for_real = fa._launch
+    monkeypatch.setattr(fa, "_launch", spy)
+    q, k, v, _ = random_inputs(2, 3, 17, 33, 16, torch.float32)
+    keys = random_key_mask(2, 33)  # (2, 1, 1, 33)
+    flash_attention(q, k, v, attn_mask=keys)
+    [(kernel, args, meta)] = launched
+    assert kernel is fa._attn_fwd and args[3].data_ptr() == keys.data_ptr()
+    assert args[22:26] == (keys.stride(0), 0, 0, 1) and not meta["MASK_ROWS"]
+    per_query = random_mask((17, 1), "float")  # one bias per query, shared by every key
+    launched.clear()
+    flash_attention(q, k, v, attn_mask=per_query)
+    assert launched[0][1][22:26] == (0, 0, 1, 0) and launched[0][2]["MASK_ROWS"]
 
 
 def test_non_contiguous_inputs_and_grad_match_contiguous():
@@ -338,7 +516,7 @@ def test_every_output_element_is_written(monkeypatch):
 # key block, so that some key blocks are wholly visible to a query tile; then the lengths swapped
 # (the first queries see no key). Head dim 40 is padded to 64 inside the kernel.
 TABLE_BLOCKS = sorted(
-    {(c.block_m, c.block_n) for table in (fa.CONFIGS_16BIT, fa.CONFIGS_FLOAT32)
+    {(c.block_m, c.block_n) for table in (fa_configs.CONFIGS_16BIT, fa_configs.CONFIGS_FLOAT32)
      for configs in table.values() for c in configs} | {(16, 16)}
 )  # fmt: skip
 # A representative few run by default (narrow queries / wide keys, the reverse, square); the
@@ -435,7 +613,11 @@ def _bad_inputs():
     mask = torch.ones(2, 1, 1, 6, dtype=torch.bool, device=DEVICE)
     return [
         ("rank", (q[0], k, v), {}, ValueError, "rank 4"),
-        ("batch", (q, k[:1], v[:1]), {}, ValueError, "batch, heads"),
+        ("batch", (q, k[:1], v[:1]), {}, ValueError, "share the batch"),
+        ("kv-heads", (q, k, v[:, :1]), {}, ValueError, "k, v the heads"),
+        ("gqa-off", (q, k[:, :1], v[:, :1]), {}, ValueError, "enable_gqa=True"),
+        ("gqa-not-dividing", (torch.zeros(1, 3, 2, 16), *[torch.zeros(1, 2, 2, 16)] * 2), {"enable_gqa": True}, ValueError, "divide"),
+        ("dropout", (q, k, v), {"dropout_p": 0.1}, ValueError, "dropout"),
         ("kv-len", (q, k, v[:, :, :5]), {}, ValueError, "same length"),
         ("head-dim", (q, k[..., :8], v), {}, ValueError, "head dims differ"),
         ("v-head-dim", (q, k, v[..., :8]), {}, ValueError, "value head dim"),
@@ -443,13 +625,14 @@ def _bad_inputs():
         ("mixed-dtype", (q, k.half(), v), {}, TypeError, "one dtype"),
         ("float64", (q.double(), k.double(), v.double()), {}, TypeError, "float64"),
         ("not-tensor", (q, k.tolist(), v), {}, TypeError, "k must be a torch.Tensor"),
-        ("mask-dtype", (q, k, v), {"attn_mask": mask.float()}, TypeError, "torch.bool"),
-        ("mask-len", (q, k, v), {"attn_mask": mask[..., :5]}, ValueError, "key mask"),
-        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "key mask"),
-        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "key mask"),
-        ("mask-full", (q, k, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE)}, ValueError, r"Full \(len_q x len_k\)"),
-        ("mask-3d", (q, k, v), {"attn_mask": mask[0]}, ValueError, r"\(batch or 1, heads or 1, 1, len_k\)"),
-        ("mask-2d", (q, k, v), {"attn_mask": mask[:, 0, 0]}, ValueError, r"2-D mask means \(len_q, len_k\)"),
+        ("mask-dtype", (q, k, v), {"attn_mask": mask.int()}, TypeError, "torch.bool"),
+        ("mask-float64", (q, k, v), {"attn_mask": mask.double()}, TypeError, "added to the scores"),
+        ("mask-len", (q, k, v), {"attn_mask": mask[..., :5]}, ValueError, "does not broadcast"),
+        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-len-q", (q, k, v), {"attn_mask": torch.ones(2, 1, 4, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-rank-5", (q, k, v), {"attn_mask": mask[None]}, ValueError, "does not broadcast"),
+        ("mask-2d-key-padding", (q, k, v), {"attn_mask": mask[:, 0, 0]}, ValueError, r"2-D mask is \(len_q, len_k\)"),
         ("mask-list", (q, k, v), {"attn_mask": mask.tolist()}, TypeError, "attn_mask must be a torch.Tensor"),
         ("scale-nan", (q, k, v), {"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
         ("scale-inf", (q, k, v), {"scale": float("inf")}, ValueError, "scale must be finite, got inf"),
@@ -469,17 +652,15 @@ def test_bad_input_raises_a_clear_error_before_any_launch(case, monkeypatch):
         flash_attention(*args, **kwargs)
 
 
-def test_a_2d_mask_is_refused_even_where_batch_equals_len_q():
-    """A (batch, len_k) key mask would be read as (len_q, len_k) by SDPA and by attend: where
-    batch == len_q both readings fit, so only refusing the 2-D form keeps the two functions
-    interchangeable."""
+def test_a_2d_mask_is_read_as_len_q_by_len_k_as_sdpa_reads_it():
+    """Where batch == len_q a (batch, len_k) key mask would also fit the 2-D shape: the kernel
+    reads it as SDPA does, (len_q, len_k), and the key reading needs mask[:, None, None, :]."""
     q, k, v, _ = random_inputs(3, 1, 3, 8, 16, torch.float32)
-    mask = random_key_mask(3, 8)[:, 0, 0]  # (3, 8): (batch, len_k) or (len_q, len_k)
-    with pytest.raises(ValueError, match=r"\(batch or 1, heads or 1, 1, len_k\)"):
-        flash_attention(q, k, v, attn_mask=mask)
-    sdpa_reading = naive_attention(q, k, v, attn_mask=mask[None, None])  # (1, 1, len_q, len_k)
+    mask = random_key_mask(3, 8, all_masked_row=False)[:, 0, 0]  # (3, 8)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(flash_attention(q, k, v, attn_mask=mask), expected, atol=1e-5)
     key_reading = flash_attention(q, k, v, attn_mask=mask[:, None, None, :])
-    assert not torch.allclose(sdpa_reading, key_reading, atol=1e-3)  # the two readings differ
+    assert not torch.allclose(expected, key_reading, atol=1e-3)  # the two readings differ
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
@@ -526,25 +707,36 @@ else:
 
 
 @pytest.mark.parametrize(
-    "len_q,len_k,masked,is_causal",
+    "len_q,len_k,mask_kind,is_causal,heads_kv",
     [
-        (7, 5, True, True),
-        pytest.param(5, 13, False, False, marks=SLOW),
-        pytest.param(1, 9, True, False, marks=SLOW),
+        (7, 5, "keys", True, 3),
+        pytest.param(5, 13, None, False, 1, marks=SLOW),
+        pytest.param(1, 9, "keys", False, 3, marks=SLOW),
+        (6, 11, "float", True, 1),
     ],
-    ids=["ragged-masked-causal", "ragged", "one-query-masked"],
+    ids=["ragged-masked-causal", "ragged-gqa", "one-query-masked", "float-mask-grad-gqa"],
 )
-def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, masked, is_causal):
+def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, mask_kind, is_causal, heads_kv):
     """torch.library.opcheck: schema, fake implementation vs the real one, autograd
-    registration, and AOT dispatch with dynamic shapes (what torch.compile relies on)."""
-    q, k, v, dout = random_inputs(2, 3, len_q, len_k, 24, torch.float32)
-    mask = random_key_mask(2, len_k) if masked else None
+    registration (the float mask's gradient included), and AOT dispatch with dynamic shapes
+    (what torch.compile relies on)."""
+    q, k, v, dout = random_inputs(2, 3, len_q, len_k, 24, torch.float32, heads_kv=heads_kv)
+    mask = {
+        None: None,
+        "keys": random_key_mask(2, len_k),
+        "float": random_mask((3, len_q, len_k), "float"),
+    }[mask_kind]
+    mask_grad = mask_kind == "float"
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    torch.library.opcheck(fa._forward_op, (*leaves, mask, is_causal, 0.3))
-    out, lse = fa._forward_op(q, k, v, mask, is_causal, 0.3)
-    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    if mask_grad:
+        mask = mask.clone().requires_grad_()
+    torch.library.opcheck(fn._forward_op, (*leaves, mask, is_causal, 0.3))
     # (the backward is not differentiable itself: no double backward, as in flash-attention)
-    torch.library.opcheck(fa._backward_op, (q, k, v, mask, is_causal, 0.3, out, lse, dout, dlse))
+    detached = None if mask is None else mask.detach()
+    out, lse = fn._forward_op(q, k, v, detached, is_causal, 0.3)
+    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    args = (q, k, v, detached, is_causal, 0.3, out, lse, dout, dlse, mask_grad)
+    torch.library.opcheck(fn._backward_op, args)
 
 
 def _metadata(t):

@@ -14,12 +14,14 @@ import torch
 from kernels import launch
 from kernels.launch import LaunchConfig
 
-fa = importlib.import_module("kernels.flash_attention")
+fa = importlib.import_module("kernels.flash_attention.launcher")
+fa_configs = importlib.import_module("kernels.flash_attention.configs")
+flash_attention = importlib.import_module("kernels.flash_attention.function").flash_attention
 
 
 def configs_on(arch, kernel, block_d, dtype, monkeypatch):
     """The launcher's candidates as it would list them on a GPU of compute capability arch."""
-    monkeypatch.setattr(fa, "_INTERPRETED", False)
+    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
     monkeypatch.setattr(launch, "capability", lambda device: arch)
     return fa._configs(kernel, torch.empty(1, 1, 1, block_d, dtype=dtype), block_d)
 
@@ -27,7 +29,7 @@ def configs_on(arch, kernel, block_d, dtype, monkeypatch):
 @pytest.mark.parametrize("arch", launch.CLAIMED_ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("block_d", [16, 64, 128])
-@pytest.mark.parametrize("kernel", sorted(fa.TILES))
+@pytest.mark.parametrize("kernel", sorted(fa_configs.TILES))
 def test_candidates_fit_the_architectures_shared_memory_before_anything_compiles(
     kernel, block_d, dtype, arch, monkeypatch
 ):
@@ -35,12 +37,12 @@ def test_candidates_fit_the_architectures_shared_memory_before_anything_compiles
     assert 1 <= len(configs) <= launch.MAX_CANDIDATES
     limit = launch.shared_memory_limit(arch)
     for config in configs:
-        assert fa.TILES[kernel].shared_memory(config, block_d, dtype.itemsize) <= limit
+        assert fa_configs.TILES[kernel].shared_memory(config, block_d, dtype.itemsize) <= limit
         assert config.block_m >= 16 and config.block_n >= 16  # tl.dot's minimum
 
 
 def test_a_consumer_gpu_gets_no_config_that_only_a_datacenter_gpu_can_hold(monkeypatch):
-    tile, d = fa.TILES["fwd"], 128
+    tile, d = fa_configs.TILES["fwd"], 128
     hopper = set(configs_on(90, "fwd", d, torch.bfloat16, monkeypatch))
     rtx = configs_on(86, "fwd", d, torch.bfloat16, monkeypatch)
     too_big = [c for c in hopper if tile.shared_memory(c, d, 2) > launch.shared_memory_limit(86)]
@@ -137,11 +139,11 @@ HAND_COUNTED = [
 def test_shared_memory_estimate_equals_the_hand_counted_tiles(
     kernel, config, block_d, dtype, expected
 ):
-    assert fa.TILES[kernel].shared_memory(config, block_d, dtype.itemsize) == expected
+    assert fa_configs.TILES[kernel].shared_memory(config, block_d, dtype.itemsize) == expected
 
 
 def test_when_no_config_fits_the_smallest_is_kept_as_the_floor():
-    tile = fa.TILES["fwd"]
+    tile = fa_configs.TILES["fwd"]
     huge = [
         LaunchConfig(256, 256, 8, 4),
         LaunchConfig(128, 256, 8, 3),
@@ -156,7 +158,7 @@ def test_an_unknown_architecture_gets_the_smallest_shared_memory_limit(monkeypat
     smallest = min(launch.SHARED_MEMORY_PER_BLOCK.values())
     for unknown in (75, 100, 120):
         assert launch.shared_memory_limit(unknown) == smallest
-    tile, d = fa.TILES["fwd"], 128
+    tile, d = fa_configs.TILES["fwd"], 128
     unknown = configs_on(75, "fwd", d, torch.bfloat16, monkeypatch)
     assert unknown == configs_on(86, "fwd", d, torch.bfloat16, monkeypatch)  # as an RTX 30xx
     assert all(tile.shared_memory(c, d, 2) <= smallest for c in unknown)
@@ -232,7 +234,7 @@ def test_every_launch_puts_batch_times_heads_on_grid_axis_0(monkeypatch):
     read would give wrong results, which the kernel tests would catch)."""
     ad = importlib.import_module("kernels.additive_attention")
     for module, call, inputs in (
-        (fa, fa.flash_attention, [torch.randn(2, 3, 5, 16) for _ in range(3)]),
+        (fa, flash_attention, [torch.randn(2, 3, 5, 16) for _ in range(3)]),
         (ad, ad.additive_attention, [torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8),
                                      torch.randn(3, 8), torch.randn(2, 3, 5, 16)]),
     ):  # fmt: skip
@@ -260,7 +262,7 @@ def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
     b, len_q = (2, 0) if empty == "len_q" else (0, 4)
     q = torch.randn(b, 3, len_q, 16, requires_grad=True)
     k, v = (torch.randn(b, 3, 5, 16, requires_grad=True) for _ in range(2))
-    out = fa.flash_attention(q, k, v)
+    out = flash_attention(q, k, v)
     out.sum().backward()
     assert out.shape == q.shape and q.grad.shape == q.shape
     qf, kf = torch.randn(b, 3, len_q, 8), torch.randn(b, 3, 5, 8)

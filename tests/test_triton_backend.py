@@ -88,17 +88,20 @@ def test_cached_decoding_with_triton_matches_full_decoding_and_naive_greedy(scor
     )
 
 
-def test_attend_on_triton_reads_a_key_mask_of_any_rank_as_sdpa_does(kernel_device):
-    """attend broadcasts a mask from the right, as SDPA does; the triton backend lifts a key
-    mask of lower rank to the kernel's (batch or 1, heads or 1, 1, len_k) form."""
+def test_attend_on_triton_reads_a_mask_of_any_rank_and_shape_as_sdpa_does(kernel_device):
+    """attend broadcasts a mask from the right, as SDPA does; the triton backend hands it to
+    the kernel as it is: key masks of every rank, full (len_q, len_k) and per-head masks."""
     from transformer.attention import attend
 
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 3, n, 16, generator=gen).to(kernel_device) for n in (4, 9, 9))
     keys = torch.rand(9, generator=gen) < 0.6
     keys[0] = True
-    keys = keys.to(kernel_device)
-    for mask in (keys, keys[None], keys[None, None], keys[None, None, None]):
-        expected = attend(q, k, v, attn_mask=mask, backend="naive")
-        got = attend(q, k, v, attn_mask=mask, backend="triton")
-        assert torch.allclose(got, expected, atol=1e-5), tuple(mask.shape)
+    full = torch.rand(2, 3, 4, 9, generator=gen) < 0.5
+    full[0, 0, 0] = False  # a query that sees no key: zeros
+    keys, full = keys.to(kernel_device), full.to(kernel_device)
+    for mask in (keys, keys[None], keys[None, None], keys[None, None, None], full, full[0, 0]):
+        for is_causal in (False, True):
+            expected = attend(q, k, v, attn_mask=mask, is_causal=is_causal, backend="naive")
+            got = attend(q, k, v, attn_mask=mask, is_causal=is_causal, backend="triton")
+            assert torch.allclose(got, expected, atol=1e-5), (tuple(mask.shape), is_causal)

@@ -102,16 +102,9 @@ def _sdpa(q, k, v, attn_mask, is_causal, scale, dropout_p):
 def _triton(q, k, v, attn_mask, is_causal, scale, dropout_p):
     if dropout_p:
         raise ValueError("backend 'triton' does not apply attention dropout; use dropout_p=0")
-    if attn_mask is not None and not is_key_only_mask(attn_mask):
-        raise ValueError(
-            "backend 'triton' takes key masks only, shaped (batch, 1, 1, len_k); got attn_mask "
-            f"of shape {tuple(attn_mask.shape)}. Pass causality with is_causal=True."
-        )
     from kernels import flash_attention
 
-    if attn_mask is not None and attn_mask.dim() < 4:
-        # attend broadcasts as SDPA does, from the right; the kernel takes the 4-D form only.
-        attn_mask = attn_mask.view((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    # The kernel reads any mask broadcastable to (b, h, i, j) as SDPA does, in place.
     return flash_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
 
 
@@ -132,7 +125,7 @@ def attend(
     ``is_causal``: query i sees key j iff j <= i + (j_len - i_len) (bottom-right aligned).
     ``scale`` defaults to 1/√d. A query with no visible key gets zeros, never NaN.
     ``backend``: ``naive`` (the einops reference), ``sdpa`` (PyTorch's kernel, a peer and an
-    oracle) or ``triton`` (our flash kernel; key masks only, no dropout). They agree to
+    oracle) or ``triton`` (our flash kernel; no dropout). They agree to
     floating-point tolerance.
     """
     if backend not in BACKENDS:

@@ -1,0 +1,72 @@
+"""FlashAttention-2 forward and backward in Triton, behind an SDPA-shaped function.
+
+Einops legend used in comments: ``b`` batch, ``h`` heads, ``i`` query positions (``len_q``),
+``j`` key positions (``len_k``), ``d`` head dim (``D`` its power-of-two padding in the kernel).
+
+Forward: a program owns one tile of queries, keeps it on chip, and streams the keys and values
+through block by block with an online softmax (a running row max ``m`` and running row sum ``l``);
+the output is divided by ``l`` once at the end, and the row-wise log-sum-exp is saved. Backward
+(FlashAttention-2): ``delta = rowsum(dO * O)`` in a small pass, then one pass per key block that
+accumulates dK and dV, and one pass per query block that accumulates dQ. Both recompute the
+probabilities from the saved log-sum-exp, so nothing of size len_q x len_k is ever stored, and
+neither needs atomics.
+
+Each loop runs in two stages, as in Triton's fused-attention tutorial: blocks that are whole and
+wholly visible (under causal masking: entirely left of the diagonal) load without bounds checks
+and build no causal mask; only the partial and diagonal blocks do. Launch configurations (tile
+sizes, warps, pipeline stages) come per kernel, head dim and GPU architecture from the tables
+below, pruned to the architecture's shared memory and autotuned on first use
+(:mod:`kernels.launch`); ``python -m kernels.compile_gate`` compiles every one of them for
+sm_80/86/89/90 on a machine without a GPU.
+
+Supported
+    * ``F.scaled_dot_product_attention``'s signature: q (b, h, len_q, d), k and v
+      (b, h_kv, len_k, d); any strides (they are passed to the kernel, nothing is copied).
+    * ``enable_gqa``: grouped-query attention, h_kv dividing h; query head i reads key/value
+      head i // (h / h_kv), and the dK/dV pass loops over each group inside one program, so
+      nothing is repeated in memory and no atomics are needed.
+    * float16, bfloat16 and float32; the three tensors share one dtype and one device.
+    * Any len_q and len_k >= 0, not necessarily equal or multiples of the block size.
+    * Head dims 1 to 128 (not only powers of two: the kernel pads to the next power of two with
+      masked loads).
+    * ``attn_mask`` of any shape broadcastable to (b, h, len_q, len_k), read as SDPA reads it
+      (broadcast from the right: a 2-D mask is (len_q, len_k)); boolean (True = the pair
+      takes part) or float (added to the scores, e.g. a relative-position bias or ALiBi; -inf
+      hides a pair). The kernels read the caller's tensor tile by tile with stride 0 on the
+      axes it broadcasts over: a (b, 1, 1, len_k) key mask stays one value per key, and
+      nothing of size len_q x len_k is built that the caller did not pass. A float mask that
+      requires grad gets its gradient dS (computed as a (b, h, len_q, len_k) float32 buffer
+      in the backward, then summed over the mask's broadcast axes).
+    * ``is_causal``, alone or together with ``attn_mask``. Causal masking is aligned to the
+      **bottom-right** corner: query i sees keys j <= i + len_k - len_q. This is what a decoder
+      with a key/value cache needs (the new queries are the *last* len_q positions).
+      ``F.scaled_dot_product_attention`` aligns top-left instead; the two agree when
+      len_q == len_k.
+    * Gradients for q, k, v and a float mask; also through the log-sum-exp when
+      ``return_lse=True`` and it takes part in the loss.
+    * ``torch.compile`` (``fullgraph=True`` too): forward and backward are PyTorch operators,
+      ``torch.ops.flash_transformer.flash_attention`` and ``..._backward``, registered with
+      ``torch.library.custom_op`` (see :mod:`kernels.ops` for why not ``triton_op``); a compiled
+      graph calls them as opaque nodes, with fake implementations giving their output shapes.
+    * A query that sees no key at all (all its keys masked, by a boolean mask, -inf biases or
+      causality) gets an output of zeros, zero gradients, and a log-sum-exp of -inf (SDPA's
+      math backend gives NaN there).
+    * Runs compiled on a CUDA GPU, or on the CPU under the Triton interpreter
+      (``TRITON_INTERPRET=1`` set before triton is first imported).
+
+Caution -- not supported
+    * Dropout (``dropout_p`` > 0 is refused), a value head dim that differs from the
+      query/key head dim, head dims above 128, float64.
+    * float32 on a GPU multiplies as three TF32 products ("tf32x3", about float32 accuracy) in
+      small tiles whose backward spills registers at head dims >= 64: correct, not fast. Use
+      bfloat16 or float16 for speed.
+    * GPUs before sm_80 (Ampere) are not claimed: nothing is compiled or tested for them.
+
+Layout: ``tiles`` (jitted helpers), ``forward`` and ``backward`` (the kernels), ``configs``
+(launch tables), ``checks`` (input validation), ``launcher`` (buffers and launches; every
+launch goes through ``launcher._launch``), ``function`` (the operators and ``flash_attention``).
+"""
+
+from kernels.flash_attention.function import flash_attention
+
+__all__ = ["flash_attention"]

@@ -1,0 +1,285 @@
+"""The backward kernels (FlashAttention-2): delta = rowsum(dO * O), then dK/dV per key block and
+dQ per query block, both recomputing the probabilities from the saved log-sum-exp."""
+
+import triton
+import triton.language as tl
+
+from kernels.flash_attention.forward import _visible_key_blocks
+from kernels.flash_attention.tiles import (
+    _apply_mask,
+    _dot,
+    _load_rows,
+    _mask_key_block,
+    _round,
+    _softmax_stats,
+)
+
+
+@triton.jit
+def _attn_bwd_delta(
+    Out, DOut, DLse, Delta,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    H, LEN_Q, HEAD_DIM,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """delta_i = sum_d dO_id * O_id - dlse_i, one value per query row.
+
+    From dS = P * (dP - rowsum(dO * O)) for the output, plus dS += P * dlse for the
+    log-sum-exp (d lse_i / d s_ij = P_ij): folding -dlse into delta covers both at no cost.
+    """
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (rows[:, None] < LEN_Q) & (offs_d[None, :] < HEAD_DIM)
+
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
+    o = tl.load(
+        o_ptrs + rows[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0
+    )
+    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
+    do = tl.load(
+        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=ok, other=0.0
+    )
+    row_ptrs = off_bh.to(tl.int64) * LEN_Q + rows
+    dlse = tl.load(DLse + row_ptrs, mask=rows < LEN_Q, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1) - dlse
+    tl.store(Delta + row_ptrs, delta, mask=rows < LEN_Q)
+
+
+@triton.jit
+def _dkdv_query_blocks(
+    dk, dv, k, v, M, Q, DOut, Lse, Delta, row_base,
+    stride_qm, stride_gm, stride_mm, stride_mn,
+    cols, offs_m, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dK, dV of one key block over query blocks [start, stop).
+
+    MASKED blocks may run past len_q or cross the causal diagonal. In the others every query
+    sees every key of the block; a key past len_k (a partial last key block) then gets a
+    finite or infinite stand-in p, but it touches only its own row of dK and dV, which is
+    never stored.
+    """
+    for start_m in range(start, stop, BLOCK_M):
+        rows = start_m + offs_m
+        q = _load_rows(Q + rows[:, None] * stride_qm, rows, LEN_Q, d_ok, MASKED, EVEN_D)  # (i, D)
+        do = _load_rows(DOut + rows[:, None] * stride_gm, rows, LEN_Q, d_ok, MASKED, EVEN_D)
+        lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, MASKED)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        if HAS_MASK:
+            s = _apply_mask(
+                s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, MASK_FLOAT, MASK_ROWS
+            )
+        if MASKED:
+            valid = (rows < LEN_Q)[:, None]
+            if IS_CAUSAL:
+                valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
+            s = tl.where(valid, s, float("-inf"))
+        # Recompute P from the saved log-sum-exp: P = exp(s - lse), already normalised.
+        p = tl.exp2(s - lse_log2[:, None])
+
+        dv += _dot(tl.trans(_round(p, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
+        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        ds = p * (dp - delta[:, None])  # gradient w.r.t. the scaled scores
+        dk += _dot(tl.trans(_round(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, Mask, DOut, Lse, Delta, DK, DV,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program per key block of one key/value head: holds K_j, V_j and accumulates dK_j,
+    dV_j over the query blocks of every query head that reads this key/value head (GROUP of
+    them with grouped-query attention, one otherwise), so nothing is repeated in memory.
+
+    DK and DV are contiguous (b, h_kv, len_k, d) buffers; their strides are computed here.
+    """
+    off_bkv = tl.program_id(0)  # batch * h_kv + key/value head, on axis 0: see launch.grid
+    start_n = tl.program_id(1) * BLOCK_N
+    H_KV = H // GROUP
+    off_b = (off_bkv // H_KV).to(tl.int64)
+    off_hk = (off_bkv % H_KV).to(tl.int64)
+
+    cols = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
+
+    k_ptrs = K + off_b * stride_kb + off_hk * stride_kh
+    k = tl.load(
+        k_ptrs + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0
+    )
+    v_ptrs = V + off_b * stride_vb + off_hk * stride_vh
+    v = tl.load(
+        v_ptrs + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0
+    )
+
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+
+    # Query blocks [lo, m_whole) cross the causal diagonal (bottom-right: key j is seen by rows
+    # i >= j - (len_k - len_q), so earlier blocks contribute nothing and are skipped); blocks
+    # [m_whole, m_even) see the whole key block and are whole; a partial last block follows.
+    causal_shift = LEN_K - LEN_Q
+    m_even = LEN_Q // BLOCK_M * BLOCK_M
+    lo = 0
+    m_whole = 0
+    if IS_CAUSAL:
+        lo = tl.maximum(0, start_n - causal_shift) // BLOCK_M * BLOCK_M
+        last_col = tl.maximum(0, start_n + BLOCK_N - 1 - causal_shift)
+        m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    for g in range(0, GROUP):
+        off_h = off_hk * GROUP + g  # a query head reading this key/value head
+        q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_d[None, :] * stride_qd
+        g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_d[None, :] * stride_gd
+        m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
+        row_base = (off_b * H + off_h) * LEN_Q
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q,
+            LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS,
+            IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, d_ok, m_whole, m_even, LEN_Q, LEN_K,
+            causal_shift, qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
+            EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q,
+            LEN_Q, LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS,
+            IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
+
+    dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
+    out_off = off_bkv.to(tl.int64) * LEN_K * HEAD_DIM + cols[:, None] * HEAD_DIM
+    out_off += offs_d[None, :]
+    tl.store(DK + out_off, _round(dk, DK.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
+    tl.store(DV + out_off, _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
+
+
+@triton.jit
+def _dq_key_blocks(
+    dq, q, do, lse_log2, delta, K, V, M, DBias,
+    stride_kn, stride_vn, stride_mm, stride_mn,
+    rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Accumulate dQ of one query tile over key blocks [start, stop); MASKED as in the forward."""
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        s = _mask_key_block(
+            s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
+            MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
+        )  # fmt: skip
+        p = tl.exp2(s - lse_log2[:, None])
+
+        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        ds = p * (dp - delta[:, None])  # gradient w.r.t. the scores, and so the float mask's
+        if MASK_GRAD:  # DBias: this (batch, head)'s contiguous (len_q, len_k) float32 slice
+            ok = (rows[:, None] < LEN_Q) & (cols[None, :] < LEN_K)
+            tl.store(DBias + rows[:, None] * LEN_K + cols[None, :], ds, mask=ok)
+        dq += _dot(_round(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, Mask, DOut, Lse, Delta, DQ, DBias,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gm, stride_gd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
+    MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program per query block: holds Q_i, dO_i and accumulates dQ_i over key blocks.
+
+    DQ is a contiguous (b, h, len_q, d) buffer. Query rows past len_q load q = dO = 0 and
+    lse = delta = 0, so their dS is 0 and they add nothing; they are never stored.
+    """
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
+    q = _load_rows(
+        q_ptrs + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        rows, LEN_Q, d_ok, True, EVEN_D,
+    )  # fmt: skip
+    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
+    do = _load_rows(
+        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+        rows, LEN_Q, d_ok, True, EVEN_D,
+    )  # fmt: skip
+    row_base = off_bh.to(tl.int64) * LEN_Q
+    lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
+
+    off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
+    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_d[None, :] * stride_vd
+    m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
+    db_base = DBias + row_base * LEN_K  # (only written with MASK_GRAD)
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    causal_shift = LEN_K - LEN_Q
+    dq = _dq_key_blocks(
+        dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
+        stride_mm, stride_mn, rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift,
+        qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, EVEN_D,
+        BLOCK_N, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+    dq = _dq_key_blocks(
+        dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
+        stride_mm, stride_mn, rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift,
+        qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, EVEN_D,
+        BLOCK_N, EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+
+    dq *= sm_scale  # dQ = scale * dS K
+    out_off = row_base * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(
+        DQ + out_off,
+        _round(dq, DQ.dtype.element_ty, EMULATE_BF16),
+        mask=(rows[:, None] < LEN_Q) & d_ok[None, :],
+    )

@@ -1,0 +1,174 @@
+"""Input checks of flash_attention, all done before anything is launched."""
+
+import math
+
+import torch
+import triton
+
+from kernels.flash_attention.tiles import _INTERPRETED
+
+MAX_HEAD_DIM = 128
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
+    """Validate everything before a launch; returns the head dim's padding BLOCK_D."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"flash_attention: {name} must be a torch.Tensor, got {type(t).__name__}"
+            )
+        if t.dim() != 4:
+            raise ValueError(
+                f"flash_attention: {name} must have rank 4 (batch, heads, len, head_dim), "
+                f"got shape {tuple(t.shape)}"
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(
+            f"flash_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"flash_attention: dtype {q.dtype} is not supported; use one of {_DTYPES}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(
+            f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
+        )
+    b, h, _, d = q.shape
+    h_kv = k.shape[1]
+    if k.shape[0] != b or v.shape[0] != b or v.shape[1] != h_kv:
+        raise ValueError(
+            "flash_attention: q, k, v must share the batch, and k, v the heads; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if h_kv != h and not enable_gqa:
+        raise ValueError(
+            f"flash_attention: q has {h} heads and k, v have {h_kv}; pass enable_gqa=True for "
+            "grouped-query attention"
+        )
+    if h_kv != h and (h_kv == 0 or h % h_kv):
+        raise ValueError(
+            f"flash_attention: grouped-query attention needs the k/v heads ({h_kv}) to divide "
+            f"the query heads ({h})"
+        )
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"flash_attention: k and v must have the same length, got {k.shape[2]} and {v.shape[2]}"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"flash_attention: q and k head dims differ ({d} vs {k.shape[3]})")
+    if v.shape[3] != d:
+        raise ValueError(
+            f"flash_attention: v's head dim ({v.shape[3]}) must equal q's ({d}); "
+            "a different value head dim is not supported"
+        )
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"flash_attention: head dim {d} is not supported (1 to {MAX_HEAD_DIM})")
+    if scale is not None and not math.isfinite(float(scale)):
+        raise ValueError(f"flash_attention: scale must be finite, got {scale}")
+    if attn_mask is not None:
+        _mask_layout(attn_mask, q, k)  # raises on a bad mask
+    _check_runnable(q.device)
+    return _block_d(d)
+
+
+def _check_runnable(device, caller="flash_attention"):
+    """CPU tensors need the Triton interpreter, which is chosen when triton is imported."""
+    if device.type == "cpu" and not _INTERPRETED:
+        raise RuntimeError(
+            f"{caller}: the tensors are on the CPU but Triton was imported without its "
+            "interpreter. Set TRITON_INTERPRET=1 in the environment before triton (or kernels) "
+            "is first imported, or move the tensors to a CUDA device."
+        )
+
+
+def _block_d(head_dim):
+    """The head dim padded to a power of two, at least 16 (tl.dot wants every dimension >= 16)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _mask_layout(attn_mask, q, k):
+    """attn_mask seen as 4-D (b|1, h|1, len_q|1, len_k|1) and its four strides, 0 on every axis
+    it broadcasts over, so the kernels read the caller's tensor as it is.
+
+    SDPA's reading: the mask broadcasts to (batch, heads, len_q, len_k) from the right, so a
+    2-D mask is (len_q, len_k) and a (batch, len_k) key padding mask is passed as
+    ``mask[:, None, None, :]``. Boolean: True = the pair takes part; float: added to the scores.
+    """
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"flash_attention: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
+    if attn_mask.dtype != torch.bool and attn_mask.dtype not in _DTYPES:
+        raise TypeError(
+            "flash_attention: attn_mask must be torch.bool (True = takes part) or one of "
+            f"{_DTYPES} (added to the scores), got {attn_mask.dtype}"
+        )
+    if attn_mask.device != q.device:
+        raise ValueError(
+            f"flash_attention: attn_mask is on {attn_mask.device}, the inputs on {q.device}"
+        )
+    b, h, len_q, _ = q.shape
+    full = (b, h, len_q, k.shape[2])
+    shape = tuple(attn_mask.shape)
+    if not 1 <= len(shape) <= 4 or any(
+        m not in (1, f) for m, f in zip(reversed(shape), reversed(full), strict=False)
+    ):
+        raise ValueError(
+            f"flash_attention: attn_mask of shape {shape} does not broadcast to (batch, heads, "
+            f"len_q, len_k) = {full}. As in F.scaled_dot_product_attention it broadcasts from "
+            "the right: a 2-D mask is (len_q, len_k); pass a (batch, len_k) key padding mask "
+            "as mask[:, None, None, :]."
+        )
+    mask = attn_mask[(None,) * (4 - len(shape))]  # a view: leading axes of size 1
+    return mask, tuple(0 if mask.shape[i] == 1 else mask.stride(i) for i in range(4))
+
+
+def _key_mask_strides(attn_mask, q, k, caller):
+    """(batch, head, key) strides of a boolean (b|1, h|1, 1, len_k) key mask; 0 where a
+    dimension broadcasts. Raises, naming ``caller``, on any other mask. (The additive kernel
+    reads key masks only.)"""
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"{caller}: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
+    if attn_mask.dtype != torch.bool:
+        raise TypeError(
+            f"{caller}: attn_mask must be torch.bool (True = key takes part), got {attn_mask.dtype}"
+        )
+    if attn_mask.device != q.device:
+        raise ValueError(f"{caller}: attn_mask is on {attn_mask.device}, the inputs on {q.device}")
+    b, h, len_q, _ = q.shape
+    len_k = k.shape[2]
+    shape = tuple(attn_mask.shape)
+    if not (
+        attn_mask.dim() == 4
+        and shape[0] in (1, b)
+        and shape[1] in (1, h)
+        and shape[2] == 1
+        and shape[3] == len_k
+    ):
+        raise ValueError(
+            f"{caller}: attn_mask must be a key mask shaped (batch or 1, heads or 1, 1, "
+            f"len_k) = ({b}|1, {h}|1, 1, {len_k}); got {tuple(attn_mask.shape)}. "
+            + _MASK_HINTS.get(attn_mask.dim(), "")
+            + ("" if attn_mask.dim() != 4 or shape[2] == 1 else _MASK_HINTS["full"])
+        )
+    # A dimension of size 1 broadcasts: stride 0 makes every batch/head read the same row.
+    return (
+        0 if shape[0] == 1 else attn_mask.stride(0),
+        0 if shape[1] == 1 else attn_mask.stride(1),
+        attn_mask.stride(3),
+    )
+
+
+def _kernel_key_mask(attn_mask, q, k, caller):
+    """A key mask as uint8 (Triton reads bytes) with its strides, or a dummy when absent."""
+    if attn_mask is None:
+        return torch.empty(1, dtype=torch.uint8, device=q.device), (0, 0, 0)
+    return attn_mask.view(torch.uint8), _key_mask_strides(attn_mask, q, k, caller)
+
+
+# Why a mask of another rank or shape is refused, in the error message.
+_MASK_HINTS = {
+    2: "A 2-D mask means (len_q, len_k) in F.scaled_dot_product_attention, a full mask, which "
+    "the kernel does not read (it reads key masks only); a (batch, len_k) key padding mask "
+    "is passed as mask[:, None, None, :].",
+    "full": "Full (len_q x len_k) masks are not supported: the kernel reads key masks only; "
+    "pass causality with is_causal=True.",
+}

@@ -1,0 +1,66 @@
+"""Launch tables of the flash-attention kernels: tile shapes and configurations to tune over."""
+
+import torch
+
+from kernels import launch
+from kernels.flash_attention.tiles import _INTERPRETED
+from kernels.launch import LaunchConfig, TileShape
+
+# What one program of each kernel keeps in shared memory (see kernels.launch.TileShape): the
+# forward and the dQ pass hold a query tile (and dO) and stream key/value blocks; the dK/dV pass
+# holds a key/value block and streams query/dO blocks.
+TILES = {
+    "fwd": TileShape(resident=1, streamed=2, resident_is_query=True),
+    "dkdv": TileShape(resident=2, streamed=2, resident_is_query=False),
+    "dq": TileShape(resident=2, streamed=2, resident_is_query=True),
+}
+
+C = LaunchConfig  # (BLOCK_M query rows, BLOCK_N key rows, warps, stages)
+# Configurations to tune over, best guess first, by (kernel, head dim <= 64, Hopper), for 16-bit
+# inputs. Measured with the compile gate (Triton 3.9, two-stage loops): the forward and dQ take
+# FlashAttention-2's wide tiles; the dK/dV pass, which keeps two (BLOCK_N, d) tiles and two
+# float32 accumulators per key block, spills registers on sm_80-89 with 64-key blocks at d = 64
+# and with anything wider than 32x64 at d = 128, so it keeps narrower key blocks there. Its
+# 16x32 fallback on sm_80-89 is for the paths that hold more per key block (a full or float
+# mask read as (i, j) tiles, the grouped-query loop): on sm_80 32x32 spilled 128 B at d = 128
+# GQA, 16x32 none. On sm_90 a 16-row tile cannot use wgmma (the gate fails it), and the wider
+# configs spill 8-72 B for those paths; a 64x16 tile with 4 warps keeps wgmma and, in one stage,
+# spilled nothing (d=80 full mask 134 registers, d=96 float bias with gradient 184, d=128 GQA
+# 3/1 192; in two stages the GQA case spilled 112 B). The forward with a full boolean mask at
+# d = 80 spilled in every 16-bit config on sm_80-89 (8-152 B; 64x32 w4 s3 16 B) but 64x32 with
+# 8 warps in 2 stages: none (181-185 registers on sm_80/89), so that one replaces 64x32 w4 s3
+# (launch.candidates keeps 4 per kernel). Compile gate builds, Triton 3.9.
+CONFIGS_16BIT = {
+    ("fwd", True, False): [C(128, 64, 8, 3), C(128, 128, 8, 3), C(64, 64, 4, 3), C(64, 32, 4, 3)],
+    ("fwd", True, True): [C(128, 64, 8, 3), C(128, 128, 8, 3), C(64, 64, 4, 3), C(64, 32, 4, 3)],
+    ("fwd", False, False): [C(128, 32, 8, 3), C(64, 64, 8, 3), C(64, 128, 8, 2), C(64, 32, 8, 2)],
+    ("fwd", False, True): [C(64, 128, 8, 3), C(128, 32, 8, 3), C(64, 64, 8, 3), C(64, 32, 4, 3)],
+    ("dq", True, False): [C(128, 32, 8, 2), C(64, 64, 4, 2), C(64, 64, 8, 2), C(64, 32, 4, 2)],
+    ("dq", True, True): [C(128, 32, 8, 2), C(64, 64, 4, 2), C(64, 64, 8, 2), C(64, 32, 4, 2)],
+    ("dq", False, False): [C(64, 64, 8, 2), C(128, 32, 8, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
+    ("dq", False, True): [C(64, 64, 8, 2), C(128, 32, 8, 2), C(64, 32, 8, 2), C(64, 32, 4, 2)],
+    ("dkdv", True, False): [C(32, 32, 4, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
+    ("dkdv", True, True): [C(64, 64, 8, 2), C(64, 32, 4, 2), C(64, 32, 8, 2)],
+    ("dkdv", False, False): [C(32, 64, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2), C(16, 32, 4, 2)],
+    ("dkdv", False, True): [C(32, 64, 8, 2), C(16, 64, 4, 2), C(64, 16, 4, 2), C(64, 16, 4, 1)],
+}
+# float32 multiplies as three TF32 products (see _precision) and holds twice the bytes per tile:
+# small tiles only. Its backward still spills at head dims >= 64 (the gate reports it): float32
+# on a GPU is for checking results, not for speed (FlashAttention has no float32 at all).
+CONFIGS_FLOAT32 = {
+    "fwd": [C(32, 32, 4, 2), C(64, 32, 4, 2), C(16, 32, 4, 2)],
+    "dq": [C(32, 32, 4, 2), C(16, 32, 4, 2)],
+    "dkdv": [C(16, 32, 4, 2), C(32, 32, 8, 2), C(32, 16, 4, 2)],
+}
+
+
+def for_kernel(kernel_name, q, block_d):
+    """The launch configurations to choose from for one kernel on q's device."""
+    if _INTERPRETED:
+        return [launch.INTERPRETER_CONFIG]
+    arch = launch.capability(q.device)
+    if q.dtype == torch.float32:
+        table = CONFIGS_FLOAT32[kernel_name]
+    else:
+        table = CONFIGS_16BIT[kernel_name, block_d <= 64, arch >= 90]
+    return launch.candidates(TILES[kernel_name], table, arch, block_d, q.dtype)

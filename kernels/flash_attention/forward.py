@@ -1,0 +1,135 @@
+"""The forward kernel: one program per tile of queries, an online softmax over key blocks."""
+
+import triton
+import triton.language as tl
+
+from kernels.flash_attention.tiles import LN_2, _dot, _load_rows, _mask_key_block, _round
+
+
+@triton.jit
+def _fwd_key_blocks(
+    acc, l_i, m_i, q, K, V, M,
+    stride_kn, stride_vn, stride_mm, stride_mn,
+    rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The online softmax over key blocks [start, stop) for one tile of queries; MASKED blocks
+    check bounds and causality (see _mask_key_block), the others load without any check."""
+    for start_n in range(start, stop, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+
+        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
+        s = _mask_key_block(
+            s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
+            MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
+        )  # fmt: skip
+
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # While a row has seen no valid key its max is -inf, and -inf - -inf would be NaN;
+        # subtracting 0 instead keeps p = exp2(-inf) = 0 and alpha = 0 for such rows.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
+        l_i = l_i * alpha + tl.sum(p, 1)
+        # p is rounded to the value dtype so the second product runs on 16-bit tensor cores.
+        acc = acc * alpha[:, None] + _dot(
+            _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
+        )
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr):  # fmt: skip
+    """(n_whole, n_stop) for the query tile at start_m: key blocks [0, n_whole) are whole and
+    visible to every query of the tile; [n_whole, n_stop) need masking; later ones are unseen.
+
+    Bottom-right causal: query i sees keys j <= i + (len_k - len_q), so every query of the
+    tile sees keys j <= start_m + len_k - len_q, and none sees j >= start_m + BLOCK_M + ...
+    (n_stop may be <= 0: then no key is visible at all).
+    """
+    n_whole = LEN_K // BLOCK_N * BLOCK_N
+    n_stop = LEN_K
+    if IS_CAUSAL:
+        seen_by_all = tl.maximum(0, tl.minimum(start_m + LEN_K - LEN_Q + 1, LEN_K))
+        n_whole = tl.minimum(n_whole, seen_by_all // BLOCK_N * BLOCK_N)
+        n_stop = tl.minimum(LEN_K, start_m + BLOCK_M + LEN_K - LEN_Q)
+    return n_whole, n_stop
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Mask, Out, Lse,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
+    HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
+    start_m = tl.program_id(1) * BLOCK_M
+    # int64 batch/head offsets: b * stride_b overflows int32 for large tensors.
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM  # the padded head-dim lanes load as 0 and are never stored
+
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
+    q_ptrs += rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = _load_rows(q_ptrs, rows, LEN_Q, d_ok, True, EVEN_D)  # (i, D)
+    off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
+    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_d[None, :] * stride_vd
+    m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp2(s - m_i)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)  # unnormalised output
+
+    # Two stages, as in Triton's fused-attention tutorial: whole, fully visible key blocks
+    # first, without bounds checks or a causal mask; then the partial or diagonal ones.
+    n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    causal_shift = LEN_K - LEN_Q
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
+        rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_N,
+        EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_key_blocks(
+        acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
+        rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_N,
+        EMULATE_BF16, PRECISION,
+    )  # fmt: skip
+
+    # Normalise once at the end. A row with no valid key has l = 0 and acc = 0: it gets zeros
+    # and lse = -inf (log of an empty sum), never 0/0.
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    # lse in natural log of the scaled scores: (m + log2 l) is in log2 units, times ln 2.
+    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * LN_2, float("-inf"))
+
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
+    o_ptrs += rows[:, None] * stride_om + offs_d[None, :] * stride_od
+    tl.store(
+        o_ptrs,
+        _round(out, Out.dtype.element_ty, EMULATE_BF16),
+        mask=(rows[:, None] < LEN_Q) & d_ok[None, :],
+    )
+    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)

@@ -1,0 +1,100 @@
+"""flash_attention: the two PyTorch operators and the public, SDPA-shaped function."""
+
+import math
+
+import torch
+
+from kernels import ops
+from kernels.flash_attention.checks import _block_d, _check_inputs
+from kernels.flash_attention.launcher import _backward, _forward
+
+
+def _fake_forward(q, k, v, attn_mask, is_causal, scale):
+    """What _forward returns, as empty tensors: out like a contiguous q, lse (b, h, len_q)."""
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _fake_backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad):
+    """What _backward returns, as empty tensors: contiguous dq, dk, dv, and dmask (the mask's
+    shape with mask_grad, else empty)."""
+    dmask = q.new_empty(0)
+    if attn_mask is not None:
+        dmask = attn_mask.new_empty(attn_mask.shape if mask_grad else (0,))
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
+
+
+@ops.kernel_op("flash_attention_backward", fake=_fake_backward)
+def _backward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
+    dlse: torch.Tensor | None, mask_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    block_d = _block_d(q.shape[-1])
+    return _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad)
+
+
+def _gradients(
+    q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, *, needs_grad
+):  # fmt: skip
+    """dq, dk, dv, and the mask's gradient when it is a float mask that needs one (else None)."""
+    mask_grad = bool(needs_grad[3] and attn_mask is not None and attn_mask.is_floating_point())
+    dq, dk, dv, dmask = _backward_op(
+        q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad
+    )
+    return dq, dk, dv, (dmask if mask_grad else None)
+
+
+# The one autograd definition: gradients of q, k, v (and of a float mask) from the backward
+# operator above, given the inputs, (out, lse) and their gradients (dlse is zeros when lse
+# took no part in the loss).
+@ops.kernel_op(
+    "flash_attention", fake=_fake_forward, backward=_gradients,
+    wrt=("q", "k", "v", "attn_mask"),
+)  # fmt: skip
+def _forward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    is_causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]))
+
+
+def flash_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+    enable_gqa=False, *, return_lse=False,
+):  # fmt: skip
+    """Scaled dot-product attention with ``F.scaled_dot_product_attention``'s signature.
+
+    Args:
+        query: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
+        key, value: (batch, heads_kv, len_k, head_dim), same dtype and device as query;
+            heads_kv == heads, or with ``enable_gqa`` any divisor of heads.
+        attn_mask: optional mask broadcastable to (batch, heads, len_q, len_k) as SDPA reads
+            it (from the right: a 2-D mask is (len_q, len_k)); boolean, True = the pair takes
+            part, or float (float16, bfloat16 or float32), added to the scaled scores and
+            differentiable. Read in place, with stride 0 on its broadcast axes.
+        dropout_p: must be 0 (dropout is not implemented yet).
+        is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
+            j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
+            top-left; the two agree when len_q == len_k). May be combined with attn_mask.
+        scale: the softmax scale; defaults to 1 / sqrt(head_dim).
+        enable_gqa: grouped-query attention: query head i reads key/value head
+            i // (heads / heads_kv); nothing is repeated in memory, and dK, dV are summed over
+            each group inside the kernel.
+        return_lse: also return the row-wise log-sum-exp of the scaled, masked scores.
+
+    Returns:
+        out (batch, heads, len_q, head_dim) in query's dtype; with ``return_lse`` also
+        lse (batch, heads, len_q) in float32 (natural log). A query that sees no key gets
+        zeros in out (and zero gradients) and -inf in lse.
+
+    Raises:
+        TypeError / ValueError: on a bad input, naming it, before anything is launched.
+        RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
+    """
+    q, k, v = query, key, value
+    if dropout_p:
+        raise ValueError("flash_attention: dropout is not implemented; pass dropout_p=0.0")
+    _check_inputs(q, k, v, attn_mask, scale, enable_gqa)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, lse = _forward_op(q, k, v, attn_mask, bool(is_causal), scale)
+    return (out, lse) if return_lse else out

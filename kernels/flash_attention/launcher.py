@@ -1,0 +1,152 @@
+"""Host side: allocate the outputs, pick launch configurations, launch the kernels."""
+
+import torch
+import triton
+
+from kernels import launch
+from kernels.flash_attention import configs
+from kernels.flash_attention.backward import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
+from kernels.flash_attention.checks import _mask_layout
+from kernels.flash_attention.forward import _attn_fwd
+from kernels.flash_attention.tiles import _INTERPRETED, DELTA_ROWS, LOG2_E
+
+
+def _empty(shape, dtype, device):
+    """Every buffer the launchers hand to a kernel comes from here (tests poison it with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _launch(kernel, grid, *args, **meta):
+    """Every kernel launch goes through here (the compile gate captures them); returns Triton's
+    compiled kernel (None for an empty grid, which is not launchable and has nothing to do)."""
+    if not launch.is_empty(grid):
+        return kernel[grid](*args, **meta)
+    return None
+
+
+def _configs(kernel_name, q, block_d):
+    """The launch configurations to choose from (tests replace this to force block sizes)."""
+    return configs.for_kernel(kernel_name, q, block_d)
+
+
+def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
+    """Launch ``kernel`` with the best config for this shape; grid axis 0 = batch x heads
+    (key/value heads for the dK/dV pass, query heads otherwise), grid_rows(config) = the blocks
+    of rows (grid axis 1). An empty grid returns at once: nothing to run, nothing to tune (its
+    length bucket is a one-token call's)."""
+    b, h, len_q, _ = q.shape
+    heads = k.shape[1] if name == "dkdv" else h
+    candidates = _configs(name, q, block_d)
+    if launch.is_empty((b * heads, grid_rows(candidates[0]))):
+        return
+
+    def run(config):
+        grid = launch.grid(b * heads, grid_rows(config))
+        return _launch(kernel, grid, *args, **meta, **config.meta())
+
+    key = (name, q.device.index, q.dtype, block_d, tuple(sorted(meta.items())),
+           launch.length_bucket(len_q), launch.length_bucket(k.shape[2]))  # fmt: skip
+    run(launch.pick(key, candidates, run))
+
+
+def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
+    b, h, len_q, d = q.shape
+    len_k = k.shape[2]
+    out = _empty((b, h, len_q, d), q.dtype, q.device)
+    lse = _empty((b, h, len_q), torch.float32, q.device)
+    mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
+    args = (
+        q, k, v, mask, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
+        h, h // max(k.shape[1], 1), len_q, len_k, d, scale * LOG2_E.value,
+    )  # fmt: skip
+    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
+    _tuned_launch(
+        _attn_fwd, "fwd", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
+    )
+    return out, lse
+
+
+def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad):
+    """(dq, dk, dv, dmask): dmask, the float mask's gradient in its shape, only with mask_grad
+    (else an empty tensor)."""
+    b, h, len_q, d = q.shape
+    len_k = k.shape[2]
+    mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
+    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
+    if dlse is None:
+        dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
+    dlse = dlse.to(torch.float32).contiguous()
+
+    delta = _empty((b, h, len_q), torch.float32, q.device)
+    _launch(
+        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
+        out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
+        BLOCK_M=DELTA_ROWS, BLOCK_D=block_d,
+    )  # fmt: skip
+    dk = _empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
+    dv = _empty(v.shape, q.dtype, q.device)
+    common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
+    sizes = (h, h // max(k.shape[1], 1), len_q, len_k, d, scale, scale * LOG2_E.value)
+    args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
+    _tuned_launch(
+        _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
+    )
+    dq = _empty((b, h, len_q, d), q.dtype, q.device)
+    mask_grad = bool(mask_grad and mask_meta["MASK_FLOAT"])
+    # dS of every (query, key) pair, the float mask's gradient before its broadcast axes are
+    # summed: zeros, as the dQ pass skips the key blocks a causal query tile cannot see.
+    dbias = torch.zeros((b, h, len_q, len_k) if mask_grad else (1,), device=q.device)
+    args = (q, k, v, mask, dout, lse, delta, dq, dbias, *common, *sizes)
+    _tuned_launch(
+        _attn_bwd_dq, "dq", q, k, block_d, {**meta, "MASK_GRAD": mask_grad},
+        lambda c: triton.cdiv(len_q, c.block_m), args,
+    )  # fmt: skip
+    dmask = attn_mask.new_empty(0) if attn_mask is not None else q.new_empty(0)
+    if mask_grad:
+        dmask = _sum_to_mask(dbias, attn_mask)
+    return dq, dk, dv, dmask
+
+
+def _sum_to_mask(dbias, attn_mask):
+    """The (b, h, len_q, len_k) gradient summed over the axes the mask broadcasts over, in the
+    mask's shape and dtype."""
+    mask4_shape = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+    axes = [i for i in range(4) if mask4_shape[i] == 1 and dbias.shape[i] != 1]
+    summed = dbias.sum(dim=axes, keepdim=True) if axes else dbias
+    return summed.reshape(attn_mask.shape).to(attn_mask.dtype)
+
+
+def _kernel_mask(attn_mask, q, k):
+    """(what the kernels read, its four strides, the mask's constexprs): a boolean mask as
+    uint8 (Triton reads bytes), a float one as it is; a dummy when there is none."""
+    if attn_mask is None:
+        dummy = torch.empty(1, dtype=torch.uint8, device=q.device)
+        return dummy, (0, 0, 0, 0), dict(HAS_MASK=False, MASK_FLOAT=False, MASK_ROWS=False)
+    mask, strides = _mask_layout(attn_mask, q, k)
+    is_float = mask.is_floating_point()
+    meta = dict(HAS_MASK=True, MASK_FLOAT=is_float, MASK_ROWS=mask.shape[2] != 1)
+    return (mask if is_float else mask.view(torch.uint8)), strides, meta
+
+
+def _precision(dtype):
+    """How tl.dot multiplies: for float32, "tf32x3" on a GPU (three TF32 tensor-core products
+    that recover float32 accuracy; plain FMA products ("ieee") need too many registers to tile
+    well and spilled in every configuration the compile gate tried) and "ieee" under the
+    interpreter, whose numpy products are exact anyway; for 16-bit inputs the setting does not
+    apply ("tf32" is Triton's default)."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "ieee" if _INTERPRETED else "tf32x3"
+
+
+def _meta(mask_meta, is_causal, block_d, head_dim, dtype):
+    """The constexprs every attention kernel takes, apart from its block sizes."""
+    return dict(
+        **mask_meta,
+        IS_CAUSAL=bool(is_causal),
+        EVEN_D=block_d == head_dim,
+        BLOCK_D=block_d,
+        EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
+        PRECISION=_precision(dtype),
+    )

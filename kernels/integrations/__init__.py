@@ -1,0 +1,1 @@
+"""Adapters that let other libraries' models run on our kernels (``huggingface``)."""
