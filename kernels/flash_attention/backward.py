@@ -1,5 +1,21 @@
 """The backward kernels (FlashAttention-2): delta = rowsum(dO * O), then dK/dV per key block and
-dQ per query block, both recomputing the probabilities from the saved log-sum-exp."""
+dQ per query block, both recomputing the probabilities from the saved log-sum-exp.
+
+Dropout (HAS_DROPOUT). The forward computed O = (P * Z) V, P = softmax(S) row by row, with
+Z_ij = keep_ij / (1 - p) (elementwise products; keep regenerated here from the same seed and
+counters by tiles._dropout_keep). Then, with dO the output's gradient:
+
+    dV = (P * Z)^T dO                                   the dropped, rescaled probabilities
+    d(P * Z) = dO V^T,  so  dP = (dO V^T) * Z           dropout's own backward
+    dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik)             softmax's backward, on the undropped P
+    sum_k P_ik dP_ik = sum_k P_ik Z_ik (dO_i . V_k) = dO_i . O_i
+
+so delta = rowsum(dO * O) with the (dropped) output O, exactly as without dropout, and the
+log-sum-exp term (d lse_i / d S_ij = P_ij, undropped: dropout does not touch the normaliser)
+still folds into delta as -dlse. dK = scale * dS^T Q and dQ = scale * dS K are unchanged; dS
+is also the gradient of a float mask. With p = 1 (Z = 0, keep_scale = 0) every gradient but
+the log-sum-exp's is zero, as SDPA's.
+"""
 
 import triton
 import triton.language as tl
@@ -8,6 +24,7 @@ from kernels.flash_attention.forward import _visible_key_blocks
 from kernels.flash_attention.tiles import (
     _apply_mask,
     _dot,
+    _dropout_keep,
     _load_rows,
     _mask_key_block,
     _round,
@@ -51,12 +68,19 @@ def _attn_bwd_delta(
 
 
 @triton.jit
+def _drop(x, keep, keep_scale):
+    """x * Z for an (i, j) tile: Z = keep / (1 - p), keep_scale = 1 / (1 - p) (0 when p = 1)."""
+    return tl.where(keep, x * keep_scale, 0.0)
+
+
+@triton.jit
 def _dkdv_query_blocks(
     dk, dv, k, v, M, Q, DOut, Lse, Delta, row_base,
     stride_qm, stride_gm, stride_mm, stride_mn,
     cols, offs_m, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    seed, rng_offset, dropout_p, keep_scale,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
-    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -86,14 +110,20 @@ def _dkdv_query_blocks(
         # Recompute P from the saved log-sum-exp: P = exp(s - lse), already normalised.
         p = tl.exp2(s - lse_log2[:, None])
 
-        dv += _dot(tl.trans(_round(p, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
+        p_out = p  # the probabilities the output was made of
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, rng_offset, row_base + rows, cols, LEN_K, dropout_p)
+            p_out = _drop(p, keep, keep_scale)
+        dv += _dot(tl.trans(_round(p_out, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
         dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        if HAS_DROPOUT:
+            dp = _drop(dp, keep, keep_scale)
         ds = p * (dp - delta[:, None])  # gradient w.r.t. the scaled scores
         dk += _dot(tl.trans(_round(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "rng_offset"])
 def _attn_bwd_dkdv(
     Q, K, V, Mask, DOut, Lse, Delta, DK, DV,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -102,8 +132,9 @@ def _attn_bwd_dkdv(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    seed, rng_offset, dropout_p, keep_scale,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -157,20 +188,23 @@ def _attn_bwd_dkdv(
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
             stride_mm, stride_mn, cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q,
-            LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS,
-            IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+            LEN_K, causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, True,
+            HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_M,
+            EMULATE_BF16, PRECISION,
         )  # fmt: skip
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
             stride_mm, stride_mn, cols, offs_m, d_ok, m_whole, m_even, LEN_Q, LEN_K,
-            causal_shift, qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
-            EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+            causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, False,
+            HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_M,
+            EMULATE_BF16, PRECISION,
         )  # fmt: skip
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
             stride_mm, stride_mn, cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q,
-            LEN_Q, LEN_K, causal_shift, qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS,
-            IS_CAUSAL, EVEN_D, BLOCK_M, EMULATE_BF16, PRECISION,
+            LEN_Q, LEN_K, causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale,
+            True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_M,
+            EMULATE_BF16, PRECISION,
         )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
@@ -185,9 +219,10 @@ def _dq_key_blocks(
     dq, q, do, lse_log2, delta, K, V, M, DBias,
     stride_kn, stride_vn, stride_mm, stride_mn,
     rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    seed, rng_offset, dropout_p, keep_scale, row_ids,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
     MASK_ROWS: tl.constexpr, MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Accumulate dQ of one query tile over key blocks [start, stop); MASKED as in the forward."""
@@ -204,6 +239,9 @@ def _dq_key_blocks(
         p = tl.exp2(s - lse_log2[:, None])
 
         dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, rng_offset, row_ids, cols, LEN_K, dropout_p)
+            dp = _drop(dp, keep, keep_scale)
         ds = p * (dp - delta[:, None])  # gradient w.r.t. the scores, and so the float mask's
         if MASK_GRAD:  # DBias: this (batch, head)'s contiguous (len_q, len_k) float32 slice
             ok = (rows[:, None] < LEN_Q) & (cols[None, :] < LEN_K)
@@ -212,7 +250,7 @@ def _dq_key_blocks(
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "rng_offset"])
 def _attn_bwd_dq(
     Q, K, V, Mask, DOut, Lse, Delta, DQ, DBias,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -221,8 +259,10 @@ def _attn_bwd_dq(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    seed, rng_offset, dropout_p, keep_scale,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
-    MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -266,14 +306,16 @@ def _attn_bwd_dq(
     dq = _dq_key_blocks(
         dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
         stride_mm, stride_mn, rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift,
-        qk_scale_log2, False, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, EVEN_D,
-        BLOCK_N, EMULATE_BF16, PRECISION,
+        qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows, False,
+        HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
+        EMULATE_BF16, PRECISION,
     )  # fmt: skip
     dq = _dq_key_blocks(
         dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
         stride_mm, stride_mn, rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift,
-        qk_scale_log2, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, EVEN_D,
-        BLOCK_N, EMULATE_BF16, PRECISION,
+        qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows, True,
+        HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
+        EMULATE_BF16, PRECISION,
     )  # fmt: skip
 
     dq *= sm_scale  # dQ = scale * dS K

@@ -1,9 +1,23 @@
-"""The forward kernel: one program per tile of queries, an online softmax over key blocks."""
+"""The forward kernel: one program per tile of queries, an online softmax over key blocks.
+
+Dropout (HAS_DROPOUT), as ``F.scaled_dot_product_attention`` applies it: the softmax's
+normaliser l (and so the log-sum-exp) sums the probabilities *before* dropout, and
+O_i = sum_j P_ij * Z_ij * V_j with Z_ij = keep_ij / (1 - p), keep_ij from tiles._dropout_keep.
+The kernel accumulates sum_j exp(s_ij - m_i) keep_ij V_j and multiplies by 1 / (1 - p) once,
+with the division by l, at the end.
+"""
 
 import triton
 import triton.language as tl
 
-from kernels.flash_attention.tiles import LN_2, _dot, _load_rows, _mask_key_block, _round
+from kernels.flash_attention.tiles import (
+    LN_2,
+    _dot,
+    _dropout_keep,
+    _load_rows,
+    _mask_key_block,
+    _round,
+)
 
 
 @triton.jit
@@ -11,13 +25,15 @@ def _fwd_key_blocks(
     acc, l_i, m_i, q, K, V, M,
     stride_kn, stride_vn, stride_mm, stride_mn,
     rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    seed, rng_offset, dropout_p, row_ids,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
-    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """The online softmax over key blocks [start, stop) for one tile of queries; MASKED blocks
-    check bounds and causality (see _mask_key_block), the others load without any check."""
+    check bounds and causality (see _mask_key_block), the others load without any check. With
+    HAS_DROPOUT the dropped pairs join the row sum l but not the output (unscaled here)."""
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
         k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
@@ -36,6 +52,8 @@ def _fwd_key_blocks(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
         l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            p = tl.where(_dropout_keep(seed, rng_offset, row_ids, cols, LEN_K, dropout_p), p, 0.0)
         # p is rounded to the value dtype so the second product runs on 16-bit tensor cores.
         acc = acc * alpha[:, None] + _dot(
             _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
@@ -63,7 +81,8 @@ def _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL: tl.constexpr, BLOCK_M:
     return n_whole, n_stop
 
 
-@triton.jit
+# seed and rng_offset change every call: no specialisation on their values (a recompile).
+@triton.jit(do_not_specialize=["seed", "rng_offset"])
 def _attn_fwd(
     Q, K, V, Mask, Out, Lse,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -72,8 +91,9 @@ def _attn_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
+    seed, rng_offset, dropout_p, keep_scale,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -104,16 +124,19 @@ def _attn_fwd(
     # first, without bounds checks or a causal mask; then the partial or diagonal ones.
     n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     causal_shift = LEN_K - LEN_Q
+    row_ids = off_bh.to(tl.int64) * LEN_Q + rows  # this tile's rows in (b * h * len_q)
     acc, l_i, m_i = _fwd_key_blocks(
         acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
         rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
-        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_N,
+        seed, rng_offset, dropout_p, row_ids,
+        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
         EMULATE_BF16, PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_key_blocks(
         acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
         rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
-        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, EVEN_D, BLOCK_N,
+        seed, rng_offset, dropout_p, row_ids,
+        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
         EMULATE_BF16, PRECISION,
     )  # fmt: skip
 
@@ -122,6 +145,8 @@ def _attn_fwd(
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
+    if HAS_DROPOUT:
+        out = out * keep_scale  # 1 / (1 - p): the kept probabilities, rescaled
     # lse in natural log of the scaled scores: (m + log2 l) is in log2 units, times ln 2.
     lse = tl.where(seen, (m_i + tl.log2(l_safe)) * LN_2, float("-inf"))
 

@@ -6,15 +6,19 @@ import torch
 
 from kernels import ops
 from kernels.flash_attention.checks import _block_d, _check_inputs
+from kernels.flash_attention.dropout import Dropout, check_dropout_p, draw_seed_offset
 from kernels.flash_attention.launcher import _backward, _forward
 
 
-def _fake_forward(q, k, v, attn_mask, is_causal, scale):
+def _fake_forward(q, k, v, attn_mask, is_causal, scale, dropout_p=0.0, seed=0, offset=0):
     """What _forward returns, as empty tensors: out like a contiguous q, lse (b, h, len_q)."""
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-def _fake_backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad):
+def _fake_backward(
+    q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad,
+    dropout_p=0.0, seed=0, offset=0,
+):  # fmt: skip
     """What _backward returns, as empty tensors: contiguous dq, dk, dv, and dmask (the mask's
     shape with mask_grad, else empty)."""
     dmask = q.new_empty(0)
@@ -28,34 +32,43 @@ def _backward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
     is_causal: bool, scale: float, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
     dlse: torch.Tensor | None, mask_grad: bool,
+    dropout_p: float = 0.0, seed: int = 0, offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     block_d = _block_d(q.shape[-1])
-    return _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad)
+    dropout = Dropout(dropout_p, seed, offset)
+    return _backward(
+        q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad, dropout
+    )
 
 
 def _gradients(
-    q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, *, needs_grad
+    q, k, v, attn_mask, is_causal, scale, dropout_p, seed, offset, out, lse, dout, dlse, *,
+    needs_grad,
 ):  # fmt: skip
-    """dq, dk, dv, and the mask's gradient when it is a float mask that needs one (else None)."""
+    """dq, dk, dv, and the mask's gradient when it is a float mask that needs one (else None).
+    The forward's dropout_p, seed and offset regenerate its keep-mask."""
     mask_grad = bool(needs_grad[3] and attn_mask is not None and attn_mask.is_floating_point())
     dq, dk, dv, dmask = _backward_op(
-        q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad
-    )
+        q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad,
+        dropout_p, seed, offset,
+    )  # fmt: skip
     return dq, dk, dv, (dmask if mask_grad else None)
 
 
 # The one autograd definition: gradients of q, k, v (and of a float mask) from the backward
 # operator above, given the inputs, (out, lse) and their gradients (dlse is zeros when lse
-# took no part in the loss).
+# took no part in the loss). seed and offset are the dropout's Philox seed and counter offset,
+# drawn by flash_attention (unused when dropout_p == 0).
 @ops.kernel_op(
     "flash_attention", fake=_fake_forward, backward=_gradients,
     wrt=("q", "k", "v", "attn_mask"),
 )  # fmt: skip
 def _forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-    is_causal: bool, scale: float,
+    is_causal: bool, scale: float, dropout_p: float = 0.0, seed: int = 0, offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]))
+    dropout = Dropout(dropout_p, seed, offset)
+    return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]), dropout)
 
 
 def flash_attention(
@@ -72,7 +85,13 @@ def flash_attention(
             it (from the right: a 2-D mask is (len_q, len_k)); boolean, True = the pair takes
             part, or float (float16, bfloat16 or float32), added to the scaled scores and
             differentiable. Read in place, with stride 0 on its broadcast axes.
-        dropout_p: must be 0 (dropout is not implemented yet).
+        dropout_p: the probability, in [0, 1], of dropping each attention probability (as
+            SDPA does, always: pass 0 in evaluation): out = (P * keep / (1 - p)) V, with the
+            softmax normalised before dropout (lse is dropout's no matter p). The keep bits are
+            Philox numbers made inside the kernels from a seed and offset drawn on each call
+            from torch's default CPU generator (one ``torch.randint``), so ``torch.manual_seed``
+            makes a call reproducible; the backward regenerates them. p == 1 gives zeros (and
+            zero gradients but through lse), as SDPA. See ``kernels.flash_attention.dropout``.
         is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
             j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
             top-left; the two agree when len_q == len_k). May be combined with attn_mask.
@@ -92,9 +111,9 @@ def flash_attention(
         RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
     """
     q, k, v = query, key, value
-    if dropout_p:
-        raise ValueError("flash_attention: dropout is not implemented; pass dropout_p=0.0")
+    dropout_p = check_dropout_p(dropout_p)
     _check_inputs(q, k, v, attn_mask, scale, enable_gqa)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, lse = _forward_op(q, k, v, attn_mask, bool(is_causal), scale)
+    seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
+    out, lse = _forward_op(q, k, v, attn_mask, bool(is_causal), scale, dropout_p, seed, offset)
     return (out, lse) if return_lse else out

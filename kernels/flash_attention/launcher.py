@@ -7,6 +7,7 @@ from kernels import launch
 from kernels.flash_attention import configs
 from kernels.flash_attention.backward import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
 from kernels.flash_attention.checks import _mask_layout
+from kernels.flash_attention.dropout import NO_DROPOUT
 from kernels.flash_attention.forward import _attn_fwd
 from kernels.flash_attention.tiles import _INTERPRETED, DELTA_ROWS, LOG2_E
 
@@ -49,7 +50,12 @@ def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
     run(launch.pick(key, candidates, run))
 
 
-def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
+def _dropout_args(dropout):
+    """The kernels' dropout arguments (seed, rng_offset, dropout_p, keep_scale)."""
+    return dropout.seed, dropout.offset, dropout.p, dropout.keep_scale
+
+
+def _forward(q, k, v, attn_mask, is_causal, scale, block_d, dropout=NO_DROPOUT):
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
     out = _empty((b, h, len_q, d), q.dtype, q.device)
@@ -59,21 +65,25 @@ def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
         h, h // max(k.shape[1], 1), len_q, len_k, d, scale * LOG2_E.value,
+        *_dropout_args(dropout),
     )  # fmt: skip
-    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
+    meta = _meta(mask_meta, is_causal, dropout, block_d, d, q.dtype)
     _tuned_launch(
         _attn_fwd, "fwd", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
     )
     return out, lse
 
 
-def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad):
+def _backward(
+    q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad,
+    dropout=NO_DROPOUT,
+):  # fmt: skip
     """(dq, dk, dv, dmask): dmask, the float mask's gradient in its shape, only with mask_grad
-    (else an empty tensor)."""
+    (else an empty tensor). ``dropout`` must be the forward's (it regenerates its mask)."""
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
-    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
+    meta = _meta(mask_meta, is_causal, dropout, block_d, d, q.dtype)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
     dlse = dlse.to(torch.float32).contiguous()
@@ -87,7 +97,8 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
     dk = _empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
     dv = _empty(v.shape, q.dtype, q.device)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
-    sizes = (h, h // max(k.shape[1], 1), len_q, len_k, d, scale, scale * LOG2_E.value)
+    sizes = (h, h // max(k.shape[1], 1), len_q, len_k, d, scale, scale * LOG2_E.value,
+             *_dropout_args(dropout))  # fmt: skip
     args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
     _tuned_launch(
         _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
@@ -140,11 +151,13 @@ def _precision(dtype):
     return "ieee" if _INTERPRETED else "tf32x3"
 
 
-def _meta(mask_meta, is_causal, block_d, head_dim, dtype):
-    """The constexprs every attention kernel takes, apart from its block sizes."""
+def _meta(mask_meta, is_causal, dropout, block_d, head_dim, dtype):
+    """The constexprs every attention kernel takes, apart from its block sizes. Without
+    dropout (p == 0) HAS_DROPOUT=False compiles no dropout code at all."""
     return dict(
         **mask_meta,
         IS_CAUSAL=bool(is_causal),
+        HAS_DROPOUT=dropout.p > 0.0,
         EVEN_D=block_d == head_dim,
         BLOCK_D=block_d,
         EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,

@@ -1,8 +1,8 @@
 """Tile-level helpers shared by the flash-attention kernels (and the additive kernel).
 
 ``@triton.jit`` functions inlined into the forward and backward kernels: the products, the
-rounding to the input dtype, bounds-checked tile loads, the key-mask read and the saved softmax
-statistics. Module globals read inside jitted code are ``tl.constexpr`` objects.
+rounding to the input dtype, bounds-checked tile loads, the key-mask read, the saved softmax
+statistics and the dropout keep-mask. Module globals read inside jitted code are ``tl.constexpr`` objects.
 """
 
 import triton
@@ -132,6 +132,24 @@ def _mask_key_block(
             valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
         s = tl.where(valid, s, float("-inf"))
     return s
+
+
+@triton.jit
+def _dropout_keep(seed, rng_offset, row_ids, cols, LEN_K, dropout_p):
+    """(i, j) bool: which (query, key) pairs of this tile dropout keeps, each with chance 1 - p.
+
+    One uniform number per pair from Philox, ``tl.rand(seed, counter)``, where the counter is
+    the call's ``rng_offset`` plus the pair's place in the whole (b * h, len_q, len_k) score
+    tensor: ``row_ids`` (BLOCK_M,) are b * h * len_q + i, so the counter is
+    rng_offset + row_id * len_k + j. It is computed in int64 (tl.rand takes 64-bit counters:
+    their high 32 bits become Philox's second counter word), so it cannot overflow at any size
+    the launch grid allows (b * h * len_q * len_k < 2^62). Every kernel that touches a pair
+    (the forward, both backward passes, and the test helper dropout.dropout_keep_mask) computes
+    its keep bit here, from the same counter, so the backward sees exactly the forward's mask.
+    Pairs past len_q or len_k get numbers too; they are hidden (p = 0) or never stored.
+    """
+    counters = rng_offset + row_ids.to(tl.int64)[:, None] * LEN_K + cols[None, :]
+    return tl.rand(seed, counters) >= dropout_p
 
 
 # Triton decides at @triton.jit time (that is, when this module was imported) whether kernels
