@@ -42,6 +42,12 @@ Supported
       with a key/value cache needs (the new queries are the *last* len_q positions).
       ``F.scaled_dot_product_attention`` aligns top-left instead; the two agree when
       len_q == len_k.
+    * ``dropout_p`` in [0, 1], as SDPA applies it (on the probabilities, after the softmax's
+      normalisation; p == 1 gives zeros). The keep bits are Philox numbers made inside the
+      kernels (``tl.rand``) from a per-call seed and offset drawn from torch's default CPU
+      generator, so ``torch.manual_seed`` makes a call reproducible; the backward regenerates
+      them, and no mask is stored. ``dropout_keep_mask`` returns a call's mask (for tests; see
+      :mod:`kernels.flash_attention.dropout`). With p == 0 no dropout code is compiled.
     * Gradients for q, k, v and a float mask; also through the log-sum-exp when
       ``return_lse=True`` and it takes part in the loss.
     * ``torch.compile`` (``fullgraph=True`` too): forward and backward are PyTorch operators,
@@ -55,18 +61,22 @@ Supported
       (``TRITON_INTERPRET=1`` set before triton is first imported).
 
 Caution -- not supported
-    * Dropout (``dropout_p`` > 0 is refused), a value head dim that differs from the
-      query/key head dim, head dims above 128, float64.
+    * A value head dim that differs from the query/key head dim, head dims above 128, float64.
+    * Dropout's random numbers are not SDPA's (the same seed gives another mask), and drawing
+      a call's seed reads a tensor in Python: ``torch.compile(fullgraph=True)`` of a call with
+      dropout_p > 0 breaks the graph there (calls without dropout draw nothing).
     * float32 on a GPU multiplies as three TF32 products ("tf32x3", about float32 accuracy) in
       small tiles whose backward spills registers at head dims >= 64: correct, not fast. Use
       bfloat16 or float16 for speed.
     * GPUs before sm_80 (Ampere) are not claimed: nothing is compiled or tested for them.
 
 Layout: ``tiles`` (jitted helpers), ``forward`` and ``backward`` (the kernels), ``configs``
-(launch tables), ``checks`` (input validation), ``launcher`` (buffers and launches; every
-launch goes through ``launcher._launch``), ``function`` (the operators and ``flash_attention``).
+(launch tables), ``checks`` (input validation), ``dropout`` (seeds and the keep-mask for
+tests), ``launcher`` (buffers and launches; every launch goes through ``launcher._launch``),
+``function`` (the operators and ``flash_attention``).
 """
 
+from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask
 from kernels.flash_attention.function import flash_attention
 
-__all__ = ["flash_attention"]
+__all__ = ["draw_seed_offset", "dropout_keep_mask", "flash_attention"]

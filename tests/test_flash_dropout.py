@@ -1,0 +1,266 @@
+"""Dropout in the flash-attention kernel (``dropout_p``), under the interpreter or on a GPU.
+
+SDPA's random numbers are not ours, so dropout is checked against a float64 reference fed the
+kernels' own keep-mask (``dropout_keep_mask``, the same Philox helper in a kernel of its own),
+with the criterion of tests/test_flash_attention.py (kernel error <= 2 x the naive error in
+the kernel's dtype + a floor), forward and every gradient; statistically (the keep rate, the
+1 / (1 - p) scaling); for reproducibility under ``torch.manual_seed``; and on bad input.
+"""
+
+import functools
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_flash_attention import FLOOR_F32, masked_scores, max_err, output_and_grads
+
+from kernels import flash_attention
+from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask
+
+fa = importlib.import_module("kernels.flash_attention.launcher")
+
+
+def random_inputs(device, shape_q, shape_kv, dtype, seed=0):
+    """q (b, h, len_q, d), k and v (b, h_kv, len_k, d), dout like q: standard normal."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, dout = (
+        torch.randn(shape, generator=gen).to(device, dtype)
+        for shape in (shape_q, shape_kv, shape_kv, shape_q)
+    )
+    return q, k, v, dout
+
+
+def dropped_attention(
+    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, keep, dropout_p
+):  # fmt: skip
+    """SDPA's math with a given keep-mask: softmax(scores) * keep / (1 - p) @ v, in q's dtype
+    (a query that sees no key gets zeros; k, v repeated for grouped-query attention)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    scores, allowed = masked_scores(q, k, attn_mask, is_causal, scale)
+    scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    return (probs * keep.to(probs.dtype) / (1.0 - dropout_p)) @ v
+
+
+def next_call_keep_mask(rng_seed, q, k, dropout_p):
+    """torch.manual_seed(rng_seed), then the keep-mask the next flash_attention call on q, k
+    with this dropout_p uses (the call draws its seed and offset with one torch.randint)."""
+    torch.manual_seed(rng_seed)
+    seed, offset = draw_seed_offset()
+    b, h, len_q, _ = q.shape
+    keep = dropout_keep_mask(seed, offset, b, h, len_q, k.shape[2], dropout_p, q.device)
+    torch.manual_seed(rng_seed)
+    return keep
+
+
+def assert_dropout_within_2x_naive_error(q, k, v, dout, dropout_p, rng_seed=0, **kwargs):
+    """flash_attention with dropout vs dropped_attention fed its keep-mask: out, dq, dk, dv
+    (and a float mask's gradient) within 2 x the same-dtype naive error of float64 + floor."""
+    dtype = q.dtype
+    keep = next_call_keep_mask(rng_seed, q, k, dropout_p)
+    reference = functools.partial(dropped_attention, keep=keep, dropout_p=dropout_p)
+    exact = output_and_grads(reference, q, k, v, dout, torch.float64, **kwargs)
+    naive = output_and_grads(reference, q, k, v, dout, dtype, **kwargs)
+    torch.manual_seed(rng_seed)
+    kernel = functools.partial(flash_attention, dropout_p=dropout_p)
+    ours = output_and_grads(kernel, q, k, v, dout, dtype, **kwargs)
+    names = ("out", "dq", "dk", "dv", "dmask")[: len(exact)]
+    for name, got, ref, base in zip(names, ours, exact, naive, strict=True):
+        assert torch.isfinite(got).all(), f"{name} has NaN/Inf"
+        err, base_err = max_err(got, ref), max_err(base, ref)
+        floor = max(4 * torch.finfo(dtype).eps, FLOOR_F32) * max(1.0, ref.abs().max().item())
+        assert err <= 2 * base_err + floor, (
+            f"{name}: kernel error {err:.3g} > 2 x naive {dtype} error {base_err:.3g} + {floor:.3g}"
+        )
+
+
+# ----------------------------------------------------------------------------- equality
+
+# (len_q, len_k, head_dim, heads, heads_kv, mask, is_causal, dtype, dropout_p): odd lengths;
+# one case longer than the interpreter's 64 x 64 blocks, so both loop stages run with dropout.
+EQUALITY_CASES = {
+    "plain": (37, 53, 24, 2, 2, None, False, torch.float32, 0.3),
+    "causal-gqa": (29, 71, 16, 4, 2, None, True, torch.bfloat16, 0.5),
+    "bool-mask": (33, 70, 40, 2, 2, "bool", False, torch.float16, 0.2),
+    "float-mask-grad-causal": (21, 66, 16, 2, 2, "float", True, torch.float32, 0.4),
+    "key-mask-empty-row-gqa-causal": (70, 130, 32, 3, 1, "keys", True, torch.float32, 0.1),
+}
+
+
+def attention_mask(kind, batch, heads, len_q, len_k, device):
+    """A boolean full mask (~70% True), a float bias shared by the batch (~20% -inf), or a
+    (batch, 1, 1, len_k) key mask whose last batch row hides every key."""
+    gen = torch.Generator().manual_seed(11)
+    if kind == "bool":
+        return (torch.rand(batch, heads, len_q, len_k, generator=gen) < 0.7).to(device)
+    if kind == "float":
+        bias = torch.randn(1, heads, len_q, len_k, generator=gen)
+        return bias.masked_fill(torch.rand(bias.shape, generator=gen) < 0.2, -math.inf).to(device)
+    keys = torch.rand(batch, 1, 1, len_k, generator=gen) < 0.7
+    keys[-1] = False
+    return keys.to(device)
+
+
+@pytest.mark.parametrize("case", list(EQUALITY_CASES.values()), ids=list(EQUALITY_CASES))
+def test_output_and_every_gradient_equal_a_float64_reference_fed_the_same_keep_mask(
+    case, kernel_device
+):
+    len_q, len_k, head_dim, heads, heads_kv, mask, is_causal, dtype, p = case
+    q, k, v, dout = random_inputs(
+        kernel_device, (2, heads, len_q, head_dim), (2, heads_kv, len_k, head_dim), dtype
+    )
+    kwargs = dict(is_causal=is_causal, enable_gqa=heads != heads_kv)
+    if mask is not None:
+        kwargs["attn_mask"] = attention_mask(mask, 2, heads, len_q, len_k, kernel_device)
+    assert_dropout_within_2x_naive_error(q, k, v, dout, p, **kwargs)
+
+
+def test_backward_regenerates_the_forwards_mask_whatever_the_generator_did_since(kernel_device):
+    """The backward reads the seed the forward drew, not the generator: draws between the two
+    change nothing (a backward that redrew would fail the reference)."""
+    q, k, v, dout = random_inputs(kernel_device, (1, 2, 19, 16), (1, 2, 23, 16), torch.float32)
+    keep = next_call_keep_mask(3, q, k, 0.5)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*leaves, dropout_p=0.5)
+    torch.manual_seed(4)
+    torch.rand(10)
+    out.backward(dout)
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    dropped_attention(*exact, keep=keep, dropout_p=0.5).backward(dout.double())
+    for ours, ref in zip(leaves, exact, strict=True):
+        assert max_err(ours.grad, ref.grad) < 1e-5
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("dropout_p", [0.1, 0.5, 0.9])
+def test_keep_rate_is_one_minus_p_within_five_standard_errors(dropout_p, kernel_device):
+    """On a (2, 4, 128, 256) mask; neighbouring pairs (along keys and along queries) are both
+    kept as often as independent draws would be, (1 - p)^2."""
+    torch.manual_seed(0)
+    seed, offset = draw_seed_offset()
+    keep = dropout_keep_mask(seed, offset, 2, 4, 128, 256, dropout_p, kernel_device).double()
+    rate = 1.0 - dropout_p
+    n = keep.numel()
+    assert abs(keep.mean().item() - rate) < 5 * math.sqrt(rate * (1 - rate) / n)
+    both = rate**2
+    for pairs in (keep[..., 1:] * keep[..., :-1], keep[..., 1:, :] * keep[..., :-1, :]):
+        assert abs(pairs.mean().item() - both) < 5 * math.sqrt(both * (1 - both) / pairs.numel())
+
+
+def test_output_is_the_undropped_probabilities_times_keep_over_one_minus_p(kernel_device):
+    """V = identity makes the output the dropped probabilities themselves: the zeros are
+    exactly the keep-mask's drops, every kept one is P / (1 - p), and over 64 heads holding
+    the same q, k the mean is the undropped output within five standard errors."""
+    p, heads, n = 0.4, 64, 16
+    q, k, _, _ = random_inputs(kernel_device, (1, 1, n, n), (1, 1, n, n), torch.float32)
+    q, k = q.expand(1, heads, n, n).contiguous(), k.expand(1, heads, n, n).contiguous()
+    v = torch.eye(n, device=kernel_device).expand(1, heads, n, n).contiguous()
+    undropped = flash_attention(q, k, v)
+    keep = next_call_keep_mask(5, q, k, p)
+    out = flash_attention(q, k, v, dropout_p=p)
+    assert torch.equal(out != 0, keep)
+    assert torch.allclose(out[keep], (undropped / (1 - p))[keep], rtol=1e-5, atol=0)
+    standard_error = undropped[0] * math.sqrt(p / (1 - p) / heads)
+    assert ((out.mean(dim=1)[0] - undropped[0]).abs() <= 5 * standard_error).all()
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+
+def outputs_and_grads(q, k, v, dout, dropout_p, **kwargs):
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*leaves, dropout_p=dropout_p, **kwargs)
+    out.backward(dout)
+    return [out, *(leaf.grad for leaf in leaves)]
+
+
+def test_same_manual_seed_gives_identical_outputs_and_gradients(kernel_device):
+    q, k, v, dout = random_inputs(kernel_device, (2, 2, 17, 16), (2, 2, 17, 16), torch.float16)
+    torch.manual_seed(7)
+    first = outputs_and_grads(q, k, v, dout, 0.3, is_causal=True)
+    torch.manual_seed(7)
+    second = outputs_and_grads(q, k, v, dout, 0.3, is_causal=True)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_other_seeds_and_consecutive_calls_give_other_masks(kernel_device):
+    q, k, v, _ = random_inputs(kernel_device, (1, 2, 17, 16), (1, 2, 17, 16), torch.float32)
+    torch.manual_seed(1)
+    first = flash_attention(q, k, v, dropout_p=0.5)
+    following = flash_attention(q, k, v, dropout_p=0.5)
+    torch.manual_seed(2)
+    other_seed = flash_attention(q, k, v, dropout_p=0.5)
+    assert not torch.equal(first, following) and not torch.equal(first, other_seed)
+    assert not torch.equal(next_call_keep_mask(1, q, k, 0.5), next_call_keep_mask(2, q, k, 0.5))
+
+
+def test_dropout_p_0_draws_nothing_and_compiles_no_dropout_code(kernel_device, monkeypatch):
+    """p == 0 leaves torch's generator alone, launches every kernel with HAS_DROPOUT=False,
+    and gives exactly the result without the argument; p > 0 launches with HAS_DROPOUT=True."""
+    q, k, v, dout = random_inputs(kernel_device, (1, 2, 9, 16), (1, 2, 12, 16), torch.float32)
+    seen = []
+    launch = fa._launch
+
+    def spy(kernel, grid, *args, **meta):
+        seen.append(meta.get("HAS_DROPOUT"))
+        return launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(fa, "_launch", spy)
+    state = torch.get_rng_state()
+    without = outputs_and_grads(q, k, v, dout, 0.0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert set(seen) == {False, None}  # forward, dK/dV, dQ; the delta pass has no dropout
+    plain = outputs_and_grads(q, k, v, dout, 0)
+    for a, b in zip(without, plain, strict=True):
+        assert torch.equal(a, b)
+    seen.clear()
+    outputs_and_grads(q, k, v, dout, 0.1)
+    assert set(seen) == {True, None}
+
+
+def test_dropout_p_1_gives_zeros_zero_gradients_and_the_undropped_lse_as_sdpa(kernel_device):
+    q, k, v, dout = random_inputs(kernel_device, (1, 2, 9, 16), (1, 2, 12, 16), torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = flash_attention(*leaves, dropout_p=1.0, return_lse=True)
+    out.backward(dout)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert all(torch.equal(leaf.grad, torch.zeros_like(leaf)) for leaf in leaves)
+    _, undropped_lse = flash_attention(q, k, v, return_lse=True)
+    assert torch.equal(lse, undropped_lse)
+    sdpa = F.scaled_dot_product_attention(q.cpu(), k.cpu(), v.cpu(), dropout_p=1.0)
+    assert torch.equal(sdpa, torch.zeros_like(sdpa))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "dropout_p,error,message",
+    [
+        (-0.1, ValueError, r"dropout_p must be in \[0, 1\], got -0.1"),
+        (1.5, ValueError, r"dropout_p must be in \[0, 1\], got 1.5"),
+        (math.nan, ValueError, r"dropout_p must be in \[0, 1\], got nan"),
+        ("0.1", TypeError, "dropout_p must be a float in \\[0, 1\\], got str"),
+        (True, TypeError, "got bool"),
+        (None, TypeError, "got NoneType"),
+    ],
+    ids=["negative", "above-1", "nan", "string", "bool", "none"],
+)
+def test_bad_dropout_p_raises_a_clear_error_before_any_launch(
+    dropout_p, error, message, kernel_device, monkeypatch
+):
+    q, k, v, _ = random_inputs(kernel_device, (1, 1, 4, 16), (1, 1, 4, 16), torch.float32)
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a kernel was launched")
+
+    monkeypatch.setattr(fa, "_launch", no_launch)
+    with pytest.raises(error, match=message):
+        flash_attention(q, k, v, dropout_p=dropout_p)
