@@ -136,7 +136,7 @@ def add_model_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--attention-dropout",
         type=fraction,
-        help="dropout on attention probabilities (default 0; not with triton)",
+        help="dropout on attention probabilities (default 0; not with --score additive on triton)",
     )
     g.add_argument(
         "--no-tie-embeddings",

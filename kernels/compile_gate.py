@@ -51,8 +51,12 @@ from unittest import mock
 ARCH_NAMES = {80: "A100", 86: "RTX 30xx / A10", 89: "RTX 40xx / L4", 90: "H100 / H200"}
 DTYPES = ("float16", "bfloat16", "float32")
 HEAD_DIMS = (16, 40, 64, 80, 96, 128)
-MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias")
-ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only
+MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias",
+            "causal+key_mask+dropout", "causal+bias+dropout")  # fmt: skip
+ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only, has no dropout
+# A masking with "dropout" runs flash attention with this dropout (any p > 0 compiles the same;
+# seed and offset are not specialised on).
+GATE_DROPOUT = (0.1, 12345, 678)
 
 # Kernels whose matrix products are their work: on sm_90 their 16-bit products must be wgmma.
 # (The fused additive kernels spend theirs on an elementwise tanh tile on CUDA cores.)
@@ -130,6 +134,8 @@ def _flash_workload(case: Case) -> None:
     function dispatches a PyTorch operator whose meta-tensor stand-in launches nothing)."""
     import torch
 
+    from kernels.flash_attention.dropout import NO_DROPOUT, Dropout
+
     fa = importlib.import_module("kernels.flash_attention.launcher")
     checks = importlib.import_module("kernels.flash_attention.checks")
     dtype = getattr(torch, case.dtype)
@@ -141,12 +147,14 @@ def _flash_workload(case: Case) -> None:
     k, v = tensor(case.kv_heads, case.len_k), tensor(case.kv_heads, case.len_k)
     mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
+    dropout = Dropout(*GATE_DROPOUT) if "dropout" in case.masking else NO_DROPOUT
     block_d = checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
-    out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
+    out, lse = fa._forward(q, k, v, mask, causal, scale, block_d, dropout)
     mask_grad = mask is not None and mask.is_floating_point()
     fa._backward(
-        q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None, mask_grad
-    )
+        q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None, mask_grad,
+        dropout,
+    )  # fmt: skip
 
 
 def _flash_mask(case: Case, dtype):
@@ -411,9 +419,9 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     Every config is tried where it matters most: flash attention in bf16 (the models' dtype) at
     head dims 64 and 128, masked and causal at once (both masking code paths compiled). The
     other dtypes, head dims and maskings (a full boolean mask read with its own strides, a
-    float bias with its gradient), grouped-query attention, the one-query decoding shape and
-    the additive kernels compile in the launcher's order until one config compiles without
-    spills.
+    float bias with its gradient), grouped-query attention, the one-query decoding shape,
+    dropout (with a key mask, with a float bias and its gradient, and grouped-query) and the
+    additive kernels compile in the launcher's order until one config compiles without spills.
     """
     every = [Case("flash_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
     first = [
@@ -422,6 +430,11 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
     first.append(Case("flash_attention", "bfloat16", 128, "causal+key_mask", heads_kv=1))
+    first += [
+        Case("flash_attention", "bfloat16", 128, "causal+key_mask+dropout"),
+        Case("flash_attention", "float16", 64, "causal+bias+dropout"),
+        Case("flash_attention", "bfloat16", 64, "causal+key_mask+dropout", heads_kv=1),
+    ]
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
     first += [
         Case("additive_attention", dtype, d, masking)

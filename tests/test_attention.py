@@ -6,6 +6,7 @@ unit-normal values, so float32's rounding of a few dozen terms stays far below i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -283,14 +284,40 @@ def test_unknown_backend_or_score_is_refused_with_a_clear_error():
         small_config(backend="cudnn")
 
 
-def test_backends_that_cannot_honour_a_setting_refuse_it(kernel_device):
-    with pytest.raises(ValueError, match="dropout"):
-        small_config(backend="triton", attention_dropout=0.1)
+def test_backends_that_cannot_honour_a_setting_refuse_it():
+    with pytest.raises(ValueError, match="fused additive kernel .* does not apply dropout"):
+        small_config(score="additive", backend="triton", attention_dropout=0.1)
     with pytest.raises(ValueError, match="additive"):
         small_config(score="additive", backend="sdpa")
-    q, k, v = (t.to(kernel_device) for t in random_qkv())
-    with pytest.raises(ValueError, match="dropout"):
-        attend(q, k, v, backend="triton", dropout_p=0.1)
+
+
+def test_triton_backend_applies_attention_dropout_in_training_only(kernel_device, monkeypatch):
+    """The flash kernel gets the config's attention_dropout in training and 0 in evaluation;
+    in training the output follows torch's seed (the same seed, the same output)."""
+    import kernels
+
+    config = small_config(backend="triton", attention_dropout=0.3)
+    attention = MultiHeadAttention(config).to(kernel_device)
+    x = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(0)).to(kernel_device)
+    seen = []
+    kernel = kernels.flash_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["dropout_p"])
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "flash_attention", spy)
+    outputs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        outputs.append(attention(x)[0])
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+    attention.eval()
+    undropped = MultiHeadAttention(dataclasses.replace(config, attention_dropout=0.0))
+    undropped.load_state_dict(attention.state_dict())
+    undropped = undropped.to(kernel_device).eval()
+    assert torch.equal(attention(x)[0], undropped(x)[0])
+    assert seen == [0.3, 0.3, 0.3, 0.0, 0.0]
 
 
 @settings(max_examples=40, deadline=None)

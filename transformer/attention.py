@@ -100,12 +100,13 @@ def _sdpa(q, k, v, attn_mask, is_causal, scale, dropout_p):
 
 
 def _triton(q, k, v, attn_mask, is_causal, scale, dropout_p):
-    if dropout_p:
-        raise ValueError("backend 'triton' does not apply attention dropout; use dropout_p=0")
     from kernels import flash_attention
 
-    # The kernel reads any mask broadcastable to (b, h, i, j) as SDPA does, in place.
-    return flash_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    # The kernel reads any mask broadcastable to (b, h, i, j) as SDPA does, in place, and
+    # drops probabilities as SDPA does, with its own random numbers (seeded from torch's).
+    return flash_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
 
 
 def attend(
@@ -125,8 +126,8 @@ def attend(
     ``is_causal``: query i sees key j iff j <= i + (j_len - i_len) (bottom-right aligned).
     ``scale`` defaults to 1/√d. A query with no visible key gets zeros, never NaN.
     ``backend``: ``naive`` (the einops reference), ``sdpa`` (PyTorch's kernel, a peer and an
-    oracle) or ``triton`` (our flash kernel; no dropout). They agree to
-    floating-point tolerance.
+    oracle) or ``triton`` (our flash kernel). They agree to floating-point tolerance (with
+    dropout, in distribution: each draws its own random numbers).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")

@@ -56,10 +56,11 @@ class ModelConfig:
                 "the additive (Bahdanau) score is not a dot product, so SDPA cannot compute it; "
                 "use backend='naive' or 'triton' (the fused additive kernel)"
             )
-        if self.attention_dropout > 0 and self.backend == "triton":
+        if self.attention_dropout > 0 and self.backend == "triton" and self.score == "additive":
             raise ValueError(
-                "the triton kernel does not apply dropout to attention probabilities; "
-                "set attention_dropout=0 or use backend 'naive' or 'sdpa'"
+                "the fused additive kernel (score 'additive', backend 'triton') does not apply "
+                "dropout to attention probabilities; set attention_dropout=0 or use backend "
+                "'naive'"
             )
         if self.tie_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(

@@ -18,7 +18,8 @@ float mask (whose gradient the kernel computes). ``transformers`` is an optional
 
 Differences from ``"sdpa"``: a query that sees no key (a padding query under a padding mask)
 gets zeros where SDPA averages the values; the outputs at every other position agree. Attention
-dropout is not supported by the kernel yet: train with ``attention_dropout=0`` or in eval mode.
+dropout (the ``dropout`` transformers passes in training) is applied inside the kernel, with its
+own random numbers, so a training step with dropout matches ``"sdpa"`` in distribution only.
 """
 
 from __future__ import annotations
