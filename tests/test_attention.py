@@ -284,7 +284,7 @@ def test_unknown_backend_or_score_is_refused_with_a_clear_error():
         small_config(backend="cudnn")
 
 
-def test_backends_that_cannot_honour_a_setting_refuse_it():
+def test_backends_that_cannot_honour_a_setting_refuse_it(kernel_device):
     with pytest.raises(ValueError, match="fused additive kernel .* does not apply dropout"):
         small_config(score="additive", backend="triton", attention_dropout=0.1)
     with pytest.raises(ValueError, match="additive"):
