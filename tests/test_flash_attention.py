@@ -532,7 +532,7 @@ def block_lengths(block_m, block_n):
 
 
 def assert_blocks_match_the_reference(blocks, head_dim, monkeypatch, maskings):
-    monkeypatch.setattr(fa, "_configs", lambda name, q, d: [LaunchConfig(*blocks, 4, 1)])
+    monkeypatch.setattr(fa, "_configs", lambda name, q, d, dropout: [LaunchConfig(*blocks, 4, 1)])
     for len_q, len_k in block_lengths(*blocks):
         q, k, v, dout = random_inputs(2, 1, len_q, len_k, head_dim, torch.float32, seed=len_q)
         for masked, is_causal in maskings:

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from test_flash_attention import FLOOR_F32, masked_scores, max_err, output_and_grads
 
-from kernels import flash_attention
+from kernels import flash_attention, launch
 from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask
+from kernels.launch import LaunchConfig
 
 fa = importlib.import_module("kernels.flash_attention.launcher")
+fa_configs = importlib.import_module("kernels.flash_attention.configs")
 
 
 def random_inputs(device, shape_q, shape_kv, dtype, seed=0):
@@ -236,6 +238,24 @@ def test_dropout_p_1_gives_zeros_zero_gradients_and_the_undropped_lse_as_sdpa(ke
     assert torch.equal(lse, undropped_lse)
     sdpa = F.scaled_dot_product_attention(q.cpu(), k.cpu(), v.cpu(), dropout_p=1.0)
     assert torch.equal(sdpa, torch.zeros_like(sdpa))
+
+
+@pytest.mark.parametrize(
+    "kernel,arch,spill_free",
+    [("dkdv", 90, LaunchConfig(64, 16, 4, 1)), ("dq", 80, LaunchConfig(32, 32, 4, 2))],
+)
+def test_dropout_launches_take_their_spill_free_configs_where_the_plain_table_spills(
+    kernel, arch, spill_free, monkeypatch
+):
+    """On a GPU (capability patched here) the 16-bit d <= 64 calls named in
+    configs.CONFIGS_DROPOUT_16BIT list the compile gate's spill-free config with dropout only;
+    the forward's list is the same with or without dropout."""
+    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
+    monkeypatch.setattr(launch, "capability", lambda device: arch)
+    q = torch.empty(1, 1, 1, 64, dtype=torch.bfloat16)
+    assert spill_free in fa._configs(kernel, q, 64, True)
+    assert spill_free not in fa._configs(kernel, q, 64, False)
+    assert fa._configs("fwd", q, 64, True) == fa._configs("fwd", q, 64, False)
 
 
 # ----------------------------------------------------------------------------- bad input

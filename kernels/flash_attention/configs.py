@@ -44,6 +44,17 @@ CONFIGS_16BIT = {
     ("dkdv", False, False): [C(32, 64, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2), C(16, 32, 4, 2)],
     ("dkdv", False, True): [C(32, 64, 8, 2), C(16, 64, 4, 2), C(64, 16, 4, 2), C(64, 16, 4, 1)],
 }
+# With dropout every (i, j) tile also computes its Philox keep bits, which holds more registers.
+# Compile gate (first choices, Triton 3.9 and 3.6 alike): the dQ pass with a float mask's
+# gradient, float16 d = 64, spilled on sm_80 in every config of its plain table (32-384 B); of
+# the narrower ones 64x32 w8 s2 (255 registers), 32x64 w4 s2 (254) and 32x32 w4 s2 (241) spill
+# nothing. The dK/dV pass with grouped-query attention (3/1), bfloat16 d = 64, spilled on sm_90
+# in every config (64-336 B); 64x16 w4 in one stage spills nothing (183 registers, wgmma kept).
+# Keys missing here use CONFIGS_16BIT.
+CONFIGS_DROPOUT_16BIT = {
+    ("dq", True, False): [C(128, 32, 8, 2), C(64, 32, 8, 2), C(32, 64, 4, 2), C(32, 32, 4, 2)],
+    ("dkdv", True, True): [C(64, 64, 8, 2), C(64, 32, 4, 2), C(64, 32, 8, 2), C(64, 16, 4, 1)],
+}
 # float32 multiplies as three TF32 products (see _precision) and holds twice the bytes per tile:
 # small tiles only. Its backward still spills at head dims >= 64 (the gate reports it): float32
 # on a GPU is for checking results, not for speed (FlashAttention has no float32 at all).
@@ -54,13 +65,17 @@ CONFIGS_FLOAT32 = {
 }
 
 
-def for_kernel(kernel_name, q, block_d):
-    """The launch configurations to choose from for one kernel on q's device."""
+def for_kernel(kernel_name, q, block_d, dropout=False):
+    """The launch configurations to choose from for one kernel on q's device (with dropout,
+    CONFIGS_DROPOUT_16BIT's where it has an entry)."""
     if _INTERPRETED:
         return [launch.INTERPRETER_CONFIG]
     arch = launch.capability(q.device)
     if q.dtype == torch.float32:
         table = CONFIGS_FLOAT32[kernel_name]
     else:
-        table = CONFIGS_16BIT[kernel_name, block_d <= 64, arch >= 90]
+        key = (kernel_name, block_d <= 64, arch >= 90)
+        table = (
+            CONFIGS_DROPOUT_16BIT.get(key, CONFIGS_16BIT[key]) if dropout else CONFIGS_16BIT[key]
+        )
     return launch.candidates(TILES[kernel_name], table, arch, block_d, q.dtype)

@@ -25,9 +25,9 @@ def _launch(kernel, grid, *args, **meta):
     return None
 
 
-def _configs(kernel_name, q, block_d):
+def _configs(kernel_name, q, block_d, dropout=False):
     """The launch configurations to choose from (tests replace this to force block sizes)."""
-    return configs.for_kernel(kernel_name, q, block_d)
+    return configs.for_kernel(kernel_name, q, block_d, dropout)
 
 
 def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
@@ -37,7 +37,7 @@ def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
     length bucket is a one-token call's)."""
     b, h, len_q, _ = q.shape
     heads = k.shape[1] if name == "dkdv" else h
-    candidates = _configs(name, q, block_d)
+    candidates = _configs(name, q, block_d, meta["HAS_DROPOUT"])
     if launch.is_empty((b * heads, grid_rows(candidates[0]))):
         return
 
