@@ -13,6 +13,8 @@ TILES = {
     "fwd": TileShape(resident=1, streamed=2, resident_is_query=True),
     "dkdv": TileShape(resident=2, streamed=2, resident_is_query=False),
     "dq": TileShape(resident=2, streamed=2, resident_is_query=True),
+    # the dQ pass that also writes a float mask's gradient dS (one more live (i, j) tile)
+    "dq_bias": TileShape(resident=2, streamed=2, resident_is_query=True),
 }
 
 C = LaunchConfig  # (BLOCK_M query rows, BLOCK_N key rows, warps, stages)
@@ -44,12 +46,24 @@ CONFIGS_16BIT = {
     ("dkdv", False, False): [C(32, 64, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2), C(16, 32, 4, 2)],
     ("dkdv", False, True): [C(32, 64, 8, 2), C(16, 64, 4, 2), C(64, 16, 4, 2), C(64, 16, 4, 1)],
 }
+# The dQ pass that also writes a float mask's gradient (MASK_GRAD: dS stored per tile, the mask
+# read as (i, j) tiles) holds more: at d = 40 on sm_80-89 every d <= 64 config above spilled
+# (Triton 3.9: 128x32 w8 s2 8-40 B, 64x32 w4 s2 64-72 B, 64x64 88-1120 B), where 64x32 w8 s2
+# (240-255 registers), 64x16 w4 s2 (231-254) and 32x32 w4 s2 (233-246) spilled nothing (Triton
+# 3.6: the same three at 255, no spill). Elsewhere it takes the dQ tables.
+CONFIGS_16BIT |= {
+    ("dq_bias", True, False): [C(128, 32, 8, 2), C(64, 32, 8, 2), C(64, 16, 4, 2), C(32, 32, 4, 2)],
+    ("dq_bias", True, True): CONFIGS_16BIT["dq", True, True],
+    ("dq_bias", False, False): CONFIGS_16BIT["dq", False, False],
+    ("dq_bias", False, True): CONFIGS_16BIT["dq", False, True],
+}
 # float32 multiplies as three TF32 products (see _precision) and holds twice the bytes per tile:
 # small tiles only. Its backward still spills at head dims >= 64 (the gate reports it): float32
 # on a GPU is for checking results, not for speed (FlashAttention has no float32 at all).
 CONFIGS_FLOAT32 = {
     "fwd": [C(32, 32, 4, 2), C(64, 32, 4, 2), C(16, 32, 4, 2)],
     "dq": [C(32, 32, 4, 2), C(16, 32, 4, 2)],
+    "dq_bias": [C(32, 32, 4, 2), C(16, 32, 4, 2)],
     "dkdv": [C(16, 32, 4, 2), C(32, 32, 8, 2), C(32, 16, 4, 2)],
 }
 

@@ -99,7 +99,8 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
     dbias = torch.zeros((b, h, len_q, len_k) if mask_grad else (1,), device=q.device)
     args = (q, k, v, mask, dout, lse, delta, dq, dbias, *common, *sizes)
     _tuned_launch(
-        _attn_bwd_dq, "dq", q, k, block_d, {**meta, "MASK_GRAD": mask_grad},
+        _attn_bwd_dq, "dq_bias" if mask_grad else "dq", q, k, block_d,
+        {**meta, "MASK_GRAD": mask_grad},
         lambda c: triton.cdiv(len_q, c.block_m), args,
     )  # fmt: skip
     dmask = attn_mask.new_empty(0) if attn_mask is not None else q.new_empty(0)
