@@ -75,13 +75,20 @@ class Case:
     batch: int = 2  # batch and heads matter to a build only through H's and the strides'
     heads: int = 3  # divisibility by 16 (Triton specialises integers on it)
     heads_kv: int | None = None  # of the query heads (None: as many); fewer: grouped-query
+    value_head_dim: int | None = None  # v's (None: head_dim); flash attention only
 
     def label(self) -> str:
         gqa = "" if self.kv_heads == self.heads else f" gqa {self.heads}/{self.kv_heads}"
+        if self.v_dim != self.head_dim:
+            gqa += f" d_v={self.v_dim}"
         shape = f"{self.len_q}x{self.len_k}"
         if (self.batch, self.heads) != (2, 3):
             shape = f"{self.batch}x{self.heads}x{shape}"
         return f"{self.workload} {self.dtype} d={self.head_dim} {self.masking}{gqa} ({shape})"
+
+    @property
+    def v_dim(self) -> int:
+        return self.head_dim if self.value_head_dim is None else self.value_head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -134,19 +141,17 @@ def _flash_workload(case: Case) -> None:
     checks = importlib.import_module("kernels.flash_attention.checks")
     dtype = getattr(torch, case.dtype)
 
-    def tensor(heads, n):
-        return torch.empty(case.batch, heads, n, case.head_dim, device="meta", dtype=dtype)
+    def tensor(heads, n, d=case.head_dim):
+        return torch.empty(case.batch, heads, n, d, device="meta", dtype=dtype)
 
     q = tensor(case.heads, case.len_q)
-    k, v = tensor(case.kv_heads, case.len_k), tensor(case.kv_heads, case.len_k)
+    k, v = tensor(case.kv_heads, case.len_k), tensor(case.kv_heads, case.len_k, case.v_dim)
     mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
-    block_d = checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
-    out, lse = fa._forward(q, k, v, mask, causal, scale, block_d)
+    checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
+    out, lse = fa._forward(q, k, v, mask, causal, scale)
     mask_grad = mask is not None and mask.is_floating_point()
-    fa._backward(
-        q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None, mask_grad
-    )
+    fa._backward(q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad)
 
 
 def _flash_mask(case: Case, dtype):

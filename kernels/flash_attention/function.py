@@ -5,13 +5,15 @@ import math
 import torch
 
 from kernels import ops
-from kernels.flash_attention.checks import _block_d, _check_inputs
+from kernels.flash_attention.checks import _check_inputs
 from kernels.flash_attention.launcher import _backward, _forward
 
 
 def _fake_forward(q, k, v, attn_mask, is_causal, scale):
-    """What _forward returns, as empty tensors: out like a contiguous q, lse (b, h, len_q)."""
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    """What _forward returns, as empty tensors: a contiguous out (b, h, len_q, d_v), lse
+    (b, h, len_q)."""
+    out = q.new_empty((*q.shape[:3], v.shape[3]))
+    return out, q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 def _fake_backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad):
@@ -29,8 +31,7 @@ def _backward_op(
     is_causal: bool, scale: float, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
     dlse: torch.Tensor | None, mask_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    block_d = _block_d(q.shape[-1])
-    return _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad)
+    return _backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad)
 
 
 def _gradients(
@@ -55,7 +56,7 @@ def _forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
     is_causal: bool, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]))
+    return _forward(q, k, v, attn_mask, is_causal, scale)
 
 
 def flash_attention(

@@ -6,7 +6,7 @@ import triton
 from kernels import launch
 from kernels.flash_attention import configs
 from kernels.flash_attention.backward import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
-from kernels.flash_attention.checks import _mask_layout
+from kernels.flash_attention.checks import _block_d, _mask_layout
 from kernels.flash_attention.forward import _attn_fwd
 from kernels.flash_attention.tiles import _INTERPRETED, DELTA_ROWS, LOG2_E
 
@@ -25,7 +25,8 @@ def _launch(kernel, grid, *args, **meta):
 
 
 def _configs(kernel_name, q, block_d):
-    """The launch configurations to choose from (tests replace this to force block sizes)."""
+    """The launch configurations to choose from (tests replace this to force block sizes);
+    block_d: the wider of the two padded head dims (see _widest)."""
     return configs.for_kernel(kernel_name, q, block_d)
 
 
@@ -49,31 +50,41 @@ def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
     run(launch.pick(key, candidates, run))
 
 
-def _forward(q, k, v, attn_mask, is_causal, scale, block_d):
+def _widest(meta):
+    """The head-dim width that picks the launch table and bounds the shared-memory estimate:
+    the wider of q/k's and v's padded head dims. Each kernel holds one tile of each width
+    (q or k, and v or dO) and one float32 accumulator of one of them, so a table measured to
+    fit at d = d_v = the wider one fits the narrower mix too (an upper bound, like the
+    estimate itself); equal head dims read the tables as before."""
+    return max(meta["BLOCK_DQK"], meta["BLOCK_DV"])
+
+
+def _forward(q, k, v, attn_mask, is_causal, scale):
     b, h, len_q, d = q.shape
-    len_k = k.shape[2]
-    out = _empty((b, h, len_q, d), q.dtype, q.device)
+    len_k, d_v = k.shape[2], v.shape[3]
+    out = _empty((b, h, len_q, d_v), q.dtype, q.device)
     lse = _empty((b, h, len_q), torch.float32, q.device)
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        h, h // max(k.shape[1], 1), len_q, len_k, d, scale * LOG2_E.value,
+        h, h // max(k.shape[1], 1), len_q, len_k, d, d_v, scale * LOG2_E.value,
     )  # fmt: skip
-    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
+    meta = _meta(mask_meta, is_causal, d, d_v, q.dtype)
     _tuned_launch(
-        _attn_fwd, "fwd", q, k, block_d, meta, lambda c: triton.cdiv(len_q, c.block_m), args
+        _attn_fwd, "fwd", q, k, _widest(meta), meta, lambda c: triton.cdiv(len_q, c.block_m), args
     )
     return out, lse
 
 
-def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad):
+def _backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad):
     """(dq, dk, dv, dmask): dmask, the float mask's gradient in its shape, only with mask_grad
     (else an empty tensor)."""
     b, h, len_q, d = q.shape
-    len_k = k.shape[2]
+    len_k, d_v = k.shape[2], v.shape[3]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
-    meta = _meta(mask_meta, is_causal, block_d, d, q.dtype)
+    meta = _meta(mask_meta, is_causal, d, d_v, q.dtype)
+    block_d = _widest(meta)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
     dlse = dlse.to(torch.float32).contiguous()
@@ -81,13 +92,13 @@ def _backward(q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dls
     delta = _empty((b, h, len_q), torch.float32, q.device)
     _launch(
         _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
-        out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d,
-        BLOCK_M=DELTA_ROWS, BLOCK_D=block_d,
+        out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d_v,
+        BLOCK_M=DELTA_ROWS, BLOCK_D=meta["BLOCK_DV"],
     )  # fmt: skip
     dk = _empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
-    dv = _empty(v.shape, q.dtype, q.device)
+    dv = _empty(v.shape, q.dtype, q.device)  # (b, h_kv, len_k, d_v)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
-    sizes = (h, h // max(k.shape[1], 1), len_q, len_k, d, scale, scale * LOG2_E.value)
+    sizes = (h, h // max(k.shape[1], 1), len_q, len_k, d, d_v, scale, scale * LOG2_E.value)
     args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
     _tuned_launch(
         _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
@@ -141,13 +152,17 @@ def _precision(dtype):
     return "ieee" if _INTERPRETED else "tf32x3"
 
 
-def _meta(mask_meta, is_causal, block_d, head_dim, dtype):
-    """The constexprs every attention kernel takes, apart from its block sizes."""
+def _meta(mask_meta, is_causal, head_dim, value_head_dim, dtype):
+    """The constexprs every attention kernel takes, apart from its block sizes: q/k's head dim
+    padded to BLOCK_DQK, v's (and out's) to BLOCK_DV."""
+    block_dqk, block_dv = _block_d(head_dim), _block_d(value_head_dim)
     return dict(
         **mask_meta,
         IS_CAUSAL=bool(is_causal),
-        EVEN_D=block_d == head_dim,
-        BLOCK_D=block_d,
+        EVEN_DQK=block_dqk == head_dim,
+        EVEN_DV=block_dv == value_head_dim,
+        BLOCK_DQK=block_dqk,
+        BLOCK_DV=block_dv,
         EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
         PRECISION=_precision(dtype),
     )
