@@ -50,7 +50,10 @@ from unittest import mock
 
 ARCH_NAMES = {80: "A100", 86: "RTX 30xx / A10", 89: "RTX 40xx / L4", 90: "H100 / H200"}
 DTYPES = ("float16", "bfloat16", "float32")
-HEAD_DIMS = (16, 40, 64, 80, 96, 128)
+HEAD_DIMS = (16, 40, 64, 80, 96, 128, 160, 192, 256)
+ADDITIVE_HEAD_DIMS = HEAD_DIMS[:6]  # the additive kernel takes feature sizes up to 128
+# (head dim, value head dim) pairs where they differ: narrower and wider values, across widths
+VALUE_HEAD_DIMS = ((64, 128), (128, 64), (40, 256), (256, 96))
 MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias")
 ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only
 
@@ -427,6 +430,10 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
     first.append(Case("flash_attention", "bfloat16", 128, "causal+key_mask", heads_kv=1))
+    # head dims past 128 and a value head dim of its own: first choices only, a few builds
+    first.append(Case("flash_attention", "bfloat16", 256, "causal+key_mask"))
+    first.append(Case("flash_attention", "float16", 192, "causal+bias"))
+    first.append(Case("flash_attention", "bfloat16", 64, "causal", value_head_dim=160))
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
     first += [
         Case("additive_attention", dtype, d, masking)
@@ -444,12 +451,17 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
 
 
 def full_cases() -> list[Case]:
-    return [
-        Case(workload, dtype, d, masking)
-        for workload in WORKLOADS
-        for dtype, d, masking in itertools.product(DTYPES, HEAD_DIMS, MASKINGS)
-        if workload == "flash_attention" or masking in ADDITIVE_MASKINGS
+    flash = [
+        Case("flash_attention", dtype, d, masking, value_head_dim=d_v)
+        for dtype, (d, d_v), masking in itertools.product(
+            DTYPES, [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS), MASKINGS
+        )
     ]
+    additive = [
+        Case("additive_attention", dtype, d, masking)
+        for dtype, d, masking in itertools.product(DTYPES, ADDITIVE_HEAD_DIMS, ADDITIVE_MASKINGS)
+    ]
+    return flash + additive
 
 
 def run(cases_every, cases_first, archs_every, archs_first, jobs, progress=True) -> list[Build]:

@@ -67,8 +67,9 @@ def flash_attention(
 
     Args:
         query: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
-        key, value: (batch, heads_kv, len_k, head_dim), same dtype and device as query;
-            heads_kv == heads, or with ``enable_gqa`` any divisor of heads.
+        key: (batch, heads_kv, len_k, head_dim), value: (batch, heads_kv, len_k, value_dim),
+            same dtype and device as query; heads_kv == heads, or with ``enable_gqa`` any
+            divisor of heads. head_dim and value_dim are each 1 to 256 and may differ.
         attn_mask: optional mask broadcastable to (batch, heads, len_q, len_k) as SDPA reads
             it (from the right: a 2-D mask is (len_q, len_k)); boolean, True = the pair takes
             part, or float (float16, bfloat16 or float32), added to the scaled scores and
@@ -77,14 +78,14 @@ def flash_attention(
         is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
             j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
             top-left; the two agree when len_q == len_k). May be combined with attn_mask.
-        scale: the softmax scale; defaults to 1 / sqrt(head_dim).
+        scale: the softmax scale; defaults to 1 / sqrt(head_dim) (query's, as in SDPA).
         enable_gqa: grouped-query attention: query head i reads key/value head
             i // (heads / heads_kv); nothing is repeated in memory, and dK, dV are summed over
             each group inside the kernel.
         return_lse: also return the row-wise log-sum-exp of the scaled, masked scores.
 
     Returns:
-        out (batch, heads, len_q, head_dim) in query's dtype; with ``return_lse`` also
+        out (batch, heads, len_q, value_dim) in query's dtype; with ``return_lse`` also
         lse (batch, heads, len_q) in float32 (natural log). A query that sees no key gets
         zeros in out (and zero gradients) and -inf in lse.
 
