@@ -61,14 +61,20 @@ CONFIGS_16BIT |= {
 # accumulator alone is 64 registers a thread with 8 warps, and a (64, 256) 16-bit tile takes
 # 32 KiB of shared memory per pipeline stage, so narrower key blocks, 8 warps for 64-row tiles
 # and two stages at most; on sm_86/89 (99 KiB a block) launch.candidates drops what does not
-# fit (64x32 in two stages). Measured with the compile gate: see the commit that added them.
+# fit (64x32 in two stages). Compile gate, Triton 3.9, bf16 d=256 causal+key_mask and fp16
+# d=192 causal+bias: forward and dQ spill-free in their first choice on sm_80/86/90. dK/dV
+# (two (BLOCK_N, 256) float32 accumulators): on sm_80/86 only 16x16 w4 s2 spilled nothing in
+# both (227-254 registers; 16x32 w4 s2 0-104 B, 32x32 w8 s2 32-168 B); on sm_90 every 64-row
+# query block spilled (64x16 w4 s1 64-96 B, 64x64 w8 s1 ~600 B) and 32x32 is not wgmma, while
+# 16x64 w8 s1 (206-220 registers) and 32x64 w8 s1 (224 for bf16; 40 B for the fp16 bias) did
+# not, with wgmma.
 CONFIGS_16BIT |= {
     ("fwd", 256, False): [C(64, 32, 8, 2), C(64, 32, 8, 1), C(64, 16, 4, 2), C(32, 32, 4, 2)],
     ("fwd", 256, True): [C(64, 64, 8, 2), C(64, 32, 8, 2), C(64, 32, 4, 2), C(64, 16, 4, 2)],
     ("dq", 256, False): [C(64, 32, 8, 2), C(64, 16, 8, 2), C(32, 32, 4, 2), C(32, 16, 4, 2)],
     ("dq", 256, True): [C(64, 32, 8, 2), C(64, 16, 8, 2), C(64, 32, 4, 2), C(64, 16, 4, 2)],
-    ("dkdv", 256, False): [C(32, 32, 8, 2), C(16, 32, 4, 2), C(32, 16, 4, 2), C(16, 16, 4, 2)],
-    ("dkdv", 256, True): [C(64, 16, 4, 1), C(64, 32, 8, 1), C(64, 16, 8, 2), C(32, 32, 8, 2)],
+    ("dkdv", 256, False): [C(16, 16, 4, 2), C(16, 32, 4, 2), C(32, 32, 8, 2), C(32, 16, 4, 2)],
+    ("dkdv", 256, True): [C(32, 64, 8, 1), C(16, 64, 8, 1), C(64, 16, 4, 1)],
 }
 CONFIGS_16BIT["dq_bias", 256, False] = CONFIGS_16BIT["dq", 256, False]
 CONFIGS_16BIT["dq_bias", 256, True] = CONFIGS_16BIT["dq", 256, True]
