@@ -62,7 +62,7 @@ ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only
 WGMMA_KERNELS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
 
 # Kernel modules whose launches are captured; each routes every launch through `_launch`.
-KERNEL_MODULES = ("kernels.flash_attention.launcher", "kernels.additive_attention")
+KERNEL_MODULES = ("kernels.flash_attention.launcher", "kernels.additive_attention.launcher")
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,8 @@ def _additive_workload(case: Case) -> None:
     size a and the value head dim."""
     import torch
 
-    aa = importlib.import_module("kernels.additive_attention")
+    aa = importlib.import_module("kernels.additive_attention.launcher")
+    checks = importlib.import_module("kernels.additive_attention.checks")
     dtype = getattr(torch, case.dtype)
 
     def tensor(n):
@@ -190,7 +191,7 @@ def _additive_workload(case: Case) -> None:
     if "key_mask" in case.masking:
         mask = torch.empty(case.batch, 1, 1, case.len_k, device="meta", dtype=torch.bool)
     causal = "causal" in case.masking
-    block_a, block_e = aa._check_inputs(qf, kf, w, v, mask)
+    block_a, block_e = checks._check_inputs(qf, kf, w, v, mask)
     out, lse = aa._forward(qf, kf, w, v, mask, causal, block_a, block_e)
     aa._backward(
         qf, kf, w, v, mask, causal, block_a, block_e, out, lse, torch.empty_like(out), None

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from kernels import additive_attention
 from kernels.launch import LaunchConfig
 
-aa = importlib.import_module("kernels.additive_attention")
+aa = importlib.import_module("kernels.additive_attention.launcher")  # buffers and launches
+aa_configs = importlib.import_module("kernels.additive_attention.configs")
+aa_function = importlib.import_module("kernels.additive_attention.function")
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -388,7 +390,7 @@ def test_every_output_element_is_written(monkeypatch):
 # Every tile shape in the additive launch table; lengths as in test_flash_attention.py's
 # block_lengths (whole and partial query tiles, a causal shift of more than a key block, then
 # swapped). A representative few by default; the whole table under the slow marker.
-TABLE_BLOCKS = sorted({(c.block_m, c.block_n) for cs in aa.CONFIGS.values() for c in cs})
+TABLE_BLOCKS = sorted({(c.block_m, c.block_n) for cs in aa_configs.CONFIGS.values() for c in cs})
 DEFAULT_BLOCKS = [(16, 32), (64, 32)]
 
 
@@ -530,10 +532,12 @@ def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, masked, is_ca
     qf, kf, w, v, dout = random_inputs(2, 2, len_q, len_k, 8, 16, torch.float32)
     mask = random_key_mask(2, len_k) if masked else None
     leaves = [t.clone().requires_grad_() for t in (qf, kf, w, v)]
-    torch.library.opcheck(aa._forward_op, (*leaves, mask, is_causal))
-    out, lse = aa._forward_op(qf, kf, w, v, mask, is_causal)
+    torch.library.opcheck(aa_function._forward_op, (*leaves, mask, is_causal))
+    out, lse = aa_function._forward_op(qf, kf, w, v, mask, is_causal)
     dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    torch.library.opcheck(aa._backward_op, (qf, kf, w, v, mask, is_causal, out, lse, dout, dlse))
+    torch.library.opcheck(
+        aa_function._backward_op, (qf, kf, w, v, mask, is_causal, out, lse, dout, dlse)
+    )
 
 
 def test_compiled_fullgraph_call_equals_eager_with_gradients():

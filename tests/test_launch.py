@@ -17,6 +17,9 @@ from kernels.launch import LaunchConfig
 fa = importlib.import_module("kernels.flash_attention.launcher")
 fa_configs = importlib.import_module("kernels.flash_attention.configs")
 flash_attention = importlib.import_module("kernels.flash_attention.function").flash_attention
+additive_attention = importlib.import_module(
+    "kernels.additive_attention.function"
+).additive_attention
 
 
 def configs_on(arch, kernel, block_d, dtype, monkeypatch):
@@ -232,10 +235,10 @@ def test_every_launch_puts_batch_times_heads_on_grid_axis_0(monkeypatch):
     """b * h = 6 on axis 0 and the blocks of rows on axis 1, for all four kernels of each
     module (forward, delta, dK/dV, dQ); the kernels read program_id(0) as b * h (a swapped
     read would give wrong results, which the kernel tests would catch)."""
-    ad = importlib.import_module("kernels.additive_attention")
+    ad = importlib.import_module("kernels.additive_attention.launcher")
     for module, call, inputs in (
         (fa, flash_attention, [torch.randn(2, 3, 5, 16) for _ in range(3)]),
-        (ad, ad.additive_attention, [torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8),
+        (ad, additive_attention, [torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8),
                                      torch.randn(3, 8), torch.randn(2, 3, 5, 16)]),
     ):  # fmt: skip
         launches = recorded_launches(monkeypatch, module)
@@ -257,7 +260,6 @@ def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
         picked.append(key)
         return real_pick(key, configs, run)
 
-    ad = importlib.import_module("kernels.additive_attention")
     monkeypatch.setattr(launch, "pick", record)
     b, len_q = (2, 0) if empty == "len_q" else (0, 4)
     q = torch.randn(b, 3, len_q, 16, requires_grad=True)
@@ -270,7 +272,7 @@ def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
     if empty == "batch":  # no keys either: dK, dV and dw are empty sums
         kf, v = torch.randn(b, 3, 0, 8), torch.randn(b, 3, 0, 16)
     inputs = [t.requires_grad_() for t in (qf, kf, w, v)]
-    ad.additive_attention(*inputs).sum().backward()
+    additive_attention(*inputs).sum().backward()
     assert torch.equal(inputs[2].grad, torch.zeros_like(w))
     # Only the passes over keys have work without queries (they write zeros), under the
     # length bucket 0, which no call with queries shares.
@@ -283,7 +285,6 @@ def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
 def test_the_additive_tuning_key_tells_feature_sizes_apart(monkeypatch):
     """BLOCK_A (the feature size's padding) changes the compiled kernel: two feature sizes in
     one length bucket must not share a tuned choice."""
-    ad = importlib.import_module("kernels.additive_attention")
     keys, real_pick = [], launch.pick
 
     def record(key, configs, run):
@@ -293,5 +294,5 @@ def test_the_additive_tuning_key_tells_feature_sizes_apart(monkeypatch):
     monkeypatch.setattr(launch, "pick", record)
     for a in (8, 32):
         inputs = [torch.randn(1, 1, 4, a), torch.randn(1, 1, 4, a), torch.randn(1, a)]
-        ad.additive_attention(*inputs, torch.randn(1, 1, 4, 16))
+        additive_attention(*inputs, torch.randn(1, 1, 4, 16))
     assert len(keys) == 2 and keys[0] != keys[1]
