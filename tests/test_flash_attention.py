@@ -424,6 +424,39 @@ def test_full_masks_in_16_bit_dtypes_within_2x_naive_error(shape, kind, dtype):
     assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=random_mask(shape, kind, 3))
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3, 17, 1), (1, 3, 1, 1)], ids=str)
+def test_a_mask_constant_over_keys_gets_dlse_summed_as_its_exact_gradient(shape):
+    """A mask with one value per query row shifts every score of the row alike: the softmax
+    (and so out) does not see it, and lse moves by it. Its gradient is exactly dlse summed over
+    the broadcast axes (0 without lse in the loss; 0 for a row that sees nothing), where the sum
+    of dS over keys would carry delta's 16-bit rounding once per row (the float16 (1, 1) mask
+    over 2 x 3 x 17 rows below: up to ~1e-3 before, where the truth is 0). Without lse in the
+    loss the gradient must be exactly 0; with it, within one float16 rounding of the float64
+    sum."""
+    q, k, v, dout = random_inputs(2, 3, 17, 33, 24, torch.float16, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    bias = torch.randn(shape, generator=gen).to(DEVICE)
+    if bias.numel() > 1:
+        bias.view(-1)[0] = float("-inf")  # rows that see nothing
+    dlse = torch.randn(2, 3, 17, generator=gen).to(DEVICE, torch.float16)
+    for with_lse in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, bias.to(torch.float16))]
+        out, lse = flash_attention(*leaves[:3], attn_mask=leaves[3], return_lse=True)
+        loss = (out * dout).sum()
+        if with_lse:
+            seen = torch.isfinite(lse)
+            loss = loss + (lse[seen] * dlse[seen]).sum()
+        loss.backward()
+        seen = torch.isfinite(lse).double()
+        full = (dlse.double() * seen if with_lse else torch.zeros_like(seen))[..., None]
+        want = full.sum_to_size((1,) * (4 - len(shape)) + shape).reshape(shape)
+        got = leaves[3].grad.double()
+        if not with_lse:  # the softmax does not see the mask at all: exactly zero
+            assert torch.equal(got, torch.zeros_like(got)), got
+        else:  # a float32 sum rounded once to float16
+            assert ((got - want).abs() <= torch.finfo(torch.float16).eps * want.abs()).all()
+
+
 def test_rows_a_float_mask_hides_entirely_get_zeros_minus_inf_lse_and_zero_grads():
     q, k, v, dout = random_inputs(1, 2, 9, 20, 16, torch.float32)
     bias = torch.randn(1, 2, 9, 20, generator=torch.Generator().manual_seed(4)).to(DEVICE)

@@ -105,6 +105,13 @@ def _backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_g
     )
     dq = _empty((b, h, len_q, d), q.dtype, q.device)
     mask_grad = bool(mask_grad and mask_meta["MASK_FLOAT"])
+    if mask_grad and _broadcasts_over_keys(attn_mask):
+        dq_args = (q, k, v, mask, dout, lse, delta, dq, torch.zeros(1, device=q.device))
+        _tuned_launch(
+            _attn_bwd_dq, "dq", q, k, block_d, {**meta, "MASK_GRAD": False},
+            lambda c: triton.cdiv(len_q, c.block_m), (*dq_args, *common, *sizes),
+        )  # fmt: skip
+        return dq, dk, dv, _key_constant_mask_grad(lse, dlse, attn_mask)
     # dS of every (query, key) pair, the float mask's gradient before its broadcast axes are
     # summed: zeros, as the dQ pass skips the key blocks a causal query tile cannot see.
     dbias = torch.zeros((b, h, len_q, len_k) if mask_grad else (1,), device=q.device)
@@ -118,6 +125,26 @@ def _backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_g
     if mask_grad:
         dmask = _sum_to_mask(dbias, attn_mask)
     return dq, dk, dv, dmask
+
+
+def _broadcasts_over_keys(attn_mask):
+    """Whether the mask holds one value per query row (its key axis has size 1)."""
+    return attn_mask.dim() >= 1 and attn_mask.shape[-1] == 1
+
+
+def _key_constant_mask_grad(lse, dlse, attn_mask):
+    """The exact gradient of a mask that adds one constant c_i to every score of query row i.
+
+    The softmax does not see c_i (P, and so out, is unchanged, dropout or not), and lse_i moves
+    by exactly c_i: the gradient is dlse_i for a row that sees a key and 0 for one that sees
+    none, summed over the mask's broadcast axes. Summing the kernel's dS over the keys instead
+    would give the same up to rounding -- but delta = rowsum(dO * O) is taken from the rounded
+    16-bit output, so each row's sum of dS carries an error of that rounding, and a mask
+    broadcast over many rows adds them up (a (1, 1) float16 mask over 320 rows: 4e-3 where the
+    true gradient is 0).
+    """
+    grad = torch.where(lse == float("-inf"), 0.0, dlse)[..., None]  # (b, h, len_q, 1)
+    return _sum_to_mask(grad, attn_mask)
 
 
 def _sum_to_mask(dbias, attn_mask):
