@@ -50,7 +50,10 @@ from unittest import mock
 
 ARCH_NAMES = {80: "A100", 86: "RTX 30xx / A10", 89: "RTX 40xx / L4", 90: "H100 / H200"}
 DTYPES = ("float16", "bfloat16", "float32")
-HEAD_DIMS = (16, 40, 64, 80, 96, 128)
+HEAD_DIMS = (16, 40, 64, 80, 96, 128, 160, 192, 256)
+ADDITIVE_HEAD_DIMS = HEAD_DIMS[:6]  # the additive kernel takes feature sizes up to 128
+# (head dim, value head dim) pairs where they differ: narrower and wider values, across widths
+VALUE_HEAD_DIMS = ((64, 128), (128, 64), (40, 256), (256, 96))
 MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias",
             "causal+key_mask+dropout", "causal+bias+dropout")  # fmt: skip
 ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only, has no dropout
@@ -79,13 +82,20 @@ class Case:
     batch: int = 2  # batch and heads matter to a build only through H's and the strides'
     heads: int = 3  # divisibility by 16 (Triton specialises integers on it)
     heads_kv: int | None = None  # of the query heads (None: as many); fewer: grouped-query
+    value_head_dim: int | None = None  # v's (None: head_dim); flash attention only
 
     def label(self) -> str:
         gqa = "" if self.kv_heads == self.heads else f" gqa {self.heads}/{self.kv_heads}"
+        if self.v_dim != self.head_dim:
+            gqa += f" d_v={self.v_dim}"
         shape = f"{self.len_q}x{self.len_k}"
         if (self.batch, self.heads) != (2, 3):
             shape = f"{self.batch}x{self.heads}x{shape}"
         return f"{self.workload} {self.dtype} d={self.head_dim} {self.masking}{gqa} ({shape})"
+
+    @property
+    def v_dim(self) -> int:
+        return self.head_dim if self.value_head_dim is None else self.value_head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -140,21 +150,20 @@ def _flash_workload(case: Case) -> None:
     checks = importlib.import_module("kernels.flash_attention.checks")
     dtype = getattr(torch, case.dtype)
 
-    def tensor(heads, n):
-        return torch.empty(case.batch, heads, n, case.head_dim, device="meta", dtype=dtype)
+    def tensor(heads, n, d=case.head_dim):
+        return torch.empty(case.batch, heads, n, d, device="meta", dtype=dtype)
 
     q = tensor(case.heads, case.len_q)
-    k, v = tensor(case.kv_heads, case.len_k), tensor(case.kv_heads, case.len_k)
+    k, v = tensor(case.kv_heads, case.len_k), tensor(case.kv_heads, case.len_k, case.v_dim)
     mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
     dropout = Dropout(*GATE_DROPOUT) if "dropout" in case.masking else NO_DROPOUT
-    block_d = checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
-    out, lse = fa._forward(q, k, v, mask, causal, scale, block_d, dropout)
+    checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
+    out, lse = fa._forward(q, k, v, mask, causal, scale, dropout)
     mask_grad = mask is not None and mask.is_floating_point()
     fa._backward(
-        q, k, v, mask, causal, scale, block_d, out, lse, torch.empty_like(out), None, mask_grad,
-        dropout,
-    )  # fmt: skip
+        q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad, dropout
+    )
 
 
 def _flash_mask(case: Case, dtype):
@@ -431,6 +440,10 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     ]
     first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
     first.append(Case("flash_attention", "bfloat16", 128, "causal+key_mask", heads_kv=1))
+    # head dims past 128 and a value head dim of its own: first choices only, a few builds
+    first.append(Case("flash_attention", "bfloat16", 256, "causal+key_mask"))
+    first.append(Case("flash_attention", "float16", 192, "causal+bias"))
+    first.append(Case("flash_attention", "bfloat16", 64, "causal", value_head_dim=160))
     first += [
         Case("flash_attention", "bfloat16", 128, "causal+key_mask+dropout"),
         Case("flash_attention", "float16", 64, "causal+bias+dropout"),
@@ -453,12 +466,17 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
 
 
 def full_cases() -> list[Case]:
-    return [
-        Case(workload, dtype, d, masking)
-        for workload in WORKLOADS
-        for dtype, d, masking in itertools.product(DTYPES, HEAD_DIMS, MASKINGS)
-        if workload == "flash_attention" or masking in ADDITIVE_MASKINGS
+    flash = [
+        Case("flash_attention", dtype, d, masking, value_head_dim=d_v)
+        for dtype, (d, d_v), masking in itertools.product(
+            DTYPES, [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS), MASKINGS
+        )
     ]
+    additive = [
+        Case("additive_attention", dtype, d, masking)
+        for dtype, d, masking in itertools.product(DTYPES, ADDITIVE_HEAD_DIMS, ADDITIVE_MASKINGS)
+    ]
+    return flash + additive
 
 
 def run(cases_every, cases_first, archs_every, archs_first, jobs, progress=True) -> list[Build]:

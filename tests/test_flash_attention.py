@@ -79,15 +79,23 @@ def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable
 # ----------------------------------------------------------------------------- helpers
 
 
-def random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0, heads_kv=None):
-    """q (b, h, len_q, d), k and v (b, h_kv, len_k, d), dout like q: standard normal."""
+def random_inputs(
+    batch, heads, len_q, len_k, head_dim, dtype, seed=0, heads_kv=None, value_head_dim=None
+):  # fmt: skip
+    """q (b, h, len_q, d), k (b, h_kv, len_k, d), v (b, h_kv, len_k, d_v), dout like the output
+    (b, h, len_q, d_v): standard normal. d_v defaults to d."""
     gen = torch.Generator().manual_seed(seed)
     heads_kv = heads if heads_kv is None else heads_kv
+    d_v = head_dim if value_head_dim is None else value_head_dim
     q, k, v = (
-        torch.randn(batch, h, n, head_dim, generator=gen).to(DEVICE, dtype)
-        for h, n in ((heads, len_q), (heads_kv, len_k), (heads_kv, len_k))
+        torch.randn(batch, h, n, d, generator=gen).to(DEVICE, dtype)
+        for h, n, d in (
+            (heads, len_q, head_dim),
+            (heads_kv, len_k, head_dim),
+            (heads_kv, len_k, d_v),
+        )
     )
-    dout = torch.randn(batch, heads, len_q, head_dim, generator=gen).to(DEVICE, dtype)
+    dout = torch.randn(batch, heads, len_q, d_v, generator=gen).to(DEVICE, dtype)
     return q, k, v, dout
 
 
@@ -266,18 +274,19 @@ def sdpa_math(q, k, v, **kwargs):
 def sdpa_arguments(draw):
     """Inputs and keyword arguments both functions take, drawn over every argument: mask rank,
     broadcast axes and dtype (bool / float with its gradient), causal, scale, grouped-query
-    heads. Every query keeps key 0 visible (SDPA gives NaN for a query that sees nothing);
-    is_causal only where len_q == len_k and without a mask (SDPA aligns it top-left and refuses
-    it with a mask; ours aligns bottom-right and takes both). dropout_p stays 0: SDPA's random
-    numbers are not ours; dropout is checked in tests/test_flash_dropout.py against a float64
-    reference fed the kernels' own keep-mask."""
+    heads, a value head dim of its own. Every query keeps key 0 visible (SDPA gives NaN for a
+    query that sees nothing); is_causal only where len_q == len_k and without a mask (SDPA
+    aligns it top-left and refuses it with a mask; ours aligns bottom-right and takes both).
+    dropout_p stays 0: SDPA's random numbers are not ours; dropout is checked in
+    tests/test_flash_dropout.py against a float64 reference fed the kernels' own keep-mask."""
     batch = draw(st.integers(1, 2))
     heads, heads_kv = draw(st.sampled_from([(2, 2), (4, 2), (3, 1), (1, 1)]))
     len_q, len_k = draw(st.integers(1, 40)), draw(st.integers(1, 40))
     dtype = draw(st.sampled_from(DTYPES))
     seed = draw(st.integers(0, 2**16))
+    head_dims = st.sampled_from([8, 16, 24, 40])  # v's is drawn on its own: SDPA allows d_v != d
     q, k, v, dout = random_inputs(
-        batch, heads, len_q, len_k, draw(st.sampled_from([8, 16, 24, 40])), dtype, seed, heads_kv
+        batch, heads, len_q, len_k, draw(head_dims), dtype, seed, heads_kv, draw(head_dims)
     )
     kwargs = dict(scale=draw(st.one_of(st.none(), st.floats(0.05, 1.0))))
     if heads_kv != heads:
@@ -415,6 +424,39 @@ def test_masks_of_every_rank_and_broadcast_match_reference_with_the_mask_gradien
 def test_full_masks_in_16_bit_dtypes_within_2x_naive_error(shape, kind, dtype):
     q, k, v, dout = random_inputs(2, 3, 17, 33, 40, dtype, seed=3)
     assert_close_as_flash_attention_does(q, k, v, dout, attn_mask=random_mask(shape, kind, 3))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3, 17, 1), (1, 3, 1, 1)], ids=str)
+def test_a_mask_constant_over_keys_gets_dlse_summed_as_its_exact_gradient(shape):
+    """A mask with one value per query row shifts every score of the row alike: the softmax
+    (and so out) does not see it, and lse moves by it. Its gradient is exactly dlse summed over
+    the broadcast axes (0 without lse in the loss; 0 for a row that sees nothing), where the sum
+    of dS over keys would carry delta's 16-bit rounding once per row (the float16 (1, 1) mask
+    over 2 x 3 x 17 rows below: up to ~1e-3 before, where the truth is 0). Without lse in the
+    loss the gradient must be exactly 0; with it, within one float16 rounding of the float64
+    sum."""
+    q, k, v, dout = random_inputs(2, 3, 17, 33, 24, torch.float16, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    bias = torch.randn(shape, generator=gen).to(DEVICE)
+    if bias.numel() > 1:
+        bias.view(-1)[0] = float("-inf")  # rows that see nothing
+    dlse = torch.randn(2, 3, 17, generator=gen).to(DEVICE, torch.float16)
+    for with_lse in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, bias.to(torch.float16))]
+        out, lse = flash_attention(*leaves[:3], attn_mask=leaves[3], return_lse=True)
+        loss = (out * dout).sum()
+        if with_lse:
+            seen = torch.isfinite(lse)
+            loss = loss + (lse[seen] * dlse[seen]).sum()
+        loss.backward()
+        seen = torch.isfinite(lse).double()
+        full = (dlse.double() * seen if with_lse else torch.zeros_like(seen))[..., None]
+        want = full.sum_to_size((1,) * (4 - len(shape)) + shape).reshape(shape)
+        got = leaves[3].grad.double()
+        if not with_lse:  # the softmax does not see the mask at all: exactly zero
+            assert torch.equal(got, torch.zeros_like(got)), got
+        else:  # a float32 sum rounded once to float16
+            assert ((got - want).abs() <= torch.finfo(torch.float16).eps * want.abs()).all()
 
 
 def test_rows_a_float_mask_hides_entirely_get_zeros_minus_inf_lse_and_zero_grads():
@@ -622,8 +664,7 @@ def _bad_inputs():
         ("dropout-above-1", (q, k, v), {"dropout_p": 1.5}, ValueError, r"dropout_p must be in \[0, 1\]"),
         ("kv-len", (q, k, v[:, :, :5]), {}, ValueError, "same length"),
         ("head-dim", (q, k[..., :8], v), {}, ValueError, "head dims differ"),
-        ("v-head-dim", (q, k, v[..., :8]), {}, ValueError, "value head dim"),
-        ("too-wide", [torch.zeros(1, 1, 2, 256, device=DEVICE)] * 3, {}, ValueError, "head dim 256"),
+        ("too-wide", [torch.zeros(1, 1, 2, 257, device=DEVICE)] * 3, {}, ValueError, "head dim 257"),
         ("mixed-dtype", (q, k.half(), v), {}, TypeError, "one dtype"),
         ("float64", (q.double(), k.double(), v.double()), {}, TypeError, "float64"),
         ("not-tensor", (q, k.tolist(), v), {}, TypeError, "k must be a torch.Tensor"),

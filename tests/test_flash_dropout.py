@@ -240,21 +240,18 @@ def test_dropout_p_1_gives_zeros_zero_gradients_and_the_undropped_lse_as_sdpa(ke
     assert torch.equal(sdpa, torch.zeros_like(sdpa))
 
 
-@pytest.mark.parametrize(
-    "kernel,arch,spill_free",
-    [("dkdv", 90, LaunchConfig(64, 16, 4, 1)), ("dq", 80, LaunchConfig(32, 32, 4, 2))],
-)
 def test_dropout_launches_take_their_spill_free_configs_where_the_plain_table_spills(
-    kernel, arch, spill_free, monkeypatch
+    monkeypatch,
 ):
-    """On a GPU (capability patched here) the 16-bit d <= 64 calls named in
-    configs.CONFIGS_DROPOUT_16BIT list the compile gate's spill-free config with dropout only;
-    the forward's list is the same with or without dropout."""
+    """On an sm_90 GPU (capability patched here) the 16-bit d <= 64 dK/dV pass lists the compile
+    gate's spill-free 64x16 w4 s1 with dropout only (configs.CONFIGS_DROPOUT_16BIT); the
+    forward's list is the same with or without dropout."""
     monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
-    monkeypatch.setattr(launch, "capability", lambda device: arch)
+    monkeypatch.setattr(launch, "capability", lambda device: 90)
     q = torch.empty(1, 1, 1, 64, dtype=torch.bfloat16)
-    assert spill_free in fa._configs(kernel, q, 64, True)
-    assert spill_free not in fa._configs(kernel, q, 64, False)
+    spill_free = LaunchConfig(64, 16, 4, 1)
+    assert spill_free in fa._configs("dkdv", q, 64, True)
+    assert spill_free not in fa._configs("dkdv", q, 64, False)
     assert fa._configs("fwd", q, 64, True) == fa._configs("fwd", q, 64, False)
 
 

@@ -31,7 +31,7 @@ def configs_on(arch, kernel, block_d, dtype, monkeypatch):
 
 @pytest.mark.parametrize("arch", launch.CLAIMED_ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("block_d", [16, 64, 128])
+@pytest.mark.parametrize("block_d", [16, 64, 128, 256])
 @pytest.mark.parametrize("kernel", sorted(fa_configs.TILES))
 def test_candidates_fit_the_architectures_shared_memory_before_anything_compiles(
     kernel, block_d, dtype, arch, monkeypatch

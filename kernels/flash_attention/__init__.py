@@ -20,15 +20,18 @@ below, pruned to the architecture's shared memory and autotuned on first use
 sm_80/86/89/90 on a machine without a GPU.
 
 Supported
-    * ``F.scaled_dot_product_attention``'s signature: q (b, h, len_q, d), k and v
-      (b, h_kv, len_k, d); any strides (they are passed to the kernel, nothing is copied).
+    * ``F.scaled_dot_product_attention``'s signature: q (b, h, len_q, d), k (b, h_kv, len_k,
+      d) and v (b, h_kv, len_k, d_v), out (b, h, len_q, d_v); the value head dim d_v may differ
+      from d (q and k are padded to BLOCK_DQK, v and out to BLOCK_DV); any strides (they are
+      passed to the kernel, nothing is copied).
     * ``enable_gqa``: grouped-query attention, h_kv dividing h; query head i reads key/value
       head i // (h / h_kv), and the dK/dV pass loops over each group inside one program, so
       nothing is repeated in memory and no atomics are needed.
     * float16, bfloat16 and float32; the three tensors share one dtype and one device.
     * Any len_q and len_k >= 0, not necessarily equal or multiples of the block size.
-    * Head dims 1 to 128 (not only powers of two: the kernel pads to the next power of two with
-      masked loads).
+    * Head dims 1 to 256, for q/k and for v (FlashAttention-2's limit; not only powers of two:
+      the kernel pads each to the next power of two with masked loads). Launch tables by the
+      wider of the two padded head dims: up to 64, 128, 256.
     * ``attn_mask`` of any shape broadcastable to (b, h, len_q, len_k), read as SDPA reads it
       (broadcast from the right: a 2-D mask is (len_q, len_k)); boolean (True = the pair
       takes part) or float (added to the scores, e.g. a relative-position bias or ALiBi; -inf
@@ -61,7 +64,7 @@ Supported
       (``TRITON_INTERPRET=1`` set before triton is first imported).
 
 Caution -- not supported
-    * A value head dim that differs from the query/key head dim, head dims above 128, float64.
+    * Head dims above 256, float64.
     * Dropout's random numbers are not SDPA's (the same seed gives another mask), and drawing
       a call's seed reads a tensor in Python: ``torch.compile(fullgraph=True)`` of a call with
       dropout_p > 0 breaks the graph there (calls without dropout draw nothing).

@@ -77,11 +77,11 @@ def _drop(x, keep, keep_scale):
 def _dkdv_query_blocks(
     dk, dv, k, v, M, Q, DOut, Lse, Delta, row_base,
     stride_qm, stride_gm, stride_mm, stride_mn,
-    cols, offs_m, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    cols, offs_m, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
     seed, rng_offset, dropout_p, keep_scale,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
     MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_M: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Accumulate dK, dV of one key block over query blocks [start, stop).
@@ -93,8 +93,8 @@ def _dkdv_query_blocks(
     """
     for start_m in range(start, stop, BLOCK_M):
         rows = start_m + offs_m
-        q = _load_rows(Q + rows[:, None] * stride_qm, rows, LEN_Q, d_ok, MASKED, EVEN_D)  # (i, D)
-        do = _load_rows(DOut + rows[:, None] * stride_gm, rows, LEN_Q, d_ok, MASKED, EVEN_D)
+        q = _load_rows(Q + rows[:, None] * stride_qm, rows, LEN_Q, dqk_ok, MASKED, EVEN_DQK)
+        do = _load_rows(DOut + rows[:, None] * stride_gm, rows, LEN_Q, dv_ok, MASKED, EVEN_DV)
         lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, MASKED)
 
         s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
@@ -131,18 +131,21 @@ def _attn_bwd_dkdv(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, sm_scale, qk_scale_log2,
     seed, rng_offset, dropout_p, keep_scale,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One program per key block of one key/value head: holds K_j, V_j and accumulates dK_j,
     dV_j over the query blocks of every query head that reads this key/value head (GROUP of
     them with grouped-query attention, one otherwise), so nothing is repeated in memory.
 
-    DK and DV are contiguous (b, h_kv, len_k, d) buffers; their strides are computed here.
+    DK and DV are contiguous (b, h_kv, len_k, d) and (b, h_kv, len_k, d_v) buffers; their
+    strides are computed here.
     """
     off_bkv = tl.program_id(0)  # batch * h_kv + key/value head, on axis 0: see launch.grid
     start_n = tl.program_id(1) * BLOCK_N
@@ -152,21 +155,24 @@ def _attn_bwd_dkdv(
 
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    kv_ok = (cols[:, None] < LEN_K) & d_ok[None, :]
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dqk_ok = offs_dqk < HEAD_DIM_QK
+    dv_ok = offs_dv < HEAD_DIM_V
+    k_ok = (cols[:, None] < LEN_K) & dqk_ok[None, :]
+    v_ok = (cols[:, None] < LEN_K) & dv_ok[None, :]
 
     k_ptrs = K + off_b * stride_kb + off_hk * stride_kh
     k = tl.load(
-        k_ptrs + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_ok, other=0.0
-    )
+        k_ptrs + cols[:, None] * stride_kn + offs_dqk[None, :] * stride_kd, mask=k_ok, other=0.0
+    )  # (j, DQK)
     v_ptrs = V + off_b * stride_vb + off_hk * stride_vh
     v = tl.load(
-        v_ptrs + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_ok, other=0.0
-    )
+        v_ptrs + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=v_ok, other=0.0
+    )  # (j, DV)
 
-    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dk = tl.zeros((BLOCK_N, BLOCK_DQK), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
 
     # Query blocks [lo, m_whole) cross the causal diagonal (bottom-right: key j is seen by rows
     # i >= j - (len_k - len_q), so earlier blocks contribute nothing and are skipped); blocks
@@ -181,55 +187,57 @@ def _attn_bwd_dkdv(
         m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     for g in range(0, GROUP):
         off_h = off_hk * GROUP + g  # a query head reading this key/value head
-        q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_d[None, :] * stride_qd
-        g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_d[None, :] * stride_gd
+        q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_dqk[None, :] * stride_qd
+        g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_dv[None, :] * stride_gd
         m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
         row_base = (off_b * H + off_h) * LEN_Q
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-            stride_mm, stride_mn, cols, offs_m, d_ok, lo, tl.minimum(m_whole, LEN_Q), LEN_Q,
-            LEN_K, causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, True,
-            HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_M,
-            EMULATE_BF16, PRECISION,
-        )  # fmt: skip
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-            stride_mm, stride_mn, cols, offs_m, d_ok, m_whole, m_even, LEN_Q, LEN_K,
-            causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, False,
-            HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_M,
-            EMULATE_BF16, PRECISION,
-        )  # fmt: skip
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-            stride_mm, stride_mn, cols, offs_m, d_ok, tl.maximum(m_whole, m_even), LEN_Q,
+            stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, lo, tl.minimum(m_whole, LEN_Q),
             LEN_Q, LEN_K, causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale,
-            True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_M,
+            True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV,
+            BLOCK_M, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, m_whole, m_even, LEN_Q, LEN_K,
+            causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, False,
+            HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV, BLOCK_M,
             EMULATE_BF16, PRECISION,
+        )  # fmt: skip
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
+            stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, tl.maximum(m_whole, m_even),
+            LEN_Q, LEN_Q, LEN_K, causal_shift, qk_scale_log2, seed, rng_offset, dropout_p,
+            keep_scale, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
+            EVEN_DV, BLOCK_M, EMULATE_BF16, PRECISION,
         )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
-    out_off = off_bkv.to(tl.int64) * LEN_K * HEAD_DIM + cols[:, None] * HEAD_DIM
-    out_off += offs_d[None, :]
-    tl.store(DK + out_off, _round(dk, DK.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
-    tl.store(DV + out_off, _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=kv_ok)
+    row0 = off_bkv.to(tl.int64) * LEN_K + cols[:, None]  # rows of the (b * h_kv * len_k) buffers
+    dk_off = row0 * HEAD_DIM_QK + offs_dqk[None, :]
+    dv_off = row0 * HEAD_DIM_V + offs_dv[None, :]
+    tl.store(DK + dk_off, _round(dk, DK.dtype.element_ty, EMULATE_BF16), mask=k_ok)
+    tl.store(DV + dv_off, _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=v_ok)
 
 
 @triton.jit
 def _dq_key_blocks(
     dq, q, do, lse_log2, delta, K, V, M, DBias,
     stride_kn, stride_vn, stride_mm, stride_mn,
-    rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    rows, offs_n, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
     seed, rng_offset, dropout_p, keep_scale, row_ids,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
     MASK_ROWS: tl.constexpr, MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Accumulate dQ of one query tile over key blocks [start, stop); MASKED as in the forward."""
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
-        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, dqk_ok, MASKED, EVEN_DQK)
+        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, dv_ok, MASKED, EVEN_DV)
 
         s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
         s = _mask_key_block(
@@ -258,12 +266,13 @@ def _attn_bwd_dq(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, sm_scale, qk_scale_log2,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, sm_scale, qk_scale_log2,
     seed, rng_offset, dropout_p, keep_scale,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One program per query block: holds Q_i, dO_i and accumulates dQ_i over key blocks.
@@ -278,50 +287,52 @@ def _attn_bwd_dq(
 
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dqk_ok = offs_dqk < HEAD_DIM_QK
+    dv_ok = offs_dv < HEAD_DIM_V
 
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
     q = _load_rows(
-        q_ptrs + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-        rows, LEN_Q, d_ok, True, EVEN_D,
+        q_ptrs + rows[:, None] * stride_qm + offs_dqk[None, :] * stride_qd,
+        rows, LEN_Q, dqk_ok, True, EVEN_DQK,
     )  # fmt: skip
     g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
     do = _load_rows(
-        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-        rows, LEN_Q, d_ok, True, EVEN_D,
+        g_ptrs + rows[:, None] * stride_gm + offs_dv[None, :] * stride_gd,
+        rows, LEN_Q, dv_ok, True, EVEN_DV,
     )  # fmt: skip
     row_base = off_bh.to(tl.int64) * LEN_Q
     lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 
     off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
-    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_d[None, :] * stride_vd
+    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_dqk[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_dv[None, :] * stride_vd
     m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
     db_base = DBias + row_base * LEN_K  # (only written with MASK_GRAD)
 
-    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    dq = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
     n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     causal_shift = LEN_K - LEN_Q
     dq = _dq_key_blocks(
         dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
-        stride_mm, stride_mn, rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift,
-        qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows, False,
-        HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
-        EMULATE_BF16, PRECISION,
+        stride_mm, stride_mn, rows, offs_n, dqk_ok, dv_ok, 0, n_whole, LEN_Q, LEN_K,
+        causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows,
+        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
+        EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
     )  # fmt: skip
     dq = _dq_key_blocks(
         dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
-        stride_mm, stride_mn, rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift,
-        qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows, True,
-        HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
-        EMULATE_BF16, PRECISION,
+        stride_mm, stride_mn, rows, offs_n, dqk_ok, dv_ok, n_whole, n_stop, LEN_Q, LEN_K,
+        causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows,
+        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
+        EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
     )  # fmt: skip
 
     dq *= sm_scale  # dQ = scale * dS K
-    out_off = row_base * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    out_off = (row_base + rows[:, None]) * HEAD_DIM_QK + offs_dqk[None, :]
     tl.store(
         DQ + out_off,
         _round(dq, DQ.dtype.element_ty, EMULATE_BF16),
-        mask=(rows[:, None] < LEN_Q) & d_ok[None, :],
+        mask=(rows[:, None] < LEN_Q) & dqk_ok[None, :],
     )

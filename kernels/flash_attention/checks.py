@@ -7,12 +7,12 @@ import triton
 
 from kernels.flash_attention.tiles import _INTERPRETED
 
-MAX_HEAD_DIM = 128
+MAX_HEAD_DIM = 256  # FlashAttention-2's limit; q/k's and v's head dims each
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
-    """Validate everything before a launch; returns the head dim's padding BLOCK_D."""
+    """Validate everything before a launch (raises on the first problem found)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(
@@ -56,19 +56,17 @@ def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
         )
     if k.shape[3] != d:
         raise ValueError(f"flash_attention: q and k head dims differ ({d} vs {k.shape[3]})")
-    if v.shape[3] != d:
-        raise ValueError(
-            f"flash_attention: v's head dim ({v.shape[3]}) must equal q's ({d}); "
-            "a different value head dim is not supported"
-        )
-    if not 1 <= d <= MAX_HEAD_DIM:
-        raise ValueError(f"flash_attention: head dim {d} is not supported (1 to {MAX_HEAD_DIM})")
+    for name, n in (("q/k head dim", d), ("v head dim", v.shape[3])):
+        if not 1 <= n <= MAX_HEAD_DIM:
+            raise ValueError(
+                f"flash_attention: {name} {n} is not supported (1 to {MAX_HEAD_DIM}; v's may "
+                "differ from q's and k's)"
+            )
     if scale is not None and not math.isfinite(float(scale)):
         raise ValueError(f"flash_attention: scale must be finite, got {scale}")
     if attn_mask is not None:
         _mask_layout(attn_mask, q, k)  # raises on a bad mask
     _check_runnable(q.device)
-    return _block_d(d)
 
 
 def _check_runnable(device, caller="flash_attention"):

@@ -24,11 +24,11 @@ from kernels.flash_attention.tiles import (
 def _fwd_key_blocks(
     acc, l_i, m_i, q, K, V, M,
     stride_kn, stride_vn, stride_mm, stride_mn,
-    rows, offs_n, d_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    rows, offs_n, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
     seed, rng_offset, dropout_p, row_ids,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
     MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """The online softmax over key blocks [start, stop) for one tile of queries; MASKED blocks
@@ -36,8 +36,8 @@ def _fwd_key_blocks(
     HAS_DROPOUT the dropped pairs join the row sum l but not the output (unscaled here)."""
     for start_n in range(start, stop, BLOCK_N):
         cols = start_n + offs_n
-        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
-        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, d_ok, MASKED, EVEN_D)  # (j, D)
+        k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, dqk_ok, MASKED, EVEN_DQK)
+        v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, dv_ok, MASKED, EVEN_DV)
 
         s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
         s = _mask_key_block(
@@ -90,11 +90,13 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    H, GROUP, LEN_Q, LEN_K, HEAD_DIM, qk_scale_log2,
+    H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, qk_scale_log2,
     seed, rng_offset, dropout_p, keep_scale,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
@@ -105,20 +107,24 @@ def _attn_fwd(
 
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM  # the padded head-dim lanes load as 0 and are never stored
+    # q and k have head dim HEAD_DIM_QK (padded to DQK), v and out HEAD_DIM_V (padded to DV);
+    # the padded lanes load as 0 and are never stored.
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dqk_ok = offs_dqk < HEAD_DIM_QK
+    dv_ok = offs_dv < HEAD_DIM_V
 
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
-    q_ptrs += rows[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = _load_rows(q_ptrs, rows, LEN_Q, d_ok, True, EVEN_D)  # (i, D)
+    q_ptrs += rows[:, None] * stride_qm + offs_dqk[None, :] * stride_qd
+    q = _load_rows(q_ptrs, rows, LEN_Q, dqk_ok, True, EVEN_DQK)  # (i, DQK)
     off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
-    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_d[None, :] * stride_vd
+    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_dqk[None, :] * stride_kd
+    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_dv[None, :] * stride_vd
     m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp2(s - m_i)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)  # unnormalised output
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)  # unnormalised output
 
     # Two stages, as in Triton's fused-attention tutorial: whole, fully visible key blocks
     # first, without bounds checks or a causal mask; then the partial or diagonal ones.
@@ -127,16 +133,18 @@ def _attn_fwd(
     row_ids = off_bh.to(tl.int64) * LEN_Q + rows  # this tile's rows in (b * h * len_q)
     acc, l_i, m_i = _fwd_key_blocks(
         acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
-        rows, offs_n, d_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+        rows, offs_n, dqk_ok, dv_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
         seed, rng_offset, dropout_p, row_ids,
-        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
+        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV,
+        BLOCK_N,
         EMULATE_BF16, PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_key_blocks(
         acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
-        rows, offs_n, d_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+        rows, offs_n, dqk_ok, dv_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
         seed, rng_offset, dropout_p, row_ids,
-        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_D, BLOCK_N,
+        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV,
+        BLOCK_N,
         EMULATE_BF16, PRECISION,
     )  # fmt: skip
 
@@ -151,10 +159,10 @@ def _attn_fwd(
     lse = tl.where(seen, (m_i + tl.log2(l_safe)) * LN_2, float("-inf"))
 
     o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
-    o_ptrs += rows[:, None] * stride_om + offs_d[None, :] * stride_od
+    o_ptrs += rows[:, None] * stride_om + offs_dv[None, :] * stride_od
     tl.store(
         o_ptrs,
         _round(out, Out.dtype.element_ty, EMULATE_BF16),
-        mask=(rows[:, None] < LEN_Q) & d_ok[None, :],
+        mask=(rows[:, None] < LEN_Q) & dv_ok[None, :],
     )
     tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)

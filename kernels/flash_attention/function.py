@@ -5,14 +5,16 @@ import math
 import torch
 
 from kernels import ops
-from kernels.flash_attention.checks import _block_d, _check_inputs
+from kernels.flash_attention.checks import _check_inputs
 from kernels.flash_attention.dropout import Dropout, check_dropout_p, draw_seed_offset
 from kernels.flash_attention.launcher import _backward, _forward
 
 
 def _fake_forward(q, k, v, attn_mask, is_causal, scale, dropout_p=0.0, seed=0, offset=0):
-    """What _forward returns, as empty tensors: out like a contiguous q, lse (b, h, len_q)."""
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    """What _forward returns, as empty tensors: a contiguous out (b, h, len_q, d_v), lse
+    (b, h, len_q)."""
+    out = q.new_empty((*q.shape[:3], v.shape[3]))
+    return out, q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 def _fake_backward(
@@ -34,11 +36,8 @@ def _backward_op(
     dlse: torch.Tensor | None, mask_grad: bool,
     dropout_p: float = 0.0, seed: int = 0, offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    block_d = _block_d(q.shape[-1])
     dropout = Dropout(dropout_p, seed, offset)
-    return _backward(
-        q, k, v, attn_mask, is_causal, scale, block_d, out, lse, dout, dlse, mask_grad, dropout
-    )
+    return _backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout)
 
 
 def _gradients(
@@ -67,8 +66,7 @@ def _forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
     is_causal: bool, scale: float, dropout_p: float = 0.0, seed: int = 0, offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    dropout = Dropout(dropout_p, seed, offset)
-    return _forward(q, k, v, attn_mask, is_causal, scale, _block_d(q.shape[-1]), dropout)
+    return _forward(q, k, v, attn_mask, is_causal, scale, Dropout(dropout_p, seed, offset))
 
 
 def flash_attention(
@@ -79,15 +77,16 @@ def flash_attention(
 
     Args:
         query: (batch, heads, len_q, head_dim), float16, bfloat16 or float32.
-        key, value: (batch, heads_kv, len_k, head_dim), same dtype and device as query;
-            heads_kv == heads, or with ``enable_gqa`` any divisor of heads.
+        key: (batch, heads_kv, len_k, head_dim), value: (batch, heads_kv, len_k, value_dim),
+            same dtype and device as query; heads_kv == heads, or with ``enable_gqa`` any
+            divisor of heads. head_dim and value_dim are each 1 to 256 and may differ.
         attn_mask: optional mask broadcastable to (batch, heads, len_q, len_k) as SDPA reads
             it (from the right: a 2-D mask is (len_q, len_k)); boolean, True = the pair takes
             part, or float (float16, bfloat16 or float32), added to the scaled scores and
             differentiable. Read in place, with stride 0 on its broadcast axes.
         dropout_p: the probability, in [0, 1], of dropping each attention probability (as
             SDPA does, always: pass 0 in evaluation): out = (P * keep / (1 - p)) V, with the
-            softmax normalised before dropout (lse is dropout's no matter p). The keep bits are
+            softmax normalised before dropout (lse is the same whatever p). The keep bits are
             Philox numbers made inside the kernels from a seed and offset drawn on each call
             from torch's default CPU generator (one ``torch.randint``), so ``torch.manual_seed``
             makes a call reproducible; the backward regenerates them. p == 1 gives zeros (and
@@ -95,14 +94,14 @@ def flash_attention(
         is_causal: causal masking aligned to the **bottom-right** corner: query i sees keys
             j <= i + len_k - len_q, as a decoder with a key/value cache needs (SDPA aligns
             top-left; the two agree when len_q == len_k). May be combined with attn_mask.
-        scale: the softmax scale; defaults to 1 / sqrt(head_dim).
+        scale: the softmax scale; defaults to 1 / sqrt(head_dim) (query's, as in SDPA).
         enable_gqa: grouped-query attention: query head i reads key/value head
             i // (heads / heads_kv); nothing is repeated in memory, and dK, dV are summed over
             each group inside the kernel.
         return_lse: also return the row-wise log-sum-exp of the scaled, masked scores.
 
     Returns:
-        out (batch, heads, len_q, head_dim) in query's dtype; with ``return_lse`` also
+        out (batch, heads, len_q, value_dim) in query's dtype; with ``return_lse`` also
         lse (batch, heads, len_q) in float32 (natural log). A query that sees no key gets
         zeros in out (and zero gradients) and -inf in lse.
 
