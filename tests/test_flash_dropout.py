@@ -121,6 +121,13 @@ def test_output_and_every_gradient_equal_a_float64_reference_fed_the_same_keep_m
     assert_dropout_within_2x_naive_error(q, k, v, dout, p, **kwargs)
 
 
+def test_a_value_head_dim_of_its_own_with_dropout_equals_the_reference(kernel_device):
+    """d_v = 40 beside d = 16 (the keep bits index (query, key) pairs, not head dims)."""
+    q, k, _, _ = random_inputs(kernel_device, (2, 2, 21, 16), (2, 2, 37, 16), torch.float32)
+    _, v, _, dout = random_inputs(kernel_device, (2, 2, 21, 40), (2, 2, 37, 40), torch.float32)
+    assert_dropout_within_2x_naive_error(q, k, v, dout, 0.3, is_causal=True)
+
+
 def test_backward_regenerates_the_forwards_mask_whatever_the_generator_did_since(kernel_device):
     """The backward reads the seed the forward drew, not the generator: draws between the two
     change nothing (a backward that redrew would fail the reference)."""
