@@ -7,6 +7,7 @@ compiler, ``ptxas`` and ``cuobjdump``)::
 
     python -m kernels.compile_gate                 # CI subset: every GPU we claim, a few shapes
     python -m kernels.compile_gate --full          # every dtype, head dim, masking and config
+    python -m kernels.compile_gate --full --first-choice  # the same calls, the launcher's choice
     python -m kernels.compile_gate --help
 
 How: each kernel's launchers run forward and backward on ``meta`` tensors (shapes, no data)
@@ -66,7 +67,11 @@ GATE_DROPOUT = (0.1, 12345, 678)
 WGMMA_KERNELS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
 
 # Kernel modules whose launches are captured; each routes every launch through `_launch`.
-KERNEL_MODULES = ("kernels.flash_attention.launcher", "kernels.additive_attention.launcher")
+KERNEL_MODULES = (
+    "kernels.flash_attention.launcher",
+    "kernels.flash_attention.dropout",  # the keep-mask kernel that tests read the mask with
+    "kernels.additive_attention.launcher",
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,8 @@ class Build:
 
 def _flash_workload(case: Case) -> None:
     """flash_attention's forward and backward launches, through its own launchers (the public
-    function dispatches a PyTorch operator whose meta-tensor stand-in launches nothing)."""
+    function dispatches a PyTorch operator whose meta-tensor stand-in launches nothing), and
+    with dropout the keep-mask kernel's launch for the same call."""
     import torch
 
     from kernels.flash_attention.dropout import NO_DROPOUT, Dropout
@@ -164,6 +170,10 @@ def _flash_workload(case: Case) -> None:
     fa._backward(
         q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad, dropout
     )
+    if dropout.p > 0:  # the same call's keep-mask, as a test reads it (dropout_keep_mask)
+        keep_mask = importlib.import_module("kernels.flash_attention.dropout").dropout_keep_mask
+        keep_mask(dropout.seed, dropout.offset, case.batch, case.heads, case.len_q, case.len_k,
+                  dropout.p, "meta")  # fmt: skip
 
 
 def _flash_mask(case: Case, dtype):
@@ -559,7 +569,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--full", action="store_true",
                         help="every dtype x head dim x masking, each with every config the "
-                        "launcher may pick (slow: about 30 minutes on 2 cores)")  # fmt: skip
+                        "launcher may pick (slow: about 3,000 builds per architecture, an hour "
+                        "or more per architecture on 2 cores)")  # fmt: skip
+    parser.add_argument("--first-choice", action="store_true",
+                        help="with --full: each call in the launcher's order until one config "
+                        "compiles without spills, the config it runs with autotuning off "
+                        "(about 1,000 builds per architecture)")  # fmt: skip
     parser.add_argument("--arch", type=int, nargs="+", default=sorted(ARCH_NAMES),
                         help="compute capabilities to build for (default: %(default)s)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
@@ -569,13 +584,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="TRITON_CACHE_DIR to compile into (default: a fresh temporary one; "
                         "an old cache reports earlier successes without compiling)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.first_choice and not args.full:
+        parser.error("--first-choice goes with --full (the CI subset chooses per case)")
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the gate compiles, it does not interpret")
     with tempfile.TemporaryDirectory(prefix="triton-gate-") as fresh:
         os.environ["TRITON_CACHE_DIR"] = str(args.cache_dir or fresh)
         os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset
-        if args.full:
+        if args.full and args.first_choice:
+            builds = run([], full_cases(), [], args.arch, args.jobs)
+        elif args.full:
             builds = run(full_cases(), [], args.arch, [], args.jobs)
         else:  # sm_89 builds as sm_86 does (same limits, same instructions): first choices only
             every, first = ci_cases()

@@ -83,6 +83,7 @@ def test_every_launch_compiles_for_sm80_86_89_90_within_shared_memory_and_withou
     kernels = {b["kernel"] for b in builds}
     assert {"_attn_fwd", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq"} <= kernels
     assert {"_additive_fwd", "_additive_bwd_dkdv", "_additive_bwd_dq"} <= kernels
+    assert "_keep_mask_kernel" in kernels  # dropout's keep-mask, which the tests read
     for arch in (80, 86, 89, 90):  # each kernel, flash and additive, on each architecture
         assert {b["kernel"] for b in builds if b["arch"] == arch} == kernels, arch
     hopper_16bit_dots = [
@@ -230,6 +231,34 @@ def test_main_exits_0_on_a_clean_gate_and_1_on_any_failure(
     assert len(json.loads(report.read_text())) == len(builds)
     out = capsys.readouterr().out
     assert ("FAIL " in out) == bool(status)
+
+
+@pytest.mark.parametrize(
+    "flags,every_config",
+    [(["--full"], True), (["--full", "--first-choice"], False)],
+    ids=["full", "full-first-choice"],
+)
+def test_full_sweep_compiles_every_case_with_every_config_or_the_launchers_choice(
+    flags, every_config, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    asked = []
+    monkeypatch.setattr(compile_gate, "run", lambda *args: asked.append(args) or [build()])
+    assert compile_gate.main([*flags, "--arch", "90"]) == 0
+    cases_every, cases_first, archs_every, archs_first, _ = asked[0]
+    full = compile_gate.full_cases()
+    assert (cases_every, cases_first) == ((full, []) if every_config else ([], full))
+    assert (archs_every, archs_first) == (([90], []) if every_config else ([], [90]))
+
+
+def test_first_choice_without_full_is_refused(monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(compile_gate, "run", lambda *args: pytest.fail("compiled anyway"))
+    with pytest.raises(SystemExit) as exit_info:
+        compile_gate.main(["--first-choice"])
+    assert exit_info.value.code == 2
+    assert "--first-choice goes with --full" in capsys.readouterr().err
 
 
 def test_main_refuses_to_run_under_the_interpreter(monkeypatch, capsys):

@@ -182,9 +182,9 @@ def test_output_is_the_undropped_probabilities_times_keep_over_one_minus_p(kerne
 # ----------------------------------------------------------------------------- reproducibility
 
 
-def outputs_and_grads(q, k, v, dout, dropout_p, **kwargs):
+def outputs_and_grads(q, k, v, dout, dropout_p, attention=flash_attention, **kwargs):
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = flash_attention(*leaves, dropout_p=dropout_p, **kwargs)
+    out = attention(*leaves, dropout_p=dropout_p, **kwargs)
     out.backward(dout)
     return [out, *(leaf.grad for leaf in leaves)]
 
@@ -208,6 +208,27 @@ def test_other_seeds_and_consecutive_calls_give_other_masks(kernel_device):
     other_seed = flash_attention(q, k, v, dropout_p=0.5)
     assert not torch.equal(first, following) and not torch.equal(first, other_seed)
     assert not torch.equal(next_call_keep_mask(1, q, k, 0.5), next_call_keep_mask(2, q, k, 0.5))
+
+
+def test_fullgraph_compiled_call_draws_at_run_time_and_equals_eager(kernel_device):
+    """Under torch.compile(fullgraph=True) the seed draw is traced, not frozen into the graph:
+    consecutive compiled calls get other masks, and after the same torch.manual_seed a compiled
+    call equals the eager call, output and gradients (the aot_eager backend: Dynamo and
+    AOTAutograd capture the graph as Inductor would be handed it)."""
+    q, k, v, dout = random_inputs(kernel_device, (1, 2, 9, 16), (1, 2, 12, 16), torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(flash_attention, fullgraph=True, backend="aot_eager")
+    try:
+        torch.manual_seed(5)
+        got = outputs_and_grads(q, k, v, dout, 0.4, is_causal=True, attention=compiled)
+        following = compiled(q, k, v, dropout_p=0.4, is_causal=True)
+    finally:
+        torch._dynamo.reset()
+    torch.manual_seed(5)
+    want = outputs_and_grads(q, k, v, dout, 0.4, is_causal=True)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(got[0], following)
 
 
 def test_dropout_p_0_draws_nothing_and_compiles_no_dropout_code(kernel_device, monkeypatch):
