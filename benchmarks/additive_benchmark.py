@@ -9,7 +9,7 @@ q, k, v. For each length (doubling) it measures peak memory of the forward (unde
 time of both.
 
 On a machine without a GPU every memory point runs in a fresh process (see
-``benchmarks/common.py``) and the Triton kernels run under Triton's interpreter
+``benchmarks/common/isolation.py``) and the Triton kernels run under Triton's interpreter
 (``TRITON_INTERPRET=1``): their memory is what the call allocates, which is meaningful, but
 their time is not (recorded as ``not_measurable``). The interpreter is slow, so the CPU
 defaults are one head and lengths up to 1024.
@@ -31,7 +31,13 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import 
 import torch
 from tqdm import tqdm
 
-from benchmarks import common
+from benchmarks.common.environment import device_tag, environment, pick_device
+from benchmarks.common.isolation import run_isolated
+from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_memory
+from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
+from benchmarks.common.plotting import log_axes, plot_series
+from benchmarks.common.records import format_cell, markdown_table, read_json, write_json
+from benchmarks.common.statuses import NOT_MEASURABLE_ON_CPU, STATUSES, failure
 
 IMPLEMENTATIONS = ("naive_additive", "fused_additive", "flash_dot")
 LABELS = {
@@ -105,18 +111,18 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
         call(q, k, v).backward(dout)
         call, q, k, v, dout = _setup(spec, spec["seq_len"])
     except Exception as err:  # noqa: BLE001
-        return common.failure(err)
+        return failure(err)
     if memory_cap_bytes is not None and spec["measure"] == "time":
-        memory_cap_bytes *= 2  # repeats fragment the address space; see attention_benchmark
-    common.cap_address_space(memory_cap_bytes)
+        memory_cap_bytes *= 2  # repeats fragment the address space; see attention_measure
+    cap_address_space(memory_cap_bytes)
     try:
         fn = _pass_fn(call, q, k, v, dout, spec["pass"])
         if spec["measure"] == "memory":
-            return {"status": "ok", "peak_bytes": common.peak_memory(fn, device)}
-        ms = common.median_ms(fn, device, [q, k, v], spec["cpu_repeats"])
+            return {"status": "ok", "peak_bytes": peak_memory(fn, device)}
+        ms = median_ms(fn, device, [q, k, v], spec["cpu_repeats"])
         return {"status": "ok", "median_ms": ms}
     except Exception as err:  # noqa: BLE001
-        return common.failure(err, capped=memory_cap_bytes is not None)
+        return failure(err, capped=memory_cap_bytes is not None)
 
 
 def run_point(spec: dict, device: torch.device, memory_cap_bytes: int | None) -> dict:
@@ -124,16 +130,14 @@ def run_point(spec: dict, device: torch.device, memory_cap_bytes: int | None) ->
         result = measure_point(spec)
         torch.cuda.empty_cache()
         return result
-    return common.run_isolated(
-        "benchmarks.additive_benchmark:measure_point", spec, memory_cap_bytes
-    )
+    return run_isolated("benchmarks.additive_benchmark:measure_point", spec, memory_cap_bytes)
 
 
 # --- the sweep --------------------------------------------------------------------------------
 
 
 def sweep(args, device: torch.device) -> list[dict]:
-    cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * common.MIB
+    cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * MIB
     records = []
     progress = tqdm(total=len(args.impls) * len(args.lengths), desc="additive")
     for impl in args.impls:
@@ -152,7 +156,7 @@ def sweep(args, device: torch.device) -> list[dict]:
                         record = {"status": "skipped", "note": "out of memory at this or a "
                                   "shorter length"}  # fmt: skip
                     elif measure == "time" and device.type != "cuda" and impl in TRITON_IMPLS:
-                        record = {"status": "not_measurable", "note": common.NOT_MEASURABLE_ON_CPU}
+                        record = {"status": "not_measurable", "note": NOT_MEASURABLE_ON_CPU}
                     else:
                         spec = dict(
                             base, impl=impl, device=str(device), measure=measure,
@@ -204,12 +208,12 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
             for n in args.lengths:
                 record = table.get((impl, n, measure, pass_))
                 if record is not None and record["status"] == "ok" and measure == "memory":
-                    record = {**record, "peak_bytes": record["peak_bytes"] / common.MIB}
+                    record = {**record, "peak_bytes": record["peak_bytes"] / MIB}
                 if record is not None:
                     by_length[n] = record
             style = {**STYLES[impl], "label": LABELS[impl]}
-            plotted |= common.plot_series(ax, args.lengths, by_length, key, style, slot)
-        common.log_axes(ax, plotted)
+            plotted |= plot_series(ax, args.lengths, by_length, key, style, slot)
+        log_axes(ax, plotted)
         unit = "peak memory (MiB)" if measure == "memory" else "median time (ms)"
         ax.set_title(f"{unit}\n{PASS_LABELS[pass_]}", fontsize=11)
         ax.set_xlabel("sequence length")
@@ -255,11 +259,11 @@ def markdown(records: list[dict], args) -> str:
                 for impl in args.impls:
                     record = table.get((impl, n, measure, pass_))
                     if measure == "memory":
-                        row.append(common.format_cell(record, "peak_bytes", 1 / common.MIB))
+                        row.append(format_cell(record, "peak_bytes", 1 / MIB))
                     else:
-                        row.append(common.format_cell(record, "median_ms"))
+                        row.append(format_cell(record, "median_ms"))
                 rows.append(row)
-            sections.append(f"### {title}\n\n" + common.markdown_table(header, rows))
+            sections.append(f"### {title}\n\n" + markdown_table(header, rows))
     lines = []
     for n in args.lengths:
         ratio = ratios_at(records, n)
@@ -277,7 +281,7 @@ def markdown(records: list[dict], args) -> str:
 
 
 def parse_args(argv=None):
-    parser = common.benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
         help="implementations to compare",
@@ -298,7 +302,7 @@ def parse_args(argv=None):
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="default: bfloat16 on CUDA, float32 on the CPU",
     )  # fmt: skip
-    common.add_cpu_and_output_arguments(
+    add_cpu_and_output_arguments(
         parser, "additive", 6144, "timed runs per point on the CPU (median)"
     )
     return parser.parse_args(argv)
@@ -316,10 +320,10 @@ def report(payload: dict, stem: Path) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
-        payload = common.read_json(args.replot)
+        payload = read_json(args.replot)
         report(payload, args.replot.with_suffix(""))
         return payload
-    device = common.pick_device(args.device)
+    device = pick_device(args.device)
     cuda = device.type == "cuda"
     if not cuda:  # the kernels run under the interpreter, read when triton is first imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -327,11 +331,11 @@ def main(argv=None) -> dict:
     args.max_len = args.max_len or (16384 if cuda else 1024)
     args.heads = args.heads or (8 if cuda else 1)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.lengths = common.doubling(args.min_len, args.max_len)
+    args.lengths = doubling(args.min_len, args.max_len)
     torch.set_num_threads(1)
-    env = common.environment(device)
+    env = environment(device)
     records = sweep(args, device)
-    stem = args.tag or f"additive_{common.device_tag(device)}"
+    stem = args.tag or f"additive_{device_tag(device)}"
     settings = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
     }
@@ -344,14 +348,14 @@ def main(argv=None) -> dict:
             "module's parameters) during the call; forward runs under torch.no_grad",
             "time": "median milliseconds after warm-up (triton.testing.do_bench on CUDA, "
             "wall clock on the CPU)",
-            "statuses": list(common.STATUSES),
+            "statuses": list(STATUSES),
         },
         "records": records,
         "memory_ratio_naive_over_fused": {
             str(n): ratios_at(records, n) for n in args.lengths if ratios_at(records, n)
         },
     }
-    common.write_json(args.out_dir / f"{stem}.json", payload)
+    write_json(args.out_dir / f"{stem}.json", payload)
     report(payload, args.out_dir / stem)
     return payload
 

@@ -43,7 +43,8 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/gpu_report.py
 
 import torch
 
-from benchmarks import common, gpu_plan
+from benchmarks import gpu_plan
+from benchmarks.common.environment import device_tag, environment
 from benchmarks.gpu_summary import (  # noqa: F401 - the report's results, as tests read them
     plot,
     read_steps,
@@ -231,12 +232,12 @@ def run_step(args) -> int:
             steps = [s for s in STEPS if s not in args.skip]
             result = run_warm(args, sizes, steps)
         else:
-            result = RUNNERS[args.run_step](args, sizes, common.device_tag(device))
+            result = RUNNERS[args.run_step](args, sizes, device_tag(device))
     except Exception:  # recorded, and the next step still runs
         result = {"error": traceback.format_exc()}
         print(result["error"], file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - start, 1)
-    result["environment"] = common.environment(device)
+    result["environment"] = environment(device)
     write_step(args.out_dir, args.run_step, result)
     return 0 if "error" not in result else 1
 

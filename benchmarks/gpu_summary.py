@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks.common.records import markdown_table
 from benchmarks.gpu_plan import STEPS
 
 
@@ -152,7 +152,7 @@ def write_summary(out_dir: Path) -> int:
     env = next((r["environment"] for r in results.values() if "environment" in r), {})
     env = {"device_name": "?", "torch": "?", "date": "?", **env}
     rows = summary_rows(results)
-    table = common.markdown_table(["measure", "value"], rows)
+    table = markdown_table(["measure", "value"], rows)
     times = ", ".join(f"{k} {v.get('seconds', '?')} s" for k, v in results.items())
     try:
         (out_dir / "gpu_report.md").write_text(

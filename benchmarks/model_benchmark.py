@@ -38,7 +38,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from benchmarks import common
+from benchmarks.common.environment import device_tag, environment, pick_device
+from benchmarks.common.isolation import run_isolated
+from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_memory
+from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
+from benchmarks.common.plotting import log_axes, plot_series
+from benchmarks.common.records import format_cell, markdown_table, read_json, write_json
+from benchmarks.common.statuses import NOT_MEASURABLE_ON_CPU, STATUSES, failure
 from transformer.config import ModelConfig
 from transformer.model import Transformer, mark_dynamic_batch
 
@@ -95,13 +101,13 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
         tokens = batch(spec["seq_len"])
         # On the CPU, cap the address space from here: a failed allocation is an OOM, not a
         # crash. The cap covers the full-size warm-up too, whose freed memory stays mapped.
-        common.cap_address_space(memory_cap_bytes)
+        cap_address_space(memory_cap_bytes)
         step(*tokens)
         warmup_s = time.perf_counter() - warmup_start
-        peak = common.peak_memory(lambda: step(*tokens), device)
-        ms = common.median_ms(lambda: step(*tokens), device, cpu_repeats=spec["cpu_repeats"])
+        peak = peak_memory(lambda: step(*tokens), device)
+        ms = median_ms(lambda: step(*tokens), device, cpu_repeats=spec["cpu_repeats"])
     except Exception as err:  # noqa: BLE001
-        return common.failure(err, capped=memory_cap_bytes is not None)
+        return failure(err, capped=memory_cap_bytes is not None)
     tgt_tokens = spec["batch"] * spec["seq_len"]
     return {
         "status": "ok",
@@ -135,7 +141,7 @@ def style(name: str) -> dict:
 
 
 def sweep(args, device: torch.device) -> list[dict]:
-    cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * common.MIB
+    cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * MIB
     records = []
     progress = tqdm(total=len(series(args)) * len(args.lengths), desc="model")
     for backend, compiled in series(args):
@@ -156,14 +162,14 @@ def sweep(args, device: torch.device) -> list[dict]:
                 cpu_repeats=args.cpu_repeats,
             )
             if backend == "triton" and device.type != "cuda":
-                result = {"status": "not_measurable", "note": common.NOT_MEASURABLE_ON_CPU}
+                result = {"status": "not_measurable", "note": NOT_MEASURABLE_ON_CPU}
             elif out_of_memory:
                 result = {"status": "skipped", "note": "out of memory at a shorter length"}
             elif device.type == "cuda":
                 result = measure_point(spec)
                 torch.cuda.empty_cache()
             else:
-                result = common.run_isolated("benchmarks.model_benchmark:measure_point", spec, cap)
+                result = run_isolated("benchmarks.model_benchmark:measure_point", spec, cap)
             out_of_memory = out_of_memory or result["status"] == "oom"
             records.append(
                 dict(
@@ -217,11 +223,11 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
         for slot, name in enumerate(names):
             by_length = {}
             for r in by_name[name]:
-                extra = {"peak_mib": r["peak_bytes"] / common.MIB} if r["status"] == "ok" else {}
+                extra = {"peak_mib": r["peak_bytes"] / MIB} if r["status"] == "ok" else {}
                 by_length[r["seq_len"]] = {**r, **extra}
             line = {**style(name), "label": label(name)}
-            plotted |= common.plot_series(ax, args.lengths, by_length, key, line, slot)
-        common.log_axes(ax, plotted)
+            plotted |= plot_series(ax, args.lengths, by_length, key, line, slot)
+        log_axes(ax, plotted)
         ax.set_xlabel("sequence length (source = target)")
         ax.set_title(title)
     handles = [plt.Line2D([], [], **{**style(n), "label": label(n)}) for n in names]
@@ -262,11 +268,11 @@ def markdown(records: list[dict], args) -> str:
         row = [str(length)]
         for n in names:
             record = by_key.get((n, length))
-            row.append(common.format_cell(record, "tgt_tokens_per_s"))
-            row.append(common.format_cell(record, "peak_bytes", 1 / common.MIB))
+            row.append(format_cell(record, "tgt_tokens_per_s"))
+            row.append(format_cell(record, "peak_bytes", 1 / MIB))
         rows.append(row)
     title = f"### Training step: target tokens/s and peak step memory (MiB), batch {args.batch}\n\n"
-    text = title + common.markdown_table(header, rows)
+    text = title + markdown_table(header, rows)
     compiled = [r for r in records if r.get("compiled") and r["status"] == "ok"]
     if compiled:
         eager = {(r["backend"], r["seq_len"]): r for r in records if not r.get("compiled")}
@@ -275,13 +281,13 @@ def markdown(records: list[dict], args) -> str:
             base = eager.get((r["backend"], r["seq_len"]))
             tokens = r.get("breakeven_tokens")
             rows.append([
-                LABELS[r["backend"]], str(r["seq_len"]), common.format_cell(base, "warmup_s"),
-                common.format_cell(r, "warmup_s"),
+                LABELS[r["backend"]], str(r["seq_len"]), format_cell(base, "warmup_s"),
+                format_cell(r, "warmup_s"),
                 "never" if tokens is None else f"{tokens:,.0f}",
             ])  # fmt: skip
         text += (
             "\n\n### torch.compile: first two steps (s, compiling included) and break-even\n\n"
-            + common.markdown_table(
+            + markdown_table(
                 [
                     "backend",
                     "length",
@@ -296,7 +302,7 @@ def markdown(records: list[dict], args) -> str:
 
 
 def parse_args(argv=None):
-    parser = common.benchmark_parser(__doc__)
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -323,7 +329,7 @@ def parse_args(argv=None):
         help="add a torch.compile(fullgraph=True) row per backend, with its warm-up "
         "(compile) time and the training tokens it takes to pay for it",
     )
-    common.add_cpu_and_output_arguments(parser, "model", 2048, "timed steps per CPU point")
+    add_cpu_and_output_arguments(parser, "model", 2048, "timed steps per CPU point")
     return parser.parse_args(argv)
 
 
@@ -340,19 +346,17 @@ def report(payload: dict, stem: Path) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
-        payload = common.read_json(args.replot)
+        payload = read_json(args.replot)
         report(payload, args.replot.with_suffix(""))
         return payload
-    device = common.pick_device(args.device)
+    device = pick_device(args.device)
     cuda = device.type == "cuda"
-    args.lengths = args.lengths or (
-        common.doubling(256, 8192) if cuda else common.doubling(64, 2048)
-    )
+    args.lengths = args.lengths or (doubling(256, 8192) if cuda else doubling(64, 2048))
     args.batch = args.batch or (8 if cuda else 2)
     torch.set_num_threads(1)
-    env = common.environment(device)
+    env = environment(device)
     records = sweep(args, device)
-    stem = args.tag or f"model_{common.device_tag(device)}"
+    stem = args.tag or f"model_{device_tag(device)}"
     settings = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
     }
@@ -368,11 +372,11 @@ def main(argv=None) -> dict:
             "optimizer state)",
             "time": "median milliseconds after a warm-up step (triton.testing.do_bench on "
             "CUDA, wall clock on the CPU)",
-            "statuses": list(common.STATUSES),
+            "statuses": list(STATUSES),
         },
         "records": records,
     }
-    common.write_json(args.out_dir / f"{stem}.json", payload)
+    write_json(args.out_dir / f"{stem}.json", payload)
     report(payload, args.out_dir / stem)
     return payload
 

@@ -180,13 +180,14 @@ def test_model_benchmark_on_cpu(tmp_path, form):
 
 
 def test_flop_convention_and_ratios():
-    from benchmarks import attention_benchmark, common
+    from benchmarks import attention_benchmark
+    from benchmarks.common.measure import attention_flops
 
-    forward = common.attention_flops(2, 3, 5, 7, 11, causal=False, pass_="forward")
+    forward = attention_flops(2, 3, 5, 7, 11, causal=False, pass_="forward")
     assert forward == 4 * 2 * 3 * 5 * 7 * 11
-    assert common.attention_flops(2, 3, 5, 7, 11, True, "forward") == forward / 2
-    assert common.attention_flops(2, 3, 5, 7, 11, False, "backward") == 2.5 * forward
-    assert common.attention_flops(2, 3, 5, 7, 11, False, "forward_backward") == 3.5 * forward
+    assert attention_flops(2, 3, 5, 7, 11, True, "forward") == forward / 2
+    assert attention_flops(2, 3, 5, 7, 11, False, "backward") == 2.5 * forward
+    assert attention_flops(2, 3, 5, 7, 11, False, "forward_backward") == 3.5 * forward
 
     def timed(impl, tflops, status="ok"):
         return dict(

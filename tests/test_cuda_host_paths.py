@@ -81,7 +81,7 @@ def test_peak_memory_counts_the_call_not_autotuning_or_do_bench_flush_buffer(mon
     with do_bench, which holds a 256 MiB L2-flush buffer. Measured memory is the call's own."""
     import triton.testing
 
-    from benchmarks import common
+    from benchmarks.common.measure import peak_memory
     from kernels import launch
 
     memory = FakeCudaAllocator(monkeypatch)
@@ -106,7 +106,7 @@ def test_peak_memory_counts_the_call_not_autotuning_or_do_bench_flush_buffer(mon
         run_kernel(config)
 
     held = memory.allocate(5 * 2**20)  # the inputs, allocated before the window
-    assert common.peak_memory(attention_call, torch.device("cuda")) == workspace
+    assert peak_memory(attention_call, torch.device("cuda")) == workspace
     held()
 
 

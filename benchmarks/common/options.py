@@ -1,0 +1,62 @@
+"""The command-line options every benchmark script has, where its results go, and the doubling
+lengths it sweeps."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from transformer.translation.cli import HelpFormatter
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the script's docstring, with the --device option every script has."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cuda", "cpu"),
+        help="where to measure; auto: CUDA if present, else the CPU",
+    )
+    return parser
+
+
+def add_cpu_and_output_arguments(
+    parser: argparse.ArgumentParser, stem: str, memory_cap_mib: int, repeats_help: str
+) -> None:
+    """The CPU measurement and results-file options every script has."""
+    parser.add_argument("--cpu-repeats", type=int, default=3, help=repeats_help)
+    parser.add_argument(
+        "--cpu-memory-cap-mib",
+        type=int,
+        default=memory_cap_mib,
+        help="on the CPU, a point that needs more than this is recorded as out of memory",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="directory for the results' JSON, PNG and markdown",
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: redraw the PNG and markdown of a results file (e.g. one from a GPU)",
+    )
+    parser.add_argument("--tag", default=None, help=f"file name stem; default {stem}_<device kind>")
+
+
+def doubling(start: int, stop: int) -> list[int]:
+    """start, 2·start, 4·start, ... up to and including stop."""
+    lengths = []
+    n = start
+    while n <= stop:
+        lengths.append(n)
+        n *= 2
+    return lengths

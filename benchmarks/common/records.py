@@ -1,0 +1,44 @@
+"""Results files and tables: a run's payload as JSON, and its records as markdown tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+# How each non-ok status (benchmarks.common.statuses) is written in tables.
+STATUS_LABELS = {
+    "oom": "OOM",
+    "unsupported": "unsupported",
+    "not_measurable": "n/m",
+    "unavailable": "unavailable",
+    "skipped": "skipped",
+    "error": "error",
+}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_cell(record: dict | None, key: str, scale: float = 1.0, digits: int = 3) -> str:
+    """A number to ``digits`` significant figures, or the record's status label."""
+    if record is None:
+        return ""
+    if record["status"] != "ok":
+        return STATUS_LABELS[record["status"]]
+    value = record[key] * scale
+    if value == 0:
+        return "0"
+    return f"{value:.{max(0, digits - 1 - math.floor(math.log10(abs(value))))}f}"
