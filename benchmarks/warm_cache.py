@@ -81,7 +81,7 @@ def warm(every: Iterable[Case], first: Iterable[Case] = (), jobs: int | None = N
     work = [(c, True) for c in every] + [(c, False) for c in dict.fromkeys(first)]
     jobs = jobs or os.cpu_count() or 1
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=compile_gate._spawn()) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=compile_gate.spawn_context()) as pool:
         done = list(pool.map(warm_case, *zip(*work, strict=True))) if work else []
     return {
         "cases": len(work),

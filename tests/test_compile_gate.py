@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kernels import compile_gate, launch
-from kernels.compile_gate import Build
+from kernels.compile_gate import Build, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,9 +137,10 @@ def test_gate_goes_red_on_a_kernel_that_reads_a_plain_global(tmp_path):
         sys.path.insert(0, {str(tmp_path)!r})
         import torch
         from kernels import compile_gate
+        from kernels.compile_gate import capture
         import broken_kernel
 
-        compile_gate.KERNEL_MODULES = ("broken_kernel",)
+        capture.KERNEL_MODULES = ("broken_kernel",)
         compile_gate.WORKLOADS["broken"] = lambda case: broken_kernel.scale(
             torch.empty(50, device="meta")
         )
@@ -224,7 +225,7 @@ def test_main_exits_0_on_a_clean_gate_and_1_on_any_failure(
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))  # main() sets it: restored
     monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
     asked = []
-    monkeypatch.setattr(compile_gate, "run", lambda *args: asked.append(args) or builds)
+    monkeypatch.setattr(cli, "run", lambda *args: asked.append(args) or builds)
     report = tmp_path / "gate.json"
     assert compile_gate.main(["--arch", "80", "86", "--jobs", "1", "--json", str(report)]) == status
     assert asked[0][2] == [80, 86] and asked[0][4] == 1  # archs compiled every config, jobs
@@ -244,7 +245,7 @@ def test_full_sweep_compiles_every_case_with_every_config_or_the_launchers_choic
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
     asked = []
-    monkeypatch.setattr(compile_gate, "run", lambda *args: asked.append(args) or [build()])
+    monkeypatch.setattr(cli, "run", lambda *args: asked.append(args) or [build()])
     assert compile_gate.main([*flags, "--arch", "90"]) == 0
     cases_every, cases_first, archs_every, archs_first, _ = asked[0]
     full = compile_gate.full_cases()
@@ -254,7 +255,7 @@ def test_full_sweep_compiles_every_case_with_every_config_or_the_launchers_choic
 
 def test_first_choice_without_full_is_refused(monkeypatch, capsys):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(compile_gate, "run", lambda *args: pytest.fail("compiled anyway"))
+    monkeypatch.setattr(cli, "run", lambda *args: pytest.fail("compiled anyway"))
     with pytest.raises(SystemExit) as exit_info:
         compile_gate.main(["--first-choice"])
     assert exit_info.value.code == 2
@@ -263,7 +264,7 @@ def test_first_choice_without_full_is_refused(monkeypatch, capsys):
 
 def test_main_refuses_to_run_under_the_interpreter(monkeypatch, capsys):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(compile_gate, "run", lambda *args: pytest.fail("compiled anyway"))
+    monkeypatch.setattr(cli, "run", lambda *args: pytest.fail("compiled anyway"))
     with pytest.raises(SystemExit) as exit_info:
         compile_gate.main([])
     assert exit_info.value.code == 2

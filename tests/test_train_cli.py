@@ -6,17 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
 
 import train as train_cli  # noqa: E402
-from transformer.translation.training import TrainConfig, sizing  # noqa: E402
+from transformer.translation.training import TrainConfig  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def fast_machine(monkeypatch):
-    """--config auto sees a rate that picks the cpu preset (the choice: test_sizing.py)."""
-    monkeypatch.setattr(sizing, "measure_gflops", lambda dtype: sizing.FAST_GFLOPS * 2)
+pytestmark = pytest.mark.usefixtures("fast_machine")  # conftest.py: no machine is timed
 
 
 def config_of(argv: list[str]) -> TrainConfig:
@@ -54,3 +51,19 @@ def test_help_shows_each_default_once_and_the_cpu_presets_values():
     assert "shared BPE vocabulary size (default 6000; cpu-small 4000)" in text
     assert text.count("(default 6000") == 1
     assert "--no-progress no progress bar --compile" in text
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv, message in (
+        (["--device", "cuda", "--run-dir", str(tmp_path / "run")], "CUDA is not available"),
+        (["--lr", "0"], "must be positive"),
+        (["--attention", "flash"], "invalid choice"),
+        (["--data", str(tmp_path / "nowhere")], "no such directory"),
+        (["--resume", str(tmp_path)], "not a run directory"),
+        (["--heads", "3"], "divisible"),
+    ):
+        with pytest.raises(SystemExit):
+            train_cli.main(argv)
+        assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

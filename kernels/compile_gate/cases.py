@@ -1,0 +1,109 @@
+"""What the gate compiles: calls (cases) of the public kernel functions, as a CI subset and as
+the full sweep of dtypes, head dims and maskings."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+ARCH_NAMES = {80: "A100", 86: "RTX 30xx / A10", 89: "RTX 40xx / L4", 90: "H100 / H200"}
+DTYPES = ("float16", "bfloat16", "float32")
+HEAD_DIMS = (16, 40, 64, 80, 96, 128, 160, 192, 256)
+ADDITIVE_HEAD_DIMS = HEAD_DIMS[:6]  # the additive kernel takes feature sizes up to 128
+# (head dim, value head dim) pairs where they differ: narrower and wider values, across widths
+VALUE_HEAD_DIMS = ((64, 128), (128, 64), (40, 256), (256, 96))
+MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias",
+            "causal+key_mask+dropout", "causal+bias+dropout")  # fmt: skip
+ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only, has no dropout
+# A masking with "dropout" runs flash attention with this dropout (any p > 0 compiles the same;
+# seed and offset are not specialised on).
+GATE_DROPOUT = (0.1, 12345, 678)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of a public kernel function, forward and backward."""
+
+    workload: str
+    dtype: str
+    head_dim: int
+    masking: str
+    len_q: int = 200
+    len_k: int = 333
+    batch: int = 2  # batch and heads matter to a build only through H's and the strides'
+    heads: int = 3  # divisibility by 16 (Triton specialises integers on it)
+    heads_kv: int | None = None  # of the query heads (None: as many); fewer: grouped-query
+    value_head_dim: int | None = None  # v's (None: head_dim); flash attention only
+
+    def label(self) -> str:
+        gqa = "" if self.kv_heads == self.heads else f" gqa {self.heads}/{self.kv_heads}"
+        if self.v_dim != self.head_dim:
+            gqa += f" d_v={self.v_dim}"
+        shape = f"{self.len_q}x{self.len_k}"
+        if (self.batch, self.heads) != (2, 3):
+            shape = f"{self.batch}x{self.heads}x{shape}"
+        return f"{self.workload} {self.dtype} d={self.head_dim} {self.masking}{gqa} ({shape})"
+
+    @property
+    def v_dim(self) -> int:
+        return self.head_dim if self.value_head_dim is None else self.value_head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads if self.heads_kv is None else self.heads_kv
+
+
+def ci_cases() -> tuple[list[Case], list[Case]]:
+    """(cases tried with every config, cases tried with the launcher's first choice only).
+
+    Every config is tried where it matters most: flash attention in bf16 (the models' dtype) at
+    head dims 64 and 128, masked and causal at once (both masking code paths compiled). The
+    other dtypes, head dims and maskings (a full boolean mask read with its own strides, a
+    float bias with its gradient), grouped-query attention, the one-query decoding shape,
+    dropout (with a key mask, with a float bias and its gradient, and grouped-query) and the
+    additive kernels compile in the launcher's order until one config compiles without spills.
+    """
+    every = [Case("flash_attention", "bfloat16", d, "causal+key_mask") for d in (64, 128)]
+    first = [
+        Case("flash_attention", "float16", d, masking)
+        for d, masking in ((16, "none"), (40, "causal"), (80, "full_mask"), (96, "causal+bias"))
+    ]
+    first.append(Case("flash_attention", "bfloat16", 64, "causal+key_mask", len_q=1, len_k=77))
+    first.append(Case("flash_attention", "bfloat16", 128, "causal+key_mask", heads_kv=1))
+    # head dims past 128 and a value head dim of its own: first choices only, a few builds
+    first.append(Case("flash_attention", "bfloat16", 256, "causal+key_mask"))
+    first.append(Case("flash_attention", "float16", 192, "causal+bias"))
+    first.append(Case("flash_attention", "bfloat16", 64, "causal", value_head_dim=160))
+    first += [
+        Case("flash_attention", "bfloat16", 128, "causal+key_mask+dropout"),
+        Case("flash_attention", "float16", 64, "causal+bias+dropout"),
+        Case("flash_attention", "bfloat16", 64, "causal+key_mask+dropout", heads_kv=1),
+    ]
+    first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
+    first += [
+        Case("additive_attention", dtype, d, masking)
+        for dtype, d, masking in (
+            ("bfloat16", 64, "causal+key_mask"),
+            ("bfloat16", 128, "causal+key_mask"),
+            ("float16", 16, "none"),
+            ("float16", 40, "causal"),
+            ("float16", 96, "key_mask"),
+            ("float32", 64, "causal+key_mask"),
+            ("float32", 128, "causal+key_mask"),
+        )
+    ]
+    return every, first
+
+
+def full_cases() -> list[Case]:
+    flash = [
+        Case("flash_attention", dtype, d, masking, value_head_dim=d_v)
+        for dtype, (d, d_v), masking in itertools.product(
+            DTYPES, [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS), MASKINGS
+        )
+    ]
+    additive = [
+        Case("additive_attention", dtype, d, masking)
+        for dtype, d, masking in itertools.product(DTYPES, ADDITIVE_HEAD_DIMS, ADDITIVE_MASKINGS)
+    ]
+    return flash + additive
