@@ -209,6 +209,25 @@ def test_float32_spilling_in_every_config_warns_and_does_not_fail():
     assert compile_gate.warnings([build(local=64), build(local=8)]) == []  # 16-bit: a failure
 
 
+def test_only_the_documented_16_bit_spill_warns_instead_of_failing():
+    """The dQ pass of a float bias's gradient with dropout at head dims > 128 on sm_90 spills in
+    every config (measured; kernels/flash_attention/configs.py): a warning. The same call at
+    d = 128, on sm_80, or without dropout still fails the gate."""
+
+    def dq(arch=90, width=256, dropout=True, local=32):
+        b = build(arch=arch, kernel="_attn_bwd_dq", local=local)
+        b.constexprs = dict(MASK_GRAD=True, HAS_DROPOUT=dropout, BLOCK_DQK=width, BLOCK_DV=64)
+        return b
+
+    known = [dq(), dq(local=120)]
+    assert compile_gate.failures(known) == []
+    (warning,) = compile_gate.warnings(known)
+    assert "sm_90 _attn_bwd_dq: spills (known:" in warning and "(least 32 B)" in warning
+    for other in (dq(width=128), dq(arch=80), dq(dropout=False)):
+        assert any("every config spills" in f for f in compile_gate.failures([other])), other
+        assert compile_gate.warnings([other]) == []
+
+
 @pytest.mark.parametrize(
     "builds,status",
     [

@@ -271,16 +271,33 @@ def test_dropout_p_1_gives_zeros_zero_gradients_and_the_undropped_lse_as_sdpa(ke
 def test_dropout_launches_take_their_spill_free_configs_where_the_plain_table_spills(
     monkeypatch,
 ):
-    """On an sm_90 GPU (capability patched here) the 16-bit d <= 64 dK/dV pass lists the compile
-    gate's spill-free 64x16 w4 s1 with dropout only (configs.CONFIGS_DROPOUT_16BIT); the
-    forward's list is the same with or without dropout."""
+    """On an sm_90 GPU (capability patched here) dropout calls list the compile gate's
+    spill-free configs (configs.CONFIGS_DROPOUT_16BIT): 64x16 w4 s1 for the d <= 64 dK/dV pass,
+    128x32 w8 s2 for the d <= 64 forward (a float bias's) and 64x32 w8 s2 for its dQ pass, and
+    64x16 w8 s2 for the d > 128 forward; each keeps the plain table's first choice."""
     monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
     monkeypatch.setattr(launch, "capability", lambda device: 90)
     q = torch.empty(1, 1, 1, 64, dtype=torch.bfloat16)
-    spill_free = LaunchConfig(64, 16, 4, 1)
-    assert spill_free in fa._configs("dkdv", q, 64, True)
-    assert spill_free not in fa._configs("dkdv", q, 64, False)
-    assert fa._configs("fwd", q, 64, True) == fa._configs("fwd", q, 64, False)
+    for kernel, block_d, spill_free in (
+        ("dkdv", 64, LaunchConfig(64, 16, 4, 1)),
+        ("fwd", 64, LaunchConfig(128, 32, 8, 2)),
+        ("dq_bias", 64, LaunchConfig(64, 32, 8, 2)),
+        ("fwd", 256, LaunchConfig(64, 16, 8, 2)),
+    ):
+        with_dropout, plain = (fa._configs(kernel, q, block_d, p) for p in (True, False))
+        assert spill_free in with_dropout and spill_free not in plain, (kernel, block_d)
+        if kernel != "dkdv":
+            assert with_dropout[0] == plain[0], (kernel, block_d)
+
+
+def test_a_wide_float32_forward_lists_no_tile_over_sm90_shared_memory(monkeypatch):
+    """float32 at head dims > 128: the forward's 64x32 w4 s2 needs 246-271 KB on sm_90 (compile
+    gate), over its 227 KB, and is not listed there; at d <= 128 it is."""
+    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
+    monkeypatch.setattr(launch, "capability", lambda device: 90)
+    q = torch.empty(1, 1, 1, 256, dtype=torch.float32)
+    assert LaunchConfig(64, 32, 4, 2) not in fa._configs("fwd", q, 256)
+    assert LaunchConfig(64, 32, 4, 2) in fa._configs("fwd", q, 128)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -53,9 +53,29 @@ def _float32(build: Build) -> bool:
     return next(t for t in build.signature.values() if t.startswith("*")) == "*fp32"
 
 
+def known_spill(build: Build) -> str:
+    """Why every configuration of this kind of call is allowed to spill ("" when it is not):
+    float32 (a path for checking results; its tiles hold twice the bytes), and the one 16-bit
+    call the full sweep found no spill-free configuration for, measured and documented in
+    kernels/flash_attention/configs.py. Such calls run correctly, slower; the gate warns."""
+    if _float32(build):
+        return "float32"
+    c = build.constexprs
+    if (
+        build.arch == 90
+        and build.kernel == "_attn_bwd_dq"
+        and c.get("MASK_GRAD")
+        and c.get("HAS_DROPOUT")
+        and max(c.get("BLOCK_DQK", 0), c.get("BLOCK_DV", 0)) > 128
+    ):
+        return "known: the dQ pass of a float bias's gradient with dropout at head dims > 128"
+    return ""
+
+
 def failures(builds: list[Build]) -> list[str]:
     """Every reason the gate fails: builds that fail on their own, and (architecture, case,
-    kernel) triples of 16-bit inputs for which every configuration the launcher may pick spills.
+    kernel) triples of 16-bit inputs for which every configuration the launcher may pick spills
+    (but the known spill, :func:`known_spill`).
     """
     found = [
         f"sm_{b.arch} {b.kernel} {b.config()}: {'; '.join(p)}  [{b.cases[0]}]"
@@ -63,21 +83,22 @@ def failures(builds: list[Build]) -> list[str]:
         if (p := problems(b))
     ]
     for (arch, case, kernel), group in _spills_everywhere(builds).items():
-        if not _float32(group[0]):
+        if not known_spill(group[0]):
             spilled = ", ".join(f"{b.config()} ({b.local_bytes} B)" for b in group)
             found.append(f"sm_{arch} {kernel}: every config spills: {spilled}  [{case}]")
     return found
 
 
 def warnings(builds: list[Build]) -> list[str]:
-    """float32 calls whose every configuration spills: correct and slower, reported only
-    (float32 on a GPU is a path for checking results; its tiles hold twice the bytes)."""
-    return [
-        f"sm_{arch} {kernel}: float32 spills in every config "
-        f"(least {min(b.local_bytes for b in group)} B)  [{case}]"
-        for (arch, case, kernel), group in _spills_everywhere(builds).items()
-        if _float32(group[0])
-    ]
+    """Calls whose every configuration spills where that is allowed (:func:`known_spill`):
+    correct and slower, reported only."""
+    found = []
+    for (arch, case, kernel), group in _spills_everywhere(builds).items():
+        if reason := known_spill(group[0]):
+            what = "float32 spills" if reason == "float32" else f"spills ({reason})"
+            least = min(b.local_bytes for b in group)
+            found.append(f"sm_{arch} {kernel}: {what} in every config (least {least} B)  [{case}]")
+    return found
 
 
 def summary(builds: list[Build]) -> str:

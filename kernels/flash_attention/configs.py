@@ -89,6 +89,21 @@ CONFIGS_16BIT["dq_bias", 256, True] = CONFIGS_16BIT["dq", 256, True]
 CONFIGS_DROPOUT_16BIT = {
     ("dkdv", 64, True): [C(64, 64, 8, 2), C(64, 32, 4, 2), C(64, 32, 8, 2), C(64, 16, 4, 1)],
 }
+# A learnt float bias (read as (i, j) tiles, its gradient dS written by the dQ pass) with dropout
+# on sm_90: the full sweep (--full --first-choice, Triton 3.9) found every config of the plain
+# tables spilling in the forward at d = 40 (16-1736 B) and d = 160-192 (8-480 B), and in the dQ
+# pass at d = 40 (8-840 B). Spill-free there, with wgmma: forward 128x32 w8 s2 (255 registers)
+# and 64x32 w8 s2 (242-245) at d = 40, 64x16 w8 s2 (247) at d = 160 and 256; dQ 64x32 w8 s2
+# (225), 64x16 w8 s2 (194) and 64x16 w4 s2 (218) at d = 40. Each list keeps its plain table's
+# first choice, which the other dropout calls take spill-free. The dQ pass of that call at head
+# dims 129-256 spills in every config tried (wgmma or not: 16x32 w4 s2 48 B at d = 160; the
+# least with wgmma, 64x16 w8 s2, 32-120 B): a known spill (compile_gate.verdicts), put first.
+CONFIGS_DROPOUT_16BIT |= {
+    ("fwd", 64, True): [C(128, 64, 8, 3), C(128, 32, 8, 2), C(64, 32, 8, 2), C(64, 16, 4, 2)],
+    ("fwd", 256, True): [C(64, 64, 8, 2), C(64, 32, 8, 2), C(64, 16, 8, 2), C(64, 16, 4, 2)],
+    ("dq_bias", 64, True): [C(128, 32, 8, 2), C(64, 32, 8, 2), C(64, 16, 8, 2), C(64, 16, 4, 2)],
+    ("dq_bias", 256, True): [C(64, 16, 8, 2), C(64, 32, 8, 2), C(64, 16, 4, 2)],
+}
 # float32 multiplies as three TF32 products (see _precision) and holds twice the bytes per tile:
 # small tiles only. Its backward still spills at head dims >= 64 (the gate reports it): float32
 # on a GPU is for checking results, not for speed (FlashAttention has no float32 at all). The
@@ -99,6 +114,10 @@ CONFIGS_FLOAT32 = {
     "dq_bias": [C(32, 32, 4, 2), C(16, 32, 4, 2), C(16, 16, 4, 2)],
     "dkdv": [C(16, 32, 4, 2), C(32, 32, 8, 2), C(32, 16, 4, 2), C(16, 16, 4, 2)],
 }
+# Head dims 129-256 in float32: the forward's 64x32 w4 s2 needs 246-271 KB of shared memory on
+# sm_90 (the sweep: over its 227 KB, though launch.candidates estimated 206 KB; on sm_80-89 the
+# estimate already drops it), so the wide forward goes without it.
+CONFIGS_FLOAT32_WIDE = {"fwd": [C(32, 32, 4, 2), C(16, 32, 4, 2), C(16, 16, 4, 2)]}
 
 
 def _width(block_d):
@@ -114,6 +133,8 @@ def for_kernel(kernel_name, q, block_d, dropout=False):
     arch = launch.capability(q.device)
     if q.dtype == torch.float32:
         table = CONFIGS_FLOAT32[kernel_name]
+        if block_d > 128:
+            table = CONFIGS_FLOAT32_WIDE.get(kernel_name, table)
     else:
         key = (kernel_name, _width(block_d), arch >= 90)
         table = CONFIGS_16BIT[key]
