@@ -2,7 +2,7 @@
 
 SDPA's random numbers are not ours, so dropout is checked against a float64 reference fed the
 kernels' own keep-mask (``dropout_keep_mask``, the same Philox helper in a kernel of its own),
-with the criterion of tests/test_flash_attention.py (kernel error <= 2 x the naive error in
+with the criterion of tests/flash_reference.py (kernel error <= 2 x the naive error in
 the kernel's dtype + a floor), forward and every gradient; statistically (the keep rate, the
 1 / (1 - p) scaling); for reproducibility under ``torch.manual_seed``; and on bad input.
 """
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_flash_attention import FLOOR_F32, masked_scores, max_err, output_and_grads
+from flash_reference import FLOOR_F32, masked_scores, max_err, output_and_grads
 
 from kernels import flash_attention, launch
 from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask

@@ -1,7 +1,7 @@
 """Head dims of the flash-attention kernel: a value head dim d_v of its own (SDPA allows v
 (b, h_kv, len_k, d_v) with out (b, h, len_q, d_v)) and head dims up to 256.
 
-Criterion as in tests/test_flash_attention.py: the kernel's largest error against a float64
+Criterion as in tests/flash_reference.py: the kernel's largest error against a float64
 computation is at most twice that of naive attention in the kernel's dtype (plus a small floor),
 for the output and every gradient, on fresh random inputs of odd lengths.
 """
@@ -11,11 +11,12 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from test_flash_attention import (
+from flash_reference import (
     assert_close_as_flash_attention_does,
     random_inputs,
     random_key_mask,
     random_mask,
+    report_largest_errors,  # noqa: F401 (autouse: -s prints the largest errors)
 )
 
 from kernels import flash_attention

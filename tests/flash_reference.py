@@ -1,0 +1,164 @@
+"""What the flash-attention kernel's tests share (not a test module: pytest collects only
+tests/test_*.py): the float64 reference, random inputs and masks, and the criterion.
+
+Criterion (as in flash-attention's own tests): the kernel's largest error against a float64
+computation of the same inputs is at most twice that of naive attention run in the kernel's
+dtype, plus a small floor (see FLOOR_F32); and nothing is ever NaN. Without CUDA the kernels
+run under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay
+small; the ``cuda`` tests add long sequences where a GPU is present.
+
+Test files import it by its name (``from flash_reference import ...``): tests/ has no
+__init__.py, so pytest's default import mode (prepend) puts tests/ on sys.path. A test module
+that checks with assert_close_as_flash_attention_does also imports the autouse fixture
+report_largest_errors, which prints that module's largest errors with -s.
+"""
+
+import pytest
+import torch
+
+from kernels import flash_attention
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def allowed_pairs(len_q, len_k, key_mask, is_causal, device):
+    """Bool (b|1, h|1, len_q, len_k): which (query, key) pairs take part."""
+    allowed = torch.ones(len_q, len_k, dtype=torch.bool, device=device)
+    if is_causal:  # bottom-right aligned: query i sees keys j <= i + len_k - len_q
+        i = torch.arange(len_q, device=device)[:, None]
+        j = torch.arange(len_k, device=device)[None, :]
+        allowed = j <= i + (len_k - len_q)
+    allowed = allowed[None, None]
+    if key_mask is not None:
+        allowed = allowed & key_mask
+    return allowed
+
+
+def masked_scores(q, k, attn_mask, is_causal, scale):
+    """Scaled scores with the mask applied as SDPA does (boolean: False hides the pair; float:
+    added) and the causal triangle; (scores, which pairs take part)."""
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        scores = scores + attn_mask.to(scores.dtype)
+        attn_mask = None
+    allowed = allowed_pairs(q.shape[-2], k.shape[-2], attn_mask, is_causal, q.device)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores, scores != float("-inf")
+
+
+def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+    """Textbook attention in q's dtype; a query with no allowed key gets zeros. With
+    enable_gqa, k and v are repeated to q's heads (autograd sums their gradients back)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    scores, allowed = masked_scores(q, k, attn_mask, is_causal, scale)
+    scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # no softmax of all -inf
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    return probs @ v
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def random_inputs(
+    batch, heads, len_q, len_k, head_dim, dtype, seed=0, heads_kv=None, value_head_dim=None
+):  # fmt: skip
+    """q (b, h, len_q, d), k (b, h_kv, len_k, d), v (b, h_kv, len_k, d_v), dout like the output
+    (b, h, len_q, d_v): standard normal. d_v defaults to d."""
+    gen = torch.Generator().manual_seed(seed)
+    heads_kv = heads if heads_kv is None else heads_kv
+    d_v = head_dim if value_head_dim is None else value_head_dim
+    q, k, v = (
+        torch.randn(batch, h, n, d, generator=gen).to(DEVICE, dtype)
+        for h, n, d in (
+            (heads, len_q, head_dim),
+            (heads_kv, len_k, head_dim),
+            (heads_kv, len_k, d_v),
+        )
+    )
+    dout = torch.randn(batch, heads, len_q, d_v, generator=gen).to(DEVICE, dtype)
+    return q, k, v, dout
+
+
+def random_key_mask(batch, len_k, seed=0, all_masked_row=True):
+    """(batch, 1, 1, len_k) bool, ~70% True; with batch > 1, the last row masks every key."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    mask = torch.rand(batch, len_k, generator=gen) < 0.7
+    if all_masked_row and batch > 1:
+        mask[-1] = False
+    return mask[:, None, None, :].to(DEVICE)
+
+
+def output_and_grads(attn, q, k, v, dout, dtype, **kwargs):
+    """attn run on copies of q, k, v cast to dtype; (out, dq, dk, dv) in float64, and the
+    gradient of a float attn_mask (cast to dtype as well) after them."""
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    mask = kwargs.get("attn_mask")
+    if mask is not None and mask.is_floating_point():
+        kwargs = {**kwargs, "attn_mask": mask.detach().to(dtype).requires_grad_()}
+        leaves.append(kwargs["attn_mask"])
+    out = attn(*leaves[:3], **kwargs)
+    out.backward(dout.to(dtype))
+    return [t.double() for t in (out, *(leaf.grad for leaf in leaves))]
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def random_mask(shape, kind, seed=0):
+    """A boolean mask (~70% True) or a float one (standard normal, ~20% -inf) of this shape."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    if kind == "bool":
+        return (torch.rand(shape, generator=gen) < 0.7).to(DEVICE)
+    bias = torch.randn(shape, generator=gen)
+    return bias.masked_fill(torch.rand(shape, generator=gen) < 0.2, float("-inf")).to(DEVICE)
+
+
+# Naive attention can be exact where the kernel cannot: with a single key, dq = 0 by an exact
+# cancellation in softmax's backward, while the kernel's dP and rowsum(dO * O) are two different
+# float32 sums. So the floor is 4 ulps of the dtype but no less than this, both relative to
+# max(1, largest reference value); errors from a real bug are orders of magnitude larger.
+FLOOR_F32 = 1e-5
+
+
+def assert_close_as_flash_attention_does(q, k, v, dout, reference=None, **kwargs):
+    """Kernel error vs float64 <= 2 x naive error in the same dtype + floor, for out and grads.
+    ``reference`` (default: naive_attention) computes both the float64 and the same-dtype run."""
+    dtype = q.dtype
+    reference = reference or naive_attention
+    exact = output_and_grads(reference, q, k, v, dout, torch.float64, **kwargs)
+    naive = output_and_grads(reference, q, k, v, dout, dtype, **kwargs)
+    ours = output_and_grads(flash_attention, q, k, v, dout, dtype, **kwargs)
+    names = ("out", "dq", "dk", "dv", "dmask")[: len(exact)]
+    for name, got, ref, base in zip(names, ours, exact, naive, strict=True):
+        assert torch.isfinite(got).all(), f"{name} has NaN/Inf"
+        err, base_err = max_err(got, ref), max_err(base, ref)
+        scale = max(1.0, ref.abs().max().item() if ref.numel() else 0.0)
+        floor = max(4 * torch.finfo(dtype).eps, FLOOR_F32) * scale
+        ERRORS.setdefault((dtype, name), []).append(err)
+        assert err <= 2 * base_err + floor, (
+            f"{name}: kernel error {err:.3g} > 2 x naive {dtype} error {base_err:.3g} + {floor:.3g}"
+        )
+
+
+ERRORS = {}  # (dtype, tensor) -> kernel errors seen; printed at the end with -s
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_largest_errors():
+    """Autouse in each test module that imports it: with -s, prints the largest kernel errors
+    that module's tests saw (ERRORS is emptied as each such module starts)."""
+    ERRORS.clear()
+    yield
+    if ERRORS:
+        print("\nlargest kernel error vs float64 reference:")
+        for (dtype, name), errs in sorted(ERRORS.items(), key=str):
+            print(f"  {str(dtype):15s} {name:3s} {max(errs):.3g}")

@@ -1,0 +1,64 @@
+"""Bad input to the fused additive-attention kernel raises a clear error before any launch:
+wrong ranks, shapes, feature sizes, dtypes, devices and masks.
+"""
+
+import importlib
+
+import pytest
+import torch
+from additive_reference import (
+    DEVICE,
+    HAS_CUDA,
+    random_inputs,
+)
+
+from kernels import additive_attention
+
+aa = importlib.import_module("kernels.additive_attention.launcher")  # its _launch must not run
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs():
+    qf, kf, w, v, _ = random_inputs(2, 2, 5, 6, 8, 16, torch.float32)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool, device=DEVICE)
+    return [
+        ("rank", (qf[0], kf, w, v), {}, ValueError, "rank 4"),
+        ("w-rank", (qf, kf, w[0], v), {}, ValueError, "score_weight must have rank 2"),
+        ("batch", (qf, kf[:1], w, v[:1]), {}, ValueError, "batch, heads"),
+        ("kv-len", (qf, kf, w, v[:, :, :5]), {}, ValueError, "same length"),
+        ("feature-size", (qf, kf[..., :4], w, v), {}, ValueError, "feature sizes differ"),
+        ("w-shape", (qf, kf, w[:1], v), {}, ValueError, r"\(heads, a\)"),
+        ("too-wide", (qf, kf, w, torch.zeros(2, 2, 6, 256, device=DEVICE)), {}, ValueError, "value head dim 256"),
+        ("too-many-features", [torch.zeros(1, 1, 2, 129, device=DEVICE)] * 2 + [torch.zeros(1, 129, device=DEVICE), torch.zeros(1, 1, 2, 8, device=DEVICE)], {}, ValueError, "feature size 129"),
+        ("mixed-dtype", (qf, kf.half(), w, v), {}, TypeError, "one dtype"),
+        ("float64", (qf.double(), kf.double(), w, v.double()), {}, TypeError, "float64"),
+        ("w-float64", (qf, kf, w.double(), v), {}, TypeError, "score_weight's dtype"),
+        ("not-tensor", (qf, kf.tolist(), w, v), {}, TypeError, "key_features must be a torch.Tensor"),
+        ("mask-dtype", (qf, kf, w, v), {"attn_mask": mask.float()}, TypeError, "torch.bool"),
+        ("mask-len", (qf, kf, w, v), {"attn_mask": mask[..., :5]}, ValueError, "key mask"),
+        ("mask-batch", (qf, kf, w, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "key mask"),
+        ("mask-full", (qf, kf, w, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE)}, ValueError, r"Full \(len_q x len_k\)"),
+        ("mask-2d", (qf, kf, w, v), {"attn_mask": mask[:, 0, 0]}, ValueError, "key mask"),
+        ("mask-list", (qf, kf, w, v), {"attn_mask": mask.tolist()}, TypeError, "additive_attention: attn_mask must be a torch.Tensor"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_bad_input_raises_a_clear_error_before_any_launch(case, monkeypatch):
+    _, args, kwargs, error, message = case
+
+    def no_launch(*a, **kw):
+        raise AssertionError("a kernel was launched")
+
+    monkeypatch.setattr(aa, "_launch", no_launch)
+    with pytest.raises(error, match=message):
+        additive_attention(*args, **kwargs)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_mixed_devices_raise_on_gpu():
+    qf, kf, w, v, _ = random_inputs(1, 1, 4, 4, 8, 16, torch.float32)
+    with pytest.raises(ValueError, match="one device"):
+        additive_attention(qf, kf, w.cpu(), v)

@@ -1,0 +1,108 @@
+"""Bad input to the flash-attention kernel raises a clear error before any launch: wrong ranks,
+shapes, dtypes, devices, masks and scales; and without Triton, or on the CPU without Triton's
+interpreter, a RuntimeError that says so.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from flash_reference import (
+    DEVICE,
+    HAS_CUDA,
+    random_inputs,
+)
+
+from kernels import flash_attention
+
+fa = importlib.import_module("kernels.flash_attention.launcher")  # its _launch must not run
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs():
+    q, k, v, _ = random_inputs(2, 2, 5, 6, 16, torch.float32)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool, device=DEVICE)
+    return [
+        ("rank", (q[0], k, v), {}, ValueError, "rank 4"),
+        ("batch", (q, k[:1], v[:1]), {}, ValueError, "share the batch"),
+        ("kv-heads", (q, k, v[:, :1]), {}, ValueError, "k, v the heads"),
+        ("gqa-off", (q, k[:, :1], v[:, :1]), {}, ValueError, "enable_gqa=True"),
+        ("gqa-not-dividing", (torch.zeros(1, 3, 2, 16), *[torch.zeros(1, 2, 2, 16)] * 2), {"enable_gqa": True}, ValueError, "divide"),
+        ("dropout-above-1", (q, k, v), {"dropout_p": 1.5}, ValueError, r"dropout_p must be in \[0, 1\]"),
+        ("kv-len", (q, k, v[:, :, :5]), {}, ValueError, "same length"),
+        ("head-dim", (q, k[..., :8], v), {}, ValueError, "head dims differ"),
+        ("too-wide", [torch.zeros(1, 1, 2, 257, device=DEVICE)] * 3, {}, ValueError, "head dim 257"),
+        ("mixed-dtype", (q, k.half(), v), {}, TypeError, "one dtype"),
+        ("float64", (q.double(), k.double(), v.double()), {}, TypeError, "float64"),
+        ("not-tensor", (q, k.tolist(), v), {}, TypeError, "k must be a torch.Tensor"),
+        ("mask-dtype", (q, k, v), {"attn_mask": mask.int()}, TypeError, "torch.bool"),
+        ("mask-float64", (q, k, v), {"attn_mask": mask.double()}, TypeError, "added to the scores"),
+        ("mask-len", (q, k, v), {"attn_mask": mask[..., :5]}, ValueError, "does not broadcast"),
+        ("mask-batch", (q, k, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-heads", (q, k, v), {"attn_mask": torch.ones(2, 3, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-len-q", (q, k, v), {"attn_mask": torch.ones(2, 1, 4, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "does not broadcast"),
+        ("mask-rank-5", (q, k, v), {"attn_mask": mask[None]}, ValueError, "does not broadcast"),
+        ("mask-2d-key-padding", (q, k, v), {"attn_mask": mask[:, 0, 0]}, ValueError, r"2-D mask is \(len_q, len_k\)"),
+        ("mask-list", (q, k, v), {"attn_mask": mask.tolist()}, TypeError, "attn_mask must be a torch.Tensor"),
+        ("scale-nan", (q, k, v), {"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
+        ("scale-inf", (q, k, v), {"scale": float("inf")}, ValueError, "scale must be finite, got inf"),
+        ("scale-tensor-inf", (q, k, v), {"scale": torch.tensor(-float("inf"))}, ValueError, "scale must be finite"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_bad_input_raises_a_clear_error_before_any_launch(case, monkeypatch):
+    _, args, kwargs, error, message = case
+
+    def no_launch(*a, **kw):
+        raise AssertionError("a kernel was launched")
+
+    monkeypatch.setattr(fa, "_launch", no_launch)
+    with pytest.raises(error, match=message):
+        flash_attention(*args, **kwargs)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_mixed_devices_raise_on_gpu():
+    q, k, v, _ = random_inputs(1, 1, 4, 4, 16, torch.float32)
+    with pytest.raises(ValueError, match="one device"):
+        flash_attention(q, k.cpu(), v)
+
+
+def test_import_without_triton_and_cpu_without_interpreter_raise_runtime_errors():
+    script = """
+import os, sys, torch
+sys.modules["triton"] = None  # as on a machine without Triton
+import kernels
+try:
+    kernels.flash_attention(*[torch.zeros(1, 1, 2, 16)] * 3)
+except RuntimeError as err:
+    assert "Triton" in str(err), err
+else:
+    raise SystemExit("no RuntimeError without triton")
+for name in [m for m in sys.modules if m == "kernels" or m.startswith("kernels.")]:
+    del sys.modules[name]
+del sys.modules["triton"]
+os.environ.pop("TRITON_INTERPRET", None)
+from kernels import flash_attention
+from kernels.launch import LaunchConfig
+try:
+    flash_attention(*[torch.zeros(1, 1, 2, 16)] * 3)
+except RuntimeError as err:
+    assert "TRITON_INTERPRET=1" in str(err), err
+else:
+    raise SystemExit("no RuntimeError for CPU tensors without the interpreter")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
