@@ -1,14 +1,17 @@
 """Readability limits the code keeps, and the direction its imports run.
 
-In ``transformer/`` (subpackages included) no function is longer than a screen or two and no file
-longer than ~400 lines; the model library (the modules directly in ``transformer/``) imports
+In ``transformer/`` (subpackages included) no function is longer than a screen or two; in the
+whole project (``transformer/``, ``kernels/``, ``benchmarks/``, ``tests/``, ``train.py``) no
+Python file is longer than ~400 lines; the model library (the modules directly in ``transformer/``) imports
 nothing from the translation application (``transformer.translation``) built on it.
 """
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "transformer"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "transformer"
+PROJECT_DIRS = ("transformer", "kernels", "benchmarks", "tests")
 APPLICATION = "transformer.translation"
 MAX_FUNCTION_LINES = 120
 MAX_FILE_LINES = 400
@@ -79,13 +82,26 @@ def test_no_function_in_the_package_is_over_120_lines():
     assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines: {too_long}"
 
 
-def test_no_file_in_the_package_is_over_400_lines():
+def project_files() -> list[Path]:
+    """Every Python file of the project (its packages, benchmarks, tests and train.py)."""
+    files = [ROOT / "train.py"]
+    for directory in PROJECT_DIRS:
+        files += sorted((ROOT / directory).rglob("*.py"))
+    return files
+
+
+def test_no_file_in_the_project_is_over_400_lines():
     too_long = {
-        str(path.relative_to(PACKAGE)): lines
-        for path in package_files()
+        str(path.relative_to(ROOT)): lines
+        for path in project_files()
         if (lines := len(path.read_text().splitlines())) > MAX_FILE_LINES
     }
     assert not too_long, f"files over {MAX_FILE_LINES} lines (split them by concern): {too_long}"
+
+
+def test_the_file_check_sees_every_part_of_the_project():
+    seen = {path.relative_to(ROOT).parts[0] for path in project_files()}
+    assert seen == {*PROJECT_DIRS, "train.py"}
 
 
 def test_the_import_check_finds_every_way_to_import_the_application():
