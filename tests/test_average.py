@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
+from training_helpers import tiny_config
 
 from transformer.translation import average, checkpoint, translate
 from transformer.translation.average import average_weights

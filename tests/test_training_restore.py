@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import corpus, tiny_config  # noqa: F401  (corpus: a fixture)
+from training_helpers import tiny_config
 
 from transformer.config import ModelConfig
 from transformer.model import Transformer
