@@ -290,6 +290,20 @@ def test_dropout_launches_take_their_spill_free_configs_where_the_plain_table_sp
             assert with_dropout[0] == plain[0], (kernel, block_d)
 
 
+@pytest.mark.parametrize("arch", [80, 86, 89])
+def test_a_float_bias_gradient_with_dropout_at_width_128_takes_narrow_dq_tiles_before_sm90(
+    arch, monkeypatch
+):
+    """sm_80-89: every config of the plain dQ table spilled for this call (8-792 B); its
+    dropout list is the measured spill-free 32- and 16-row tiles, and nothing else."""
+    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
+    monkeypatch.setattr(launch, "capability", lambda device: arch)
+    q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
+    with_dropout = fa._configs("dq_bias", q, 128, True)
+    assert with_dropout[0] == LaunchConfig(32, 32, 8, 2)
+    assert not set(with_dropout) & set(fa._configs("dq_bias", q, 128, False))
+
+
 def test_a_wide_float32_forward_lists_no_tile_over_sm90_shared_memory(monkeypatch):
     """float32 at head dims > 128: the forward's 64x32 w4 s2 needs 246-271 KB on sm_90 (compile
     gate), over its 227 KB, and is not listed there; at d <= 128 it is."""

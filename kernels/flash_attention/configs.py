@@ -104,6 +104,13 @@ CONFIGS_DROPOUT_16BIT |= {
     ("dq_bias", 64, True): [C(128, 32, 8, 2), C(64, 32, 8, 2), C(64, 16, 8, 2), C(64, 16, 4, 2)],
     ("dq_bias", 256, True): [C(64, 16, 8, 2), C(64, 32, 8, 2), C(64, 16, 4, 2)],
 }
+# The same dQ pass at width 128 on sm_80-89 spilled in every config of the plain dQ table
+# (sm_80 sweep: d = 80-128 and d = 64 with d_v = 128, 8-792 B); 32-row and 16-row tiles do not
+# (sm_80 and sm_86, bf16 d = 96, 128 and 64/128: 32x32 w8 s2 170-219 registers, 32x32 w4 s2
+# 225-255, 16x64 w4 s2 240-255, 16x32 w4 s2 128-188).
+CONFIGS_DROPOUT_16BIT["dq_bias", 128, False] = [
+    C(32, 32, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2), C(16, 32, 4, 2),
+]  # fmt: skip
 # float32 multiplies as three TF32 products (see _precision) and holds twice the bytes per tile:
 # small tiles only. Its backward still spills at head dims >= 64 (the gate reports it): float32
 # on a GPU is for checking results, not for speed (FlashAttention has no float32 at all). The
