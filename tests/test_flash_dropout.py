@@ -304,6 +304,19 @@ def test_a_float_bias_gradient_with_dropout_at_width_128_takes_narrow_dq_tiles_b
     assert not set(with_dropout) & set(fa._configs("dq_bias", q, 128, False))
 
 
+@pytest.mark.parametrize("arch", [86, 89])
+def test_a_float_bias_gradient_with_dropout_at_width_256_lists_a_spill_free_dq_tile_on_sm86_89(
+    arch, monkeypatch
+):
+    """sm_86/89: with 64x32 w8 s2 over their shared memory, every other config of the plain dQ
+    table spilled for this call (16-48 B); 32x16 w8 s2, spill-free there, comes first."""
+    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
+    monkeypatch.setattr(launch, "capability", lambda device: arch)
+    q = torch.empty(1, 1, 1, 160, dtype=torch.bfloat16)
+    assert fa._configs("dq_bias", q, 256, True)[0] == LaunchConfig(32, 16, 8, 2)
+    assert LaunchConfig(32, 16, 8, 2) not in fa._configs("dq_bias", q, 256, False)
+
+
 def test_a_wide_float32_forward_lists_no_tile_over_sm90_shared_memory(monkeypatch):
     """float32 at head dims > 128: the forward's 64x32 w4 s2 needs 246-271 KB on sm_90 (compile
     gate), over its 227 KB, and is not listed there; at d <= 128 it is."""

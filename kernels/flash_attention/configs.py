@@ -108,6 +108,12 @@ CONFIGS_DROPOUT_16BIT |= {
 # (sm_80 sweep: d = 80-128 and d = 64 with d_v = 128, 8-792 B); 32-row and 16-row tiles do not
 # (sm_80 and sm_86, bf16 d = 96, 128 and 64/128: 32x32 w8 s2 170-219 registers, 32x32 w4 s2
 # 225-255, 16x64 w4 s2 240-255, 16x32 w4 s2 128-188).
+# At width 256 on sm_86/89 (99 KB, which drops 64x32 w8 s2) the rest of the plain list spilled
+# for it too (d = 160-192: 64x16 w8 s2 16 B, 32x32 w4 s2 48 B, 32x16 w4 s2 24 B); on sm_86
+# 32x16 w8 s2 (198 registers) and 16x16 w4 s2 (200) spill nothing. sm_80 keeps its first choice.
+CONFIGS_DROPOUT_16BIT["dq_bias", 256, False] = [
+    C(64, 32, 8, 2), C(32, 16, 8, 2), C(64, 16, 8, 2), C(16, 16, 4, 2),
+]  # fmt: skip
 CONFIGS_DROPOUT_16BIT["dq_bias", 128, False] = [
     C(32, 32, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2), C(16, 32, 4, 2),
 ]  # fmt: skip
