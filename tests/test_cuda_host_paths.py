@@ -223,3 +223,23 @@ def test_every_kernel_operator_runs_inside_the_device_guard(monkeypatch, kernel_
     ).sum().backward()
     assert len(guarded) == 4  # two operators, forward and backward each
     assert all(tensors and tensors[0].device.type == kernel_device.type for tensors in guarded)
+
+
+def test_the_dropout_keep_mask_launches_inside_the_device_guard_of_its_output(monkeypatch):
+    """dropout_keep_mask (the tests' view of dropout's mask) launches its own kernel: on a GPU
+    that must happen with the mask's device current, as for the operators above."""
+    import contextlib
+
+    from kernels.flash_attention import dropout
+
+    guarded, launched_inside = [], []
+
+    @contextlib.contextmanager
+    def recording_guard(*args):
+        guarded.append(args[0].device)
+        yield
+
+    monkeypatch.setattr(dropout.ops, "device_guard", recording_guard)
+    monkeypatch.setattr(dropout, "_launch", lambda *a, **k: launched_inside.append(bool(guarded)))
+    dropout.dropout_keep_mask(1, 2, 1, 2, 5, 7, 0.3, "cpu")
+    assert guarded == [torch.device("cpu")] and launched_inside == [True]

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import launch
+from kernels import launch, ops
 from kernels.flash_attention.tiles import _dropout_keep
 
 # Philox seeds and counter offsets are drawn below 2^31: a kernel argument that fits int32 is
@@ -95,10 +95,11 @@ def dropout_keep_mask(seed, offset, batch, heads, len_q, len_k, dropout_p, devic
         triton.cdiv(len_q, _MASK_BLOCK),
         triton.cdiv(len_k, _MASK_BLOCK),
     )
-    _launch(
-        _keep_mask_kernel, grid,
-        keep, seed, offset, dropout_p, len_q, len_k, BLOCK_M=_MASK_BLOCK, BLOCK_N=_MASK_BLOCK,
-    )  # fmt: skip
+    with ops.device_guard(keep):  # Triton launches on the current device, not on keep's
+        _launch(
+            _keep_mask_kernel, grid,
+            keep, seed, offset, dropout_p, len_q, len_k, BLOCK_M=_MASK_BLOCK, BLOCK_N=_MASK_BLOCK,
+        )  # fmt: skip
     return keep.bool()
 
 
