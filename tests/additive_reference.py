@@ -13,6 +13,7 @@ report_largest_errors, which prints that module's largest errors with -s.
 
 import pytest
 import torch
+from flash_reference import allowed_pairs, max_err, random_key_mask  # noqa: F401 (the flash tests' own)
 
 from kernels import additive_attention
 
@@ -23,17 +24,6 @@ SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
 
 
 # ----------------------------------------------------------------------------- reference
-
-
-def allowed_pairs(len_q, len_k, key_mask, is_causal, device):
-    """Bool (b|1, h|1, len_q, len_k): which (query, key) pairs take part."""
-    allowed = torch.ones(len_q, len_k, dtype=torch.bool, device=device)
-    if is_causal:  # bottom-right aligned: query i sees keys j <= i + len_k - len_q
-        i = torch.arange(len_q, device=device)[:, None]
-        j = torch.arange(len_k, device=device)[None, :]
-        allowed = j <= i + (len_k - len_q)
-    allowed = allowed[None, None]
-    return allowed if key_mask is None else allowed & key_mask
 
 
 def additive_scores(qf, kf, w):
@@ -69,25 +59,12 @@ def random_inputs(batch, heads, len_q, len_k, a, value_dim, dtype, seed=0):
     return qf, kf, w, v, dout
 
 
-def random_key_mask(batch, len_k, seed=0, all_masked_row=True):
-    """(batch, 1, 1, len_k) bool, ~70% True; with batch > 1 the last row masks every key."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    mask = torch.rand(batch, len_k, generator=gen) < 0.7
-    if all_masked_row and batch > 1:
-        mask[-1] = False
-    return mask[:, None, None, :].to(DEVICE)
-
-
 def output_and_grads(attn, qf, kf, w, v, dout, dtype, **kwargs):
     """attn run on copies cast to dtype; (out, dqf, dkf, dw, dv) in float64."""
     leaves = [t.detach().to(dtype).requires_grad_() for t in (qf, kf, w, v)]
     out = attn(*leaves, **kwargs)
     out.backward(dout.to(dtype))
     return [t.double() for t in (out, *(leaf.grad for leaf in leaves))]
-
-
-def max_err(a, b):
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
 # As in flash_reference.py: 4 ulps of the dtype but no less than FLOOR_F32, relative to
