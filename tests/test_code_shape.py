@@ -1,9 +1,14 @@
-"""Readability limits the code keeps, and the direction its imports run.
+"""The rules the code's shape keeps, each naming a concern (files are split by concern, never by
+line count), over the whole project (``transformer/``, ``kernels/``, ``benchmarks/``, ``tests/``,
+``train.py``):
 
-In ``transformer/`` (subpackages included) no function is longer than a screen or two; in the
-whole project (``transformer/``, ``kernels/``, ``benchmarks/``, ``tests/``, ``train.py``) no
-Python file is longer than ~400 lines; the model library (the modules directly in ``transformer/``) imports
-nothing from the translation application (``transformer.translation``) built on it.
+* the model library (the modules directly in ``transformer/``) imports nothing from the
+  translation application (``transformer.translation``) built on it;
+* no import circles anywhere, not even through an ``if TYPE_CHECKING:`` import;
+* no shipped module imports another package's ``_private`` names (what two kernels share lives in
+  ``kernels/common/``, not inside one of them);
+* no function is over ~80 lines (a screen or two);
+* ``docs/architecture.md`` names every module of the tree and nothing that does not exist.
 """
 
 import ast
@@ -13,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "transformer"
 PROJECT_DIRS = ("transformer", "kernels", "benchmarks", "tests")
 APPLICATION = "transformer.translation"
-MAX_FUNCTION_LINES = 120
-MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 80
 
 
 def long_functions(source: str, limit: int) -> list[tuple[str, int]]:
@@ -73,15 +77,6 @@ def test_the_length_check_finds_a_long_function():
     ]
 
 
-def test_no_function_in_the_package_is_over_120_lines():
-    too_long = {
-        f"{path.relative_to(PACKAGE)}:{name}": lines
-        for path in package_files()
-        for name, lines in long_functions(path.read_text(), MAX_FUNCTION_LINES)
-    }
-    assert not too_long, f"functions over {MAX_FUNCTION_LINES} lines: {too_long}"
-
-
 def project_files() -> list[Path]:
     """Every Python file of the project (its packages, benchmarks, tests and train.py)."""
     files = [ROOT / "train.py"]
@@ -90,18 +85,169 @@ def project_files() -> list[Path]:
     return files
 
 
-def test_no_file_in_the_project_is_over_400_lines():
+def project_module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_function_in_the_project_is_over_80_lines():
     too_long = {
-        str(path.relative_to(ROOT)): lines
+        f"{path.relative_to(ROOT)}:{name}": lines
         for path in project_files()
-        if (lines := len(path.read_text().splitlines())) > MAX_FILE_LINES
+        for name, lines in long_functions(path.read_text(), MAX_FUNCTION_LINES)
     }
-    assert not too_long, f"files over {MAX_FILE_LINES} lines (split them by concern): {too_long}"
+    new = {where: lines for where, lines in too_long.items() if where not in KNOWN_LONG_FUNCTIONS}
+    assert not new, f"functions over {MAX_FUNCTION_LINES} lines (split them by concern): {new}"
+    gone = KNOWN_LONG_FUNCTIONS - too_long.keys()
+    assert not gone, f"no longer over the limit: remove from KNOWN_LONG_FUNCTIONS: {gone}"
 
 
 def test_the_file_check_sees_every_part_of_the_project():
     seen = {path.relative_to(ROOT).parts[0] for path in project_files()}
     assert seen == {*PROJECT_DIRS, "train.py"}
+
+
+def import_origin(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module a ``from ... import`` statement imports from, relative imports resolved."""
+    if not node.level:
+        return node.module
+    parts = module.split(".")
+    if not is_package:
+        parts = parts[:-1]
+    base = ".".join(parts[: len(parts) - (node.level - 1)])
+    return f"{base}.{node.module}" if node.module else base
+
+
+def import_edges(source: str, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The project modules ``source`` imports, at any place in the file (inside functions and
+    ``if TYPE_CHECKING:`` blocks too: a circle held together by a type-only import is still a
+    circle for a reader). ``from X import a`` is an edge to ``X.a`` when that is a module, else
+    to ``X``; a package's parents are not counted (importing ``a.b`` runs ``a/__init__``, but
+    that is Python's order, not a dependency the code chose)."""
+    edges = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            edges.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            origin = import_origin(node, module, is_package)
+            for alias in node.names:
+                edges.add(
+                    f"{origin}.{alias.name}" if f"{origin}.{alias.name}" in modules else origin
+                )
+    return {name for name in edges if name in modules and name != module}
+
+
+def import_graph(files: dict[str, str]) -> dict[str, set[str]]:
+    """Module name -> the project modules it imports, for sources keyed by module name (a name
+    ending in ``.__init__`` marks a package)."""
+    names = {name.removesuffix(".__init__") for name in files}
+    return {
+        name.removesuffix(".__init__"): import_edges(
+            source, name.removesuffix(".__init__"), name.endswith(".__init__"), names
+        )
+        for name, source in files.items()
+    }
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, on_stack, stack, circles = {}, {}, set(), [], []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(frozenset(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def project_sources() -> dict[str, str]:
+    return {
+        project_module(path) + (".__init__" if path.stem == "__init__" else ""): path.read_text()
+        for path in project_files()
+    }
+
+
+def test_the_circle_finder_sees_a_circle_held_by_a_type_checking_import():
+    files = {
+        "app.__init__": "",
+        "app.run": "from app.checkpoints import save\n",
+        "app.checkpoints": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from app.run import Run\n"
+        ),
+        "app.other": "from app import run\n",
+    }
+    assert import_circles(import_graph(files)) == [frozenset({"app.run", "app.checkpoints"})]
+    files["app.checkpoints"] = "import torch\n"
+    assert import_circles(import_graph(files)) == []
+
+
+def test_no_import_circles_in_the_project():
+    circles = {frozenset(c) for c in import_circles(import_graph(project_sources()))}
+    new = [sorted(c) for c in circles - KNOWN_CIRCLES]
+    assert not new, f"import circles (give what both need a home of its own): {new}"
+    gone = [sorted(c) for c in KNOWN_CIRCLES - circles]
+    assert not gone, f"no longer circles: remove from KNOWN_CIRCLES: {gone}"
+
+
+def private_imports(source: str, module: str, is_package: bool) -> list[str]:
+    """``from X import _name`` where X is outside the importer's own package (its folder):
+    reaching into another package's private names. Dunder names are not private."""
+    own = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        origin = import_origin(node, module, is_package)
+        inside = bool(own) and (origin == own or origin.startswith(own + "."))
+        found += [
+            f"{origin}.{alias.name}"
+            for alias in node.names
+            if alias.name.startswith("_") and not alias.name.startswith("__") and not inside
+        ]
+    return found
+
+
+def test_the_private_import_check_tells_packages_apart():
+    sibling = "from kernels.flash_attention.tiles import _dot\n"
+    assert private_imports(sibling, "kernels.additive_attention.forward", False) == [
+        "kernels.flash_attention.tiles._dot"
+    ]
+    own = "from kernels.additive_attention.tiles import _round\nfrom x import __version__\n"
+    assert private_imports(own, "kernels.additive_attention.forward", False) == []
+    assert private_imports(own, "kernels.additive_attention", True) == []
+
+
+def test_no_shipped_module_imports_another_packages_private_names():
+    shipped = [path for path in project_files() if path.relative_to(ROOT).parts[0] != "tests"]
+    found = {
+        f"{project_module(path)}: {name}"
+        for path in shipped
+        for name in private_imports(path.read_text(), project_module(path), path.stem == "__init__")
+    }
+    new = sorted(found - KNOWN_PRIVATE_IMPORTS)
+    assert not new, f"imports of another package's private names (give them a shared home): {new}"
+    gone = sorted(KNOWN_PRIVATE_IMPORTS - found)
+    assert not gone, f"gone: remove from KNOWN_PRIVATE_IMPORTS: {gone}"
 
 
 def test_the_import_check_finds_every_way_to_import_the_application():
@@ -175,3 +321,30 @@ def test_the_architecture_map_matches_the_tree():
         if str(path.relative_to(ROOT)) not in named
     ]
     assert not unnamed, f"docs/architecture.md does not name: {unnamed}"
+
+
+# Known exceptions, each to be taken out by the change that mends it (the tests above fail
+# when one is mended and still listed, so these lists only shrink).
+KNOWN_LONG_FUNCTIONS = {
+    "transformer/translation/attention_maps/cli.py:build_parser",
+    "kernels/additive_attention/backward.py:_additive_bwd_dkdv",
+    "kernels/additive_attention/backward.py:_additive_bwd_dq",
+    "kernels/additive_attention/forward.py:_additive_fwd",
+    "kernels/flash_attention/backward.py:_attn_bwd_dkdv",
+    "kernels/flash_attention/forward.py:_attn_fwd",
+}
+KNOWN_CIRCLES = {
+    frozenset({f"transformer.translation.attention_maps.{name}" for name in ("sentence", "words")}),
+    frozenset({f"transformer.translation.training.{name}" for name in ("checkpointing", "run")}),
+    frozenset({f"transformer.translation.training.{name}" for name in ("config", "schedules")}),
+}
+KNOWN_PRIVATE_IMPORTS = {
+    f"kernels.additive_attention.{importer}: kernels.flash_attention.{name}"
+    for importer, names in {
+        "backward": ("tiles._dot", "tiles._key_is_valid", "tiles._round"),
+        "forward": ("tiles._dot", "tiles._key_is_valid", "tiles._round"),
+        "checks": ("checks._check_runnable", "checks._key_mask_strides"),
+        "launcher": ("backward._attn_bwd_delta", "checks._kernel_key_mask"),
+    }.items()
+    for name in names
+}
