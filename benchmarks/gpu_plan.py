@@ -38,7 +38,7 @@ WARM_START_S = MARGIN * MEASURED_WORKER_START_CPU_S
 GPU_MACHINE_CORES = 16
 H100_ARCH = 90
 
-# Fixed by design (triton.testing.do_bench's defaults, and launch.pick's arguments).
+# Fixed by design (triton.testing.do_bench's defaults, and kernels.common.tuning.pick's arguments).
 DO_BENCH_S = 0.025 + 0.100 + 0.010  # warm-up, repeats, its first estimate of the kernel's time
 TUNE_S = 4 * (0.005 + 0.020 + 0.005)  # up to 4 candidates, do_bench(warmup=5, rep=20)
 

@@ -115,7 +115,7 @@ def run_parity(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
 
 def run_speed(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
     from benchmarks import attention_benchmark
-    from kernels import launch
+    from kernels.common import tuning
 
     max_len = sizes.speed_max_len
     payload = attention_benchmark.main([
@@ -124,7 +124,7 @@ def run_speed(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
         "--impls", "naive", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "triton",
         "--out-dir", str(args.out_dir), "--tag", f"gpu_attention_{tag}",
     ])  # fmt: skip
-    tuned = {repr(k): vars(v) for k, v in launch.tuned_configs().items()}
+    tuned = {repr(k): vars(v) for k, v in tuning.tuned_configs().items()}
     return {"files": f"gpu_attention_{tag}.*", "ratios": payload["ratios"], "tuned": tuned}
 
 

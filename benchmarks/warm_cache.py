@@ -6,8 +6,8 @@ constexprs, integers' divisibility by 16, ...), about a second each, one at a ti
 middle of whatever is being measured. Here each *case* (one call of a public kernel function at
 one shape, as :class:`kernels.compile_gate.Case` describes it) runs in a worker process of a
 pool: the kernel's own launchers run forward and backward on ``meta`` tensors (shapes, no data,
-as the compile gate runs them), with ``launch.pick`` made to try every configuration the
-autotuner may time, and each kernel module's ``_launch`` replaced by Triton's
+as the compile gate runs them) under a :class:`kernels.common.runtime.Hook` that makes the tuner
+launch every configuration it may time, and hands each launch to Triton's
 ``JITFunction.warmup``: the JIT's own path (binder, specialisation, options, cache key, compile)
 up to, not including, the launch. The compiled kernel lands in ``TRITON_CACHE_DIR``; when the
 measured run later launches the same specialisation, the JIT computes the same key and loads the
@@ -28,13 +28,10 @@ use, as before.
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
-from unittest import mock
 
 from kernels import compile_gate
 from kernels.compile_gate import Case
@@ -46,30 +43,23 @@ def warm_case(case: Case, every_config: bool = True) -> tuple[str, int, float]:
     worker process."""
     from triton.runtime import driver
 
-    from kernels import launch
+    from kernels.common import runtime
 
-    arch = driver.active.get_current_target().arch  # the GPU this process would launch on
     launches = 0
 
-    def jit_warmup(kernel, grid, *args, **meta):
+    def jit_warmup(launch: runtime.Launch) -> None:
         nonlocal launches
-        if not launch.is_empty(grid):
-            kernel.warmup(*args, grid=grid, **meta)
-            launches += 1
+        launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.meta)
+        launches += 1
 
-    def try_every_config(key, configs, run):
-        for config in configs if every_config else configs[:1]:
-            run(config)
-        return configs[0]
-
+    # meta tensors have no CUDA device to ask: the launch tables of the GPU this process sees
+    hook = runtime.Hook(
+        jit_warmup,
+        arch=driver.active.get_current_target().arch,
+        configs="every" if every_config else "first",
+    )
     start = time.perf_counter()
-    with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(launch, "pick", try_every_config))
-        # meta tensors have no CUDA device to ask: the launcher's table for this GPU's arch
-        stack.enter_context(mock.patch.object(launch, "capability", lambda device: arch))
-        for name in compile_gate.KERNEL_MODULES:
-            module = importlib.import_module(name)
-            stack.enter_context(mock.patch.object(module, "_launch", jit_warmup))
+    with runtime.hooked(hook):
         compile_gate.WORKLOADS[case.workload](case)
     return case.label(), launches, time.perf_counter() - start
 

@@ -19,7 +19,7 @@ function giving the compiler output shapes, dtypes and strides.
 
 Why ``custom_op`` and not ``triton_op`` + ``wrap_triton``: a ``triton_op`` body is traced into
 the graph (under FakeTensors), so everything in it must be traceable, and our launchers are not:
-on a GPU they autotune (``kernels.launch.pick`` compiles and *times* candidate configurations
+on a GPU they autotune (``kernels.common.tuning.pick`` compiles and *times* candidate configurations
 in host Python, reading back results), and on the CPU the kernels run under Triton's numpy
 interpreter, which ``wrap_triton`` cannot trace at all. A ``custom_op`` is opaque to the
 compiler, so the same launcher runs unchanged on the CPU and on CUDA, eager or compiled; what

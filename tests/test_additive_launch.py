@@ -18,9 +18,9 @@ from additive_reference import (
 )
 
 from kernels import additive_attention
-from kernels.launch import LaunchConfig
+from kernels.common import runtime
+from kernels.common.tuning import LaunchConfig
 
-aa = importlib.import_module("kernels.additive_attention.launcher")  # buffers and launches
 aa_configs = importlib.import_module("kernels.additive_attention.configs")
 
 
@@ -67,7 +67,7 @@ def test_every_output_element_is_written(monkeypatch):
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(aa, "_empty", poisoned)
+    monkeypatch.setattr(runtime, "empty", poisoned)
     qf, kf, w, v, dout = random_inputs(2, 2, 70, 45, 6, 20, torch.float16)
     mask = random_key_mask(2, 45)
     leaves = [t.clone().requires_grad_() for t in (qf, kf, w, v)]
@@ -91,7 +91,8 @@ def block_lengths(block_m, block_n):
 
 
 def assert_blocks_match_the_reference(blocks, monkeypatch, maskings):
-    monkeypatch.setattr(aa, "_configs", lambda kernel, dtype: [LaunchConfig(*blocks, 4, 1)])
+    forced = [LaunchConfig(*blocks, 4, 1)]
+    monkeypatch.setattr(aa_configs, "for_kernel", lambda kernel, dtype: forced)
     for len_q, len_k in block_lengths(*blocks):
         qf, kf, w, v, dout = random_inputs(2, 1, len_q, len_k, 6, 12, torch.float32, seed=len_q)
         for masked, is_causal in maskings:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from kernels import compile_gate, launch
+from kernels import compile_gate
+from kernels.common import tuning
 from kernels.compile_gate import Build, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +108,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.common.runtime import launch
+
 SCALE = 2.0  # a plain global: the interpreter reads it, the compiler refuses it
 
 
@@ -116,15 +119,8 @@ def _scale(X, N, BLOCK: tl.constexpr):
     tl.store(X + offs, tl.load(X + offs, mask=offs < N) * SCALE, mask=offs < N)
 
 
-_INTERPRETED = False
-
-
-def _launch(kernel, grid, *args, **meta):
-    return None
-
-
 def scale(x):
-    _launch(_scale, (1,), x, x.numel(), BLOCK=64, num_warps=4, num_stages=1)
+    launch(_scale, (1,), x, x.numel(), BLOCK=64, num_warps=4, num_stages=1)
 """
 
 
@@ -137,10 +133,8 @@ def test_gate_goes_red_on_a_kernel_that_reads_a_plain_global(tmp_path):
         sys.path.insert(0, {str(tmp_path)!r})
         import torch
         from kernels import compile_gate
-        from kernels.compile_gate import capture
         import broken_kernel
 
-        capture.KERNEL_MODULES = ("broken_kernel",)
         compile_gate.WORKLOADS["broken"] = lambda case: broken_kernel.scale(
             torch.empty(50, device="meta")
         )
@@ -175,7 +169,7 @@ def test_a_call_fails_only_when_every_config_the_launcher_may_pick_spills():
 
 
 def test_shared_memory_over_the_architecture_limit_fails_per_architecture():
-    size = launch.shared_memory_limit(86) + 1  # fits an A100 and an H100, not an RTX 30xx
+    size = tuning.shared_memory_limit(86) + 1  # fits an A100 and an H100, not an RTX 30xx
     assert compile_gate.failures([build(arch=80, shared=size)]) == []
     assert any("shared memory" in f for f in compile_gate.failures([build(arch=86, shared=size)]))
 
@@ -232,7 +226,7 @@ def test_only_the_documented_16_bit_spill_warns_instead_of_failing():
     "builds,status",
     [
         ([build(), build(q="*fp32", local=64, wgmma=0)], 0),  # a float32 spill only warns
-        ([build(arch=86, shared=launch.shared_memory_limit(86) + 1)], 1),
+        ([build(arch=86, shared=tuning.shared_memory_limit(86) + 1)], 1),
         ([build(local=64)], 1),
     ],
     ids=["clean", "shared-memory", "spills"],
@@ -299,7 +293,7 @@ def test_shared_memory_estimate_is_not_below_what_the_compiler_allocates(tmp_pat
         """
         import importlib, json
         from kernels import compile_gate
-        from kernels.launch import LaunchConfig
+        from kernels.common.tuning import LaunchConfig
         fa = importlib.import_module("kernels.flash_attention.configs")
         case = compile_gate.Case("flash_attention", "bfloat16", 128, "causal+key_mask")
         widest = {}

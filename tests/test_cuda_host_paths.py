@@ -77,12 +77,12 @@ class FakeCudaAllocator:
 
 
 def test_peak_memory_counts_the_call_not_autotuning_or_do_bench_flush_buffer(monkeypatch):
-    """The kernel's first call at a length bucket autotunes: launch.pick times each candidate
+    """The kernel's first call at a length bucket autotunes: tuning.pick times each candidate
     with do_bench, which holds a 256 MiB L2-flush buffer. Measured memory is the call's own."""
     import triton.testing
 
     from benchmarks.common.measure import peak_memory
-    from kernels import launch
+    from kernels.common import tuning
 
     memory = FakeCudaAllocator(monkeypatch)
     flush_buffer, workspace = 256 * 2**20, 3 * 2**20
@@ -97,13 +97,13 @@ def test_peak_memory_counts_the_call_not_autotuning_or_do_bench_flush_buffer(mon
         memory.allocate(workspace)()  # a transient buffer while the kernel runs
 
     monkeypatch.setattr(triton.testing, "do_bench", do_bench)
-    monkeypatch.setattr(launch, "_TUNED", {})
+    monkeypatch.setattr(tuning, "_CHOICES", {})
+    monkeypatch.delenv(tuning.TUNE_CACHE_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    configs = [launch.LaunchConfig(64, 64, 4, 2), launch.LaunchConfig(32, 32, 4, 2)]
+    configs = [tuning.LaunchConfig(64, 64, 4, 2), tuning.LaunchConfig(32, 32, 4, 2)]
 
     def attention_call():
-        config = launch.pick(("fake-kernel", 1024), configs, run_kernel)
-        run_kernel(config)
+        tuning.pick(("fake-kernel", 1024), configs, run_kernel)
 
     held = memory.allocate(5 * 2**20)  # the inputs, allocated before the window
     assert peak_memory(attention_call, torch.device("cuda")) == workspace
@@ -230,6 +230,7 @@ def test_the_dropout_keep_mask_launches_inside_the_device_guard_of_its_output(mo
     that must happen with the mask's device current, as for the operators above."""
     import contextlib
 
+    from kernels.common import runtime
     from kernels.flash_attention import dropout
 
     guarded, launched_inside = [], []
@@ -240,6 +241,7 @@ def test_the_dropout_keep_mask_launches_inside_the_device_guard_of_its_output(mo
         yield
 
     monkeypatch.setattr(dropout.ops, "device_guard", recording_guard)
-    monkeypatch.setattr(dropout, "_launch", lambda *a, **k: launched_inside.append(bool(guarded)))
-    dropout.dropout_keep_mask(1, 2, 1, 2, 5, 7, 0.3, "cpu")
+    hook = runtime.Hook(lambda launch: launched_inside.append(bool(guarded)))
+    with runtime.hooked(hook):
+        dropout.dropout_keep_mask(1, 2, 1, 2, 5, 7, 0.3, "cpu")
     assert guarded == [torch.device("cpu")] and launched_inside == [True]

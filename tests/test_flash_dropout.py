@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from flash_reference import FLOOR_F32, masked_scores, max_err, output_and_grads
 
-from kernels import flash_attention, launch
+from kernels import flash_attention
+from kernels.common import runtime
+from kernels.common.tuning import LaunchConfig
 from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask
-from kernels.launch import LaunchConfig
 
-fa = importlib.import_module("kernels.flash_attention.launcher")
 fa_configs = importlib.import_module("kernels.flash_attention.configs")
 
 
@@ -231,27 +231,26 @@ def test_fullgraph_compiled_call_draws_at_run_time_and_equals_eager(kernel_devic
     assert not torch.equal(got[0], following)
 
 
-def test_dropout_p_0_draws_nothing_and_compiles_no_dropout_code(kernel_device, monkeypatch):
+def test_dropout_p_0_draws_nothing_and_compiles_no_dropout_code(kernel_device):
     """p == 0 leaves torch's generator alone, launches every kernel with HAS_DROPOUT=False,
     and gives exactly the result without the argument; p > 0 launches with HAS_DROPOUT=True."""
     q, k, v, dout = random_inputs(kernel_device, (1, 2, 9, 16), (1, 2, 12, 16), torch.float32)
     seen = []
-    launch = fa._launch
 
-    def spy(kernel, grid, *args, **meta):
-        seen.append(meta.get("HAS_DROPOUT"))
-        return launch(kernel, grid, *args, **meta)
+    def spy(launch):
+        seen.append(launch.meta.get("HAS_DROPOUT"))
+        return launch.run()
 
-    monkeypatch.setattr(fa, "_launch", spy)
     state = torch.get_rng_state()
-    without = outputs_and_grads(q, k, v, dout, 0.0)
-    assert torch.equal(torch.get_rng_state(), state)
-    assert set(seen) == {False, None}  # forward, dK/dV, dQ; the delta pass has no dropout
-    plain = outputs_and_grads(q, k, v, dout, 0)
-    for a, b in zip(without, plain, strict=True):
-        assert torch.equal(a, b)
-    seen.clear()
-    outputs_and_grads(q, k, v, dout, 0.1)
+    with runtime.hooked(runtime.Hook(spy)):
+        without = outputs_and_grads(q, k, v, dout, 0.0)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert set(seen) == {False, None}  # forward, dK/dV, dQ; the delta pass has no dropout
+        plain = outputs_and_grads(q, k, v, dout, 0)
+        for a, b in zip(without, plain, strict=True):
+            assert torch.equal(a, b)
+        seen.clear()
+        outputs_and_grads(q, k, v, dout, 0.1)
     assert set(seen) == {True, None}
 
 
@@ -268,63 +267,57 @@ def test_dropout_p_1_gives_zeros_zero_gradients_and_the_undropped_lse_as_sdpa(ke
     assert torch.equal(sdpa, torch.zeros_like(sdpa))
 
 
-def test_dropout_launches_take_their_spill_free_configs_where_the_plain_table_spills(
-    monkeypatch,
-):
-    """On an sm_90 GPU (capability patched here) dropout calls list the compile gate's
+def test_dropout_launches_take_their_spill_free_configs_where_the_plain_table_spills():
+    """On an sm_90 GPU (as its tables list them) dropout calls list the compile gate's
     spill-free configs (configs.CONFIGS_DROPOUT_16BIT): 64x16 w4 s1 for the d <= 64 dK/dV pass,
     128x32 w8 s2 for the d <= 64 forward (a float bias's) and 64x32 w8 s2 for its dQ pass, and
     64x16 w8 s2 for the d > 128 forward; each keeps the plain table's first choice."""
-    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
-    monkeypatch.setattr(launch, "capability", lambda device: 90)
-    q = torch.empty(1, 1, 1, 64, dtype=torch.bfloat16)
+    arch, dtype = 90, torch.bfloat16
     for kernel, block_d, spill_free in (
         ("dkdv", 64, LaunchConfig(64, 16, 4, 1)),
         ("fwd", 64, LaunchConfig(128, 32, 8, 2)),
         ("dq_bias", 64, LaunchConfig(64, 32, 8, 2)),
         ("fwd", 256, LaunchConfig(64, 16, 8, 2)),
     ):
-        with_dropout, plain = (fa._configs(kernel, q, block_d, p) for p in (True, False))
+        with_dropout, plain = (
+            fa_configs.candidates_for(kernel, arch, block_d, dtype, p) for p in (True, False)
+        )
         assert spill_free in with_dropout and spill_free not in plain, (kernel, block_d)
         if kernel != "dkdv":
             assert with_dropout[0] == plain[0], (kernel, block_d)
 
 
 @pytest.mark.parametrize("arch", [80, 86, 89])
-def test_a_float_bias_gradient_with_dropout_at_width_128_takes_narrow_dq_tiles_before_sm90(
-    arch, monkeypatch
-):
+def test_a_float_bias_gradient_with_dropout_at_width_128_takes_narrow_dq_tiles_before_sm90(arch):
     """sm_80-89: every config of the plain dQ table spilled for this call (8-792 B); its
     dropout list is the measured spill-free 32- and 16-row tiles, and nothing else."""
-    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
-    monkeypatch.setattr(launch, "capability", lambda device: arch)
-    q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
-    with_dropout = fa._configs("dq_bias", q, 128, True)
+    dtype = torch.float16
+    with_dropout, plain = (
+        fa_configs.candidates_for("dq_bias", arch, 128, dtype, p) for p in (True, False)
+    )
     assert with_dropout[0] == LaunchConfig(32, 32, 8, 2)
-    assert not set(with_dropout) & set(fa._configs("dq_bias", q, 128, False))
+    assert not set(with_dropout) & set(plain)
 
 
 @pytest.mark.parametrize("arch", [86, 89])
 def test_a_float_bias_gradient_with_dropout_at_width_256_lists_a_spill_free_dq_tile_on_sm86_89(
-    arch, monkeypatch
+    arch,
 ):
     """sm_86/89: with 64x32 w8 s2 over their shared memory, every other config of the plain dQ
     table spilled for this call (16-48 B); 32x16 w8 s2, spill-free there, comes first."""
-    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
-    monkeypatch.setattr(launch, "capability", lambda device: arch)
-    q = torch.empty(1, 1, 1, 160, dtype=torch.bfloat16)
-    assert fa._configs("dq_bias", q, 256, True)[0] == LaunchConfig(32, 16, 8, 2)
-    assert LaunchConfig(32, 16, 8, 2) not in fa._configs("dq_bias", q, 256, False)
+    dtype = torch.bfloat16
+    with_dropout, plain = (
+        fa_configs.candidates_for("dq_bias", arch, 256, dtype, p) for p in (True, False)
+    )
+    assert with_dropout[0] == LaunchConfig(32, 16, 8, 2) and with_dropout[0] not in plain
 
 
-def test_a_wide_float32_forward_lists_no_tile_over_sm90_shared_memory(monkeypatch):
+def test_a_wide_float32_forward_lists_no_tile_over_sm90_shared_memory():
     """float32 at head dims > 128: the forward's 64x32 w4 s2 needs 246-271 KB on sm_90 (compile
     gate), over its 227 KB, and is not listed there; at d <= 128 it is."""
-    monkeypatch.setattr(fa_configs, "_INTERPRETED", False)
-    monkeypatch.setattr(launch, "capability", lambda device: 90)
-    q = torch.empty(1, 1, 1, 256, dtype=torch.float32)
-    assert LaunchConfig(64, 32, 4, 2) not in fa._configs("fwd", q, 256)
-    assert LaunchConfig(64, 32, 4, 2) in fa._configs("fwd", q, 128)
+    arch, dtype = 90, torch.float32
+    assert LaunchConfig(64, 32, 4, 2) not in fa_configs.candidates_for("fwd", arch, 256, dtype)
+    assert LaunchConfig(64, 32, 4, 2) in fa_configs.candidates_for("fwd", arch, 128, dtype)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -343,13 +336,12 @@ def test_a_wide_float32_forward_lists_no_tile_over_sm90_shared_memory(monkeypatc
     ids=["negative", "above-1", "nan", "string", "bool", "none"],
 )
 def test_bad_dropout_p_raises_a_clear_error_before_any_launch(
-    dropout_p, error, message, kernel_device, monkeypatch
+    dropout_p, error, message, kernel_device
 ):
     q, k, v, _ = random_inputs(kernel_device, (1, 1, 4, 16), (1, 1, 4, 16), torch.float32)
 
-    def no_launch(*args, **kwargs):
-        raise AssertionError("a kernel was launched")
+    def no_launch(launch):
+        raise AssertionError(f"{launch.kernel} was launched")
 
-    monkeypatch.setattr(fa, "_launch", no_launch)
-    with pytest.raises(error, match=message):
+    with runtime.hooked(runtime.Hook(no_launch)), pytest.raises(error, match=message):
         flash_attention(q, k, v, dropout_p=dropout_p)

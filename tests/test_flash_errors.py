@@ -3,7 +3,6 @@ shapes, dtypes, devices, masks and scales; and without Triton, or on the CPU wit
 interpreter, a RuntimeError that says so.
 """
 
-import importlib
 import os
 import subprocess
 import sys
@@ -18,9 +17,7 @@ from flash_reference import (
 )
 
 from kernels import flash_attention
-
-fa = importlib.import_module("kernels.flash_attention.launcher")  # its _launch must not run
-
+from kernels.common import runtime
 
 # ----------------------------------------------------------------------------- bad input
 
@@ -57,14 +54,13 @@ def _bad_inputs():
 
 
 @pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
-def test_bad_input_raises_a_clear_error_before_any_launch(case, monkeypatch):
+def test_bad_input_raises_a_clear_error_before_any_launch(case):
     _, args, kwargs, error, message = case
 
-    def no_launch(*a, **kw):
-        raise AssertionError("a kernel was launched")
+    def no_launch(launch):
+        raise AssertionError(f"{launch.kernel} was launched")
 
-    monkeypatch.setattr(fa, "_launch", no_launch)
-    with pytest.raises(error, match=message):
+    with runtime.hooked(runtime.Hook(no_launch)), pytest.raises(error, match=message):
         flash_attention(*args, **kwargs)
 
 
@@ -91,7 +87,8 @@ for name in [m for m in sys.modules if m == "kernels" or m.startswith("kernels."
 del sys.modules["triton"]
 os.environ.pop("TRITON_INTERPRET", None)
 from kernels import flash_attention
-from kernels.launch import LaunchConfig
+from kernels.common import runtime
+from kernels.common.tuning import LaunchConfig
 try:
     flash_attention(*[torch.zeros(1, 1, 2, 16)] * 3)
 except RuntimeError as err:

@@ -20,8 +20,9 @@ from flash_reference import (
 )
 
 from kernels import flash_attention
+from kernels.common import runtime
 
-fa = importlib.import_module("kernels.flash_attention.launcher")
+fa_configs = importlib.import_module("kernels.flash_attention.configs")
 fn = importlib.import_module("kernels.flash_attention.function")
 SLOW = pytest.mark.slow
 
@@ -112,9 +113,11 @@ def test_fake_shapes_follow_the_value_head_dim(d, d_v, kernel_device):
 def test_a_mask_that_needs_a_gradient_takes_the_dq_bias_launch_table(monkeypatch, kernel_device):
     """The dQ pass that writes dS holds more registers and has its own table (configs.py)."""
     names = []
-    real = fa._configs
+    real = fa_configs.for_kernel
     monkeypatch.setattr(
-        fa, "_configs", lambda name, q, d, dropout: names.append(name) or real(name, q, d, dropout)
+        fa_configs,
+        "for_kernel",
+        lambda name, q, d, dropout: names.append(name) or real(name, q, d, dropout),
     )
     q, k, v, dout = inputs(kernel_device, 1, 2, 5, 6, 16, 16, torch.float32)
     mask = random_mask((5, 6), "float").to(kernel_device)
@@ -140,14 +143,11 @@ def _bad_head_dims(device):
 
 
 @pytest.mark.parametrize("index", range(5), ids=[c[0] for c in _bad_head_dims("cpu")])
-def test_head_dims_out_of_range_raise_a_clear_error_before_any_launch(
-    index, monkeypatch, kernel_device
-):
+def test_head_dims_out_of_range_raise_a_clear_error_before_any_launch(index, kernel_device):
     _, args, message = _bad_head_dims(kernel_device)[index]
 
-    def no_launch(*a, **kw):
-        raise AssertionError("a kernel was launched")
+    def no_launch(launch):
+        raise AssertionError(f"{launch.kernel} was launched")
 
-    monkeypatch.setattr(fa, "_launch", no_launch)
-    with pytest.raises(ValueError, match=message):
+    with runtime.hooked(runtime.Hook(no_launch)), pytest.raises(ValueError, match=message):
         flash_attention(*args)

@@ -19,11 +19,11 @@ from flash_reference import (
 )
 
 from kernels import flash_attention
-from kernels.launch import LaunchConfig
+from kernels.common import runtime
+from kernels.common.tuning import LaunchConfig
 
-# The launcher (where tests intercept buffers, launches and configurations) and the launch
-# tables (`kernels.flash_attention` as an attribute is the function the package re-exports).
-fa = importlib.import_module("kernels.flash_attention.launcher")
+# The launch tables (`kernels.flash_attention` as an attribute is the function the package
+# re-exports).
 fa_configs = importlib.import_module("kernels.flash_attention.configs")
 
 
@@ -44,7 +44,7 @@ def test_every_output_element_is_written(monkeypatch):
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(fa, "_empty", poisoned)
+    monkeypatch.setattr(runtime, "empty", poisoned)
     q, k, v, dout = random_inputs(2, 2, 70, 45, 40, torch.float16)
     mask = random_key_mask(2, 45)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -76,7 +76,8 @@ def block_lengths(block_m, block_n):
 
 
 def assert_blocks_match_the_reference(blocks, head_dim, monkeypatch, maskings):
-    monkeypatch.setattr(fa, "_configs", lambda name, q, d, dropout: [LaunchConfig(*blocks, 4, 1)])
+    forced = [LaunchConfig(*blocks, 4, 1)]
+    monkeypatch.setattr(fa_configs, "for_kernel", lambda name, q, d, dropout: forced)
     for len_q, len_k in block_lengths(*blocks):
         q, k, v, dout = random_inputs(2, 1, len_q, len_k, head_dim, torch.float32, seed=len_q)
         for masked, is_causal in maskings:

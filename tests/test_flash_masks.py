@@ -22,8 +22,9 @@ from flash_reference import (
 )
 
 from kernels import flash_attention
+from kernels.common import runtime
 
-fa = importlib.import_module("kernels.flash_attention.launcher")  # where tests spy on launches
+fa_forward = importlib.import_module("kernels.flash_attention.forward")
 
 
 # ----------------------------------------------------------------------------- semantics
@@ -157,27 +158,26 @@ def test_rows_a_float_mask_hides_entirely_get_zeros_minus_inf_lse_and_zero_grads
         assert torch.isfinite(leaf.grad).all()
 
 
-def test_a_broadcast_mask_is_read_in_place_with_zero_strides(monkeypatch):
+def test_a_broadcast_mask_is_read_in_place_with_zero_strides():
     """Nothing of len_q x len_k is built: the kernels get the caller's mask and stride 0 on the
     axes it broadcasts over (a key mask stays one value per key)."""
     launched = []
 
-    def spy(kernel, grid, *args, **meta):
-        launched.append((kernel, args, meta))
-        return launch_for_real(kernel, grid, *args, **meta)
+    def spy(launch):
+        launched.append(launch)
+        return launch.run()
 
-    launch_for_real = fa._launch
-    monkeypatch.setattr(fa, "_launch", spy)
     q, k, v, _ = random_inputs(2, 3, 17, 33, 16, torch.float32)
     keys = random_key_mask(2, 33)  # (2, 1, 1, 33)
-    flash_attention(q, k, v, attn_mask=keys)
-    [(kernel, args, meta)] = launched
-    assert kernel is fa._attn_fwd and args[3].data_ptr() == keys.data_ptr()
-    assert args[22:26] == (keys.stride(0), 0, 0, 1) and not meta["MASK_ROWS"]
     per_query = random_mask((17, 1), "float")  # one bias per query, shared by every key
-    launched.clear()
-    flash_attention(q, k, v, attn_mask=per_query)
-    assert launched[0][1][22:26] == (0, 0, 1, 0) and launched[0][2]["MASK_ROWS"]
+    with runtime.hooked(runtime.Hook(spy)):
+        flash_attention(q, k, v, attn_mask=keys)
+        [(kernel, _, args, meta)] = launched
+        assert kernel is fa_forward._attn_fwd and args[3].data_ptr() == keys.data_ptr()
+        assert args[22:26] == (keys.stride(0), 0, 0, 1) and not meta["MASK_ROWS"]
+        launched.clear()
+        flash_attention(q, k, v, attn_mask=per_query)
+    assert launched[0].args[22:26] == (0, 0, 1, 0) and launched[0].meta["MASK_ROWS"]
 
 
 def test_a_2d_mask_is_read_as_len_q_by_len_k_as_sdpa_reads_it():

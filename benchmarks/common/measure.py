@@ -82,7 +82,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     """Bytes above what was allocated before ``fn()`` at the peak of running it.
 
     On CUDA ``fn()`` runs once before the window opens, at the measured shape: the kernels'
-    first call at a new length bucket autotunes (:func:`kernels.launch.pick`), compiling and
+    first call at a new length bucket autotunes (:func:`kernels.common.tuning.pick`), compiling and
     timing candidates with ``do_bench``, whose 256 MiB L2-flush buffer would otherwise be
     counted as the kernel's memory. Only the second call is measured.
     """

@@ -51,12 +51,14 @@ Caution -- not supported
       vector carries any scale); float64; a score vector per batch row.
     * The score vector's gradient is summed on the host from per-key-block partials
       (b, h, cdiv(len_k, BLOCK_N), a), linear in len_k.
-    * Block sizes are fixed, not autotuned, and no GPU has timed this kernel yet.
+    * No GPU has timed this kernel yet (its block sizes are autotuned as the flash kernel's
+      are, :mod:`kernels.common.tuning`).
 
 Layout: ``tiles`` (the score tile and its probabilities, jitted), ``forward`` and ``backward``
 (the kernels), ``configs`` (launch tables), ``checks`` (input validation and the paddings),
-``launcher`` (buffers and launches; every launch goes through ``launcher._launch``),
-``function`` (the operators and ``additive_attention``).
+``launcher`` (the host side: buffers, arguments, tuned launches), ``function`` (the operators
+and ``additive_attention``). What it shares with ``flash_attention`` (the delta pass, key-mask
+checks, allocation, tuning and the one launch function) is in :mod:`kernels.common`.
 """
 
 from kernels.additive_attention.function import additive_attention

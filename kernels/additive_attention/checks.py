@@ -3,7 +3,7 @@
 import torch
 import triton
 
-from kernels.flash_attention.checks import _check_runnable, _key_mask_strides
+from kernels.common.checks import check_runnable, key_mask_strides
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 CALLER = "additive_attention"  # how errors name this kernel
@@ -76,8 +76,8 @@ def _check_inputs(query_features, key_features, score_weight, v, attn_mask):
             f"(1 to {MAX_VALUE_DIM})"
         )
     if attn_mask is not None:
-        _key_mask_strides(attn_mask, qf, kf, CALLER)  # raises on a bad mask
-    _check_runnable(qf.device, CALLER)
+        key_mask_strides(attn_mask, qf, kf, CALLER)  # raises on a bad mask
+    check_runnable(qf.device, CALLER)
     return _blocks(qf, v)
 
 

@@ -1,45 +1,32 @@
-"""Buffers and launches of the additive kernels; every launch goes through ``_launch``."""
+"""Host side of the additive kernels: the outputs allocated, each kernel's arguments built once
+per call, every pass launched with its tuned configuration (:mod:`kernels.common`)."""
 
 import torch
 import triton
 
-from kernels import launch
+from kernels.additive_attention import configs
 from kernels.additive_attention.backward import _additive_bwd_dkdv, _additive_bwd_dq
 from kernels.additive_attention.checks import CALLER
-from kernels.additive_attention.configs import _configs
 from kernels.additive_attention.forward import _additive_fwd
-from kernels.additive_attention.tiles import _INTERPRETED
-from kernels.flash_attention.backward import _attn_bwd_delta
-from kernels.flash_attention.checks import _kernel_key_mask
-from kernels.flash_attention.tiles import DELTA_ROWS
+from kernels.common import runtime, tuning
+from kernels.common.checks import kernel_key_mask
+from kernels.common.delta import launch_delta
 
 
-def _empty(shape, dtype, device):
-    """Every buffer the launchers hand to a kernel comes from here (tests poison it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+def _launch_pass(kernel, v, meta, len_q, len_k, block_a, args, keys=False):
+    """Launch one kernel with the configuration tuned for it; the config (None for an empty
+    grid). Grid axis 0 is batch x heads, axis 1 the blocks of query rows (of key rows with
+    ``keys``, the dK/dV pass). ``block_a`` (the feature size's padding) changes the work of a
+    program, so it is part of the tuning key."""
+    name = kernel.__name__
+    b, h = v.shape[:2]
 
+    def grid(config):
+        rows, block = (len_k, config.block_n) if keys else (len_q, config.block_m)
+        return runtime.grid(b * h, triton.cdiv(rows, block))
 
-def _tuned_launch(kernel, run, v, block_a, block_e, meta, len_q, len_k, rows):
-    """Launch with the best config (kernels.launch.pick); run(config) launches. The config, or
-    None for an empty grid (``rows``, the length the grid tiles, or batch * heads is 0), which
-    has nothing to run and must not tune (its length bucket is a one-token call's)."""
-    if rows == 0 or v.shape[0] * v.shape[1] == 0:
-        return None
-    key = (kernel.__name__, v.device.index, v.dtype, block_a, block_e,
-           tuple(sorted(meta.items())), launch.length_bucket(len_q),
-           launch.length_bucket(len_k))  # fmt: skip
-    config = launch.pick(key, _configs(kernel, v.dtype), run)
-    run(config)
-    return config
-
-
-def _launch(kernel, grid, *args, **meta):
-    """Every kernel launch of this module goes through here (the compile gate captures them);
-    returns Triton's compiled kernel, which kernels.launch.pick reads for spills (None for an
-    empty grid, which is not launchable and has nothing to do)."""
-    if not launch.is_empty(grid):
-        return kernel[grid](*args, **meta)
-    return None
+    key = tuning.tuning_key(name, v, meta, len_q, len_k, block_a=block_a)
+    return tuning.launch_tuned(kernel, key, configs.for_kernel(name, v.dtype), grid, args, meta)
 
 
 def _meta(attn_mask, is_causal, block_e, dtype):
@@ -48,7 +35,7 @@ def _meta(attn_mask, is_causal, block_e, dtype):
         HAS_MASK=attn_mask is not None,
         IS_CAUSAL=bool(is_causal),
         BLOCK_E=block_e,
-        EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
+        EMULATE_BF16=runtime.emulate_bf16(dtype),
         # fp32 inputs get exact products (TF32 would be far less accurate than PyTorch's fp32).
         PRECISION="ieee" if dtype == torch.float32 else "tf32",
     )
@@ -57,72 +44,51 @@ def _meta(attn_mask, is_causal, block_e, dtype):
 def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     b, h, len_q, _ = qf.shape
     len_k, value_dim = v.shape[2], v.shape[3]
-    out = _empty((b, h, len_q, value_dim), v.dtype, v.device)
-    lse = _empty((b, h, len_q), torch.float32, v.device)
-    mask, mask_strides = _kernel_key_mask(attn_mask, qf, kf, CALLER)
+    out = runtime.empty((b, h, len_q, value_dim), v.dtype, v.device)
+    lse = runtime.empty((b, h, len_q), torch.float32, v.device)
+    mask, mask_strides = kernel_key_mask(attn_mask, qf, kf, CALLER)
     meta = _meta(attn_mask, is_causal, block_e, v.dtype)
     args = (
         qf, kf, w, v, mask, out, lse,
         *qf.stride(), *kf.stride(), *w.stride(), *v.stride(), *out.stride(), *mask_strides,
         h, len_q, len_k, qf.shape[3], value_dim,
     )  # fmt: skip
-
-    def run(config):
-        grid = launch.grid(b * h, triton.cdiv(len_q, config.block_m))
-        return _launch(_additive_fwd, grid, *args, **meta, **config.meta())
-
-    _tuned_launch(_additive_fwd, run, v, block_a, block_e, meta, len_q, len_k, rows=len_q)
+    _launch_pass(_additive_fwd, v, meta, len_q, len_k, block_a, args)
     return out, lse
 
 
 def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse):
     b, h, len_q, a = qf.shape
     len_k, value_dim = v.shape[2], v.shape[3]
-    mask, mask_strides = _kernel_key_mask(attn_mask, qf, kf, CALLER)
+    mask, mask_strides = kernel_key_mask(attn_mask, qf, kf, CALLER)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=v.device)
     dlse = dlse.to(torch.float32).contiguous()
-    common = (
-        *qf.stride(), *kf.stride(), *w.stride(), *v.stride(), *dout.stride(), *mask_strides,
-        h, len_q, len_k, a, value_dim,
-    )  # fmt: skip
+    meta = {**_meta(attn_mask, is_causal, block_e, v.dtype), "BLOCK_A": block_a}
+    delta = launch_delta(out, dout, dlse, block_e)
 
-    meta = _meta(attn_mask, is_causal, block_e, v.dtype)
-    delta = _empty((b, h, len_q), torch.float32, v.device)
-    _launch(
-        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
-        out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, value_dim,
-        BLOCK_M=DELTA_ROWS, BLOCK_D=block_e,
-    )  # fmt: skip
-    dqf = _empty((b, h, len_q, a), qf.dtype, v.device)
-
-    def run_dq(config):
-        return _launch(
-            _additive_bwd_dq, launch.grid(b * h, triton.cdiv(len_q, config.block_m)),
-            qf, kf, w, v, mask, dout, lse, delta, dqf, *common,
-            **meta, BLOCK_A=block_a, **config.meta(),
+    def pass_args(*gradients):
+        """The dQf and dK/dV passes' arguments: they differ only in the buffers they write."""
+        return (
+            qf, kf, w, v, mask, dout, lse, delta, *gradients,
+            *qf.stride(), *kf.stride(), *w.stride(), *v.stride(), *dout.stride(), *mask_strides,
+            h, len_q, len_k, a, value_dim,
         )  # fmt: skip
 
-    _tuned_launch(_additive_bwd_dq, run_dq, v, block_a, block_e, meta, len_q, len_k, rows=len_q)
+    dqf = runtime.empty((b, h, len_q, a), qf.dtype, v.device)
+    _launch_pass(_additive_bwd_dq, v, meta, len_q, len_k, block_a, pass_args(dqf))
 
-    dkf = _empty((b, h, len_k, a), kf.dtype, v.device)
-    dv = _empty((b, h, len_k, value_dim), v.dtype, v.device)
+    dkf = runtime.empty((b, h, len_k, a), kf.dtype, v.device)
+    dv = runtime.empty((b, h, len_k, value_dim), v.dtype, v.device)
     partials = {}  # per config: dw summed over each key block, (b, h, key blocks, a)
 
-    def run_dkdv(config):
+    def dkdv_args(config):
         key_blocks = triton.cdiv(len_k, config.block_n)
-        partials[config] = _empty((b, h, key_blocks, a), torch.float32, v.device)
-        return _launch(
-            _additive_bwd_dkdv, launch.grid(b * h, key_blocks),
-            qf, kf, w, v, mask, dout, lse, delta, dkf, dv, partials[config], *common,
-            **meta, BLOCK_A=block_a, **config.meta(),
-        )  # fmt: skip
+        partials[config] = runtime.empty((b, h, key_blocks, a), torch.float32, v.device)
+        return pass_args(dkf, dv, partials[config])
 
-    config = _tuned_launch(
-        _additive_bwd_dkdv, run_dkdv, v, block_a, block_e, meta, len_q, len_k, rows=len_k
-    )
+    config = _launch_pass(_additive_bwd_dkdv, v, meta, len_q, len_k, block_a, dkdv_args, keys=True)
     if config is None:  # no keys (or no batch): dw is an empty sum
         return dqf, dkf, torch.zeros_like(w), dv
-    dw_partial = partials[config]
-    dw = dw_partial.sum(dim=(0, 2)).to(w.dtype)  # (h, a): summed over batch and key blocks
+    dw = partials[config].sum(dim=(0, 2)).to(w.dtype)  # (h, a): summed over batch and key blocks
     return dqf, dkf, dw, dv

@@ -38,8 +38,3 @@ def _additive_scores(
 def _probabilities(s, lse_log2, valid):
     """P = exp(s - lse) where valid, else 0, from the saved log-sum-exp (log2 units)."""
     return tl.exp2(tl.where(valid, s * LOG2_E, float("-inf")) - lse_log2[:, None])
-
-
-# Triton decides at @triton.jit time (when this module was imported) whether kernels are
-# compiled or interpreted, from TRITON_INTERPRET as it was then.
-_INTERPRETED = type(_probabilities).__name__ == "InterpretedFunction"

@@ -11,9 +11,9 @@ compiler, ``ptxas`` and ``cuobjdump``)::
     python -m kernels.compile_gate --help
 
 How: each kernel's launchers run forward and backward on ``meta`` tensors (shapes, no data)
-with each kernel module's ``_launch`` replaced by a recorder, :func:`kernels.launch.capability`
-answering the target architecture, and (``--all-configs``) :func:`kernels.launch.pick` made to
-try every configuration the launcher may choose there. Each recorded launch is specialised
+under a :class:`kernels.common.runtime.Hook` that records every launch instead of running it,
+answers the target architecture (which picks the launch tables), and makes the tuner launch
+every configuration it may choose there (or its first choice). Each recorded launch is specialised
 as Triton's own JIT would (its binder, for the target's backend) and compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. A build passes when it
 compiles, stays within the architecture's shared memory per block, and, on sm_90 with 16-bit
@@ -30,7 +30,7 @@ report an earlier success without compiling.
 """
 
 from kernels.compile_gate.builds import Build, compile_build
-from kernels.compile_gate.capture import KERNEL_MODULES, WORKLOADS, plan
+from kernels.compile_gate.capture import WORKLOADS, plan
 from kernels.compile_gate.cases import (
     ADDITIVE_HEAD_DIMS,
     ADDITIVE_MASKINGS,
@@ -50,7 +50,7 @@ from kernels.compile_gate.verdicts import WGMMA_KERNELS, failures, problems, sum
 
 __all__ = [
     "ADDITIVE_HEAD_DIMS", "ADDITIVE_MASKINGS", "ARCH_NAMES", "DTYPES", "GATE_DROPOUT",
-    "HEAD_DIMS", "KERNEL_MODULES", "MASKINGS", "VALUE_HEAD_DIMS", "WGMMA_KERNELS", "WORKLOADS",
+    "HEAD_DIMS", "MASKINGS", "VALUE_HEAD_DIMS", "WGMMA_KERNELS", "WORKLOADS",
     "Build", "Case", "ci_cases", "compile_build", "failures", "full_cases", "main", "plan",
     "problems", "run", "spawn_context", "summary", "warnings",
 ]  # fmt: skip

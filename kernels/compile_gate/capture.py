@@ -1,23 +1,15 @@
 """Capturing launches: each case's own launchers run forward and backward on ``meta`` tensors as
-if on a GPU of one architecture, ``_launch`` recording each launch, which is then specialised as
-Triton's JIT would (its binder, for that target's backend)."""
+if on a GPU of one architecture, a :class:`kernels.common.runtime.Hook` recording each launch,
+which is then specialised as Triton's JIT would (its binder, for that target's backend)."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from unittest import mock
+from contextlib import contextmanager
 
 from kernels.compile_gate.builds import Build
 from kernels.compile_gate.cases import GATE_DROPOUT, Case
-
-# Kernel modules whose launches are captured; each routes every launch through `_launch`.
-KERNEL_MODULES = (
-    "kernels.flash_attention.launcher",
-    "kernels.flash_attention.dropout",  # the keep-mask kernel that tests read the mask with
-    "kernels.additive_attention.launcher",
-)
 
 
 def _flash_workload(case: Case) -> None:
@@ -101,44 +93,23 @@ WORKLOADS: dict[str, Callable[[Case], None]] = {
 
 @contextmanager
 def _recording(arch: int, all_configs: bool) -> Iterator[list]:
-    """Kernel launches are recorded, not run, as if on a GPU of compute capability ``arch``."""
-    from kernels import launch
+    """Kernel launches are recorded, not run, as if on a GPU of compute capability ``arch``:
+    every configuration the launchers may choose (``all_configs``), or their first choice."""
+    from kernels.common import runtime
 
-    launches = []
-
-    def record(module):
-        def _launch(kernel, grid, *args, **meta):
-            launches.append((module, kernel, args, meta))
-
-        return _launch
-
-    def try_every_config(key, configs, run):
-        for config in configs:
-            run(config)
-        return configs[0]
-
-    def first_choice(key, configs, run):
-        return configs[0]
-
-    patches = [
-        mock.patch.object(launch, "capability", lambda device: arch),
-        mock.patch.object(launch, "pick", try_every_config if all_configs else first_choice),
-    ]
-    for name in KERNEL_MODULES:
-        module = importlib.import_module(name)
-        if getattr(module, "_INTERPRETED", False):
-            raise RuntimeError(
-                "the compile gate needs compiled Triton kernels: run it without TRITON_INTERPRET"
-            )
-        patches.append(mock.patch.object(module, "_launch", record(name)))
-    with ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
+    if runtime.INTERPRETED:
+        raise RuntimeError(
+            "the compile gate needs compiled Triton kernels: run it without TRITON_INTERPRET"
+        )
+    launches: list = []
+    hook = runtime.Hook(launches.append, arch=arch, configs="every" if all_configs else "first")
+    with runtime.hooked(hook):
         yield launches
 
 
-def _specialise(module: str, kernel, args, meta, arch: int) -> Build:
-    """The (signature, constexprs, attrs, options) Triton's JIT would compile this launch with."""
+def _specialise(kernel, args, meta, arch: int) -> Build:
+    """The (signature, constexprs, attrs, options) Triton's JIT would compile this launch with;
+    the build names the module that defines the kernel."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
@@ -152,7 +123,7 @@ def _specialise(module: str, kernel, args, meta, arch: int) -> Build:
     return Build(
         arch=arch,
         kernel=kernel.__name__,
-        module=module,
+        module=kernel.__module__,
         signature=dict(signature),
         constexprs={_path_name(kernel, p): v for p, v in constexprs.items()},
         attrs={_path_name(kernel, p): v for p, v in attrs.items()},
@@ -174,8 +145,8 @@ def plan(cases: list[Case], archs: list[int], all_configs: bool) -> list[Build]:
             with _recording(arch, all_configs) as launches:
                 WORKLOADS[case.workload](case)
             rank: dict[str, int] = {}
-            for module, kernel, args, meta in launches:
-                build = builds.setdefault(*_keyed(_specialise(module, kernel, args, meta, arch)))
+            for kernel, _grid, args, meta in launches:
+                build = builds.setdefault(*_keyed(_specialise(kernel, args, meta, arch)))
                 if case.label() not in build.cases:
                     build.cases.append(case.label())
                 serves = f"{case.label()}|{kernel.__name__}"

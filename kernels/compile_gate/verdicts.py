@@ -19,7 +19,7 @@ def problems(build: Build) -> list[str]:
     Spills are judged per case instead (:func:`failures`): the launcher passes over a config
     whose compiled kernel spills, so one is a failure only when every config left spills.
     """
-    from kernels.launch import shared_memory_limit
+    from kernels.common.tuning import shared_memory_limit
 
     if not build.ok:
         lines = [line.strip() for line in build.error.splitlines() if line.strip()] or ["?"]
@@ -57,7 +57,7 @@ def known_spill(build: Build) -> str:
     """Why every configuration of this kind of call is allowed to spill ("" when it is not):
     float32 (a path for checking results; its tiles hold twice the bytes), and the one 16-bit
     call the full sweep found no spill-free configuration for, measured and documented in
-    kernels/flash_attention/configs.py. Such calls run correctly, slower; the gate warns."""
+    docs/kernel.md. Such calls run correctly, slower; the gate warns."""
     if _float32(build):
         return "float32"
     c = build.constexprs
@@ -105,7 +105,7 @@ def summary(builds: list[Build]) -> str:
     """A table per architecture and kernel: builds, worst shared memory, registers, failures."""
     lines = [f"{'arch':7s} {'kernel':18s} {'builds':>6s} {'max smem':>10s} {'limit':>8s} "
              f"{'max regs':>8s} {'spills':>6s} {'wgmma':>6s} {'failed':>6s}"]  # fmt: skip
-    from kernels.launch import shared_memory_limit
+    from kernels.common.tuning import shared_memory_limit
 
     key = operator.attrgetter("arch", "kernel")
     for (arch, kernel), group in itertools.groupby(sorted(builds, key=key), key=key):

@@ -15,8 +15,8 @@ Each loop runs in two stages, as in Triton's fused-attention tutorial: blocks th
 wholly visible (under causal masking: entirely left of the diagonal) load without bounds checks
 and build no causal mask; only the partial and diagonal blocks do. Launch configurations (tile
 sizes, warps, pipeline stages) come per kernel, head dim and GPU architecture from the tables
-below, pruned to the architecture's shared memory and autotuned on first use
-(:mod:`kernels.launch`); ``python -m kernels.compile_gate`` compiles every one of them for
+in ``configs``, pruned to the architecture's shared memory and autotuned on first use
+(:mod:`kernels.common.tuning`); ``python -m kernels.compile_gate`` compiles every one of them for
 sm_80/86/89/90 on a machine without a GPU.
 
 Supported
@@ -75,8 +75,10 @@ Caution -- not supported
 
 Layout: ``tiles`` (jitted helpers), ``forward`` and ``backward`` (the kernels), ``configs``
 (launch tables), ``checks`` (input validation), ``dropout`` (seeds and the keep-mask for
-tests), ``launcher`` (buffers and launches; every launch goes through ``launcher._launch``),
-``function`` (the operators and ``flash_attention``).
+tests), ``launcher`` (the host side: buffers, arguments, tuned launches), ``function`` (the
+operators and ``flash_attention``). What it shares with ``additive_attention`` (the delta pass,
+allocation, tuning, the one launch function every launch goes through) is in
+:mod:`kernels.common`.
 """
 
 from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask

@@ -1,5 +1,6 @@
-"""The backward kernels (FlashAttention-2): delta = rowsum(dO * O), then dK/dV per key block and
-dQ per query block, both recomputing the probabilities from the saved log-sum-exp.
+"""The backward kernels (FlashAttention-2): after delta = rowsum(dO * O) (``kernels.common.delta``),
+dK/dV per key block and dQ per query block, both recomputing the probabilities from the saved
+log-sum-exp.
 
 Dropout (HAS_DROPOUT). The forward computed O = (P * Z) V, P = softmax(S) row by row, with
 Z_ij = keep_ij / (1 - p) (elementwise products; keep regenerated here from the same seed and
@@ -30,41 +31,6 @@ from kernels.flash_attention.tiles import (
     _round,
     _softmax_stats,
 )
-
-
-@triton.jit
-def _attn_bwd_delta(
-    Out, DOut, DLse, Delta,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_gb, stride_gh, stride_gm, stride_gd,
-    H, LEN_Q, HEAD_DIM,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    """delta_i = sum_d dO_id * O_id - dlse_i, one value per query row.
-
-    From dS = P * (dP - rowsum(dO * O)) for the output, plus dS += P * dlse for the
-    log-sum-exp (d lse_i / d s_ij = P_ij): folding -dlse into delta covers both at no cost.
-    """
-    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
-    start_m = tl.program_id(1) * BLOCK_M
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-    rows = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = (rows[:, None] < LEN_Q) & (offs_d[None, :] < HEAD_DIM)
-
-    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
-    o = tl.load(
-        o_ptrs + rows[:, None] * stride_om + offs_d[None, :] * stride_od, mask=ok, other=0.0
-    )
-    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
-    do = tl.load(
-        g_ptrs + rows[:, None] * stride_gm + offs_d[None, :] * stride_gd, mask=ok, other=0.0
-    )
-    row_ptrs = off_bh.to(tl.int64) * LEN_Q + rows
-    dlse = tl.load(DLse + row_ptrs, mask=rows < LEN_Q, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1) - dlse
-    tl.store(Delta + row_ptrs, delta, mask=rows < LEN_Q)
 
 
 @triton.jit

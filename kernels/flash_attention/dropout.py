@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import launch, ops
+from kernels import ops
+from kernels.common import runtime
 from kernels.flash_attention.tiles import _dropout_keep
 
 # Philox seeds and counter offsets are drawn below 2^31: a kernel argument that fits int32 is
@@ -96,15 +97,8 @@ def dropout_keep_mask(seed, offset, batch, heads, len_q, len_k, dropout_p, devic
         triton.cdiv(len_k, _MASK_BLOCK),
     )
     with ops.device_guard(keep):  # Triton launches on the current device, not on keep's
-        _launch(
+        runtime.launch(
             _keep_mask_kernel, grid,
             keep, seed, offset, dropout_p, len_q, len_k, BLOCK_M=_MASK_BLOCK, BLOCK_N=_MASK_BLOCK,
         )  # fmt: skip
     return keep.bool()
-
-
-def _launch(kernel, grid, *args, **meta):
-    """The keep-mask kernel's launch (the compile gate captures it here, as it captures the
-    attention kernels' in ``launcher._launch``); an empty grid launches nothing."""
-    if not launch.is_empty(grid):
-        kernel[grid](*args, **meta)

@@ -1,54 +1,45 @@
-"""Host side: allocate the outputs, pick launch configurations, launch the kernels."""
+"""Host side of flash attention: the outputs allocated, each kernel's arguments built once per
+call, every pass launched with its tuned configuration (:mod:`kernels.common`)."""
 
 import torch
 import triton
 
-from kernels import launch
+from kernels.common import runtime, tuning
+from kernels.common.delta import launch_delta
 from kernels.flash_attention import configs
-from kernels.flash_attention.backward import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
+from kernels.flash_attention.backward import _attn_bwd_dkdv, _attn_bwd_dq
 from kernels.flash_attention.checks import _block_d, _mask_layout
 from kernels.flash_attention.dropout import NO_DROPOUT
 from kernels.flash_attention.forward import _attn_fwd
-from kernels.flash_attention.tiles import _INTERPRETED, DELTA_ROWS, LOG2_E
+from kernels.flash_attention.tiles import LOG2_E
 
 
-def _empty(shape, dtype, device):
-    """Every buffer the launchers hand to a kernel comes from here (tests poison it with NaN)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _launch(kernel, grid, *args, **meta):
-    """Every kernel launch goes through here (the compile gate captures them); returns Triton's
-    compiled kernel (None for an empty grid, which is not launchable and has nothing to do)."""
-    if not launch.is_empty(grid):
-        return kernel[grid](*args, **meta)
-    return None
-
-
-def _configs(kernel_name, q, block_d, dropout=False):
-    """The launch configurations to choose from (tests replace this to force block sizes);
-    block_d: the wider of the two padded head dims (see _widest); dropout: HAS_DROPOUT."""
-    return configs.for_kernel(kernel_name, q, block_d, dropout)
-
-
-def _tuned_launch(kernel, name, q, k, block_d, meta, grid_rows, args):
-    """Launch ``kernel`` with the best config for this shape; grid axis 0 = batch x heads
-    (key/value heads for the dK/dV pass, query heads otherwise), grid_rows(config) = the blocks
-    of rows (grid axis 1). An empty grid returns at once: nothing to run, nothing to tune (its
-    length bucket is a one-token call's)."""
+def _launch_pass(kernel, name, q, k, meta, args):
+    """Launch one pass with the configuration tuned for it. ``name``: its launch table ("fwd",
+    "dq", "dq_bias", "dkdv"). Grid axis 0 is batch x heads (the key/value heads for the dK/dV
+    pass, which loops over each GQA group), axis 1 the blocks of the rows a program owns:
+    queries, or keys for the dK/dV pass."""
     b, h, len_q, _ = q.shape
-    heads = k.shape[1] if name == "dkdv" else h
-    candidates = _configs(name, q, block_d, meta["HAS_DROPOUT"])
-    if launch.is_empty((b * heads, grid_rows(candidates[0]))):
-        return
+    h_kv, len_k = k.shape[1], k.shape[2]
+    candidates = configs.for_kernel(name, q, _widest(meta), meta["HAS_DROPOUT"])
+    heads, rows = (h_kv, len_k) if name == "dkdv" else (h, len_q)
 
-    def run(config):
-        grid = launch.grid(b * heads, grid_rows(config))
-        return _launch(kernel, grid, *args, **meta, **config.meta())
+    def grid(config):
+        block = config.block_n if name == "dkdv" else config.block_m
+        return runtime.grid(b * heads, triton.cdiv(rows, block))
 
-    key = (name, q.device.index, q.dtype, block_d, tuple(sorted(meta.items())),
-           launch.length_bucket(len_q), launch.length_bucket(k.shape[2]))  # fmt: skip
-    run(launch.pick(key, candidates, run))
+    key = tuning.tuning_key(name, q, meta, len_q, len_k, group=_group(q, k))
+    tuning.launch_tuned(kernel, key, candidates, grid, args, meta)
+
+
+def _group(q, k):
+    """Query heads per key/value head (1 without grouped-query attention)."""
+    return q.shape[1] // max(k.shape[1], 1)
+
+
+def _sizes(q, k, v):
+    """The sizes every attention kernel takes: H, the GQA group, LEN_Q, LEN_K, d, d_v."""
+    return q.shape[1], _group(q, k), q.shape[2], k.shape[2], q.shape[3], v.shape[3]
 
 
 def _widest(meta):
@@ -67,20 +58,16 @@ def _dropout_args(dropout):
 
 def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT):
     b, h, len_q, d = q.shape
-    len_k, d_v = k.shape[2], v.shape[3]
-    out = _empty((b, h, len_q, d_v), q.dtype, q.device)
-    lse = _empty((b, h, len_q), torch.float32, q.device)
+    out = runtime.empty((b, h, len_q, v.shape[3]), q.dtype, q.device)
+    lse = runtime.empty((b, h, len_q), torch.float32, q.device)
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        h, h // max(k.shape[1], 1), len_q, len_k, d, d_v, scale * LOG2_E.value,
-        *_dropout_args(dropout),
+        *_sizes(q, k, v), scale * LOG2_E.value, *_dropout_args(dropout),
     )  # fmt: skip
-    meta = _meta(mask_meta, is_causal, dropout, d, d_v, q.dtype)
-    _tuned_launch(
-        _attn_fwd, "fwd", q, k, _widest(meta), meta, lambda c: triton.cdiv(len_q, c.block_m), args
-    )
+    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype)
+    _launch_pass(_attn_fwd, "fwd", q, k, meta, args)
     return out, lse
 
 
@@ -90,51 +77,39 @@ def _backward(
     """(dq, dk, dv, dmask): dmask, the float mask's gradient in its shape, only with mask_grad
     (else an empty tensor). ``dropout`` must be the forward's (it regenerates its mask)."""
     b, h, len_q, d = q.shape
-    len_k, d_v = k.shape[2], v.shape[3]
+    len_k = k.shape[2]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
-    meta = _meta(mask_meta, is_causal, dropout, d, d_v, q.dtype)
-    block_d = _widest(meta)
+    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
     dlse = dlse.to(torch.float32).contiguous()
+    delta = launch_delta(out, dout, dlse, meta["BLOCK_DV"])
 
-    delta = _empty((b, h, len_q), torch.float32, q.device)
-    _launch(
-        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
-        out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d_v,
-        BLOCK_M=DELTA_ROWS, BLOCK_D=meta["BLOCK_DV"],
-    )  # fmt: skip
-    dk = _empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
-    dv = _empty(v.shape, q.dtype, q.device)  # (b, h_kv, len_k, d_v)
-    common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides)
-    sizes = (h, h // max(k.shape[1], 1), len_q, len_k, d, d_v, scale, scale * LOG2_E.value,
-             *_dropout_args(dropout))  # fmt: skip
-    args = (q, k, v, mask, dout, lse, delta, dk, dv, *common, *sizes)
-    _tuned_launch(
-        _attn_bwd_dkdv, "dkdv", q, k, block_d, meta, lambda c: triton.cdiv(len_k, c.block_n), args
-    )
-    dq = _empty((b, h, len_q, d), q.dtype, q.device)
-    mask_grad = bool(mask_grad and mask_meta["MASK_FLOAT"])
-    if mask_grad and _broadcasts_over_keys(attn_mask):
-        dq_args = (q, k, v, mask, dout, lse, delta, dq, torch.zeros(1, device=q.device))
-        _tuned_launch(
-            _attn_bwd_dq, "dq", q, k, block_d, {**meta, "MASK_GRAD": False},
-            lambda c: triton.cdiv(len_q, c.block_m), (*dq_args, *common, *sizes),
+    def pass_args(*gradients):
+        """The dK/dV and dQ passes' arguments: they differ only in the buffers they write."""
+        return (
+            q, k, v, mask, dout, lse, delta, *gradients,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides,
+            *_sizes(q, k, v), scale, scale * LOG2_E.value, *_dropout_args(dropout),
         )  # fmt: skip
-        return dq, dk, dv, _key_constant_mask_grad(lse, dlse, attn_mask)
+
+    dk = runtime.empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
+    dv = runtime.empty(v.shape, q.dtype, q.device)  # (b, h_kv, len_k, d_v)
+    _launch_pass(_attn_bwd_dkdv, "dkdv", q, k, meta, pass_args(dk, dv))
+    mask_grad = bool(mask_grad and mask_meta["MASK_FLOAT"])
+    key_constant = mask_grad and _broadcasts_over_keys(attn_mask)
+    in_kernel = mask_grad and not key_constant  # the dQ pass writes dS, the mask's gradient
     # dS of every (query, key) pair, the float mask's gradient before its broadcast axes are
     # summed: zeros, as the dQ pass skips the key blocks a causal query tile cannot see.
-    dbias = torch.zeros((b, h, len_q, len_k) if mask_grad else (1,), device=q.device)
-    args = (q, k, v, mask, dout, lse, delta, dq, dbias, *common, *sizes)
-    _tuned_launch(
-        _attn_bwd_dq, "dq_bias" if mask_grad else "dq", q, k, block_d,
-        {**meta, "MASK_GRAD": mask_grad},
-        lambda c: triton.cdiv(len_q, c.block_m), args,
-    )  # fmt: skip
-    dmask = attn_mask.new_empty(0) if attn_mask is not None else q.new_empty(0)
-    if mask_grad:
-        dmask = _sum_to_mask(dbias, attn_mask)
-    return dq, dk, dv, dmask
+    dbias = torch.zeros((b, h, len_q, len_k) if in_kernel else (1,), device=q.device)
+    dq = runtime.empty((b, h, len_q, d), q.dtype, q.device)
+    name = "dq_bias" if in_kernel else "dq"
+    _launch_pass(_attn_bwd_dq, name, q, k, {**meta, "MASK_GRAD": in_kernel}, pass_args(dq, dbias))
+    if key_constant:
+        return dq, dk, dv, _key_constant_mask_grad(lse, dlse, attn_mask)
+    if in_kernel:
+        return dq, dk, dv, _sum_to_mask(dbias, attn_mask)
+    return dq, dk, dv, (attn_mask if attn_mask is not None else q).new_empty(0)
 
 
 def _broadcasts_over_keys(attn_mask):
@@ -186,7 +161,7 @@ def _precision(dtype):
     apply ("tf32" is Triton's default)."""
     if dtype != torch.float32:
         return "tf32"
-    return "ieee" if _INTERPRETED else "tf32x3"
+    return "ieee" if runtime.INTERPRETED else "tf32x3"
 
 
 def _meta(mask_meta, is_causal, dropout, head_dim, value_head_dim, dtype):
@@ -202,6 +177,6 @@ def _meta(mask_meta, is_causal, dropout, head_dim, value_head_dim, dtype):
         EVEN_DV=block_dv == value_head_dim,
         BLOCK_DQK=block_dqk,
         BLOCK_DV=block_dv,
-        EMULATE_BF16=_INTERPRETED and dtype == torch.bfloat16,
+        EMULATE_BF16=runtime.emulate_bf16(dtype),
         PRECISION=_precision(dtype),
     )

@@ -13,8 +13,6 @@ import triton.language as tl
 LOG2_E = tl.constexpr(1.4426950408889634)
 LN_2 = tl.constexpr(0.6931471805599453)
 
-DELTA_ROWS = 64  # query rows per program of the small delta pass (not worth tuning)
-
 
 @triton.jit
 def _dot(a, b, EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr):
@@ -150,8 +148,3 @@ def _dropout_keep(seed, rng_offset, row_ids, cols, LEN_K, dropout_p):
     """
     counters = rng_offset + row_ids.to(tl.int64)[:, None] * LEN_K + cols[None, :]
     return tl.rand(seed, counters) >= dropout_p
-
-
-# Triton decides at @triton.jit time (that is, when this module was imported) whether kernels
-# are compiled or interpreted, from TRITON_INTERPRET as it was then.
-_INTERPRETED = type(_dot).__name__ == "InterpretedFunction"
