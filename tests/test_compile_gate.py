@@ -321,3 +321,19 @@ def test_shared_memory_estimate_is_not_below_what_the_compiler_allocates(tmp_pat
     for kernel, config, ok, error, measured, estimate in rows:
         assert ok, (kernel, config, error)
         assert 0 < measured <= estimate, f"{kernel} {config}: ptxas {measured} B > {estimate} B"
+
+
+def test_only_keeps_the_cases_whose_label_contains_the_text(tmp_path, monkeypatch, capsys):
+    """--only: a quick check of a few cases (and a clear error when it matches none)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    asked = []
+    monkeypatch.setattr(cli, "run", lambda *args: asked.append(args) or [build()])
+    assert compile_gate.main(["--arch", "90", "--only", "additive_attention float16 d=16"]) == 0
+    cases_every, cases_first = asked[0][:2]
+    assert cases_every == [] and [c.label() for c in cases_first] == [
+        "additive_attention float16 d=16 none (200x333)"
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        compile_gate.main(["--only", "no such case"])
+    assert exit_info.value.code == 2 and "no case's label" in capsys.readouterr().err

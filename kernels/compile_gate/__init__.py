@@ -8,6 +8,7 @@ compiler, ``ptxas`` and ``cuobjdump``)::
     python -m kernels.compile_gate                 # CI subset: every GPU we claim, a few shapes
     python -m kernels.compile_gate --full          # every dtype, head dim, masking and config
     python -m kernels.compile_gate --full --first-choice  # the same calls, the launcher's choice
+    python -m kernels.compile_gate --arch 90 --only 'additive_attention'  # a few cases, one GPU
     python -m kernels.compile_gate --help
 
 How: each kernel's launchers run forward and backward on ``meta`` tensors (shapes, no data)

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from kernels.compile_gate.cases import ARCH_NAMES, ci_cases, full_cases
+from kernels.compile_gate.cases import ARCH_NAMES, Case, ci_cases, full_cases
 from kernels.compile_gate.sweep import run
 from kernels.compile_gate.verdicts import failures, summary, warnings
 
@@ -40,9 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path,
                         help="TRITON_CACHE_DIR to compile into (default: a fresh temporary one; "
                         "an old cache reports earlier successes without compiling)")  # fmt: skip
+    parser.add_argument("--only", metavar="TEXT", action="append", default=[],
+                        help="only the cases whose label contains TEXT (repeat for more), e.g. "
+                        "--only 'additive_attention float16 d=16' for a quick check; labels "
+                        "read 'flash_attention bfloat16 d=64 causal+key_mask (200x333)'")  # fmt: skip
     args = parser.parse_args(argv)
     if args.first_choice and not args.full:
         parser.error("--first-choice goes with --full (the CI subset chooses per case)")
+    if args.only and not _chosen(ci_cases()[0] + ci_cases()[1] + full_cases(), args.only):
+        parser.error(f"no case's label contains any of {args.only}")
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the gate compiles, it does not interpret")
@@ -50,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_CACHE_DIR"] = str(args.cache_dir or fresh)
         os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset
         if args.full and args.first_choice:
-            builds = run([], full_cases(), [], args.arch, args.jobs)
+            builds = run([], _chosen(full_cases(), args.only), [], args.arch, args.jobs)
         elif args.full:
-            builds = run(full_cases(), [], args.arch, [], args.jobs)
+            builds = run(_chosen(full_cases(), args.only), [], args.arch, [], args.jobs)
         else:  # sm_89 builds as sm_86 does (same limits, same instructions): first choices only
-            every, first = ci_cases()
+            every, first = (_chosen(cases, args.only) for cases in ci_cases())
             archs_every = [a for a in args.arch if a != 89] or args.arch
             builds = run(every, first, archs_every, args.arch, args.jobs)
 
@@ -72,3 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(builds)} builds ({spilled} spill and are passed over by the launcher), "
           f"{len(found)} failures (triton {triton.__version__})")  # fmt: skip
     return 1 if found else 0
+
+
+def _chosen(cases: list[Case], only: list[str]) -> list[Case]:
+    """The cases whose label contains one of ``only`` (all of them when it is empty)."""
+    return [c for c in cases if not only or any(text in c.label() for text in only)]
