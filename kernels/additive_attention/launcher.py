@@ -9,9 +9,8 @@ from kernels.additive_attention.checks import CALLER
 from kernels.additive_attention.configs import _configs
 from kernels.additive_attention.forward import _additive_fwd
 from kernels.additive_attention.tiles import _INTERPRETED
-from kernels.flash_attention.backward import _attn_bwd_delta
+from kernels.common.jit import DELTA_ROWS, attn_bwd_delta, needs_int64_offsets
 from kernels.flash_attention.checks import _kernel_key_mask
-from kernels.flash_attention.tiles import DELTA_ROWS
 
 
 def _empty(shape, dtype, device):
@@ -61,6 +60,7 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     lse = _empty((b, h, len_q), torch.float32, v.device)
     mask, mask_strides = _kernel_key_mask(attn_mask, qf, kf, CALLER)
     meta = _meta(attn_mask, is_causal, block_e, v.dtype)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(qf, kf, w, v, mask, out)
     args = (
         qf, kf, w, v, mask, out, lse,
         *qf.stride(), *kf.stride(), *w.stride(), *v.stride(), *out.stride(), *mask_strides,
@@ -88,13 +88,16 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
     )  # fmt: skip
 
     meta = _meta(attn_mask, is_causal, block_e, v.dtype)
+    dqf = _empty((b, h, len_q, a), qf.dtype, v.device)
+    dkf = _empty((b, h, len_k, a), kf.dtype, v.device)
+    dv = _empty((b, h, len_k, value_dim), v.dtype, v.device)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(qf, kf, w, v, mask, out, dout, dqf, dkf, dv)
     delta = _empty((b, h, len_q), torch.float32, v.device)
     _launch(
-        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
+        attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, value_dim,
-        BLOCK_M=DELTA_ROWS, BLOCK_D=block_e,
+        BLOCK_M=DELTA_ROWS, BLOCK_D=block_e, LARGE_OFFSETS=meta["LARGE_OFFSETS"],
     )  # fmt: skip
-    dqf = _empty((b, h, len_q, a), qf.dtype, v.device)
 
     def run_dq(config):
         return _launch(
@@ -105,8 +108,6 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
 
     _tuned_launch(_additive_bwd_dq, run_dq, v, block_a, block_e, meta, len_q, len_k, rows=len_q)
 
-    dkf = _empty((b, h, len_k, a), kf.dtype, v.device)
-    dv = _empty((b, h, len_k, value_dim), v.dtype, v.device)
     partials = {}  # per config: dw summed over each key block, (b, h, key blocks, a)
 
     def run_dkdv(config):

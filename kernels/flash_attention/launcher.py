@@ -4,12 +4,13 @@ import torch
 import triton
 
 from kernels import launch
+from kernels.common.jit import DELTA_ROWS, LOG2_E, attn_bwd_delta, needs_int64_offsets
 from kernels.flash_attention import configs
-from kernels.flash_attention.backward import _attn_bwd_delta, _attn_bwd_dkdv, _attn_bwd_dq
+from kernels.flash_attention.backward import _attn_bwd_dkdv, _attn_bwd_dq
 from kernels.flash_attention.checks import _block_d, _mask_layout
 from kernels.flash_attention.dropout import NO_DROPOUT
 from kernels.flash_attention.forward import _attn_fwd
-from kernels.flash_attention.tiles import _INTERPRETED, DELTA_ROWS, LOG2_E
+from kernels.flash_attention.tiles import _INTERPRETED
 
 
 def _empty(shape, dtype, device):
@@ -78,6 +79,7 @@ def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT):
         *_dropout_args(dropout),
     )  # fmt: skip
     meta = _meta(mask_meta, is_causal, dropout, d, d_v, q.dtype)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out)
     _tuned_launch(
         _attn_fwd, "fwd", q, k, _widest(meta), meta, lambda c: triton.cdiv(len_q, c.block_m), args
     )
@@ -93,6 +95,7 @@ def _backward(
     len_k, d_v = k.shape[2], v.shape[3]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
     meta = _meta(mask_meta, is_causal, dropout, d, d_v, q.dtype)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out, dout)
     block_d = _widest(meta)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
@@ -100,9 +103,9 @@ def _backward(
 
     delta = _empty((b, h, len_q), torch.float32, q.device)
     _launch(
-        _attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
+        attn_bwd_delta, launch.grid(b * h, triton.cdiv(len_q, DELTA_ROWS)),
         out, dout, dlse, delta, *out.stride(), *dout.stride(), h, len_q, d_v,
-        BLOCK_M=DELTA_ROWS, BLOCK_D=meta["BLOCK_DV"],
+        BLOCK_M=DELTA_ROWS, BLOCK_D=meta["BLOCK_DV"], LARGE_OFFSETS=meta["LARGE_OFFSETS"],
     )  # fmt: skip
     dk = _empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
     dv = _empty(v.shape, q.dtype, q.device)  # (b, h_kv, len_k, d_v)
@@ -126,9 +129,10 @@ def _backward(
     # summed: zeros, as the dQ pass skips the key blocks a causal query tile cannot see.
     dbias = torch.zeros((b, h, len_q, len_k) if mask_grad else (1,), device=q.device)
     args = (q, k, v, mask, dout, lse, delta, dq, dbias, *common, *sizes)
+    large = meta["LARGE_OFFSETS"] or needs_int64_offsets(dbias)
     _tuned_launch(
         _attn_bwd_dq, "dq_bias" if mask_grad else "dq", q, k, block_d,
-        {**meta, "MASK_GRAD": mask_grad},
+        {**meta, "MASK_GRAD": mask_grad, "LARGE_OFFSETS": large},
         lambda c: triton.cdiv(len_q, c.block_m), args,
     )  # fmt: skip
     dmask = attn_mask.new_empty(0) if attn_mask is not None else q.new_empty(0)
