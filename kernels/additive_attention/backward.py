@@ -1,11 +1,28 @@
 """The backward kernels: dV, dKf and the score vector's partial gradients per key block, and dQf
-per query block; the rowsum(dO * O) pass is the flash kernel's own."""
+per query block; the rowsum(dO * O) pass is both kernels' own
+(:func:`kernels.common.jit.attn_bwd_delta`).
+
+LARGE_OFFSETS: every row and lane offset in int64 (see :mod:`kernels.common.jit`).
+"""
 
 import triton
 import triton.language as tl
 
-from kernels.additive_attention.tiles import LOG2_E, TWO_LOG2_E, _additive_scores, _probabilities
-from kernels.flash_attention.tiles import _dot, _key_is_valid, _round
+from kernels.additive_attention.tiles import (
+    TWO_LOG2_E,
+    _additive_scores,
+    _feature_rows,
+    _probabilities,
+)
+from kernels.common.jit import (
+    dot,
+    head_rows,
+    key_is_valid,
+    program_tile,
+    round_to,
+    softmax_stats,
+    widen,
+)
 
 
 @triton.jit
@@ -20,19 +37,14 @@ def _additive_bwd_dkdv(
     H, LEN_Q, LEN_K, A, VALUE_DIM,
     HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_A: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
 ):  # fmt: skip
     """One program per key block: accumulates dV_j, dKf_j and this block's share of dw.
 
     DKF (b, h, len_k, a) and DV (b, h, len_k, e) are contiguous; DWPartial is a contiguous
     float32 (b, h, cdiv(len_k, BLOCK_N), a) buffer that the host sums over key blocks and batch.
     """
-    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
-    pid_n = tl.program_id(1)
-    start_n = pid_n * BLOCK_N
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-
+    off_bh, off_b, off_h, start_n = program_tile(H, BLOCK_N)
     cols = start_n + tl.arange(0, BLOCK_N)
     col_ok = cols < LEN_K
     offs_m = tl.arange(0, BLOCK_M)
@@ -41,18 +53,24 @@ def _additive_bwd_dkdv(
     e_ok = offs_e < VALUE_DIM
     v_ok = col_ok[:, None] & e_ok[None, :]
 
-    k_ptrs = KF + off_b * stride_kb + off_h * stride_kh + cols * stride_kn  # (j,), channel 0
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh
-    v = tl.load(
-        v_ptrs + cols[:, None] * stride_vn + offs_e[None, :] * stride_ve, mask=v_ok, other=0.0
+    k_ptrs, stride_ka = _feature_rows(
+        KF, off_b, off_h, stride_kb, stride_kh, cols, stride_kn, stride_ka, LARGE_OFFSETS
+    )  # (j,), channel 0
+    v_base, stride_vn = head_rows(
+        V, off_b, off_h, stride_vb, stride_vh, stride_vn, offs_e, stride_ve, LARGE_OFFSETS
     )
+    v = tl.load(v_base + cols[:, None] * stride_vn, mask=v_ok, other=0.0)
     w_ptr = W + off_h * stride_wh
+    stride_wa, stride_mn = widen(stride_wa, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
     # The key mask is per key, so this block's slice of it is read once, outside the loop.
-    key_valid = _key_is_valid(
+    key_valid = key_is_valid(
         Mask, off_b * stride_mb + off_h * stride_mh, stride_mn, cols, LEN_K, HAS_MASK
     )
     q_base = QF + off_b * stride_qb + off_h * stride_qh
-    g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_e[None, :] * stride_ge
+    stride_qm, stride_qa = widen(stride_qm, LARGE_OFFSETS), widen(stride_qa, LARGE_OFFSETS)
+    g_base, stride_gm = head_rows(
+        DOut, off_b, off_h, stride_gb, stride_gh, stride_gm, offs_e, stride_ge, LARGE_OFFSETS
+    )
     row_base = off_bh.to(tl.int64) * LEN_Q
 
     dv = tl.zeros((BLOCK_N, BLOCK_E), dtype=tl.float32)
@@ -71,11 +89,7 @@ def _additive_bwd_dkdv(
         do = tl.load(
             g_base + rows[:, None] * stride_gm, mask=row_ok[:, None] & e_ok[None, :], other=0.0
         )
-        lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
-        delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
-        # Rows that saw no key saved lse = -inf and have no valid pair either; any finite
-        # stand-in gives p = 0 rather than exp2(-inf + inf) = NaN.
-        lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2_E)
+        lse_log2, delta = softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 
         s = _additive_scores(
             q_ptrs, k_ptrs, w_ptr, row_ok, col_ok,
@@ -86,8 +100,8 @@ def _additive_bwd_dkdv(
             valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
         p = _probabilities(s, lse_log2, valid)  # (i, j)
 
-        dv += _dot(tl.trans(_round(p, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
-        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        dv += dot(tl.trans(round_to(p, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
+        dp = dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
         ds = p * (dp - delta[:, None])  # gradient w.r.t. the scores
 
         # The feature gradients need tanh per channel again: recompute it channel by channel
@@ -103,15 +117,17 @@ def _additive_bwd_dkdv(
             dw += tl.where(lane, tl.sum(tl.sum(ds * t, 1), 0), 0.0)
 
     a_ok = offs_a < A
-    dkf_ptrs = DKF + off_bh.to(tl.int64) * LEN_K * A + cols[:, None] * A + offs_a[None, :]
+    row_a, row_e = widen(A, LARGE_OFFSETS), widen(VALUE_DIM, LARGE_OFFSETS)  # output row strides
+    dkf_ptrs = DKF + off_bh.to(tl.int64) * LEN_K * A + cols[:, None] * row_a + offs_a[None, :]
     tl.store(
         dkf_ptrs,
-        _round(dkf, DKF.dtype.element_ty, EMULATE_BF16),
+        round_to(dkf, DKF.dtype.element_ty, EMULATE_BF16),
         mask=col_ok[:, None] & a_ok[None, :],
     )
-    dv_ptrs = DV + off_bh.to(tl.int64) * LEN_K * VALUE_DIM + cols[:, None] * VALUE_DIM
-    tl.store(dv_ptrs + offs_e[None, :], _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=v_ok)
-    dw_ptrs = DWPartial + (off_bh.to(tl.int64) * tl.num_programs(1) + pid_n) * A + offs_a
+    dv_ptrs = DV + off_bh.to(tl.int64) * LEN_K * VALUE_DIM + cols[:, None] * row_e
+    tl.store(dv_ptrs + offs_e[None, :], round_to(dv, DV.dtype.element_ty, EMULATE_BF16), mask=v_ok)
+    key_block = off_bh.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)
+    dw_ptrs = DWPartial + key_block * A + offs_a
     tl.store(dw_ptrs, dw, mask=a_ok)
 
 
@@ -127,15 +143,11 @@ def _additive_bwd_dq(
     H, LEN_Q, LEN_K, A, VALUE_DIM,
     HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_A: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
 ):  # fmt: skip
     """One program per query block: accumulates dQf_i over key blocks. DQF is a contiguous
     (b, h, len_q, a) buffer."""
-    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
-    start_m = tl.program_id(1) * BLOCK_M
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-
+    off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     row_ok = rows < LEN_Q
     offs_n = tl.arange(0, BLOCK_N)
@@ -143,21 +155,25 @@ def _additive_bwd_dq(
     offs_a = tl.arange(0, BLOCK_A)
     e_ok = offs_e < VALUE_DIM
 
-    q_ptrs = QF + off_b * stride_qb + off_h * stride_qh + rows * stride_qm
-    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
+    q_ptrs, stride_qa = _feature_rows(
+        QF, off_b, off_h, stride_qb, stride_qh, rows, stride_qm, stride_qa, LARGE_OFFSETS
+    )  # (i,), channel 0
+    g_base, stride_gm = head_rows(
+        DOut, off_b, off_h, stride_gb, stride_gh, stride_gm, offs_e, stride_ge, LARGE_OFFSETS
+    )
     do = tl.load(
-        g_ptrs + rows[:, None] * stride_gm + offs_e[None, :] * stride_ge,
-        mask=row_ok[:, None] & e_ok[None, :],
-        other=0.0,
+        g_base + rows[:, None] * stride_gm, mask=row_ok[:, None] & e_ok[None, :], other=0.0
     )
     row_base = off_bh.to(tl.int64) * LEN_Q
-    lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
-    delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
-    lse_log2 = tl.where(lse == float("-inf"), 0.0, lse * LOG2_E)  # see _additive_bwd_dkdv
+    lse_log2, delta = softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 
     k_base = KF + off_b * stride_kb + off_h * stride_kh
-    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_e[None, :] * stride_ve
+    stride_kn, stride_ka = widen(stride_kn, LARGE_OFFSETS), widen(stride_ka, LARGE_OFFSETS)
+    v_base, stride_vn = head_rows(
+        V, off_b, off_h, stride_vb, stride_vh, stride_vn, offs_e, stride_ve, LARGE_OFFSETS
+    )
     w_ptr = W + off_h * stride_wh
+    stride_wa, stride_mn = widen(stride_wa, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
     mask_base = off_b * stride_mb + off_h * stride_mh
 
     dqf = tl.zeros((BLOCK_M, BLOCK_A), dtype=tl.float32)
@@ -178,12 +194,12 @@ def _additive_bwd_dq(
         )  # fmt: skip
         valid = (
             row_ok[:, None]
-            & _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
+            & key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
         )
         if IS_CAUSAL:
             valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
         p = _probabilities(s, lse_log2, valid)
-        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        dp = dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
         ds = p * (dp - delta[:, None])
 
         for c in range(0, A):  # as in _additive_bwd_dkdv, summing over keys instead
@@ -195,9 +211,9 @@ def _additive_bwd_dq(
             column = wc * tl.sum(ds * (1.0 - t * t), 1)  # (i,)
             dqf += tl.where((offs_a == c)[None, :], column[:, None], 0.0)
 
-    dqf_ptrs = DQF + row_base * A + rows[:, None] * A + offs_a[None, :]
+    dqf_ptrs = DQF + row_base * A + rows[:, None] * widen(A, LARGE_OFFSETS) + offs_a[None, :]
     tl.store(
         dqf_ptrs,
-        _round(dqf, DQF.dtype.element_ty, EMULATE_BF16),
+        round_to(dqf, DQF.dtype.element_ty, EMULATE_BF16),
         mask=row_ok[:, None] & (offs_a < A)[None, :],
     )

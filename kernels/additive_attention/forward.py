@@ -1,10 +1,24 @@
-"""The forward kernel: one program per tile of queries, an online softmax over key blocks."""
+"""The forward kernel: one program per tile of queries, an online softmax over key blocks.
+
+LARGE_OFFSETS: every row and lane offset in int64 (see :mod:`kernels.common.jit`).
+"""
 
 import triton
 import triton.language as tl
 
-from kernels.additive_attention.tiles import LN_2, LOG2_E, _additive_scores
-from kernels.flash_attention.tiles import _dot, _key_is_valid, _round
+from kernels.additive_attention.tiles import _additive_scores, _feature_rows
+from kernels.common.jit import (
+    LOG2_E,
+    dot,
+    head_rows,
+    key_is_valid,
+    normalise,
+    online_softmax_step,
+    program_tile,
+    round_to,
+    store_output,
+    widen,
+)
 
 
 @triton.jit
@@ -19,24 +33,25 @@ def _additive_fwd(
     H, LEN_Q, LEN_K, A, VALUE_DIM,
     HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
 ):  # fmt: skip
-    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
-    start_m = tl.program_id(1) * BLOCK_M
-    # int64 batch/head offsets: b * stride_b overflows int32 for large tensors.
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-
+    off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     row_ok = rows < LEN_Q
     offs_n = tl.arange(0, BLOCK_N)
     offs_e = tl.arange(0, BLOCK_E)
     e_ok = offs_e < VALUE_DIM  # the padded value lanes load as 0 and are never stored
 
-    q_ptrs = QF + off_b * stride_qb + off_h * stride_qh + rows * stride_qm  # (i,), channel 0
+    q_ptrs, stride_qa = _feature_rows(
+        QF, off_b, off_h, stride_qb, stride_qh, rows, stride_qm, stride_qa, LARGE_OFFSETS
+    )  # (i,), channel 0
     k_base = KF + off_b * stride_kb + off_h * stride_kh
-    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_e[None, :] * stride_ve
+    stride_kn, stride_ka = widen(stride_kn, LARGE_OFFSETS), widen(stride_ka, LARGE_OFFSETS)
+    v_base, stride_vn = head_rows(
+        V, off_b, off_h, stride_vb, stride_vh, stride_vn, offs_e, stride_ve, LARGE_OFFSETS
+    )
     w_ptr = W + off_h * stride_wh
+    stride_wa, stride_mn = widen(stride_wa, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
     mask_base = off_b * stride_mb + off_h * stride_mh
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units
@@ -55,38 +70,22 @@ def _additive_fwd(
             q_ptrs, k_base + cols * stride_kn, w_ptr, row_ok, col_ok,
             stride_qa, stride_ka, stride_wa, A, BLOCK_M, BLOCK_N,
         ) * LOG2_E  # (i, j), log2 units  # fmt: skip
-        valid = _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
+        valid = key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK)[None, :]
         if IS_CAUSAL:
             valid = valid & (cols[None, :] <= rows[:, None] + (LEN_K - LEN_Q))
         s = tl.where(valid, s, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # While a row has seen no valid key its max is -inf, and -inf - -inf would be NaN;
-        # subtracting 0 instead keeps p = 0 and alpha = 0 for such rows.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, l_i, m_i = online_softmax_step(s, m_i, l_i)
         v = tl.load(
             v_base + cols[:, None] * stride_vn, mask=col_ok[:, None] & e_ok[None, :], other=0.0
         )
         # p is rounded to the value dtype so the product runs on 16-bit tensor cores.
-        acc = acc * alpha[:, None] + _dot(
-            _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
+        acc = acc * alpha[:, None] + dot(
+            round_to(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
         )
-        m_i = m_new
 
-    # A row with no valid key has l = 0 and acc = 0: it gets zeros and lse = -inf, never 0/0.
-    seen = l_i > 0.0
-    l_safe = tl.where(seen, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * LN_2, float("-inf"))  # natural log
-
-    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
-    o_ptrs += rows[:, None] * stride_om + offs_e[None, :] * stride_oe
-    tl.store(
-        o_ptrs,
-        _round(out, Out.dtype.element_ty, EMULATE_BF16),
-        mask=row_ok[:, None] & e_ok[None, :],
+    out, lse = normalise(acc, l_i, m_i)
+    o_base, stride_om = head_rows(
+        Out, off_b, off_h, stride_ob, stride_oh, stride_om, offs_e, stride_oe, LARGE_OFFSETS
     )
-    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=row_ok)
+    store_output(o_base, stride_om, Lse, out, lse, off_bh, rows, e_ok, LEN_Q, EMULATE_BF16)

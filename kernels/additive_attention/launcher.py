@@ -11,6 +11,7 @@ from kernels.additive_attention.forward import _additive_fwd
 from kernels.common import runtime, tuning
 from kernels.common.checks import kernel_key_mask
 from kernels.common.delta import launch_delta
+from kernels.common.jit import needs_int64_offsets
 
 
 def _launch_pass(kernel, v, meta, len_q, len_k, block_a, args, keys=False):
@@ -48,6 +49,7 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     lse = runtime.empty((b, h, len_q), torch.float32, v.device)
     mask, mask_strides = kernel_key_mask(attn_mask, qf, kf, CALLER)
     meta = _meta(attn_mask, is_causal, block_e, v.dtype)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(qf, kf, w, v, mask, out)
     args = (
         qf, kf, w, v, mask, out, lse,
         *qf.stride(), *kf.stride(), *w.stride(), *v.stride(), *out.stride(), *mask_strides,
@@ -64,8 +66,12 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=v.device)
     dlse = dlse.to(torch.float32).contiguous()
+    dqf = runtime.empty((b, h, len_q, a), qf.dtype, v.device)
+    dkf = runtime.empty((b, h, len_k, a), kf.dtype, v.device)
+    dv = runtime.empty((b, h, len_k, value_dim), v.dtype, v.device)
     meta = {**_meta(attn_mask, is_causal, block_e, v.dtype), "BLOCK_A": block_a}
-    delta = launch_delta(out, dout, dlse, block_e)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(qf, kf, w, v, mask, out, dout, dqf, dkf, dv)
+    delta = launch_delta(out, dout, dlse, block_e, meta["LARGE_OFFSETS"])
 
     def pass_args(*gradients):
         """The dQf and dK/dV passes' arguments: they differ only in the buffers they write."""
@@ -75,11 +81,8 @@ def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, do
             h, len_q, len_k, a, value_dim,
         )  # fmt: skip
 
-    dqf = runtime.empty((b, h, len_q, a), qf.dtype, v.device)
     _launch_pass(_additive_bwd_dq, v, meta, len_q, len_k, block_a, pass_args(dqf))
 
-    dkf = runtime.empty((b, h, len_k, a), kf.dtype, v.device)
-    dv = runtime.empty((b, h, len_k, value_dim), v.dtype, v.device)
     partials = {}  # per config: dw summed over each key block, (b, h, key blocks, a)
 
     def dkdv_args(config):

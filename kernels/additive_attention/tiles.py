@@ -1,15 +1,26 @@
-"""Jitted helpers of the additive kernels: a tile of scores and its probabilities."""
+"""Jitted helpers of the additive kernels: a tile of scores and its probabilities, and the
+pointers of the features (what the flash kernel uses too lives in :mod:`kernels.common.jit`)."""
 
 import triton
 import triton.language as tl
 
-# Module globals read inside @triton.jit code must be tl.constexpr objects: the compiler
-# refuses plain Python globals (the interpreter would accept them, and hide the bug).
-LOG2_E = tl.constexpr(1.4426950408889634)
-LN_2 = tl.constexpr(0.6931471805599453)
+from kernels.common.jit import LOG2_E, widen
+
 # tanh(x) = 1 - 2 / (1 + e^(2x)) = 1 - 2 / (1 + 2^(x * 2 log2 e)): each channel of features is
 # multiplied by 2 log2(e) as a vector, so each (i, j, c) element costs one add and one exp2.
 TWO_LOG2_E = tl.constexpr(2.8853900817779268)
+
+
+@triton.jit
+def _feature_rows(
+    Base, off_b, off_h, stride_b, stride_h, rows, stride_row, stride_channel,
+    LARGE_OFFSETS: tl.constexpr,
+):  # fmt: skip
+    """(ptrs, stride_channel): (rows,) pointers to channel 0 of these rows of one (batch, head)'s
+    (rows, a) features, and the channel stride, widened as the row stride is (under
+    LARGE_OFFSETS, int64: see kernels.common.jit): channel c is ``ptrs + c * stride_channel``."""
+    ptrs = Base + off_b * stride_b + off_h * stride_h + rows * widen(stride_row, LARGE_OFFSETS)
+    return ptrs, widen(stride_channel, LARGE_OFFSETS)
 
 
 @triton.jit

@@ -10,5 +10,6 @@ Triton device functions and constants: :mod:`kernels.common.jit`. The host side:
 * :mod:`kernels.common.tuning`: choosing a launch configuration (``LaunchConfig``,
   ``candidates``, ``pick``, ``launch_tuned``), and keeping choices on disk;
 * :mod:`kernels.common.checks`: input checks both kernels make (the device, key masks);
-* :mod:`kernels.common.delta`: the backward's ``delta = rowsum(dO * O)`` pass both kernels run.
+* :mod:`kernels.common.delta`: the launch of the backward's ``delta = rowsum(dO * O)`` pass both
+  kernels run (its kernel is :func:`kernels.common.jit.attn_bwd_delta`).
 """

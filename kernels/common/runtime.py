@@ -17,17 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
-import triton
 
+from kernels.common import jit
 
-def _probe():
-    """Never run: only decorated, to ask Triton whether its interpreter is on."""
-
-
-# Whether ``@triton.jit`` gives interpreted functions: Triton decides at decoration time, from
-# TRITON_INTERPRET as it was when triton was first imported. Interpreted kernels run on the CPU
-# with numpy, and take CPU tensors.
-INTERPRETED = type(triton.jit(_probe)).__name__ == "InterpretedFunction"
+# INTERPRETED: whether the kernels are interpreted (on the CPU, with numpy, taking CPU tensors)
+# rather than compiled; Triton decides when ``@triton.jit`` runs (kernels.common.jit).
+INTERPRETED = jit.INTERPRETED
 
 
 def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:

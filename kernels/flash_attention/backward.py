@@ -1,6 +1,5 @@
-"""The backward kernels (FlashAttention-2): after delta = rowsum(dO * O) (``kernels.common.delta``),
-dK/dV per key block and dQ per query block, both recomputing the probabilities from the saved
-log-sum-exp.
+"""The backward kernels (FlashAttention-2): delta = rowsum(dO * O), then dK/dV per key block and
+dQ per query block, both recomputing the probabilities from the saved log-sum-exp.
 
 Dropout (HAS_DROPOUT). The forward computed O = (P * Z) V, P = softmax(S) row by row, with
 Z_ij = keep_ij / (1 - p) (elementwise products; keep regenerated here from the same seed and
@@ -16,20 +15,22 @@ log-sum-exp term (d lse_i / d S_ij = P_ij, undropped: dropout does not touch the
 still folds into delta as -dlse. dK = scale * dS^T Q and dQ = scale * dS K are unchanged; dS
 is also the gradient of a float mask. With p = 1 (Z = 0, keep_scale = 0) every gradient but
 the log-sum-exp's is zero, as SDPA's.
+
+LARGE_OFFSETS: every row and lane offset in int64 (see :mod:`kernels.common.jit`). The delta pass
+(``rowsum(dO * O)``) is both kernels' own: :func:`kernels.common.jit.attn_bwd_delta`.
 """
 
 import triton
 import triton.language as tl
 
+from kernels.common.jit import dot, head_rows, program_tile, round_to, softmax_stats, widen
 from kernels.flash_attention.forward import _visible_key_blocks
 from kernels.flash_attention.tiles import (
     _apply_mask,
-    _dot,
     _dropout_keep,
+    _head_dim_lanes,
     _load_rows,
     _mask_key_block,
-    _round,
-    _softmax_stats,
 )
 
 
@@ -61,9 +62,9 @@ def _dkdv_query_blocks(
         rows = start_m + offs_m
         q = _load_rows(Q + rows[:, None] * stride_qm, rows, LEN_Q, dqk_ok, MASKED, EVEN_DQK)
         do = _load_rows(DOut + rows[:, None] * stride_gm, rows, LEN_Q, dv_ok, MASKED, EVEN_DV)
-        lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, MASKED)
+        lse_log2, delta = softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, MASKED)
 
-        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        s = dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
         if HAS_MASK:
             s = _apply_mask(
                 s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, MASK_FLOAT, MASK_ROWS
@@ -80,13 +81,26 @@ def _dkdv_query_blocks(
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, rng_offset, row_base + rows, cols, LEN_K, dropout_p)
             p_out = _drop(p, keep, keep_scale)
-        dv += _dot(tl.trans(_round(p_out, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
-        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        dv += dot(tl.trans(round_to(p_out, do.dtype, EMULATE_BF16)), do, EMULATE_BF16, PRECISION)
+        dp = dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
         if HAS_DROPOUT:
             dp = _drop(dp, keep, keep_scale)
         ds = p * (dp - delta[:, None])  # gradient w.r.t. the scaled scores
-        dk += _dot(tl.trans(_round(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
+        dk += dot(tl.trans(round_to(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
     return dk, dv
+
+
+@triton.jit
+def _query_blocks_of_stage(STAGE: tl.constexpr, lo, m_whole, m_even, LEN_Q):
+    """(start, stop) of the dK/dV pass's query blocks in stage 0 (crossing the causal diagonal,
+    masked), 1 (whole and wholly visible, unmasked) or 2 (the partial last block, masked)."""
+    if STAGE == 0:
+        start, stop = lo, tl.minimum(m_whole, LEN_Q)
+    elif STAGE == 1:
+        start, stop = m_whole, m_even
+    else:
+        start, stop = tl.maximum(m_whole, m_even), LEN_Q
+    return start, stop
 
 
 @triton.jit(do_not_specialize=["seed", "rng_offset"])
@@ -104,7 +118,7 @@ def _attn_bwd_dkdv(
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
 ):  # fmt: skip
     """One program per key block of one key/value head: holds K_j, V_j and accumulates dK_j,
     dV_j over the query blocks of every query head that reads this key/value head (GROUP of
@@ -113,29 +127,23 @@ def _attn_bwd_dkdv(
     DK and DV are contiguous (b, h_kv, len_k, d) and (b, h_kv, len_k, d_v) buffers; their
     strides are computed here.
     """
-    off_bkv = tl.program_id(0)  # batch * h_kv + key/value head, on axis 0: see launch.grid
-    start_n = tl.program_id(1) * BLOCK_N
-    H_KV = H // GROUP
-    off_b = (off_bkv // H_KV).to(tl.int64)
-    off_hk = (off_bkv % H_KV).to(tl.int64)
-
+    # axis 0: batch * h_kv + key/value head (see launch.grid); start_n: this key block's start
+    off_bkv, off_b, off_hk, start_n = program_tile(H // GROUP, BLOCK_N)
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_dqk = tl.arange(0, BLOCK_DQK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    dqk_ok = offs_dqk < HEAD_DIM_QK
-    dv_ok = offs_dv < HEAD_DIM_V
+    offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
     k_ok = (cols[:, None] < LEN_K) & dqk_ok[None, :]
     v_ok = (cols[:, None] < LEN_K) & dv_ok[None, :]
 
-    k_ptrs = K + off_b * stride_kb + off_hk * stride_kh
-    k = tl.load(
-        k_ptrs + cols[:, None] * stride_kn + offs_dqk[None, :] * stride_kd, mask=k_ok, other=0.0
-    )  # (j, DQK)
-    v_ptrs = V + off_b * stride_vb + off_hk * stride_vh
-    v = tl.load(
-        v_ptrs + cols[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=v_ok, other=0.0
-    )  # (j, DV)
+    k_base, stride_kn = head_rows(
+        K, off_b, off_hk, stride_kb, stride_kh, stride_kn, offs_dqk, stride_kd, LARGE_OFFSETS
+    )
+    k = tl.load(k_base + cols[:, None] * stride_kn, mask=k_ok, other=0.0)  # (j, DQK)
+    v_base, stride_vn = head_rows(
+        V, off_b, off_hk, stride_vb, stride_vh, stride_vn, offs_dv, stride_vd, LARGE_OFFSETS
+    )
+    v = tl.load(v_base + cols[:, None] * stride_vn, mask=v_ok, other=0.0)  # (j, DV)
+    stride_mm, stride_mn = widen(stride_mm, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
 
     dk = tl.zeros((BLOCK_N, BLOCK_DQK), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
@@ -153,44 +161,37 @@ def _attn_bwd_dkdv(
         m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     for g in range(0, GROUP):
         off_h = off_hk * GROUP + g  # a query head reading this key/value head
-        q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_dqk[None, :] * stride_qd
-        g_base = DOut + off_b * stride_gb + off_h * stride_gh + offs_dv[None, :] * stride_gd
+        q_base, q_row = head_rows(
+            Q, off_b, off_h, stride_qb, stride_qh, stride_qm, offs_dqk, stride_qd, LARGE_OFFSETS
+        )
+        g_base, g_row = head_rows(
+            DOut, off_b, off_h, stride_gb, stride_gh, stride_gm, offs_dv, stride_gd,
+            LARGE_OFFSETS,
+        )  # fmt: skip
         m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
         row_base = (off_b * H + off_h) * LEN_Q
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-            stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, lo, tl.minimum(m_whole, LEN_Q),
-            LEN_Q, LEN_K, causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale,
-            True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV,
-            BLOCK_M, EMULATE_BF16, PRECISION,
-        )  # fmt: skip
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-            stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, m_whole, m_even, LEN_Q, LEN_K,
-            causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, False,
-            HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV, BLOCK_M,
-            EMULATE_BF16, PRECISION,
-        )  # fmt: skip
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, stride_qm, stride_gm,
-            stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, tl.maximum(m_whole, m_even),
-            LEN_Q, LEN_Q, LEN_K, causal_shift, qk_scale_log2, seed, rng_offset, dropout_p,
-            keep_scale, True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
-            EVEN_DV, BLOCK_M, EMULATE_BF16, PRECISION,
-        )  # fmt: skip
+        for stage in tl.static_range(3):  # the diagonal blocks, the whole ones, the last one
+            start, stop = _query_blocks_of_stage(stage, lo, m_whole, m_even, LEN_Q)
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, q_row, g_row,
+                stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K,
+                causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale,
+                stage != 1, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
+                EVEN_DV, BLOCK_M, EMULATE_BF16, PRECISION,
+            )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
     row0 = off_bkv.to(tl.int64) * LEN_K + cols[:, None]  # rows of the (b * h_kv * len_k) buffers
     dk_off = row0 * HEAD_DIM_QK + offs_dqk[None, :]
     dv_off = row0 * HEAD_DIM_V + offs_dv[None, :]
-    tl.store(DK + dk_off, _round(dk, DK.dtype.element_ty, EMULATE_BF16), mask=k_ok)
-    tl.store(DV + dv_off, _round(dv, DV.dtype.element_ty, EMULATE_BF16), mask=v_ok)
+    tl.store(DK + dk_off, round_to(dk, DK.dtype.element_ty, EMULATE_BF16), mask=k_ok)
+    tl.store(DV + dv_off, round_to(dv, DV.dtype.element_ty, EMULATE_BF16), mask=v_ok)
 
 
 @triton.jit
 def _dq_key_blocks(
     dq, q, do, lse_log2, delta, K, V, M, DBias,
-    stride_kn, stride_vn, stride_mm, stride_mn,
+    stride_kn, stride_vn, stride_mm, stride_mn, stride_dbm,
     rows, offs_n, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
     seed, rng_offset, dropout_p, keep_scale, row_ids,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
@@ -205,22 +206,22 @@ def _dq_key_blocks(
         k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, dqk_ok, MASKED, EVEN_DQK)
         v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, dv_ok, MASKED, EVEN_DV)
 
-        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        s = dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
         s = _mask_key_block(
             s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
             MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
         )  # fmt: skip
         p = tl.exp2(s - lse_log2[:, None])
 
-        dp = _dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
+        dp = dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, rng_offset, row_ids, cols, LEN_K, dropout_p)
             dp = _drop(dp, keep, keep_scale)
         ds = p * (dp - delta[:, None])  # gradient w.r.t. the scores, and so the float mask's
         if MASK_GRAD:  # DBias: this (batch, head)'s contiguous (len_q, len_k) float32 slice
             ok = (rows[:, None] < LEN_Q) & (cols[None, :] < LEN_K)
-            tl.store(DBias + rows[:, None] * LEN_K + cols[None, :], ds, mask=ok)
-        dq += _dot(_round(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
+            tl.store(DBias + rows[:, None] * stride_dbm + cols[None, :], ds, mask=ok)
+        dq += dot(round_to(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
     return dq
 
 
@@ -239,66 +240,58 @@ def _attn_bwd_dq(
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
 ):  # fmt: skip
     """One program per query block: holds Q_i, dO_i and accumulates dQ_i over key blocks.
 
     DQ is a contiguous (b, h, len_q, d) buffer. Query rows past len_q load q = dO = 0 and
     lse = delta = 0, so their dS is 0 and they add nothing; they are never stored.
     """
-    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
-    start_m = tl.program_id(1) * BLOCK_M
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-
+    off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_dqk = tl.arange(0, BLOCK_DQK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    dqk_ok = offs_dqk < HEAD_DIM_QK
-    dv_ok = offs_dv < HEAD_DIM_V
+    offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
-    q = _load_rows(
-        q_ptrs + rows[:, None] * stride_qm + offs_dqk[None, :] * stride_qd,
-        rows, LEN_Q, dqk_ok, True, EVEN_DQK,
-    )  # fmt: skip
-    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
-    do = _load_rows(
-        g_ptrs + rows[:, None] * stride_gm + offs_dv[None, :] * stride_gd,
-        rows, LEN_Q, dv_ok, True, EVEN_DV,
-    )  # fmt: skip
+    q_base, stride_qm = head_rows(
+        Q, off_b, off_h, stride_qb, stride_qh, stride_qm, offs_dqk, stride_qd, LARGE_OFFSETS
+    )
+    q = _load_rows(q_base + rows[:, None] * stride_qm, rows, LEN_Q, dqk_ok, True, EVEN_DQK)
+    g_base, stride_gm = head_rows(
+        DOut, off_b, off_h, stride_gb, stride_gh, stride_gm, offs_dv, stride_gd, LARGE_OFFSETS
+    )
+    do = _load_rows(g_base + rows[:, None] * stride_gm, rows, LEN_Q, dv_ok, True, EVEN_DV)
     row_base = off_bh.to(tl.int64) * LEN_Q
-    lse_log2, delta = _softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
+    lse_log2, delta = softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 
     off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
-    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_dqk[None, :] * stride_kd
-    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_dv[None, :] * stride_vd
+    k_base, stride_kn = head_rows(
+        K, off_b, off_hk, stride_kb, stride_kh, stride_kn, offs_dqk, stride_kd, LARGE_OFFSETS
+    )
+    v_base, stride_vn = head_rows(
+        V, off_b, off_hk, stride_vb, stride_vh, stride_vn, offs_dv, stride_vd, LARGE_OFFSETS
+    )
     m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
+    stride_mm, stride_mn = widen(stride_mm, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
     db_base = DBias + row_base * LEN_K  # (only written with MASK_GRAD)
+    stride_dbm = widen(LEN_K, LARGE_OFFSETS)  # its row stride
 
     dq = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
     n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     causal_shift = LEN_K - LEN_Q
-    dq = _dq_key_blocks(
-        dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
-        stride_mm, stride_mn, rows, offs_n, dqk_ok, dv_ok, 0, n_whole, LEN_Q, LEN_K,
-        causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows,
-        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
-        EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
-    )  # fmt: skip
-    dq = _dq_key_blocks(
-        dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
-        stride_mm, stride_mn, rows, offs_n, dqk_ok, dv_ok, n_whole, n_stop, LEN_Q, LEN_K,
-        causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows,
-        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
-        EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
-    )  # fmt: skip
+    for stage in tl.static_range(2):  # stage 0: [0, n_whole) unmasked; 1: [n_whole, n_stop)
+        dq = _dq_key_blocks(
+            dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
+            stride_mm, stride_mn, stride_dbm, rows, offs_n, dqk_ok, dv_ok,
+            n_whole if stage else 0, n_stop if stage else n_whole, LEN_Q, LEN_K, causal_shift,
+            qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows,
+            stage == 1, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT,
+            EVEN_DQK, EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
 
     dq *= sm_scale  # dQ = scale * dS K
     out_off = (row_base + rows[:, None]) * HEAD_DIM_QK + offs_dqk[None, :]
     tl.store(
         DQ + out_off,
-        _round(dq, DQ.dtype.element_ty, EMULATE_BF16),
+        round_to(dq, DQ.dtype.element_ty, EMULATE_BF16),
         mask=(rows[:, None] < LEN_Q) & dqk_ok[None, :],
     )

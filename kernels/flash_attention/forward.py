@@ -5,18 +5,28 @@ normaliser l (and so the log-sum-exp) sums the probabilities *before* dropout, a
 O_i = sum_j P_ij * Z_ij * V_j with Z_ij = keep_ij / (1 - p), keep_ij from tiles._dropout_keep.
 The kernel accumulates sum_j exp(s_ij - m_i) keep_ij V_j and multiplies by 1 / (1 - p) once,
 with the division by l, at the end.
+
+LARGE_OFFSETS: every row and lane offset in int64 (see :mod:`kernels.common.jit`).
 """
 
 import triton
 import triton.language as tl
 
+from kernels.common.jit import (
+    dot,
+    head_rows,
+    normalise,
+    online_softmax_step,
+    program_tile,
+    round_to,
+    store_output,
+    widen,
+)
 from kernels.flash_attention.tiles import (
-    LN_2,
-    _dot,
     _dropout_keep,
+    _head_dim_lanes,
     _load_rows,
     _mask_key_block,
-    _round,
 )
 
 
@@ -39,26 +49,19 @@ def _fwd_key_blocks(
         k = _load_rows(K + cols[:, None] * stride_kn, cols, LEN_K, dqk_ok, MASKED, EVEN_DQK)
         v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, dv_ok, MASKED, EVEN_DV)
 
-        s = _dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
+        s = dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j), log2 units
         s = _mask_key_block(
             s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
             MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
         )  # fmt: skip
 
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # While a row has seen no valid key its max is -inf, and -inf - -inf would be NaN;
-        # subtracting 0 instead keeps p = exp2(-inf) = 0 and alpha = 0 for such rows.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)  # rescales what was summed under the old max
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, l_i, m_i = online_softmax_step(s, m_i, l_i)
         if HAS_DROPOUT:
             p = tl.where(_dropout_keep(seed, rng_offset, row_ids, cols, LEN_K, dropout_p), p, 0.0)
         # p is rounded to the value dtype so the second product runs on 16-bit tensor cores.
-        acc = acc * alpha[:, None] + _dot(
-            _round(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
+        acc = acc * alpha[:, None] + dot(
+            round_to(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
         )
-        m_i = m_new
     return acc, l_i, m_i
 
 
@@ -97,30 +100,26 @@ def _attn_fwd(
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
 ):  # fmt: skip
-    off_bh = tl.program_id(0)  # batch * heads on axis 0: see kernels.launch.grid
-    start_m = tl.program_id(1) * BLOCK_M
-    # int64 batch/head offsets: b * stride_b overflows int32 for large tensors.
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-
+    off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    # q and k have head dim HEAD_DIM_QK (padded to DQK), v and out HEAD_DIM_V (padded to DV);
-    # the padded lanes load as 0 and are never stored.
-    offs_dqk = tl.arange(0, BLOCK_DQK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    dqk_ok = offs_dqk < HEAD_DIM_QK
-    dv_ok = offs_dv < HEAD_DIM_V
+    offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
-    q_ptrs += rows[:, None] * stride_qm + offs_dqk[None, :] * stride_qd
-    q = _load_rows(q_ptrs, rows, LEN_Q, dqk_ok, True, EVEN_DQK)  # (i, DQK)
+    q_base, stride_qm = head_rows(
+        Q, off_b, off_h, stride_qb, stride_qh, stride_qm, offs_dqk, stride_qd, LARGE_OFFSETS
+    )
+    q = _load_rows(q_base + rows[:, None] * stride_qm, rows, LEN_Q, dqk_ok, True, EVEN_DQK)
     off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
-    k_base = K + off_b * stride_kb + off_hk * stride_kh + offs_dqk[None, :] * stride_kd
-    v_base = V + off_b * stride_vb + off_hk * stride_vh + offs_dv[None, :] * stride_vd
+    k_base, stride_kn = head_rows(
+        K, off_b, off_hk, stride_kb, stride_kh, stride_kn, offs_dqk, stride_kd, LARGE_OFFSETS
+    )
+    v_base, stride_vn = head_rows(
+        V, off_b, off_hk, stride_vb, stride_vh, stride_vn, offs_dv, stride_vd, LARGE_OFFSETS
+    )
     m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
+    stride_mm, stride_mn = widen(stride_mm, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, log2 units
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of exp2(s - m_i)
@@ -131,38 +130,20 @@ def _attn_fwd(
     n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     causal_shift = LEN_K - LEN_Q
     row_ids = off_bh.to(tl.int64) * LEN_Q + rows  # this tile's rows in (b * h * len_q)
-    acc, l_i, m_i = _fwd_key_blocks(
-        acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
-        rows, offs_n, dqk_ok, dv_ok, 0, n_whole, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
-        seed, rng_offset, dropout_p, row_ids,
-        False, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV,
-        BLOCK_N,
-        EMULATE_BF16, PRECISION,
-    )  # fmt: skip
-    acc, l_i, m_i = _fwd_key_blocks(
-        acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm, stride_mn,
-        rows, offs_n, dqk_ok, dv_ok, n_whole, n_stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
-        seed, rng_offset, dropout_p, row_ids,
-        True, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK, EVEN_DV,
-        BLOCK_N,
-        EMULATE_BF16, PRECISION,
-    )  # fmt: skip
+    for stage in tl.static_range(2):  # stage 0: [0, n_whole) unmasked; 1: [n_whole, n_stop)
+        acc, l_i, m_i = _fwd_key_blocks(
+            acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm,
+            stride_mn, rows, offs_n, dqk_ok, dv_ok, n_whole if stage else 0,
+            n_stop if stage else n_whole, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+            seed, rng_offset, dropout_p, row_ids,
+            stage == 1, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
+            EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
+        )  # fmt: skip
 
-    # Normalise once at the end. A row with no valid key has l = 0 and acc = 0: it gets zeros
-    # and lse = -inf (log of an empty sum), never 0/0.
-    seen = l_i > 0.0
-    l_safe = tl.where(seen, l_i, 1.0)
-    out = acc / l_safe[:, None]
+    out, lse = normalise(acc, l_i, m_i)
     if HAS_DROPOUT:
         out = out * keep_scale  # 1 / (1 - p): the kept probabilities, rescaled
-    # lse in natural log of the scaled scores: (m + log2 l) is in log2 units, times ln 2.
-    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * LN_2, float("-inf"))
-
-    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
-    o_ptrs += rows[:, None] * stride_om + offs_dv[None, :] * stride_od
-    tl.store(
-        o_ptrs,
-        _round(out, Out.dtype.element_ty, EMULATE_BF16),
-        mask=(rows[:, None] < LEN_Q) & dv_ok[None, :],
+    o_base, stride_om = head_rows(
+        Out, off_b, off_h, stride_ob, stride_oh, stride_om, offs_dv, stride_od, LARGE_OFFSETS
     )
-    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)
+    store_output(o_base, stride_om, Lse, out, lse, off_bh, rows, dv_ok, LEN_Q, EMULATE_BF16)

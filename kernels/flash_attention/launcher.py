@@ -6,12 +6,12 @@ import triton
 
 from kernels.common import runtime, tuning
 from kernels.common.delta import launch_delta
+from kernels.common.jit import LOG2_E, needs_int64_offsets
 from kernels.flash_attention import configs
 from kernels.flash_attention.backward import _attn_bwd_dkdv, _attn_bwd_dq
 from kernels.flash_attention.checks import _block_d, _mask_layout
 from kernels.flash_attention.dropout import NO_DROPOUT
 from kernels.flash_attention.forward import _attn_fwd
-from kernels.flash_attention.tiles import LOG2_E
 
 
 def _launch_pass(kernel, name, q, k, meta, args):
@@ -67,6 +67,7 @@ def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT):
         *_sizes(q, k, v), scale * LOG2_E.value, *_dropout_args(dropout),
     )  # fmt: skip
     meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out)
     _launch_pass(_attn_fwd, "fwd", q, k, meta, args)
     return out, lse
 
@@ -80,10 +81,11 @@ def _backward(
     len_k = k.shape[2]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
     meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype)
+    meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out, dout)
     if dlse is None:
         dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
     dlse = dlse.to(torch.float32).contiguous()
-    delta = launch_delta(out, dout, dlse, meta["BLOCK_DV"])
+    delta = launch_delta(out, dout, dlse, meta["BLOCK_DV"], meta["LARGE_OFFSETS"])
 
     def pass_args(*gradients):
         """The dK/dV and dQ passes' arguments: they differ only in the buffers they write."""
@@ -104,7 +106,9 @@ def _backward(
     dbias = torch.zeros((b, h, len_q, len_k) if in_kernel else (1,), device=q.device)
     dq = runtime.empty((b, h, len_q, d), q.dtype, q.device)
     name = "dq_bias" if in_kernel else "dq"
-    _launch_pass(_attn_bwd_dq, name, q, k, {**meta, "MASK_GRAD": in_kernel}, pass_args(dq, dbias))
+    large = meta["LARGE_OFFSETS"] or needs_int64_offsets(dbias)
+    dq_meta = {**meta, "MASK_GRAD": in_kernel, "LARGE_OFFSETS": large}
+    _launch_pass(_attn_bwd_dq, name, q, k, dq_meta, pass_args(dq, dbias))
     if key_constant:
         return dq, dk, dv, _key_constant_mask_grad(lse, dlse, attn_mask)
     if in_kernel:

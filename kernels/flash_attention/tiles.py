@@ -1,56 +1,26 @@
-"""Tile-level helpers shared by the flash-attention kernels (and the additive kernel).
+"""Tile-level helpers of the flash-attention kernels (what the additive kernel uses too lives in
+:mod:`kernels.common.jit`).
 
-``@triton.jit`` functions inlined into the forward and backward kernels: the products, the
-rounding to the input dtype, bounds-checked tile loads, the key-mask read, the saved softmax
-statistics and the dropout keep-mask. Module globals read inside jitted code are ``tl.constexpr`` objects.
+``@triton.jit`` functions inlined into the forward and backward kernels: the head-dim lanes,
+bounds-checked tile loads, the attention mask of a tile and the dropout keep-mask.
 """
 
 import triton
 import triton.language as tl
 
-# exp(x) == exp2(x * log2(e)): the kernels work in base 2 (exp2 is the native instruction) and
-# fold log2(e) into the softmax scale, so each score costs one multiply and one exp2.
-LOG2_E = tl.constexpr(1.4426950408889634)
-LN_2 = tl.constexpr(0.6931471805599453)
+from kernels.common.jit import LOG2_E
 
 
 @triton.jit
-def _dot(a, b, EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr):
-    """a @ b with float32 accumulation.
-
-    The Triton interpreter multiplies bfloat16 blocks as their raw uint16 bits, so under it the
-    operands -- whose values are already bfloat16 -- are widened to float32 first: the same
-    products as a bfloat16 tensor-core dot accumulating in float32.
-    """
-    if EMULATE_BF16:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
-def _round(x, dtype: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """float32 x rounded to dtype, to nearest even as compiled Triton does.
-
-    The interpreter narrows float32 to bfloat16 by truncation, a bias that adds up over a row
-    of probabilities; there we round the float32 bits ourselves first (add half an ulp of
-    bfloat16 plus the tie-to-even bit, then clear the low 16 bits), so the narrowing is exact.
-    """
-    if EMULATE_BF16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
-
-
-@triton.jit
-def _key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK: tl.constexpr):
-    """(BLOCK_N,) bool: the key exists (col < len_k) and, with a key mask, takes part."""
-    valid = cols < LEN_K
-    if HAS_MASK:
-        takes_part = tl.load(Mask + mask_base + cols * stride_mn, mask=valid, other=0)
-        valid = valid & (takes_part != 0)
-    return valid
+def _head_dim_lanes(
+    HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr
+):  # fmt: skip
+    """(offs_dqk, offs_dv, dqk_ok, dv_ok): q and k have head dim HEAD_DIM_QK (padded to
+    BLOCK_DQK), v, dO and out HEAD_DIM_V (padded to BLOCK_DV); the padded lanes load as 0 and are
+    never stored."""
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    return offs_dqk, offs_dv, offs_dqk < HEAD_DIM_QK, offs_dv < HEAD_DIM_V
 
 
 @triton.jit
@@ -67,22 +37,6 @@ def _load_rows(ptrs, rows, n_rows, d_ok, PARTIAL: tl.constexpr, EVEN_D: tl.const
     else:
         tile = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
     return tile
-
-
-@triton.jit
-def _softmax_stats(Lse, Delta, row_ptrs, rows, LEN_Q, PARTIAL: tl.constexpr):
-    """(lse in log2 units, delta) for a block of query rows, as the backward passes need them.
-
-    Rows that saw no key saved lse = -inf; all their scores are -inf as well, so any finite
-    stand-in gives p = 0 rather than exp2(-inf + inf) = NaN.
-    """
-    if PARTIAL:
-        lse = tl.load(Lse + row_ptrs, mask=rows < LEN_Q, other=0.0)
-        delta = tl.load(Delta + row_ptrs, mask=rows < LEN_Q, other=0.0)
-    else:
-        lse = tl.load(Lse + row_ptrs)
-        delta = tl.load(Delta + row_ptrs)
-    return tl.where(lse == float("-inf"), 0.0, lse * LOG2_E), delta
 
 
 @triton.jit
