@@ -16,7 +16,6 @@ from kernels.common.jit import (
     online_softmax_step,
     program_tile,
     round_to,
-    store_output,
     widen,
 )
 
@@ -84,8 +83,13 @@ def _additive_fwd(
             round_to(p, v.dtype, EMULATE_BF16), v, EMULATE_BF16, PRECISION
         )
 
-    out, lse = normalise(acc, l_i, m_i)
-    o_base, stride_om = head_rows(
-        Out, off_b, off_h, stride_ob, stride_oh, stride_om, offs_e, stride_oe, LARGE_OFFSETS
+    out, lse = normalise(acc, l_i, m_i, 1.0, False)
+    stride_om, stride_oe = widen(stride_om, LARGE_OFFSETS), widen(stride_oe, LARGE_OFFSETS)
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
+    o_ptrs += rows[:, None] * stride_om + offs_e[None, :] * stride_oe
+    tl.store(
+        o_ptrs,
+        round_to(out, Out.dtype.element_ty, EMULATE_BF16),
+        mask=row_ok[:, None] & e_ok[None, :],
     )
-    store_output(o_base, stride_om, Lse, out, lse, off_bh, rows, e_ok, LEN_Q, EMULATE_BF16)
+    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=row_ok)

@@ -93,6 +93,18 @@ def head_rows(
 
 
 @triton.jit
+def head_tile(
+    Base, off_b, off_h, stride_b, stride_h, rows, stride_row, lanes, stride_lane,
+    LARGE_OFFSETS: tl.constexpr,
+):  # fmt: skip
+    """(rows, lanes) pointers of a tile of one (batch, head)'s (rows, lanes) matrix, its strides
+    widened (:func:`widen`)."""
+    head = Base + off_b * stride_b + off_h * stride_h
+    rows_offsets = rows[:, None] * widen(stride_row, LARGE_OFFSETS)
+    return head + rows_offsets + lanes[None, :] * widen(stride_lane, LARGE_OFFSETS)
+
+
+@triton.jit
 def key_is_valid(Mask, mask_base, stride_mn, cols, LEN_K, HAS_MASK: tl.constexpr):
     """(BLOCK_N,) bool: the key exists (col < len_k) and, with a key mask, takes part."""
     valid = cols < LEN_K
@@ -118,8 +130,9 @@ def online_softmax_step(s, m_i, l_i):
 
 
 @triton.jit
-def normalise(acc, l_i, m_i):
-    """(out, lse) at the end of the online softmax: out = acc / l and lse in natural log.
+def normalise(acc, l_i, m_i, keep_scale, HAS_DROPOUT: tl.constexpr):
+    """(out, lse) at the end of the online softmax: out = acc / l (times keep_scale = 1 / (1 - p)
+    with dropout: the kept probabilities, rescaled) and lse in natural log.
 
     A row with no valid key has l = 0 and acc = 0: it gets zeros and lse = -inf (log of an empty
     sum), never 0/0. (m + log2 l) is in log2 units of the scaled scores, times ln 2.
@@ -127,22 +140,10 @@ def normalise(acc, l_i, m_i):
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
+    if HAS_DROPOUT:
+        out = out * keep_scale
     lse = tl.where(seen, (m_i + tl.log2(l_safe)) * LN_2, float("-inf"))
     return out, lse
-
-
-@triton.jit
-def store_output(
-    o_base, stride_om, Lse, out, lse, off_bh, rows, lanes_ok, LEN_Q, EMULATE_BF16: tl.constexpr
-):  # fmt: skip
-    """Store one query tile's output rows, rounded to the output's dtype (o_base, stride_om: see
-    :func:`head_rows`), and their log-sum-exp (Lse: a contiguous (b * h, len_q) float32 buffer)."""
-    tl.store(
-        o_base + rows[:, None] * stride_om,
-        round_to(out, o_base.dtype.element_ty, EMULATE_BF16),
-        mask=(rows[:, None] < LEN_Q) & lanes_ok[None, :],
-    )
-    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)
 
 
 @triton.jit

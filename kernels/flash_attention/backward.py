@@ -23,7 +23,15 @@ LARGE_OFFSETS: every row and lane offset in int64 (see :mod:`kernels.common.jit`
 import triton
 import triton.language as tl
 
-from kernels.common.jit import dot, head_rows, program_tile, round_to, softmax_stats, widen
+from kernels.common.jit import (
+    dot,
+    head_rows,
+    head_tile,
+    program_tile,
+    round_to,
+    softmax_stats,
+    widen,
+)
 from kernels.flash_attention.forward import _visible_key_blocks
 from kernels.flash_attention.tiles import (
     _apply_mask,
@@ -91,6 +99,24 @@ def _dkdv_query_blocks(
 
 
 @triton.jit
+def _seen_query_blocks(start_n, LEN_Q, LEN_K, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):  # fmt: skip
+    """(lo, m_whole, m_even) for the key block at start_n: query blocks [lo, m_whole) cross the
+    causal diagonal (bottom-right: key j is seen by rows i >= j - (len_k - len_q), so earlier
+    blocks contribute nothing and are skipped); blocks [m_whole, m_even) see the whole key
+    block and are whole; a partial last block follows."""
+    causal_shift = LEN_K - LEN_Q
+    m_even = LEN_Q // BLOCK_M * BLOCK_M
+    lo = 0
+    m_whole = 0
+    if IS_CAUSAL:
+        lo = tl.maximum(0, start_n - causal_shift) // BLOCK_M * BLOCK_M
+        last_col = tl.maximum(0, start_n + BLOCK_N - 1 - causal_shift)
+        m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    return lo, m_whole, m_even
+
+
+@triton.jit
 def _query_blocks_of_stage(STAGE: tl.constexpr, lo, m_whole, m_even, LEN_Q):
     """(start, stop) of the dK/dV pass's query blocks in stage 0 (crossing the causal diagonal,
     masked), 1 (whole and wholly visible, unmasked) or 2 (the partial last block, masked)."""
@@ -127,38 +153,35 @@ def _attn_bwd_dkdv(
     DK and DV are contiguous (b, h_kv, len_k, d) and (b, h_kv, len_k, d_v) buffers; their
     strides are computed here.
     """
-    # axis 0: batch * h_kv + key/value head (see launch.grid); start_n: this key block's start
-    off_bkv, off_b, off_hk, start_n = program_tile(H // GROUP, BLOCK_N)
+    # program_tile's set-up over key/value heads (h_kv = H // GROUP, taken after the ids)
+    off_bkv = tl.program_id(0)  # batch * h_kv + key/value head, on axis 0: see launch.grid
+    start_n = tl.program_id(1) * BLOCK_N
+    H_KV = H // GROUP
+    off_b = (off_bkv // H_KV).to(tl.int64)
+    off_hk = (off_bkv % H_KV).to(tl.int64)
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
     k_ok = (cols[:, None] < LEN_K) & dqk_ok[None, :]
     v_ok = (cols[:, None] < LEN_K) & dv_ok[None, :]
 
-    k_base, stride_kn = head_rows(
-        K, off_b, off_hk, stride_kb, stride_kh, stride_kn, offs_dqk, stride_kd, LARGE_OFFSETS
-    )
-    k = tl.load(k_base + cols[:, None] * stride_kn, mask=k_ok, other=0.0)  # (j, DQK)
-    v_base, stride_vn = head_rows(
-        V, off_b, off_hk, stride_vb, stride_vh, stride_vn, offs_dv, stride_vd, LARGE_OFFSETS
-    )
-    v = tl.load(v_base + cols[:, None] * stride_vn, mask=v_ok, other=0.0)  # (j, DV)
+    k_ptrs = head_tile(
+        K, off_b, off_hk, stride_kb, stride_kh, cols, stride_kn, offs_dqk, stride_kd,
+        LARGE_OFFSETS,
+    )  # fmt: skip
+    k = tl.load(k_ptrs, mask=k_ok, other=0.0)  # (j, DQK)
+    v_ptrs = head_tile(
+        V, off_b, off_hk, stride_vb, stride_vh, cols, stride_vn, offs_dv, stride_vd,
+        LARGE_OFFSETS,
+    )  # fmt: skip
+    v = tl.load(v_ptrs, mask=v_ok, other=0.0)  # (j, DV)
     stride_mm, stride_mn = widen(stride_mm, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
 
     dk = tl.zeros((BLOCK_N, BLOCK_DQK), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
 
-    # Query blocks [lo, m_whole) cross the causal diagonal (bottom-right: key j is seen by rows
-    # i >= j - (len_k - len_q), so earlier blocks contribute nothing and are skipped); blocks
-    # [m_whole, m_even) see the whole key block and are whole; a partial last block follows.
     causal_shift = LEN_K - LEN_Q
-    m_even = LEN_Q // BLOCK_M * BLOCK_M
-    lo = 0
-    m_whole = 0
-    if IS_CAUSAL:
-        lo = tl.maximum(0, start_n - causal_shift) // BLOCK_M * BLOCK_M
-        last_col = tl.maximum(0, start_n + BLOCK_N - 1 - causal_shift)
-        m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    lo, m_whole, m_even = _seen_query_blocks(start_n, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for g in range(0, GROUP):
         off_h = off_hk * GROUP + g  # a query head reading this key/value head
         q_base, q_row = head_rows(
@@ -252,14 +275,20 @@ def _attn_bwd_dq(
     offs_n = tl.arange(0, BLOCK_N)
     offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
 
-    q_base, stride_qm = head_rows(
-        Q, off_b, off_h, stride_qb, stride_qh, stride_qm, offs_dqk, stride_qd, LARGE_OFFSETS
-    )
-    q = _load_rows(q_base + rows[:, None] * stride_qm, rows, LEN_Q, dqk_ok, True, EVEN_DQK)
-    g_base, stride_gm = head_rows(
-        DOut, off_b, off_h, stride_gb, stride_gh, stride_gm, offs_dv, stride_gd, LARGE_OFFSETS
-    )
-    do = _load_rows(g_base + rows[:, None] * stride_gm, rows, LEN_Q, dv_ok, True, EVEN_DV)
+    q = _load_rows(
+        head_tile(
+            Q, off_b, off_h, stride_qb, stride_qh, rows, stride_qm, offs_dqk, stride_qd,
+            LARGE_OFFSETS,
+        ),
+        rows, LEN_Q, dqk_ok, True, EVEN_DQK,
+    )  # fmt: skip
+    do = _load_rows(
+        head_tile(
+            DOut, off_b, off_h, stride_gb, stride_gh, rows, stride_gm, offs_dv, stride_gd,
+            LARGE_OFFSETS,
+        ),
+        rows, LEN_Q, dv_ok, True, EVEN_DV,
+    )  # fmt: skip
     row_base = off_bh.to(tl.int64) * LEN_Q
     lse_log2, delta = softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 

@@ -19,7 +19,6 @@ from kernels.common.jit import (
     online_softmax_step,
     program_tile,
     round_to,
-    store_output,
     widen,
 )
 from kernels.flash_attention.tiles import (
@@ -107,10 +106,10 @@ def _attn_fwd(
     offs_n = tl.arange(0, BLOCK_N)
     offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
 
-    q_base, stride_qm = head_rows(
-        Q, off_b, off_h, stride_qb, stride_qh, stride_qm, offs_dqk, stride_qd, LARGE_OFFSETS
-    )
-    q = _load_rows(q_base + rows[:, None] * stride_qm, rows, LEN_Q, dqk_ok, True, EVEN_DQK)
+    stride_qm, stride_qd = widen(stride_qm, LARGE_OFFSETS), widen(stride_qd, LARGE_OFFSETS)
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh
+    q_ptrs += rows[:, None] * stride_qm + offs_dqk[None, :] * stride_qd
+    q = _load_rows(q_ptrs, rows, LEN_Q, dqk_ok, True, EVEN_DQK)  # (i, DQK)
     off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)
     k_base, stride_kn = head_rows(
         K, off_b, off_hk, stride_kb, stride_kh, stride_kn, offs_dqk, stride_kd, LARGE_OFFSETS
@@ -140,10 +139,13 @@ def _attn_fwd(
             EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
         )  # fmt: skip
 
-    out, lse = normalise(acc, l_i, m_i)
-    if HAS_DROPOUT:
-        out = out * keep_scale  # 1 / (1 - p): the kept probabilities, rescaled
-    o_base, stride_om = head_rows(
-        Out, off_b, off_h, stride_ob, stride_oh, stride_om, offs_dv, stride_od, LARGE_OFFSETS
+    out, lse = normalise(acc, l_i, m_i, keep_scale, HAS_DROPOUT)
+    stride_om, stride_od = widen(stride_om, LARGE_OFFSETS), widen(stride_od, LARGE_OFFSETS)
+    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
+    o_ptrs += rows[:, None] * stride_om + offs_dv[None, :] * stride_od
+    tl.store(
+        o_ptrs,
+        round_to(out, Out.dtype.element_ty, EMULATE_BF16),
+        mask=(rows[:, None] < LEN_Q) & dv_ok[None, :],
     )
-    store_output(o_base, stride_om, Lse, out, lse, off_bh, rows, dv_ok, LEN_Q, EMULATE_BF16)
+    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)
