@@ -240,8 +240,9 @@ def pick(
     capturing = runtime.capturing()
     kept = _kept_choice(key, configs, tune, either=capturing)
     if kept is not None or capturing:
-        run(kept or configs[0])
-        return kept or configs[0]
+        config = configs[0] if kept is None else kept
+        run(config)
+        return config
     choice, last = _choose(key, configs, run, tune)
     if choice != last:
         run(choice)
