@@ -80,6 +80,7 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
         Case("flash_attention", "bfloat16", 64, "causal+key_mask+dropout", heads_kv=1),
     ]
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
+    first += large_offset_cases()
     first += [
         Case("additive_attention", dtype, d, masking)
         for dtype, d, masking in (
@@ -93,6 +94,17 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
         )
     ]
     return every, first
+
+
+def large_offset_cases() -> list[Case]:
+    """Calls whose (len_q, len_k) slices are past 2^31 elements (46,341 tokens), which the
+    kernels run with int64 offsets (LARGE_OFFSETS, kernels.common.jit): a full boolean mask,
+    and a float bias with its gradient and dropout. (Meta tensors: nothing is allocated.)"""
+    n = 46341
+    return [
+        Case("flash_attention", "bfloat16", 128, "full_mask", n, n, batch=1, heads=1),
+        Case("flash_attention", "float16", 64, "causal+bias+dropout", n, n, batch=1, heads=1),
+    ]
 
 
 def full_cases() -> list[Case]:
