@@ -197,7 +197,10 @@ def additive_results(kernel_device, dtype):
     "results,kernels",
     [
         (flash_results, {"_attn_fwd", "attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq"}),
-        (additive_results, {"_additive_fwd", "attn_bwd_delta", "_additive_bwd_dkdv"}),
+        (
+            additive_results,
+            {"_additive_fwd", "attn_bwd_delta", "_additive_bwd_dq", "_additive_bwd_dkdv"},
+        ),
     ],
     ids=["flash", "additive"],
 )

@@ -224,10 +224,13 @@ def _additive_bwd_dq(
     q_ptrs, stride_qa = _feature_rows(
         QF, off_b, off_h, stride_qb, stride_qh, rows, stride_qm, stride_qa, LARGE_OFFSETS
     )  # (i,), channel 0
-    g_ptrs = head_tile(
-        DOut, off_b, off_h, stride_gb, stride_gh, rows, stride_gm, offs_e, stride_ge, LARGE_OFFSETS
+    stride_gm, stride_ge = widen(stride_gm, LARGE_OFFSETS), widen(stride_ge, LARGE_OFFSETS)
+    g_ptrs = DOut + off_b * stride_gb + off_h * stride_gh
+    do = tl.load(
+        g_ptrs + rows[:, None] * stride_gm + offs_e[None, :] * stride_ge,
+        mask=row_ok[:, None] & e_ok[None, :],
+        other=0.0,
     )
-    do = tl.load(g_ptrs, mask=row_ok[:, None] & e_ok[None, :], other=0.0)
     row_base = off_bh.to(tl.int64) * LEN_Q
     lse = tl.load(Lse + row_base + rows, mask=row_ok, other=0.0)
     delta = tl.load(Delta + row_base + rows, mask=row_ok, other=0.0)
