@@ -3,7 +3,8 @@
 Builds one :class:`transformer.translation.training.TrainConfig` from the command line and
 hands it to :func:`transformer.translation.training.train`. ``torchrun --nproc_per_node=N
 train.py ...`` trains data parallel. ``--resume RUN_DIR`` continues a stopped run from its last
-checkpoint.
+checkpoint. SIGTERM or SIGINT stops a run after its current step with a checkpoint and the
+command that resumes it (see ``STOPPING``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from transformer.translation.cli import (
     positive_int,
 )
 from transformer.translation.training import CONFIG_FILE, TrainConfig, sizing
+from transformer.translation.training.budget import StopRequest, exit_status
 from transformer.translation.training.devices import use_amp
 
 # Named model shapes. "cpu" is what 2 CPU cores with bf16 units train to useful BLEU in ~9
@@ -59,6 +62,14 @@ PRESET_TRAINING: dict[str, dict] = {
     ),
 }
 AUTO = "auto"
+STOPPING = (
+    "SIGTERM (a scheduler's or a preemption's first warning) or SIGINT (Ctrl-C) stops a run "
+    "after its current step: it writes a checkpoint, prints the command that resumes it and "
+    "exits with status 143 (SIGTERM) or 130 (SIGINT); every torchrun rank stops at the same "
+    "step. A second signal exits at once with the same status (the checkpoint before stays "
+    "valid). Exit status 2: bad options, data or checkpoints, or a checkpoint that could not "
+    "be written (the previous one stays valid)."
+)
 # Options that may change when a run is resumed: how long it goes on and how it reports.
 RESUMABLE = {
     "max_steps",
@@ -81,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Transformer encoder-decoder for German→English translation "
         "(Multi30K by default). Writes runs/<name>/ with checkpoints, tokenizer.json, "
         "metrics.jsonl, curves.png and results.json.",
+        epilog=STOPPING,
         formatter_class=HelpFormatter,
     )
     titles = ("run", "data", "model (defaults: the --config preset)", "optimization")
@@ -244,6 +256,18 @@ def _triton_can_run(device: str) -> bool:
     return torch.cuda.is_available() and not device.startswith("cpu")
 
 
+def resume_command(run_dir: Path, argv: list[str] | None, resumed: bool) -> str:
+    """The command line that continues the run in ``run_dir``: ``--resume RUN_DIR`` (a new run's
+    options are saved in its config.json), or a resumed run's own command line (its options
+    are the resumable ones it changed); under torchrun, with as many processes per node."""
+    args = (sys.argv[1:] if argv is None else argv) if resumed else ["--resume", str(run_dir)]
+    launcher = ["python"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        nproc = os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+        launcher = ["torchrun", f"--nproc_per_node={nproc}"]
+    return shlex.join([*launcher, sys.argv[0] if argv is None else "train.py", *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -266,11 +290,22 @@ def main(argv: list[str] | None = None) -> int:
     from transformer.translation.data import CorpusError
     from transformer.translation.training import train
 
+    stop = StopRequest()
     try:
-        result = train(config, resume=bool(args.resume))
+        with stop.on_signals():
+            result = train(config, resume=bool(args.resume), stop=stop)
     except (CheckpointError, CorpusError, FileExistsError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    if result.stopped:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"stopped at step {result.step}, checkpoint written; resume with:\n"
+                f"  {resume_command(result.run_dir, argv, resumed=bool(args.resume))}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return exit_status(stop.signum)
     if result.metrics:
         print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
     return 0

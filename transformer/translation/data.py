@@ -14,8 +14,8 @@ reported with its file and line number) and wrapped with ``Dataset.from_dict``; 
 directories are opened with ``datasets.load_from_disk``.
 
 Malformed input is refused with :class:`CorpusError`, never truncated silently:
-a missing file, undecodable bytes, an empty (or whitespace-only) line, and sides of different
-lengths. Multi30K has no empty lines, so refusing them costs nothing there and keeps pairs aligned
+a missing file, an empty file, undecodable bytes, an empty (or whitespace-only) line, and sides
+of different lengths. Multi30K has no empty lines, so refusing them costs nothing there and keeps pairs aligned
 elsewhere: an empty line in parallel data usually means one side lost or gained a sentence.
 """
 
@@ -43,8 +43,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     Line endings (``\\n`` or ``\\r\\n``) and surrounding whitespace are stripped.
 
     Raises:
-        CorpusError: the file is missing, a line is not valid UTF-8 (1-based line number given),
-            or a line is empty.
+        CorpusError: the file is missing or empty, a line is not valid UTF-8 (1-based line number
+            given), or a line is empty.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,6 +68,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
                 lines.append(text)
     except (OSError, EOFError) as err:  # e.g. a truncated or non-gzip *.gz file
         raise CorpusError(f"{path}: cannot read ({err})") from None
+    if not lines:
+        raise CorpusError(f"{path}: empty file (no sentences)")
     return lines
 
 
@@ -104,6 +106,8 @@ def _is_saved_dataset(data_dir: Path) -> bool:
 def _check_saved_split(
     ds: datasets.Dataset, where: str, src_lang: str, tgt_lang: str
 ) -> datasets.Dataset:
+    if len(ds) == 0:
+        raise CorpusError(f"{where}: empty split (no sentences)")
     for lang in (src_lang, tgt_lang):
         if lang not in ds.column_names:
             raise CorpusError(f"{where}: no column {lang!r} (columns: {ds.column_names})")

@@ -19,7 +19,7 @@ from transformer.translation.evaluation import autocast
 from transformer.translation.tokenizer import PAD_ID
 from transformer.translation.training import budget
 from transformer.translation.training.averaging import average_last_checkpoints
-from transformer.translation.training.budget import out_of_budget
+from transformer.translation.training.budget import StopRequest, check_budget
 from transformer.translation.training.checkpointing import save
 from transformer.translation.training.config import TrainConfig
 from transformer.translation.training.run import Run, setup_run
@@ -36,14 +36,21 @@ class TrainResult:
     step: int
     losses: list[float]
     metrics: dict[str, float]
+    stopped: bool = False  # by a stop request: the run is checkpointed, not finished
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run training as ``config`` says; with ``resume``, continue ``config.run_dir`` from its last checkpoint."""
+def train(
+    config: TrainConfig, resume: bool = False, stop: StopRequest | None = None
+) -> TrainResult:
+    """Run training as ``config`` says; with ``resume``, continue ``config.run_dir`` from its last
+    checkpoint. When ``stop`` is requested (:meth:`StopRequest.on_signals`: by SIGTERM or SIGINT)
+    the run stops after the current step with a checkpoint, unfinished (``stopped``)."""
     started = time.time()
+    stop = stop or StopRequest()
     run = setup_run(config, resume, started)  # 1. data, vocabulary, model, optimizer, position
-    losses = train_loop(run)  # 2., 3. train, validate, checkpoint
-    metrics = finish_run(run, started) if run.dist.is_main else {}  # 4. average, test
+    losses, stopped = train_loop(run, stop)  # 2., 3. train, validate, checkpoint
+    finish = run.dist.is_main and not stopped
+    metrics = finish_run(run, started) if finish else {}  # 4. average, test
     if run.dist.enabled:
         dist.barrier()
     loss_values = torch.stack(losses).tolist() if losses else []
@@ -53,18 +60,21 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         step=run.state.step,
         losses=loss_values,
         metrics=metrics,
+        stopped=stopped,
     )
 
 
-def train_loop(run: Run) -> list[torch.Tensor]:
-    """Train until the budget or the epochs run out; validate and checkpoint on the way."""
+def train_loop(run: Run, stop: StopRequest) -> tuple[list[torch.Tensor], bool]:
+    """Train until the budget or the epochs run out, or a stop is requested; validate and
+    checkpoint on the way. The step losses, and whether a stop request ended the loop."""
     config, state = run.config, run.state
     losses: list[torch.Tensor] = []  # left on the device: read back only when logged
     last_eval_step = -1
+    saved_step = state.step if state.step > 0 else -1  # a resumed run's checkpoint
     throughput = Throughput()
     run.model.train()
-    done = out_of_budget(run)
-    while not done and state.epoch < config.epochs:
+    done, stopping = check_budget(run, stop)
+    while not (done or stopping) and state.epoch < config.epochs:
         batches = epoch_batches(run)
         bar = progress_bar(run, len(batches))
         while state.next_batch < len(batches):
@@ -79,7 +89,7 @@ def train_loop(run: Run) -> list[torch.Tensor]:
             if end_of_epoch:
                 state.epoch, state.next_batch = state.epoch + 1, 0
             state.train_time += budget.clock() - step_start
-            done = out_of_budget(run)
+            done, stopping = check_budget(run, stop)
             periodic = config.eval_every and state.step % config.eval_every == 0
             if done or (end_of_epoch and config.eval_at_epoch_end) or periodic:
                 eval_start = budget.clock()
@@ -89,18 +99,23 @@ def train_loop(run: Run) -> list[torch.Tensor]:
                 # more step and validate it again. Checked before saving, so that a resumed
                 # run's clock (and schedule) counts the validation too. The check is monotone
                 # (same step, train_time only grew): a run that was done stays done.
-                done = out_of_budget(run)
+                done, stopping = check_budget(run, stop)
                 save(run, val)
-                last_eval_step = state.step
+                last_eval_step = saved_step = state.step
                 throughput.restart()
             elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
                 save(run, None)
-            if done or end_of_epoch:
+                saved_step = state.step
+            if done or end_of_epoch or stopping:
                 break
         bar.close()
+    if stopping:
+        if saved_step != state.step:
+            save(run, None)  # the position to resume from; no validation, to stop soon
+        return losses, True
     if last_eval_step != state.step and run.dist.is_main:
         save(run, validate(run))  # e.g. resumed at the very end: make sure 'last' exists
-    return losses
+    return losses, False
 
 
 def train_step(
