@@ -19,48 +19,22 @@ from pathlib import Path
 
 import torch
 
-from transformer.config import BACKENDS, SCORES, ModelConfig
-from transformer.translation.cli import (
-    HelpFormatter,
-    add_options,
-    device_problem,
-    fraction,
-    nonnegative_int,
-    positive_int,
+from transformer.translation.cli import HelpFormatter, add_options, device_problem
+from transformer.translation.devices import use_amp
+from transformer.translation.training import (
+    CONFIG_FILE,
+    StopRequest,
+    TrainConfig,
+    exit_status,
+    sizing,
 )
-from transformer.translation.training import CONFIG_FILE, TrainConfig, sizing
-from transformer.translation.training.budget import StopRequest, exit_status
-from transformer.translation.training.devices import use_amp
+from transformer.translation.training.config import (
+    PRESETS,
+    RESUMABLE,
+    ModelOptions,
+    config_from_preset,
+)
 
-# Named model shapes. "cpu" is what 2 CPU cores with bf16 units train to useful BLEU in ~9
-# minutes: a run that short sees ~5 epochs, too few to overfit 29k pairs, so dropout (12% of a
-# CPU step, and slower early progress) is off. "cpu-small" is for about half that compute (a
-# float32-only CPU, or one core): narrower, a smaller vocabulary, SDPA attention (faster than
-# naive in float32) and validation only at the end (each one costs steps). "auto" (the default)
-# picks one of the two by timing this machine's compute (training/sizing.py; measurements in
-# docs/cpu_sizing.md). "base" is the Transformer-base of Vaswani et al. (2017), for a GPU, with
-# the heavier dropout a 60M-parameter model needs on a corpus this small.
-PRESETS: dict[str, dict] = {
-    "cpu": dict(d_model=256, heads=4, encoder_layers=3, decoder_layers=3, d_ff=512, dropout=0.0),
-    "cpu-small": dict(
-        d_model=192,
-        heads=4,
-        encoder_layers=3,
-        decoder_layers=3,
-        d_ff=384,
-        dropout=0.0,
-        backend="sdpa",
-    ),
-    "base": dict(d_model=512, heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048, dropout=0.3),
-}
-# Training defaults that differ per preset (everything else comes from TrainConfig).
-PRESET_TRAINING: dict[str, dict] = {
-    "cpu": dict(),
-    "cpu-small": dict(vocab_size=4000, eval_at_epoch_end=False),
-    "base": dict(
-        max_tokens=8192, lr=1e-3, warmup_steps=1000, time_budget=None, epochs=60, val_beam_size=4
-    ),
-}
 AUTO = "auto"
 STOPPING = (
     "SIGTERM (a scheduler's or a preemption's first warning) or SIGINT (Ctrl-C) stops a run "
@@ -70,19 +44,9 @@ STOPPING = (
     "valid). Exit status 2: bad options, data or checkpoints, or a checkpoint that could not "
     "be written (the previous one stays valid)."
 )
-# Options that may change when a run is resumed: how long it goes on and how it reports.
-RESUMABLE = {
-    "max_steps",
-    "time_budget",
-    "epochs",
-    "progress",
-    "device",
-    "threads",
-    "compile",
-    "final_test",
-    "checkpoint_every",
-    "log_every",
-}
+# The option fields of each configuration (their metadata says how they are parsed).
+MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelOptions))
+TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint with its saved configuration; only how long it runs and how it reports may change",
     )
-    add_model_options(groups["model"])
+    add_options(ModelOptions, groups)
     add_options(TrainConfig, groups)
     groups["optimization"].add_argument(
         "--no-time-budget", action="store_true", help="train until --epochs / --max-steps"
@@ -125,54 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="greedy decoding everywhere (same as --beam-size 1 --val-beam-size 1)",
     )
     return p
-
-
-def add_model_options(g: argparse._ArgumentGroup) -> None:
-    """The :class:`ModelConfig` options; None (not given) leaves the preset's value."""
-    g.add_argument(
-        "--attention",
-        choices=BACKENDS,
-        help="attention backend for the whole model (default naive; cpu-small sdpa)",
-    )
-    g.add_argument("--score", choices=SCORES, help="attention score function (default scaled_dot)")
-    g.add_argument(
-        "--d-model", type=positive_int, help="model width (cpu 256, cpu-small 192, base 512)"
-    )
-    g.add_argument("--heads", type=positive_int, help="attention heads; must divide --d-model")
-    g.add_argument("--encoder-layers", type=nonnegative_int, help="encoder layers (cpu 3, base 6)")
-    g.add_argument("--decoder-layers", type=nonnegative_int, help="decoder layers (cpu 3, base 6)")
-    g.add_argument(
-        "--d-ff", type=positive_int, help="feed-forward width (cpu 512, cpu-small 384, base 2048)"
-    )
-    g.add_argument("--dropout", type=fraction, help="residual/embedding dropout (cpu 0, base 0.3)")
-    g.add_argument(
-        "--attention-dropout",
-        type=fraction,
-        help="dropout on attention probabilities (default 0; not with --score additive on triton)",
-    )
-    g.add_argument(
-        "--no-tie-embeddings",
-        dest="tie_embeddings",
-        action="store_false",
-        default=None,
-        help="separate source/target embeddings and output layer",
-    )
-
-
-MODEL_OPTIONS = {
-    "attention": "backend",
-    "score": "score",
-    "d_model": "d_model",
-    "heads": "heads",
-    "encoder_layers": "encoder_layers",
-    "decoder_layers": "decoder_layers",
-    "d_ff": "d_ff",
-    "dropout": "dropout",
-    "attention_dropout": "attention_dropout",
-    "tie_embeddings": "tie_embeddings",
-}
-# The TrainConfig fields that are options (their metadata says how).
-TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -190,30 +106,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def preset_config(args: argparse.Namespace, preset: str) -> TrainConfig:
-    """The TrainConfig of ``preset``, then its training defaults, then the explicit options."""
-    model_kwargs = dict(PRESETS[preset])
-    for option, field in MODEL_OPTIONS.items():
-        if getattr(args, option) is not None:
-            model_kwargs[field] = getattr(args, option)
-    kwargs = dict(PRESET_TRAINING[preset])
-    for name in TRAIN_OPTIONS:
-        value = getattr(args, name)
-        if value is not None:
-            kwargs[name] = value
-    vocab = kwargs.get("vocab_size", TrainConfig.vocab_size)
-    model = ModelConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, **model_kwargs)
+    """The TrainConfig of ``preset``, its training defaults, then the explicit options."""
+    model_options = ModelOptions(**{name: getattr(args, name) for name in MODEL_OPTIONS})
+    options = {name: getattr(args, name) for name in TRAIN_OPTIONS}
+    options = {name: value for name, value in options.items() if value is not None}
     if args.no_time_budget:
-        kwargs["time_budget"] = None
+        options["time_budget"] = None
     if args.greedy:
-        kwargs["beam_size"] = kwargs["val_beam_size"] = 1
+        options["beam_size"] = options["val_beam_size"] = 1
     if not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data}: no such directory")
-    run_dir = args.run_dir or (str(Path("runs") / args.name) if args.name else None)
-    return TrainConfig(model=model, run_dir=run_dir, **kwargs)
+    options["run_dir"] = args.run_dir or (str(Path("runs") / args.name) if args.name else None)
+    return config_from_preset(preset, model_options.given(), options)
 
 
-def resumed_config(args: argparse.Namespace, given: set[str]) -> TrainConfig:
-    """The saved TrainConfig of ``args.resume`` with the explicitly given resumable options applied."""
+def resumed_config(args: argparse.Namespace, given: set[str], flags: dict[str, str]) -> TrainConfig:
+    """The saved TrainConfig of ``args.resume`` with the explicitly given resumable options
+    applied; ``flags`` names the option of each destination, for the refusal."""
     path = Path(args.resume) / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"--resume {args.resume}: not a run directory ({CONFIG_FILE} missing)")
@@ -221,7 +130,7 @@ def resumed_config(args: argparse.Namespace, given: set[str]) -> TrainConfig:
     if refused:
         raise ValueError(
             f"--resume continues a run with its saved configuration; these options would change it: "
-            f"{', '.join('--' + n.replace('_', '-') for n in sorted(refused))}"
+            f"{', '.join(sorted(flags[name] for name in refused))}"
         )
     try:
         saved = TrainConfig.from_dict(json.loads(path.read_text()))
@@ -249,8 +158,6 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> se
 
 
 def _triton_can_run(device: str) -> bool:
-    import torch
-
     if os.environ.get("TRITON_INTERPRET") == "1":
         return True
     return torch.cuda.is_available() and not device.startswith("cpu")
@@ -272,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = given_options(parser, argv)
+    flags = {action.dest: action.option_strings[0] for action in parser._actions}
     try:
-        config = resumed_config(args, given) if args.resume else config_from_args(args)
+        if args.resume:
+            config = resumed_config(args, given, flags)
+        else:
+            config = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
     problem = device_problem(config.device, allow_auto=True)

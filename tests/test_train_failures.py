@@ -32,7 +32,7 @@ from transformer.translation.checkpoint import (  # noqa: E402
     load_checkpoint,
     save_checkpoint,
 )
-from transformer.translation.training import budget, train  # noqa: E402
+from transformer.translation.training import StopRequest, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fast_machine")
 REPO = Path(__file__).resolve().parent.parent
@@ -146,7 +146,7 @@ def test_a_second_signal_exits_at_once_leaving_the_last_checkpoint_valid(corpus,
 def test_the_stop_handler_asks_once_then_exits(monkeypatch):
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)
-    stop = budget.StopRequest()
+    stop = StopRequest()
     stop.handle(signal.SIGINT)
     assert stop.signum == signal.SIGINT and exits == []
     stop.handle(signal.SIGTERM)

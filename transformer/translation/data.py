@@ -1,4 +1,4 @@
-"""Reading and validating parallel corpora.
+"""Reading and validating parallel corpora, and a split as token ids (:class:`Corpus`).
 
 A corpus is a directory in one of two shapes:
 
@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach for the hub
 
 import datasets  # noqa: E402
+
+from transformer.translation.tokenizer import encode  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "multi30k"
 SPLIT_ALIASES = {"val": ("val", "validation", "valid", "dev"), "train": ("train",)}
@@ -148,3 +151,40 @@ def load_split(
         _text_file(data_dir, split, src_lang), _text_file(data_dir, split, tgt_lang)
     )
     return datasets.Dataset.from_dict({src_lang: src, tgt_lang: tgt})
+
+
+@dataclass
+class Corpus:
+    """Token ids of one split; targets wrapped in BOS/EOS."""
+
+    src: list[list[int]]
+    tgt: list[list[int]]
+    tgt_text: list[str]
+
+    def lengths(self) -> list[int]:
+        return [max(len(s), len(t) - 1) for s, t in zip(self.src, self.tgt, strict=True)]
+
+
+def encode_split(
+    tokenizer,
+    ds: datasets.Dataset,
+    src_lang: str,
+    tgt_lang: str,
+    limit: int | None = None,
+    max_length: int | None = None,
+) -> Corpus:
+    """The first ``limit`` pairs of ``ds`` (all when None) as token ids; with ``max_length``,
+    without the pairs that have a side longer than that many tokens."""
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    src_text, tgt_text = list(ds[src_lang]), list(ds[tgt_lang])
+    src, tgt = encode(tokenizer, src_text), encode(tokenizer, tgt_text, add_bos_eos=True)
+    if max_length is not None:
+        keep = [
+            i
+            for i in range(len(src))
+            if len(src[i]) <= max_length and len(tgt[i]) - 1 <= max_length
+        ]
+        src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+        tgt_text = [tgt_text[i] for i in keep]
+    return Corpus(src, tgt, tgt_text)
