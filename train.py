@@ -33,6 +33,7 @@ from transformer.translation.training.config import (
     RESUMABLE,
     ModelOptions,
     config_from_preset,
+    training_preset_values,
 )
 
 AUTO = "auto"
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR from its last checkpoint with its saved configuration; only how long it runs and how it reports may change",
     )
     add_options(ModelOptions, groups)
-    add_options(TrainConfig, groups)
+    add_options(TrainConfig, groups, presets=training_preset_values)
     groups["optimization"].add_argument(
         "--no-time-budget", action="store_true", help="train until --epochs / --max-steps"
     )

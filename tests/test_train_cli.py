@@ -42,14 +42,14 @@ def test_every_option_field_has_an_option_that_fills_it():
     assert (config.label_smoothing, config.val_limit) == (0.2, 9)
 
 
-def test_help_shows_each_default_once_and_the_cpu_presets_values():
+def test_help_shows_each_default_once_and_every_presets_values():
     text = " ".join(train_cli.build_parser().format_help().split())  # unwrapped
-    assert "(default: None)" not in text and "{default}" not in text
-    assert "padded tokens per batch (default 2048 for cpu)" in text
-    assert "(default 9.0 for cpu, none for base)" in text
+    assert "(default: None)" not in text and "{default}" not in text and "{presets}" not in text
+    assert "padded tokens per batch (cpu 2048, cpu-small 2048, base 8192)" in text
+    assert "incl. validation (cpu 9.0, cpu-small 9.0, base none)" in text
     assert "seed of initialization, batch order and dropout (default: 1)" in text
-    assert "shared BPE vocabulary size (default 6000; cpu-small 4000)" in text
-    assert text.count("(default 6000") == 1
+    assert "shared BPE vocabulary size (cpu 6000, cpu-small 4000, base 6000)" in text
+    assert "(default: 6000)" not in text  # the presets say it; the formatter does not again
     assert "--no-progress no progress bar --compile" in text
 
 

@@ -1,5 +1,6 @@
 """Training a translation model: one :class:`TrainConfig` in, a trained, evaluated, checkpointed
-run out. A reader follows a run top to bottom in four files:
+run out. A reader follows a run top to bottom through :mod:`.config`, :mod:`.loop` (with
+:mod:`.setup`) and :mod:`.resume`:
 
 1. :mod:`.config`: the presets, the model options and :class:`TrainConfig` (every ``train.py``
    option is a field's metadata there); :mod:`.sizing` is how ``--config auto`` picks a preset;

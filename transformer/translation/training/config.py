@@ -90,6 +90,16 @@ def preset_values(name: str) -> str:
     return ", ".join(f"{p} {preset.model.get(name, default)}" for p, preset in PRESETS.items())
 
 
+def training_preset_values(name: str, default: Any) -> str:
+    """``cpu 2048, cpu-small 2048, base 8192``: each preset's value of the TrainConfig field
+    ``name`` whose default is ``default`` (None reads "none"); a help text's ``{presets}``."""
+    values = (preset.training.get(name, default) for preset in PRESETS.values())
+    return ", ".join(
+        f"{p} {'none' if value is None else value}"
+        for p, value in zip(PRESETS, values, strict=True)
+    )
+
+
 def default_model() -> ModelConfig:
     """The default preset's model; its vocabulary sizes are placeholders (see TrainConfig)."""
     vocab = DEFAULT_VOCAB_SIZE
@@ -199,7 +209,7 @@ class TrainConfig:
     vocab_size: int = field(
         default=DEFAULT_VOCAB_SIZE,
         metadata=option(
-            "shared BPE vocabulary size (default {default}; cpu-small 4000)",
+            "shared BPE vocabulary size ({presets})",
             "data",
             type=positive_int,
             default=None,
@@ -259,11 +269,11 @@ class TrainConfig:
         ),
     )
     sizing: Sizing | None = None  # how --config auto chose the size (None: it did not choose)
-    # optimization; "{default}" in a help text is the field's default (the cpu preset's value)
+    # optimization; "{presets}" in a help text: each preset's value (training_preset_values)
     max_tokens: int = field(
         default=2048,
         metadata=option(
-            "padded tokens per batch (default {default} for cpu)",
+            "padded tokens per batch ({presets})",
             "optimization",
             type=positive_int,
             default=None,
@@ -272,7 +282,7 @@ class TrainConfig:
     lr: float = field(
         default=2.5e-3,
         metadata=option(
-            "peak learning rate (default {default} for cpu)",
+            "peak learning rate ({presets})",
             "optimization",
             type=positive_float,
             default=None,
@@ -281,7 +291,7 @@ class TrainConfig:
     warmup_steps: int = field(
         default=150,
         metadata=option(
-            "linear warm-up steps, then the --schedule's decay (default {default} for cpu)",
+            "linear warm-up steps, then the --schedule's decay ({presets})",
             "optimization",
             type=nonnegative_int,
             default=None,
@@ -314,7 +324,7 @@ class TrainConfig:
     epochs: int = field(
         default=100,
         metadata=option(
-            "maximum epochs (default {default} for cpu)",
+            "maximum epochs ({presets})",
             "optimization",
             type=positive_int,
             default=None,
@@ -327,8 +337,7 @@ class TrainConfig:
     time_budget: float | None = field(
         default=9.0,
         metadata=option(
-            "minutes for the training loop incl. validation (default {default} for cpu, none "
-            "for base)",
+            "minutes for the training loop incl. validation ({presets})",
             "optimization",
             type=positive_float,
             default=None,
@@ -378,7 +387,7 @@ class TrainConfig:
         default=1,
         metadata=option(
             "beam size for validation BLEU during training, which chooses the best checkpoint "
-            "(default {default} for cpu: greedy, the fastest; 4 for base)",
+            "({presets}; 1: greedy, the fastest)",
             "evaluation",
             type=positive_int,
             default=None,
