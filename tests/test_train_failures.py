@@ -149,12 +149,25 @@ def test_the_stop_handler_asks_once_then_exits(monkeypatch):
     stop = StopRequest()
     stop.handle(signal.SIGINT)
     assert stop.signum == signal.SIGINT and exits == []
-    stop.handle(signal.SIGTERM)
+    stop.handle(signal.SIGTERM)  # another signal: at once
     assert exits == [143]
     previous = signal.getsignal(signal.SIGTERM)
     with stop.on_signals():
         assert signal.getsignal(signal.SIGTERM) == stop.handle
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_the_same_signal_forwarded_by_a_launcher_is_one_request(monkeypatch):
+    # torchrun forwards the SIGTERM (or Ctrl-C's SIGINT) its workers already got: not a second.
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    stop = StopRequest()
+    stop.handle(signal.SIGTERM)
+    stop.handle(signal.SIGTERM)
+    assert exits == [] and stop.requested
+    stop.at -= StopRequest.REPEAT_SECONDS  # later, the same signal is a second one
+    stop.handle(signal.SIGTERM)
+    assert exits == [143]
 
 
 def worker_pids(launcher: int) -> dict[int, int]:
@@ -327,3 +340,22 @@ def test_train_py_reports_a_full_disk_in_one_line_and_the_run_resumes(
     monkeypatch.undo()
     assert train_cli.main(["--resume", str(run_dir)]) == 0
     assert load_checkpoint(run_dir).meta["step"] == 4
+
+
+@pytest.mark.slow  # two ranks, each importing torch: ~30 s on 2 shared cores
+def test_sigterm_to_torchrun_stops_its_ranks_with_one_checkpoint(corpus, tmp_path):
+    # What Kubernetes does (SIGTERM to the container's first process, here torchrun): torchrun
+    # forwards it to every rank and waits for them.
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "train.py", *tiny_args(corpus, run_dir, max_steps=400),
+    ]  # fmt: skip
+    process = start(command)
+    wait_for_step(run_dir, 3, process)
+    process.send_signal(signal.SIGTERM)
+    err = finish(process)
+    assert err.count("checkpoint written; resume with:") == 1, err
+    assert "torchrun --nproc_per_node=2 train.py --resume" in err
+    stopped_at = load_checkpoint(run_dir).meta["step"]
+    assert 3 <= stopped_at < 400 and f"stopped at step {stopped_at}," in err

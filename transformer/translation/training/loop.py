@@ -285,18 +285,24 @@ class StopRequest:
     :meth:`on_signals` makes SIGTERM and SIGINT (what a scheduler, a preemption or Ctrl-C sends)
     ask for it; a second signal, while the first one's step and checkpoint are still being
     finished, ends the process at once with status :func:`exit_status` (the checkpoints on disk
-    stay valid: they are written atomically).
+    stay valid: they are written atomically). The same signal again within
+    ``REPEAT_SECONDS`` is the same request: torchrun forwards to its workers the signal it
+    received, which Ctrl-C (the whole process group) or SLURM (every process of the job) has
+    already sent them.
     """
+
+    REPEAT_SECONDS = 1.0
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.at = 0.0  # time.monotonic() of the request
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
 
     def request(self, signum: int) -> None:
-        self.signum = signum
+        self.signum, self.at = signum, time.monotonic()
 
     @contextmanager
     def on_signals(self) -> Iterator[StopRequest]:
@@ -313,8 +319,11 @@ class StopRequest:
         # bar), and a buffered stream refuses to be re-entered.
         name = signal.Signals(signum).name
         if self.requested:
-            os.write(2, f"\n{name} again: exiting now, without a checkpoint\n".encode())
-            os._exit(exit_status(signum))
+            repeat = signum == self.signum and time.monotonic() - self.at < self.REPEAT_SECONDS
+            if not repeat:
+                os.write(2, f"\n{name} again: exiting now, without a checkpoint\n".encode())
+                os._exit(exit_status(signum))
+            return
         self.request(signum)
         message = (
             f"\n{name}: stopping after this step and writing a checkpoint "
