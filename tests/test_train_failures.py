@@ -343,9 +343,9 @@ def test_train_py_reports_a_full_disk_in_one_line_and_the_run_resumes(
 
 
 @pytest.mark.slow  # two ranks, each importing torch: ~30 s on 2 shared cores
-def test_sigterm_to_torchrun_stops_its_ranks_with_one_checkpoint(corpus, tmp_path):
-    # What Kubernetes does (SIGTERM to the container's first process, here torchrun): torchrun
-    # forwards it to every rank and waits for them.
+def test_sigterm_to_torchrun_and_its_ranks_stops_them_with_one_checkpoint(corpus, tmp_path):
+    # What SLURM (every process of the job) and Ctrl-C (the process group) do: each rank gets
+    # SIGTERM, and torchrun forwards it to them once more; the repeat is not a second signal.
     run_dir = tmp_path / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -353,7 +353,7 @@ def test_sigterm_to_torchrun_stops_its_ranks_with_one_checkpoint(corpus, tmp_pat
     ]  # fmt: skip
     process = start(command)
     wait_for_step(run_dir, 3, process)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)  # start() made torchrun a process group leader
     err = finish(process)
     assert err.count("checkpoint written; resume with:") == 1, err
     assert "torchrun --nproc_per_node=2 train.py --resume" in err
