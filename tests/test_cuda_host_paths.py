@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from transformer.translation.training import TrainConfig
-from transformer.translation.training import devices as training_devices
-from transformer.translation.training.devices import Distributed, setup_devices
+from transformer.translation.training import setup as training_setup
+from transformer.translation.training.setup import setup_process
 
 
 def fake_cuda(monkeypatch, current=0):
@@ -31,10 +31,10 @@ def fake_cuda(monkeypatch, current=0):
 @pytest.mark.parametrize(
     ("name", "ranks", "expected"),
     [
-        ("cuda", Distributed(), 0),
-        ("cuda", Distributed(rank=1, world_size=2, local_rank=1), 1),
-        ("auto", Distributed(rank=3, world_size=4, local_rank=1), 1),
-        ("cuda:1", Distributed(), 1),
+        ("cuda", (0, 1, 0), 0),
+        ("cuda", (1, 2, 1), 1),
+        ("auto", (3, 4, 1), 1),
+        ("cuda:1", (0, 1, 0), 1),
     ],
     ids=["cuda", "cuda-torchrun-rank1", "auto-torchrun-rank1", "cuda:1"],
 )
@@ -42,8 +42,9 @@ def test_a_cuda_device_without_an_index_is_given_one_before_set_device(
     monkeypatch, name, ranks, expected
 ):
     chosen = fake_cuda(monkeypatch)
-    monkeypatch.setattr(training_devices, "init_distributed", lambda device_type: ranks)
-    device, _ = setup_devices(TrainConfig(device=name))
+    monkeypatch.setattr(training_setup, "init_distributed", lambda device_type: ranks)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    device = setup_process(TrainConfig(device=name)).device
     assert device == torch.device("cuda", expected)
     assert chosen == [expected]
 

@@ -17,8 +17,8 @@ from training_helpers import (
 
 from transformer.translation.checkpoint import load_checkpoint
 from transformer.translation.training import TrainConfig, train
-from transformer.translation.training.schedules import budget_used, learning_rate
-from transformer.translation.training.state import TrainState
+from transformer.translation.training.loop import budget_used, learning_rate
+from transformer.translation.training.resume import TrainState
 
 pytestmark = pytest.mark.usefixtures("fast_machine")
 
@@ -67,11 +67,11 @@ def test_inverse_sqrt_schedule_is_unchanged_by_the_budget():
 def test_linear_decay_on_a_time_budget_ends_near_zero_and_resumes_exactly(
     corpus, tmp_path, monkeypatch
 ):
-    from transformer.translation.training import budget, checkpointing
+    from transformer.translation.training import loop, resume
 
     # Under the fake clock a step takes 1 s and so does a validation: a 15 s budget.
     changes = dict(schedule="linear-decay", warmup_steps=2, time_budget=0.25, checkpoint_every=3)
-    monkeypatch.setattr(budget, "clock", FakeClock())
+    monkeypatch.setattr(loop, "clock", FakeClock())
     whole = train(tiny_config(corpus, tmp_path / "whole", **changes))
     lrs = logged(tmp_path / "whole", "lr")
     assert 8 <= whole.step <= 15
@@ -82,19 +82,19 @@ def test_linear_decay_on_a_time_budget_ends_near_zero_and_resumes_exactly(
     assert 0 < lrs[whole.step] <= 3e-3 * 2 / 15, lrs  # the last step: within 2 s of the end
 
     # The same run killed just after its step-6 checkpoint, then resumed.
-    save = checkpointing.save_checkpoint
+    save = resume.save_checkpoint
 
     def save_then_die(run_dir, model, state, meta, **kwargs):
         save(run_dir, model, state, meta, **kwargs)
         if meta["step"] == 6:
             raise Killed
 
-    monkeypatch.setattr(budget, "clock", FakeClock())
-    monkeypatch.setattr(checkpointing, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "clock", FakeClock())
+    monkeypatch.setattr(resume, "save_checkpoint", save_then_die)
     config = tiny_config(corpus, tmp_path / "part", **changes)
     with pytest.raises(Killed):
         train(config)
-    monkeypatch.setattr(checkpointing, "save_checkpoint", save)
+    monkeypatch.setattr(resume, "save_checkpoint", save)
     resumed = train(config, resume=True)
     assert resumed.step == whole.step
     assert logged(tmp_path / "part", "lr") == lrs
@@ -105,11 +105,11 @@ def test_linear_decay_on_a_time_budget_ends_near_zero_and_resumes_exactly(
 def test_a_validation_that_spends_the_time_budget_ends_the_run_at_that_step(
     corpus, tmp_path, monkeypatch
 ):
-    from transformer.translation.training import budget
+    from transformer.translation.training import loop
 
     # Fake clock: a step takes 1 s and so does a validation. The validation after step 4 takes
     # the loop to 5 s, over the 4.5 s budget: the run ends there, validated once, not a step later.
-    monkeypatch.setattr(budget, "clock", FakeClock())
+    monkeypatch.setattr(loop, "clock", FakeClock())
     config = tiny_config(
         corpus, tmp_path / "run", time_budget=4.5 / 60, eval_every=4, eval_at_epoch_end=False
     )

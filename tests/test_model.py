@@ -258,3 +258,36 @@ def test_batched_cached_beam_search_equals_an_uncached_reference(seed):
     got = beam_search(model, src, BOS, EOS, beam_size=3, length_penalty_alpha=0.6, max_len=6)
     expected = [reference_beam_search(model, src[i : i + 1], 3, 0.6, 6) for i in range(2)]
     assert got == expected
+
+
+def test_the_library_beam_search_has_no_length_penalty_unless_given_one():
+    # The Multi30K-tuned alpha belongs to the application (its default), not to the library.
+    import inspect
+
+    from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY, translate_ids
+
+    model, src = tiny_model(seed=3), random_tokens(3, 7, seed=3)
+    default = beam_search(model, src, BOS, EOS, beam_size=4, max_len=8)
+    assert default == beam_search(model, src, BOS, EOS, 4, length_penalty_alpha=0.0, max_len=8)
+    assert inspect.signature(beam_search).parameters["length_penalty_alpha"].default == 0.0
+    assert inspect.signature(translate_ids).parameters["length_penalty"].default == 1.2
+    assert DEFAULT_LENGTH_PENALTY == 1.2
+
+
+@pytest.mark.parametrize(
+    ("key_mask", "message"),
+    [
+        (torch.ones(2, 5, dtype=torch.long), r"key padding mask must be torch\.bool"),
+        (
+            torch.ones(2, 1, 5, dtype=torch.bool),
+            r"key padding mask must have shape \(batch, len_k\)",
+        ),
+    ],
+    ids=["not-bool", "not-2d"],
+)
+def test_attention_lifts_its_key_mask_through_the_checked_boundary(key_mask, message):
+    from transformer.attention import MultiHeadAttention
+
+    attention = MultiHeadAttention(ModelConfig(30, 30, d_model=32, heads=4))
+    with pytest.raises((TypeError, ValueError), match=message):
+        attention(torch.randn(2, 5, 32), key_mask=key_mask)

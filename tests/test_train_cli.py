@@ -42,14 +42,14 @@ def test_every_option_field_has_an_option_that_fills_it():
     assert (config.label_smoothing, config.val_limit) == (0.2, 9)
 
 
-def test_help_shows_each_default_once_and_the_cpu_presets_values():
+def test_help_shows_each_default_once_and_every_presets_values():
     text = " ".join(train_cli.build_parser().format_help().split())  # unwrapped
-    assert "(default: None)" not in text and "{default}" not in text
-    assert "padded tokens per batch (default 2048 for cpu)" in text
-    assert "(default 9.0 for cpu, none for base)" in text
+    assert "(default: None)" not in text and "{default}" not in text and "{presets}" not in text
+    assert "padded tokens per batch (cpu 2048, cpu-small 2048, base 8192)" in text
+    assert "incl. validation (cpu 9.0, cpu-small 9.0, base none)" in text
     assert "seed of initialization, batch order and dropout (default: 1)" in text
-    assert "shared BPE vocabulary size (default 6000; cpu-small 4000)" in text
-    assert text.count("(default 6000") == 1
+    assert "shared BPE vocabulary size (cpu 6000, cpu-small 4000, base 6000)" in text
+    assert "(default: 6000)" not in text  # the presets say it; the formatter does not again
     assert "--no-progress no progress bar --compile" in text
 
 
@@ -67,3 +67,40 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
             train_cli.main(argv)
         assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_model_options_are_fields_that_fill_the_model_config():
+    from transformer.config import ModelConfig
+    from transformer.translation.training.config import ModelOptions
+
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(train_cli.MODEL_OPTIONS) <= model_fields  # named like what they fill
+    config = config_of(
+        ["--attention", "sdpa", "--score", "dot", "--d-model", "96", "--heads", "3"]
+        + ["--encoder-layers", "1", "--decoder-layers", "2", "--d-ff", "80", "--dropout", "0.2"]
+        + ["--attention-dropout", "0.1", "--no-tie-embeddings"]
+    )
+    assert ModelOptions(backend="sdpa", score="dot", d_model=96, heads=3, encoder_layers=1,
+                        decoder_layers=2, d_ff=80, dropout=0.2, attention_dropout=0.1,
+                        tie_embeddings=False).given() == {
+        name: getattr(config.model, name) for name in train_cli.MODEL_OPTIONS
+    }  # fmt: skip
+
+
+def test_preset_values_come_from_the_one_preset_table():
+    from transformer.translation.training.config import PRESETS
+
+    text = " ".join(train_cli.build_parser().format_help().split())
+    widths = ", ".join(f"{name} {preset.model['d_model']}" for name, preset in PRESETS.items())
+    assert f"model width ({widths})" in text
+    for name, preset in PRESETS.items():
+        config = config_of(["--config", name])
+        assert {k: getattr(config.model, k) for k in preset.model} == preset.model
+        assert {k: getattr(config, k) for k in preset.training} == preset.training
+
+
+def test_resume_refuses_a_model_option_by_its_flag(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        train_cli.main(["--resume", str(tmp_path), "--attention", "sdpa", "--lr", "1e-3"])
+    assert "these options would change it: --attention, --lr" in capsys.readouterr().err

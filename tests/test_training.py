@@ -34,10 +34,10 @@ from transformer.config import ModelConfig  # noqa: E402
 from transformer.model import Transformer  # noqa: E402
 from transformer.translation.batching import make_batch  # noqa: E402
 from transformer.translation.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from transformer.translation.data import encode_split, load_split  # noqa: E402
 from transformer.translation.evaluation import translate_ids  # noqa: E402
 from transformer.translation.tokenizer import decode, encode, load_tokenizer  # noqa: E402
 from transformer.translation.training import TrainConfig, train  # noqa: E402
-from transformer.translation.training.corpus import encode_split  # noqa: E402
 from transformer.translation.training.loop import label_smoothed_loss  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fast_machine")
@@ -147,9 +147,7 @@ def test_backends_give_the_same_loss(corpus, tmp_path, kernel_device):
     config = tiny_config(corpus, tmp_path / "run", max_steps=1)
     train(config)  # for its tokenizer
     tokenizer = load_tokenizer(tmp_path / "run" / "tokenizer.json")
-    from transformer.translation.data import load_split
-
-    data = encode_split(tokenizer, load_split(corpus, "train"), config, 32, filter_long=False)
+    data = encode_split(tokenizer, load_split(corpus, "train"), "de", "en", limit=32)
     batch = make_batch(data.src, data.tgt)
     vocab = tokenizer.get_vocab_size()
     base = dataclasses.replace(TINY_MODEL, dropout=0.0, src_vocab_size=vocab, tgt_vocab_size=vocab)
@@ -237,24 +235,24 @@ def test_two_gloo_ranks_take_a_step_and_stay_identical(corpus, tmp_path):
 
 
 def test_killed_and_resumed_default_run_equals_uninterrupted_run(corpus, tmp_path, monkeypatch):
-    from transformer.translation.training import checkpointing
+    from transformer.translation.training import resume
 
     # The default schedule (linear decay over a 14-step budget), killed just after its step-6
     # checkpoint (mid-epoch) and resumed: the same learning rates, losses and weights.
     assert TrainConfig().schedule == "linear-decay"
     whole = train(tiny_config(corpus, tmp_path / "whole", max_steps=14))
-    save = checkpointing.save_checkpoint
+    save = resume.save_checkpoint
 
     def save_then_die(run_dir, model, state, meta, **kwargs):
         save(run_dir, model, state, meta, **kwargs)
         if meta["step"] == 6:
             raise Killed
 
-    monkeypatch.setattr(checkpointing, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(resume, "save_checkpoint", save_then_die)
     config = tiny_config(corpus, tmp_path / "part", max_steps=14, checkpoint_every=3)
     with pytest.raises(Killed):
         train(config)
-    monkeypatch.setattr(checkpointing, "save_checkpoint", save)
+    monkeypatch.setattr(resume, "save_checkpoint", save)
     resumed = train(config, resume=True)
     assert resumed.step == whole.step == 14
     assert logged(tmp_path / "part", "lr") == logged(tmp_path / "whole", "lr")

@@ -1,4 +1,4 @@
-"""Starting and resuming runs (transformer.translation.training): what restore() refuses, a
+"""Starting and resuming runs (transformer.translation.training): what restore_run() refuses, a
 new run in a directory that holds one, a schedule without warm-up, and a resume after a kill
 between checkpoints (the metrics the killed run logged after its last checkpoint are dropped)."""
 
@@ -16,10 +16,9 @@ from transformer.config import ModelConfig
 from transformer.model import Transformer
 from transformer.translation.checkpoint import CheckpointError, save_checkpoint
 from transformer.translation.training import TrainConfig, train
-from transformer.translation.training.checkpointing import restore
-from transformer.translation.training.optimizer import make_optimizer
-from transformer.translation.training.schedules import learning_rate
-from transformer.translation.training.state import TrainState
+from transformer.translation.training.loop import learning_rate
+from transformer.translation.training.resume import TrainState, restore_run
+from transformer.translation.training.setup import make_optimizer
 
 SMALL = ModelConfig(40, 40, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, d_ff=32)
 POSITION = dict(step=7, epoch=1, next_batch=3, train_time=12.5, best_bleu=4.25)
@@ -47,7 +46,7 @@ def fresh(config: ModelConfig = SMALL):
 def test_restore_loads_weights_optimizer_state_and_position(tmp_path):
     saved = saved_run(tmp_path)
     model, optimizer = fresh()
-    state = restore(tmp_path, model, optimizer, SMALL)
+    state = restore_run(tmp_path, model, optimizer)
     assert state == TrainState(**POSITION, schedule_time=POSITION["train_time"])
     for (name, a), b in zip(saved.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -60,7 +59,7 @@ def test_restore_refuses_a_checkpoint_of_another_model_config(tmp_path):
     other = dataclasses.replace(SMALL, d_ff=64)
     model, optimizer = fresh(other)
     with pytest.raises(CheckpointError, match="checkpoint model config .* does not match"):
-        restore(tmp_path, model, optimizer, other)
+        restore_run(tmp_path, model, optimizer)
 
 
 @pytest.mark.parametrize("state", ["no-optimizer", "other-groups", "other-sizes"])
@@ -77,7 +76,7 @@ def test_restore_refuses_optimizer_state_that_does_not_fit(tmp_path, state):
     saved_run(tmp_path, state=saved)
     model, optimizer = fresh()
     with pytest.raises(CheckpointError, match="optimizer state does not fit"):
-        restore(tmp_path, model, optimizer, SMALL)
+        restore_run(tmp_path, model, optimizer)
 
 
 def test_a_new_run_refuses_a_directory_that_holds_a_run_and_touches_nothing(
@@ -128,9 +127,9 @@ def test_a_run_killed_between_checkpoints_resumes_without_its_later_metrics(
 
     log_training = loop.log_training
 
-    def log_then_die(run, *args):
-        log_training(run, *args)
-        if run.state.step == 5:  # two steps after the step-3 checkpoint
+    def log_then_die(log, state, *args):
+        log_training(log, state, *args)
+        if state.step == 5:  # two steps after the step-3 checkpoint
             raise Killed
 
     config = tiny_config(corpus, tmp_path / "run", max_steps=7, checkpoint_every=3)

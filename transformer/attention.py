@@ -25,7 +25,7 @@ from einops.layers.torch import EinMix, Rearrange
 from torch import nn
 
 from .config import BACKENDS, ModelConfig
-from .masks import check_attn_mask, combine_masks, is_key_only_mask
+from .masks import check_attn_mask, combine_masks, is_key_only_mask, key_padding_to_attn_mask
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -64,6 +64,19 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     return filled.softmax(dim=-1) * mask
 
 
+def weigh_values(
+    logits: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference math after the scores, which every naive path shares: the masked softmax of
+    ``logits`` (b, h, i, j), dropout on it, and the weighted sum of ``v`` (b, h, j, e).
+
+    Returns the output (b, h, i, e) and the weights before dropout (b, h, i, j).
+    """
+    weights = masked_softmax(logits, mask)
+    dropped = F.dropout(weights, dropout_p) if dropout_p else weights
+    return einsum(dropped, v, "b h i j, b h j e -> b h i e"), weights
+
+
 def attention_weights(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -77,10 +90,20 @@ def attention_weights(
     (b, h, i, j), True = the key takes part; ``is_causal`` aligns bottom-right. Rows sum to one,
     or to zero where every key is hidden.
     """
+    return masked_softmax(*dot_product_logits(q, k, attn_mask, is_causal, scale))
+
+
+def dot_product_logits(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``q kᵀ · scale`` (b, h, i, j), scale 1/√d by default, and the one mask it takes."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = einsum(q, k, "b h i d, b h j d -> b h i j") * scale
-    mask = combine_masks(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
-    return masked_softmax(logits, mask)
+    return logits, combine_masks(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
 
 
 def _sdpa(q, k, v, attn_mask, is_causal, scale, dropout_p):
@@ -140,9 +163,8 @@ def attend(
         return _sdpa(q, k, v, attn_mask, is_causal, scale, dropout_p)
     if backend == "triton":
         return _triton(q, k, v, attn_mask, is_causal, scale, dropout_p)
-    weights = attention_weights(q, k, attn_mask, is_causal, scale)
-    weights = F.dropout(weights, dropout_p) if dropout_p else weights
-    return einsum(weights, v, "b h i j, b h j e -> b h i e")
+    logits, mask = dot_product_logits(q, k, attn_mask, is_causal, scale)
+    return weigh_values(logits, v, mask, dropout_p)[0]
 
 
 # --- score functions: how a query meets a key ------------------------------------------------
@@ -241,9 +263,7 @@ class AdditiveScore(nn.Module):
                 f"the additive score runs on backend 'naive' or 'triton', not {backend!r}"
             )
         mask = combine_masks(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
-        weights = masked_softmax(self.logits(q, k), mask)
-        weights = F.dropout(weights, dropout_p) if dropout_p else weights
-        return einsum(weights, v, "b h i j, b h j e -> b h i e")
+        return weigh_values(self.logits(q, k), v, mask, dropout_p)[0]
 
 
 def build_score(config: ModelConfig) -> nn.Module:
@@ -322,13 +342,12 @@ class MultiHeadAttention(nn.Module):
         """
         q = self.split_heads(self.to_q(x))
         kv = self.project_kv(x) if kv is None else kv
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        attn_mask = None if key_mask is None else key_padding_to_attn_mask(key_mask)
         dropout_p = self.attention_dropout if self.training else 0.0
         weights = None
         if need_weights:
             mask = combine_masks(attn_mask, is_causal, q.shape[-2], kv.length, q.device)
-            weights = masked_softmax(self.score.logits(q, kv.k), mask)
-            out = einsum(weights, kv.v, "b h i j, b h j e -> b h i e")
+            out, weights = weigh_values(self.score.logits(q, kv.k), kv.v, mask)
         else:
             out = self.score(q, kv.k, kv.v, attn_mask, is_causal, self.backend, dropout_p)
         return self.to_out(self.merge_heads(out)), weights

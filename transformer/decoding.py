@@ -80,11 +80,6 @@ def _greedy(
     )
 
 
-# GNMT length-penalty alpha used by default everywhere (training's test decode, translate, maps).
-# Chosen on Multi30K val with beam 4 (see docs/training.md, "Options for learning quality").
-DEFAULT_LENGTH_PENALTY = 1.2
-
-
 def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
     """GNMT's length penalty ((5 + length) / 6) ** alpha; alpha = 0 turns it off."""
     return ((5.0 + length) / 6.0) ** alpha
@@ -97,12 +92,16 @@ def beam_search(
     bos_id: int,
     eos_id: int,
     beam_size: int = 4,
-    length_penalty_alpha: float = DEFAULT_LENGTH_PENALTY,
+    length_penalty_alpha: float = 0.0,
     max_len: int | None = None,
 ) -> list[list[int]]:
     """Keep the ``beam_size`` best hypotheses per source row, ranked by
     log-probability / length penalty; finished hypotheses stay in the beam with their score
-    frozen. With ``beam_size=1`` this is greedy decoding."""
+    frozen. With ``beam_size=1`` this is greedy decoding.
+
+    ``length_penalty_alpha``: GNMT's alpha (:func:`length_penalty`); 0, the default, ranks by
+    log-probability alone. The best value depends on the corpus: tune it on validation data
+    (the translation application uses its own default)."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     with _eval_mode(model):

@@ -5,7 +5,8 @@ Convention (the same as ``torch.nn.functional.scaled_dot_product_attention``):
 * A mask is a ``torch.bool`` tensor broadcastable to ``(batch, heads, len_q, len_k)``.
 * ``True`` means *this key takes part* in the query's softmax; ``False`` means it is hidden.
 * Key padding masks are ``(batch, len_k)`` with ``True`` on real tokens; they are lifted to
-  ``(batch, 1, 1, len_k)`` by :func:`key_padding_to_attn_mask` at the API boundary.
+  ``(batch, 1, 1, len_k)`` by :func:`key_padding_to_attn_mask`, where
+  :class:`~transformer.attention.MultiHeadAttention` takes its ``key_mask``.
 * Causal masks are aligned **bottom-right**: query ``i`` sees key ``j`` iff
   ``j <= i + (len_k - len_q)``. With ``len_q == len_k`` this is the usual lower triangle; with a
   key/value cache (``len_q < len_k``) the last query sees every key. SDPA's ``is_causal`` aligns

@@ -40,6 +40,9 @@ from safetensors.torch import load_model, save_file, save_model
 FORMAT_VERSION = 1
 MODEL_FILE, STATE_FILE = "model.safetensors", "state.pt"
 POINTERS = ("last", "best", "average")
+# How a failed write surfaces: OSError from Python's own writes, RuntimeError from torch.save,
+# SafetensorError from safetensors (a full disk, a file-size limit, an I/O error).
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 class CheckpointError(RuntimeError):
@@ -59,11 +62,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:  # e.g. a full disk: the old file stays, the partial one goes
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -142,6 +149,10 @@ def save_checkpoint(
             lists them, with their hashes, under ``recent``.
 
     Checkpoint directories named by no pointer are deleted afterwards.
+
+    Raises:
+        CheckpointError: the files could not be written (a full disk, say); the message says
+            which checkpoint the pointers still name, intact.
     """
     run_dir = Path(run_dir)
 
@@ -149,16 +160,35 @@ def save_checkpoint(
         save_model(model, str(tmp_dir / MODEL_FILE))
         torch.save(state, tmp_dir / STATE_FILE)
 
-    directory = _write_directory(run_dir / "checkpoints" / f"step-{meta['step']:08d}", write)
-    pointer = _pointer(run_dir, directory, meta)
-    recent = [r for r in _recent(run_dir) if r["step"] < meta["step"]]  # a re-save replaces
-    here = {"step": meta["step"], "directory": pointer["directory"], "files": pointer["files"]}
-    pointer["recent"] = [*recent, here][-max(keep_last, 1) :]
-    atomic_write_json(run_dir / "last.json", pointer)
-    if best:
-        atomic_write_json(run_dir / "best.json", pointer)
+    try:
+        directory = _write_directory(run_dir / "checkpoints" / f"step-{meta['step']:08d}", write)
+        pointer = _pointer(run_dir, directory, meta)
+        recent = [r for r in _recent(run_dir) if r["step"] < meta["step"]]  # a re-save replaces
+        here = {"step": meta["step"], "directory": pointer["directory"], "files": pointer["files"]}
+        pointer["recent"] = [*recent, here][-max(keep_last, 1) :]
+        atomic_write_json(run_dir / "last.json", pointer)
+        if best:
+            atomic_write_json(run_dir / "best.json", pointer)
+    except WRITE_ERRORS as err:
+        _remove_unreferenced(run_dir)  # what the failed save wrote: space back on a full disk
+        raise CheckpointError(_not_written(run_dir, f"step {meta['step']}", err)) from None
     _remove_unreferenced(run_dir)
     return directory
+
+
+def _not_written(run_dir: Path, what: str, err: Exception, pointer: str = "last") -> str:
+    """What a failed save says: why, and which checkpoint ``pointer`` still names, checked."""
+    reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    try:
+        kept = load_checkpoint(run_dir, pointer)
+    except CheckpointError:
+        verdict = f"there is no earlier {pointer} checkpoint"
+    else:
+        verdict = (
+            f"{pointer}.json still names the checkpoint of step {kept.meta['step']}, which is "
+            "intact (checked): free space, then resume from it"
+        )
+    return f"{run_dir}: the checkpoint of {what} was not written ({reason}); {verdict}"
 
 
 def save_weights(
@@ -177,10 +207,14 @@ def save_weights(
         save_file(tensors, str(tmp_dir / MODEL_FILE), metadata=file_metadata)
         torch.save({}, tmp_dir / STATE_FILE)
 
-    directory = _write_directory(run_dir / "checkpoints" / name, write)
-    pointer = _pointer(run_dir, directory, meta)
-    for which in pointers:
-        atomic_write_json(run_dir / f"{which}.json", pointer)
+    try:
+        directory = _write_directory(run_dir / "checkpoints" / name, write)
+        pointer = _pointer(run_dir, directory, meta)
+        for which in pointers:
+            atomic_write_json(run_dir / f"{which}.json", pointer)
+    except WRITE_ERRORS as err:
+        _remove_unreferenced(run_dir)
+        raise CheckpointError(_not_written(run_dir, name, err, pointers[0])) from None
     _remove_unreferenced(run_dir)
     return directory
 
@@ -198,9 +232,13 @@ def _write_directory(directory: Path, write: Callable[[Path], None]) -> Path:
     tmp_dir = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
-    write(tmp_dir)
-    for name in (MODEL_FILE, STATE_FILE):
-        _fsync_file(tmp_dir / name)
+    try:
+        write(tmp_dir)
+        for name in (MODEL_FILE, STATE_FILE):
+            _fsync_file(tmp_dir / name)
+    except WRITE_ERRORS:  # e.g. a full disk: nothing names the partial files, so they go
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     target, n = directory, 0
     while target.exists():
         n += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +51,26 @@ def fraction(text: str) -> float:
 def option(help: str, group: str, flag: str | None = None, **argparse_kwargs: Any) -> dict:
     """Metadata for a dataclass field that is also a command-line option (see :func:`add_options`).
 
-    ``help`` may say ``{default}`` for the field's default; ``flag`` replaces ``--field-name``
+    ``help`` may say ``{default}`` for the field's default and ``{presets}`` for each preset's
+    value (see :func:`add_options`); ``flag`` replaces ``--field-name``
     (e.g. ``--no-progress``); ``argparse_kwargs`` go to ``add_argument`` (``type``,
     ``choices``, ``action``; ``default=None`` for a field whose default the caller fills in).
     """
     return {"help": help, "group": group, "flag": flag, "argparse": argparse_kwargs}
 
 
-def add_options(config_class: type, groups: dict[str, Any]) -> list[str]:
+def add_options(
+    config_class: type,
+    groups: dict[str, Any],
+    presets: Callable[[str, Any], str] | None = None,
+) -> list[str]:
     """Add one option for each field of ``config_class`` with :func:`option` metadata, to the
     argument group its metadata names; the fields' names, in order.
 
     An option defaults to its field's default, a flag (``action``) to None, so that a
     namespace value of None means "not given": the configuration's own default applies.
+    ``{presets}`` in a help text becomes ``presets(field name, field default)``: what each
+    named preset sets the field to.
     """
     defaults = config_class()
     names = []
@@ -74,6 +82,8 @@ def add_options(config_class: type, groups: dict[str, Any]) -> list[str]:
         kwargs.update(meta["argparse"])
         flag = meta["flag"] or "--" + field.name.replace("_", "-")
         help = meta["help"].replace("{default}", str(default))
+        if presets is not None:
+            help = help.replace("{presets}", presets(field.name, default))
         groups[meta["group"]].add_argument(flag, dest=field.name, help=help, **kwargs)
         names.append(field.name)
     return names

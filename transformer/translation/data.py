@@ -1,4 +1,4 @@
-"""Reading and validating parallel corpora.
+"""Reading and validating parallel corpora, and a split as token ids (:class:`Corpus`).
 
 A corpus is a directory in one of two shapes:
 
@@ -14,8 +14,8 @@ reported with its file and line number) and wrapped with ``Dataset.from_dict``; 
 directories are opened with ``datasets.load_from_disk``.
 
 Malformed input is refused with :class:`CorpusError`, never truncated silently:
-a missing file, undecodable bytes, an empty (or whitespace-only) line, and sides of different
-lengths. Multi30K has no empty lines, so refusing them costs nothing there and keeps pairs aligned
+a missing file, an empty file, undecodable bytes, an empty (or whitespace-only) line, and sides
+of different lengths. Multi30K has no empty lines, so refusing them costs nothing there and keeps pairs aligned
 elsewhere: an empty line in parallel data usually means one side lost or gained a sentence.
 """
 
@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import gzip
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach for the hub
 
 import datasets  # noqa: E402
+
+from transformer.translation.tokenizer import encode  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "multi30k"
 SPLIT_ALIASES = {"val": ("val", "validation", "valid", "dev"), "train": ("train",)}
@@ -43,8 +46,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     Line endings (``\\n`` or ``\\r\\n``) and surrounding whitespace are stripped.
 
     Raises:
-        CorpusError: the file is missing, a line is not valid UTF-8 (1-based line number given),
-            or a line is empty.
+        CorpusError: the file is missing or empty, a line is not valid UTF-8 (1-based line number
+            given), or a line is empty.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,6 +71,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
                 lines.append(text)
     except (OSError, EOFError) as err:  # e.g. a truncated or non-gzip *.gz file
         raise CorpusError(f"{path}: cannot read ({err})") from None
+    if not lines:
+        raise CorpusError(f"{path}: empty file (no sentences)")
     return lines
 
 
@@ -104,6 +109,8 @@ def _is_saved_dataset(data_dir: Path) -> bool:
 def _check_saved_split(
     ds: datasets.Dataset, where: str, src_lang: str, tgt_lang: str
 ) -> datasets.Dataset:
+    if len(ds) == 0:
+        raise CorpusError(f"{where}: empty split (no sentences)")
     for lang in (src_lang, tgt_lang):
         if lang not in ds.column_names:
             raise CorpusError(f"{where}: no column {lang!r} (columns: {ds.column_names})")
@@ -144,3 +151,40 @@ def load_split(
         _text_file(data_dir, split, src_lang), _text_file(data_dir, split, tgt_lang)
     )
     return datasets.Dataset.from_dict({src_lang: src, tgt_lang: tgt})
+
+
+@dataclass
+class Corpus:
+    """Token ids of one split; targets wrapped in BOS/EOS."""
+
+    src: list[list[int]]
+    tgt: list[list[int]]
+    tgt_text: list[str]
+
+    def lengths(self) -> list[int]:
+        return [max(len(s), len(t) - 1) for s, t in zip(self.src, self.tgt, strict=True)]
+
+
+def encode_split(
+    tokenizer,
+    ds: datasets.Dataset,
+    src_lang: str,
+    tgt_lang: str,
+    limit: int | None = None,
+    max_length: int | None = None,
+) -> Corpus:
+    """The first ``limit`` pairs of ``ds`` (all when None) as token ids; with ``max_length``,
+    without the pairs that have a side longer than that many tokens."""
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    src_text, tgt_text = list(ds[src_lang]), list(ds[tgt_lang])
+    src, tgt = encode(tokenizer, src_text), encode(tokenizer, tgt_text, add_bos_eos=True)
+    if max_length is not None:
+        keep = [
+            i
+            for i in range(len(src))
+            if len(src[i]) <= max_length and len(tgt[i]) - 1 <= max_length
+        ]
+        src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+        tgt_text = [tgt_text[i] for i in keep]
+    return Corpus(src, tgt, tgt_text)

@@ -1,22 +1,25 @@
-"""Batched translation of token ids and sacreBLEU scoring (BLEU and chrF)."""
+"""Evaluating a translation model: batched translation of token ids, sacreBLEU scoring (BLEU
+and chrF), and the validation metrics (loss, BLEU, chrF) of a model on a tokenized split."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import sacrebleu
 import torch
+import torch.nn.functional as F
 
-from transformer.decoding import DEFAULT_LENGTH_PENALTY, beam_search, greedy_decode
+from transformer.decoding import beam_search, greedy_decode
 from transformer.model import Transformer
-from transformer.translation.batching import batch_indices, pad
-from transformer.translation.tokenizer import BOS_ID, EOS_ID
+from transformer.translation.batching import batch_indices, make_batch, pad
+from transformer.translation.data import Corpus
+from transformer.translation.devices import autocast
+from transformer.translation.tokenizer import BOS_ID, EOS_ID, PAD_ID, decode
 
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on ``device`` if ``enabled``, else a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+# The GNMT length-penalty alpha of this application's beam search (training's test decode,
+# translate, attention maps): chosen on Multi30K val with beam 4 (docs/training.md, "Options for
+# learning quality"). The model library's beam search has no penalty unless given one.
+DEFAULT_LENGTH_PENALTY = 1.2
 
 
 @torch.no_grad()
@@ -60,3 +63,41 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
         "bleu_lc": sacrebleu.corpus_bleu(hyps, refs, lowercase=True).score,
         "chrf": sacrebleu.corpus_chrf(hyps, refs).score,
     }
+
+
+def evaluate(
+    model: Transformer,
+    tokenizer,
+    corpus: Corpus,
+    beam_size: int,
+    length_penalty: float,
+    max_tokens: int,
+    amp: bool,
+) -> dict[str, float]:
+    """Validation-style metrics of ``model`` on ``corpus``: NLL loss, sacreBLEU and chrF of decodes."""
+    loss = validation_loss(model, corpus, max_tokens, amp)
+    ids = translate_ids(model, corpus.src, beam_size, length_penalty, amp=amp)
+    return {"loss": loss, **translation_scores(decode(tokenizer, ids), corpus.tgt_text)}
+
+
+@torch.no_grad()
+def validation_loss(model: Transformer, corpus: Corpus, max_tokens: int, amp: bool) -> float:
+    """Mean per-token NLL (no smoothing) over the corpus."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for group in batch_indices(corpus.lengths(), max_tokens, seed=0, epoch=0, shuffle=False):
+        pairs = make_batch([corpus.src[i] for i in group], [corpus.tgt[i] for i in group])
+        batch = pairs.to(device)
+        with autocast(device, amp):
+            logits = model(batch.src, batch.tgt_in)
+        total += F.cross_entropy(
+            logits.float().flatten(0, 1),
+            batch.tgt_out.flatten(),
+            ignore_index=PAD_ID,
+            reduction="sum",
+        ).item()
+        count += batch.num_tgt_tokens
+    model.train(was_training)
+    return total / max(count, 1)

@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 
 from transformer.config import ModelConfig
-from transformer.decoding import DEFAULT_LENGTH_PENALTY
 from transformer.model import Transformer
 from transformer.translation.checkpoint import CheckpointError, load_checkpoint
 from transformer.translation.cli import HelpFormatter, device_problem, prepare_output
-from transformer.translation.evaluation import translate_ids
+from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY, translate_ids
 from transformer.translation.tokenizer import decode, encode, load_tokenizer
 
 

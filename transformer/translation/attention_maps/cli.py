@@ -8,13 +8,13 @@ import sys
 
 import torch
 
-from transformer.decoding import DEFAULT_LENGTH_PENALTY
 from transformer.translation.attention_maps.drawing import plot_map
 from transformer.translation.attention_maps.inputs import KINDS, check_layer_head
 from transformer.translation.attention_maps.sentence import sentence_map, write_csv, write_json
 from transformer.translation.attention_maps.weights import METHODS
 from transformer.translation.checkpoint import CheckpointError
 from transformer.translation.cli import HelpFormatter, device_problem, prepare_output
+from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY
 from transformer.translation.translate import Translator
 
 

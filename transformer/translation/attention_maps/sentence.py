@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from transformer.decoding import DEFAULT_LENGTH_PENALTY, beam_search, greedy_decode
+from transformer.decoding import beam_search, greedy_decode
 from transformer.model import Transformer
 from transformer.translation.attention_maps.inputs import (
     check_kind,
@@ -20,6 +20,7 @@ from transformer.translation.attention_maps.inputs import (
 )
 from transformer.translation.attention_maps.weights import attention_map
 from transformer.translation.attention_maps.words import UNITS, merge_into_words
+from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY
 from transformer.translation.tokenizer import BOS_ID, EOS_ID, decode, encode
 
 

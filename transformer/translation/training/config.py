@@ -1,8 +1,11 @@
-"""The run configuration: :class:`TrainConfig`, one frozen dataclass that a run is built from
-and saves as ``run_dir/config.json``; the names of the files a run directory holds.
+"""The run configuration, in one place: the named presets, the model options and
+:class:`TrainConfig`, one frozen dataclass that a run is built from and saves as
+``run_dir/config.json``; the names of the files a run directory holds.
 
-A field's metadata (:func:`transformer.translation.cli.option`) holds its ``train.py`` option:
-help, argument group, type; ``train.py`` builds its parser from them."""
+Every ``train.py`` option is declared here, as a field's metadata
+(:func:`transformer.translation.cli.option`: help, argument group, type): the training options on
+:class:`TrainConfig`, the model options on :class:`ModelOptions`; ``train.py`` builds its parser
+from them."""
 
 from __future__ import annotations
 
@@ -12,8 +15,7 @@ from typing import Any
 
 import torch
 
-from transformer.config import ModelConfig
-from transformer.decoding import DEFAULT_LENGTH_PENALTY
+from transformer.config import BACKENDS, SCORES, ModelConfig
 from transformer.translation.cli import (
     fraction,
     nonnegative_int,
@@ -22,12 +24,163 @@ from transformer.translation.cli import (
     positive_int,
 )
 from transformer.translation.data import DEFAULT_DATA_DIR
-from transformer.translation.training.schedules import SCHEDULES
+from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY
 from transformer.translation.training.sizing import Sizing
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+SCHEDULES = ("inverse-sqrt", "linear-decay")  # learning rates after warm-up (loop.learning_rate)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named size: the model's shape, and the training options that differ for it from
+    :class:`TrainConfig`'s defaults."""
+
+    model: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+# "cpu" is what 2 CPU cores with bf16 units train to useful BLEU in ~9 minutes: a run that
+# short sees ~5 epochs, too few to overfit 29k pairs, so dropout (12% of a CPU step, and slower
+# early progress) is off; TrainConfig's defaults are its values. "cpu-small" is for about half
+# that compute (a float32-only CPU, or one core): narrower, a smaller vocabulary, SDPA attention
+# (faster than naive in float32) and validation only at the end (each one costs steps).
+# train.py's "auto" picks one of the two by timing this machine's compute (sizing.py;
+# measurements in docs/cpu_sizing.md). "base" is the Transformer-base of Vaswani et al. (2017),
+# for a GPU, with the heavier dropout a 60M-parameter model needs on a corpus this small.
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset(
+        model=dict(d_model=256, heads=4, encoder_layers=3, decoder_layers=3, d_ff=512, dropout=0.0)
+    ),
+    "cpu-small": Preset(
+        model=dict(
+            d_model=192,
+            heads=4,
+            encoder_layers=3,
+            decoder_layers=3,
+            d_ff=384,
+            dropout=0.0,
+            backend="sdpa",
+        ),
+        training=dict(vocab_size=4000, eval_at_epoch_end=False),
+    ),
+    "base": Preset(
+        model=dict(
+            d_model=512, heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048, dropout=0.3
+        ),
+        training=dict(
+            max_tokens=8192,
+            lr=1e-3,
+            warmup_steps=1000,
+            time_budget=None,
+            epochs=60,
+            val_beam_size=4,
+        ),
+    ),
+}
+DEFAULT_PRESET = "cpu"
+DEFAULT_VOCAB_SIZE = 6000
+
+
+def preset_values(name: str) -> str:
+    """``cpu 256, cpu-small 192, base 512``: each preset's value of the model field ``name``."""
+    default = {f.name: f.default for f in dataclasses.fields(ModelConfig)}[name]
+    return ", ".join(f"{p} {preset.model.get(name, default)}" for p, preset in PRESETS.items())
+
+
+def training_preset_values(name: str, default: Any) -> str:
+    """``cpu 2048, cpu-small 2048, base 8192``: each preset's value of the TrainConfig field
+    ``name`` whose default is ``default`` (None reads "none"); a help text's ``{presets}``."""
+    values = (preset.training.get(name, default) for preset in PRESETS.values())
+    return ", ".join(
+        f"{p} {'none' if value is None else value}"
+        for p, value in zip(PRESETS, values, strict=True)
+    )
+
+
+def default_model() -> ModelConfig:
+    """The default preset's model; its vocabulary sizes are placeholders (see TrainConfig)."""
+    vocab = DEFAULT_VOCAB_SIZE
+    return ModelConfig(vocab, vocab, **PRESETS[DEFAULT_PRESET].model)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The ``train.py`` options that shape the model: :class:`ModelConfig` fields, each None
+    when not given (the preset's value, or ModelConfig's default, applies)."""
+
+    backend: str | None = field(
+        default=None,
+        metadata=option(
+            f"attention backend for the whole model ({preset_values('backend')})",
+            "model",
+            flag="--attention",
+            choices=BACKENDS,
+        ),
+    )
+    score: str | None = field(
+        default=None,
+        metadata=option("attention score function (default scaled_dot)", "model", choices=SCORES),
+    )
+    d_model: int | None = field(
+        default=None,
+        metadata=option(f"model width ({preset_values('d_model')})", "model", type=positive_int),
+    )
+    heads: int | None = field(
+        default=None,
+        metadata=option(
+            f"attention heads; must divide --d-model ({preset_values('heads')})",
+            "model",
+            type=positive_int,
+        ),
+    )
+    encoder_layers: int | None = field(
+        default=None,
+        metadata=option(
+            f"encoder layers ({preset_values('encoder_layers')})", "model", type=nonnegative_int
+        ),
+    )
+    decoder_layers: int | None = field(
+        default=None,
+        metadata=option(
+            f"decoder layers ({preset_values('decoder_layers')})", "model", type=nonnegative_int
+        ),
+    )
+    d_ff: int | None = field(
+        default=None,
+        metadata=option(
+            f"feed-forward width ({preset_values('d_ff')})", "model", type=positive_int
+        ),
+    )
+    dropout: float | None = field(
+        default=None,
+        metadata=option(
+            f"residual/embedding dropout ({preset_values('dropout')})", "model", type=fraction
+        ),
+    )
+    attention_dropout: float | None = field(
+        default=None,
+        metadata=option(
+            "dropout on attention probabilities (default 0; not with --score additive on triton)",
+            "model",
+            type=fraction,
+        ),
+    )
+    tie_embeddings: bool | None = field(
+        default=None,
+        metadata=option(
+            "separate source/target embeddings and output layer",
+            "model",
+            flag="--no-tie-embeddings",
+            action="store_false",
+        ),
+    )
+
+    def given(self) -> dict[str, Any]:
+        """The options that were given: ModelConfig field -> value."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -38,9 +191,7 @@ class TrainConfig:
     the tokenizer's actual size (at most ``vocab_size``).
     """
 
-    model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(6000, 6000, d_ff=512, dropout=0.0)
-    )
+    model: ModelConfig = field(default_factory=default_model)
     # data
     data: str = field(
         default=str(DEFAULT_DATA_DIR),
@@ -56,9 +207,9 @@ class TrainConfig:
         default="test_2016_flickr", metadata=option("split scored at the end", "data")
     )
     vocab_size: int = field(
-        default=6000,
+        default=DEFAULT_VOCAB_SIZE,
         metadata=option(
-            "shared BPE vocabulary size (default {default}; cpu-small 4000)",
+            "shared BPE vocabulary size ({presets})",
             "data",
             type=positive_int,
             default=None,
@@ -118,11 +269,11 @@ class TrainConfig:
         ),
     )
     sizing: Sizing | None = None  # how --config auto chose the size (None: it did not choose)
-    # optimization; "{default}" in a help text is the field's default (the cpu preset's value)
+    # optimization; "{presets}" in a help text: each preset's value (training_preset_values)
     max_tokens: int = field(
         default=2048,
         metadata=option(
-            "padded tokens per batch (default {default} for cpu)",
+            "padded tokens per batch ({presets})",
             "optimization",
             type=positive_int,
             default=None,
@@ -131,7 +282,7 @@ class TrainConfig:
     lr: float = field(
         default=2.5e-3,
         metadata=option(
-            "peak learning rate (default {default} for cpu)",
+            "peak learning rate ({presets})",
             "optimization",
             type=positive_float,
             default=None,
@@ -140,7 +291,7 @@ class TrainConfig:
     warmup_steps: int = field(
         default=150,
         metadata=option(
-            "linear warm-up steps, then the --schedule's decay (default {default} for cpu)",
+            "linear warm-up steps, then the --schedule's decay ({presets})",
             "optimization",
             type=nonnegative_int,
             default=None,
@@ -173,7 +324,7 @@ class TrainConfig:
     epochs: int = field(
         default=100,
         metadata=option(
-            "maximum epochs (default {default} for cpu)",
+            "maximum epochs ({presets})",
             "optimization",
             type=positive_int,
             default=None,
@@ -186,8 +337,7 @@ class TrainConfig:
     time_budget: float | None = field(
         default=9.0,
         metadata=option(
-            "minutes for the training loop incl. validation (default {default} for cpu, none "
-            "for base)",
+            "minutes for the training loop incl. validation ({presets})",
             "optimization",
             type=positive_float,
             default=None,
@@ -237,7 +387,7 @@ class TrainConfig:
         default=1,
         metadata=option(
             "beam size for validation BLEU during training, which chooses the best checkpoint "
-            "(default {default} for cpu: greedy, the fastest; 4 for base)",
+            "({presets}; 1: greedy, the fastest)",
             "evaluation",
             type=positive_int,
             default=None,
@@ -328,3 +478,32 @@ class TrainConfig:
         if isinstance(d.get("sizing"), dict):
             d["sizing"] = Sizing(**d["sizing"])
         return cls(**d)
+
+
+# Options that may change when a run is resumed: how long it goes on and how it reports.
+RESUMABLE = frozenset(
+    {
+        "max_steps",
+        "time_budget",
+        "epochs",
+        "progress",
+        "device",
+        "threads",
+        "compile",
+        "final_test",
+        "checkpoint_every",
+        "log_every",
+    }
+)
+
+
+def config_from_preset(
+    preset: str, model_options: dict[str, Any], options: dict[str, Any]
+) -> TrainConfig:
+    """The TrainConfig of ``preset``: its model and training values, then the explicit
+    ``model_options`` (ModelConfig fields) and ``options`` (TrainConfig fields) over them."""
+    chosen = PRESETS[preset]
+    kwargs = {**chosen.training, **options}
+    vocab = kwargs.get("vocab_size", DEFAULT_VOCAB_SIZE)
+    model = ModelConfig(vocab, vocab, **{**chosen.model, **model_options})
+    return TrainConfig(model=model, **kwargs)

@@ -1,9 +1,18 @@
-"""The training loop: train until the budget or the epochs run out, validating and
-checkpointing on the way, then finish the run (average, test)."""
+"""The training loop, top to bottom: :func:`train` sets a run up (:mod:`.setup`), trains until
+the budget or the epochs run out or a stop is requested, validating and checkpointing on the
+way, and finishes it (averaging, the test split). Below it: one step, the learning-rate
+schedule, when to stop (the budget, SIGTERM and SIGINT), validation, the run's end, and
+progress reports."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,18 +22,32 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from transformer.model import Transformer, mark_dynamic_batch
+from transformer.translation.average import save_average
 from transformer.translation.batching import Batch, batch_indices, make_batch, shard
-from transformer.translation.checkpoint import atomic_write_json
-from transformer.translation.evaluation import autocast
+from transformer.translation.checkpoint import (
+    atomic_write_json,
+    load_checkpoint,
+    load_recent,
+    point,
+)
+from transformer.translation.data import Corpus, encode_split
+from transformer.translation.devices import autocast
+from transformer.translation.evaluation import evaluate
 from transformer.translation.tokenizer import PAD_ID
-from transformer.translation.training import budget
-from transformer.translation.training.averaging import average_last_checkpoints
-from transformer.translation.training.budget import out_of_budget
-from transformer.translation.training.checkpointing import save
 from transformer.translation.training.config import TrainConfig
-from transformer.translation.training.run import Run, setup_run
-from transformer.translation.training.schedules import learning_rate
-from transformer.translation.training.scoring import score_best_on_test, validate
+from transformer.translation.training.metrics import MetricsLog
+from transformer.translation.training.resume import TrainState, restore_run, save_run
+from transformer.translation.training.setup import (
+    Data,
+    Process,
+    build_model,
+    open_run_dir,
+    prepare_data,
+    read_splits,
+    run_directory,
+    setup_process,
+    training_module,
+)
 
 
 @dataclass
@@ -36,99 +59,147 @@ class TrainResult:
     step: int
     losses: list[float]
     metrics: dict[str, float]
+    stopped: bool = False  # by a stop request: the run is checkpointed, not finished
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run training as ``config`` says; with ``resume``, continue ``config.run_dir`` from its last checkpoint."""
+def train(
+    config: TrainConfig, resume: bool = False, stop: StopRequest | None = None
+) -> TrainResult:
+    """Run training as ``config`` says; with ``resume``, continue ``config.run_dir`` from its last
+    checkpoint. When ``stop`` is requested (:meth:`StopRequest.on_signals`: by SIGTERM or SIGINT)
+    the run stops after the current step with a checkpoint, unfinished (``stopped``)."""
     started = time.time()
-    run = setup_run(config, resume, started)  # 1. data, vocabulary, model, optimizer, position
-    losses = train_loop(run)  # 2., 3. train, validate, checkpoint
-    metrics = finish_run(run, started) if run.dist.is_main else {}  # 4. average, test
-    if run.dist.enabled:
+    # 1. Set up: device and rank, run directory, corpus and vocabulary, model, position.
+    process = setup_process(config)
+    run_dir = run_directory(config, process, resume)
+    splits = read_splits(config, process.is_main)  # bad data fails here: no directory yet
+    if process.is_main:
+        open_run_dir(run_dir, config, resume)
+    data = prepare_data(config, splits, run_dir, process, resume)
+    model, optimizer = build_model(config, data.tokenizer.get_vocab_size(), process.device)
+    state = restore_run(run_dir, model, optimizer) if resume else TrainState()
+    log = MetricsLog(run_dir, process.is_main, state.step if resume else None, config.schedule)
+    if process.is_main and not resume:
+        log.log(
+            split="setup", step=0, params=sum(p.numel() for p in model.parameters()),
+            vocab=data.tokenizer.get_vocab_size(), train_pairs=len(data.train.src),
+            amp=process.amp, device=str(process.device), world_size=process.world_size,
+            setup_seconds=time.time() - started,
+        )  # fmt: skip
+    # 2. Train, validating and checkpointing on the way.
+    stop = stop or StopRequest()
+    losses, stopped = train_loop(config, state, process, data, model, optimizer, log, run_dir, stop)
+    # 3. Finish: average the last checkpoints, score the best on the test split.
+    finish = process.is_main and not stopped
+    metrics = (
+        finish_run(config, state, data, model, log, run_dir, process, started) if finish else {}
+    )
+    if process.distributed:
         dist.barrier()
     loss_values = torch.stack(losses).tolist() if losses else []
-    return TrainResult(
-        run_dir=run.run_dir,
-        model=run.model,
-        step=run.state.step,
-        losses=loss_values,
-        metrics=metrics,
-    )
+    return TrainResult(run_dir, model, state.step, loss_values, metrics, stopped)
 
 
-def train_loop(run: Run) -> list[torch.Tensor]:
-    """Train until the budget or the epochs run out; validate and checkpoint on the way."""
-    config, state = run.config, run.state
+def train_loop(
+    config: TrainConfig,
+    state: TrainState,
+    process: Process,
+    data: Data,
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    log: MetricsLog,
+    run_dir: Path,
+    stop: StopRequest,
+) -> tuple[list[torch.Tensor], bool]:
+    """Train until the budget or the epochs run out, or a stop is requested; validate and
+    checkpoint on the way. The step losses, and whether a stop request ended the loop."""
     losses: list[torch.Tensor] = []  # left on the device: read back only when logged
     last_eval_step = -1
+    saved_step = state.step if state.step > 0 else -1  # a resumed run's checkpoint
+    module = training_module(model, config, process)
     throughput = Throughput()
-    run.model.train()
-    done = out_of_budget(run)
-    while not done and state.epoch < config.epochs:
-        batches = epoch_batches(run)
-        bar = progress_bar(run, len(batches))
+    model.train()
+    done, stopping = check_budget(config, state, process, stop)
+    while not (done or stopping) and state.epoch < config.epochs:
+        batches = epoch_batches(data.train, config, state.epoch, process)
+        bar = progress_bar(state, len(batches), process.is_main and config.progress)
         while state.next_batch < len(batches):
-            step_start = budget.clock()
-            loss, lr, tokens = train_step(run, batches[state.next_batch], len(batches))
+            step_start = clock()
+            pairs = batches[state.next_batch]
+            loss, lr, tokens = train_step(
+                config, state, process, module, optimizer, data.train, pairs, len(batches)
+            )
             losses.append(loss)
             throughput.add(tokens)
             bar.update(1)
             if state.step % config.log_every == 0:
-                log_training(run, bar, loss, lr, throughput)
+                log_training(log, state, bar, loss, lr, throughput.per_second(process.world_size))
+                throughput.restart()
             end_of_epoch = state.next_batch == len(batches)
             if end_of_epoch:
                 state.epoch, state.next_batch = state.epoch + 1, 0
-            state.train_time += budget.clock() - step_start
-            done = out_of_budget(run)
+            state.train_time += clock() - step_start
+            done, stopping = check_budget(config, state, process, stop)
             periodic = config.eval_every and state.step % config.eval_every == 0
             if done or (end_of_epoch and config.eval_at_epoch_end) or periodic:
-                eval_start = budget.clock()
-                val = validate(run)
-                state.train_time += budget.clock() - eval_start
+                eval_start = clock()
+                val = validate(model, data, config, process, state, log)
+                state.train_time += clock() - eval_start
                 # The validation may have spent the budget: stop now rather than train one
                 # more step and validate it again. Checked before saving, so that a resumed
                 # run's clock (and schedule) counts the validation too. The check is monotone
                 # (same step, train_time only grew): a run that was done stays done.
-                done = out_of_budget(run)
-                save(run, val)
-                last_eval_step = state.step
+                done, stopping = check_budget(config, state, process, stop)
+                save_run(run_dir, model, optimizer, state, config, val, process.is_main)
+                last_eval_step = saved_step = state.step
                 throughput.restart()
             elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                save(run, None)
-            if done or end_of_epoch:
+                save_run(run_dir, model, optimizer, state, config, None, process.is_main)
+                saved_step = state.step
+            if done or end_of_epoch or stopping:
                 break
         bar.close()
-    if last_eval_step != state.step and run.dist.is_main:
-        save(run, validate(run))  # e.g. resumed at the very end: make sure 'last' exists
-    return losses
+    if stopping:
+        if saved_step != state.step:  # the position to resume from; no validation: stop soon
+            save_run(run_dir, model, optimizer, state, config, None, process.is_main)
+        return losses, True
+    if last_eval_step != state.step and process.is_main:  # e.g. resumed at the very end:
+        val = validate(model, data, config, process, state, log)  # make sure 'last' exists
+        save_run(run_dir, model, optimizer, state, config, val, process.is_main)
+    return losses, False
 
 
 def train_step(
-    run: Run, group: list[int], batches_in_epoch: int
+    config: TrainConfig,
+    state: TrainState,
+    process: Process,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    corpus: Corpus,
+    pairs: list[int],
+    batches_in_epoch: int,
 ) -> tuple[torch.Tensor, float, int]:
-    """One optimizer step on the training pairs ``group``: (loss on the device, lr, tokens)."""
-    config, state, dist_info = run.config, run.state, run.dist
-    cpu_batch: Batch = make_batch(
-        [run.train_corpus.src[i] for i in group], [run.train_corpus.tgt[i] for i in group]
-    )
+    """One optimizer step on the training ``pairs``: (loss on the device, lr, tokens)."""
+    cpu_batch: Batch = make_batch([corpus.src[i] for i in pairs], [corpus.tgt[i] for i in pairs])
     # Counted on the host copy: counting on the GPU would sync the device every step.
     tokens = int((cpu_batch.src != PAD_ID).sum()) + cpu_batch.num_tgt_tokens
-    batch = cpu_batch.to(run.device)
+    batch = cpu_batch.to(process.device)
     state.step += 1
     lr = learning_rate(config, state, batches_in_epoch)
-    for g in run.optimizer.param_groups:
-        g["lr"] = lr
-    torch.manual_seed(config.seed * 1_000_003 + state.step * dist_info.world_size + dist_info.rank)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # Dropout re-seeded from (seed, step, rank): a resumed run draws what an uninterrupted one does.
+    torch.manual_seed(config.seed * 1_000_003 + state.step * process.world_size + process.rank)
     if config.compile:
         mark_dynamic_batch(batch.src, batch.tgt_in)  # one graph for every batch shape
-    with autocast(run.device, run.amp):
-        logits = run.train_model(batch.src, batch.tgt_in)
+    with autocast(process.device, process.amp):
+        logits = module(batch.src, batch.tgt_in)
     loss = label_smoothed_loss(logits, batch.tgt_out, config.label_smoothing)
-    run.optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.clip_norm)
-    run.optimizer.step()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
+    optimizer.step()
     state.next_batch += 1
     return loss.detach(), lr, tokens
 
@@ -145,20 +216,272 @@ def label_smoothed_loss(
     )
 
 
-def epoch_batches(run: Run) -> list[list[int]]:
-    """This rank's batches of the current epoch (a function of seed and epoch)."""
-    config = run.config
-    lengths = run.train_corpus.lengths()
-    batches = batch_indices(lengths, config.max_tokens, config.seed, run.state.epoch)
-    return shard(batches, run.dist.rank, run.dist.world_size)
+def epoch_batches(
+    corpus: Corpus, config: TrainConfig, epoch: int, process: Process
+) -> list[list[int]]:
+    """This rank's batches of ``epoch`` (a function of seed and epoch)."""
+    batches = batch_indices(corpus.lengths(), config.max_tokens, config.seed, epoch)
+    return shard(batches, process.rank, process.world_size)
 
 
-def progress_bar(run: Run, total: int) -> tqdm:
+# --- the learning rate ---------------------------------------------------------------------------
+
+
+def learning_rate(config: TrainConfig, state: TrainState, batches_in_epoch: int) -> float:
+    """The learning rate of step ``state.step`` (already counted) under ``config.schedule``:
+    linear warm-up, then inverse-square-root decay or linear decay to zero at the end of the
+    budget."""
+    if config.schedule == "inverse-sqrt":
+        return inverse_sqrt_lr(state.step, config.lr, config.warmup_steps)
+    used = budget_used(config, dataclasses.replace(state, step=state.step - 1), batches_in_epoch)
+    return linear_decay_lr(state.step, config.lr, config.warmup_steps, used)
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup: int) -> float:
+    """Learning rate at 1-based ``step``: linear warm-up to ``peak``, then ``peak·√(warmup/step)``."""
+    if warmup == 0:
+        return peak
+    return peak * min(step / warmup, math.sqrt(warmup / step))
+
+
+def linear_decay_lr(step: int, peak: float, warmup: int, used: float) -> float:
+    """Learning rate at 1-based ``step`` when the fraction ``used`` of the budget is spent: linear
+    warm-up to ``peak`` over ``warmup`` steps, then linear decay to zero as ``used`` reaches 1
+    ("Budgeted Training", Li et al., ICLR 2020)."""
+    warm = 1.0 if warmup == 0 else step / warmup
+    return peak * max(0.0, min(warm, 1.0 - used))
+
+
+def budget_used(config: TrainConfig, state: TrainState, batches_in_epoch: int) -> float:
+    """The fraction of the run's budget spent before the next step: the largest of the time,
+    step and epoch fractions, since whichever budget runs out first ends the run."""
+    epochs_done = state.epoch + state.next_batch / max(batches_in_epoch, 1)
+    used = epochs_done / config.epochs
+    if config.max_steps is not None:
+        used = max(used, state.step / config.max_steps)
+    if config.time_budget is not None:
+        used = max(used, state.schedule_time / (config.time_budget * 60))
+    return min(used, 1.0)
+
+
+# --- when to stop: the budget, and SIGTERM / SIGINT ----------------------------------------------
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def clock() -> float:
+    """Seconds on the clock the time budget is kept with (tests put a fake one in its place)."""
+    return time.monotonic()
+
+
+def exit_status(signum: int) -> int:
+    """The shell's status of a process ended by signal ``signum``: 143 for SIGTERM, 130 for SIGINT."""
+    return 128 + signum
+
+
+class StopRequest:
+    """A request to stop training after the current step, with a checkpoint.
+
+    :meth:`on_signals` makes SIGTERM and SIGINT (what a scheduler, a preemption or Ctrl-C sends)
+    ask for it; a second signal, while the first one's step and checkpoint are still being
+    finished, ends the process at once with status :func:`exit_status` (the checkpoints on disk
+    stay valid: they are written atomically). The same signal again within
+    ``REPEAT_SECONDS`` is the same request: torchrun forwards to its workers the signal it
+    received, which Ctrl-C (the whole process group) or SLURM (every process of the job) has
+    already sent them.
+    """
+
+    REPEAT_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.at = 0.0  # time.monotonic() of the request
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        self.signum, self.at = signum, time.monotonic()
+
+    @contextmanager
+    def on_signals(self) -> Iterator[StopRequest]:
+        """Within the block, SIGTERM and SIGINT request a stop; the old handlers come back after."""
+        previous = {signum: signal.signal(signum, self.handle) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame: object = None) -> None:
+        # os.write, not print: the signal may have interrupted a write to stderr (the progress
+        # bar), and a buffered stream refuses to be re-entered.
+        name = signal.Signals(signum).name
+        if self.requested:
+            repeat = signum == self.signum and time.monotonic() - self.at < self.REPEAT_SECONDS
+            if not repeat:
+                os.write(2, f"\n{name} again: exiting now, without a checkpoint\n".encode())
+                os._exit(exit_status(signum))
+            return
+        self.request(signum)
+        message = (
+            f"\n{name}: stopping after this step and writing a checkpoint "
+            "(send it again to exit at once)\n"
+        )
+        os.write(2, message.encode())
+
+
+def check_budget(
+    config: TrainConfig, state: TrainState, process: Process, stop: StopRequest
+) -> tuple[bool, bool]:
+    """(whether the step or time budget is spent, whether a stop was requested). Rank 0's clock
+    decides the budget, so all ranks stop together (and share its ``train_time`` as the
+    schedule's clock); a stop requested on any rank stops every rank at this same step."""
+    over = (config.max_steps is not None and state.step >= config.max_steps) or (
+        config.time_budget is not None and state.train_time >= config.time_budget * 60
+    )
+    stopping = stop.requested
+    if process.distributed:
+        # One all-reduce a step: rank 0's budget verdict and clock (the others add zeros), and
+        # every rank's stop request.
+        main = float(process.is_main)
+        flags = torch.tensor(
+            [float(over) * main, state.train_time * main, float(stopping)],
+            dtype=torch.float64,
+            device=process.device,
+        )
+        dist.all_reduce(flags)
+        over, state.train_time, stopping = bool(flags[0]), flags[1].item(), bool(flags[2])
+    state.schedule_time = state.train_time
+    return over, stopping
+
+
+# --- validation and the run's end ----------------------------------------------------------------
+
+
+def validate(
+    model: Transformer,
+    data: Data,
+    config: TrainConfig,
+    process: Process,
+    state: TrainState,
+    log: MetricsLog,
+) -> dict[str, float] | None:
+    """Validation loss, BLEU and chrF on rank 0 (None elsewhere), logged and plotted."""
+    if not process.is_main:
+        return None
+    val = evaluate(
+        model, data.tokenizer, data.val, config.val_beam_size, config.length_penalty,
+        config.max_tokens, process.amp,
+    )  # fmt: skip
+    log.log(split="val", step=state.step, epoch=state.epoch, beam_size=config.val_beam_size, **val)
+    log.plot()
+    if config.progress:
+        tqdm.write(
+            f"step {state.step} epoch {state.epoch}: val loss {val['loss']:.3f} "
+            f"BLEU {val['bleu']:.2f} (lc {val['bleu_lc']:.2f}) chrF {val['chrf']:.2f}"
+        )
+    return val
+
+
+def finish_run(
+    config: TrainConfig,
+    state: TrainState,
+    data: Data,
+    model: Transformer,
+    log: MetricsLog,
+    run_dir: Path,
+    process: Process,
+    started: float,
+) -> dict[str, float]:
+    """Rank 0: average the last checkpoints (if asked), score the best on the test split, write
+    ``results.json``; the metrics."""
+    metrics: dict[str, float] = {"train_time": state.train_time, "steps": state.step}
+    if config.average_last > 1:
+        metrics.update(average_last_checkpoints(config, state, data, model, log, run_dir, process))
+    if config.final_test:
+        metrics.update(score_best_on_test(config, state, data, model, log, run_dir, process))
+    metrics["wall_seconds"] = time.time() - started
+    atomic_write_json(run_dir / "results.json", metrics)
+    log.plot()
+    return metrics
+
+
+def average_last_checkpoints(
+    config: TrainConfig,
+    state: TrainState,
+    data: Data,
+    model: Transformer,
+    log: MetricsLog,
+    run_dir: Path,
+    process: Process,
+) -> dict[str, float]:
+    """Average the weights of the last ``average_last`` checkpoints, validate the average, and
+    point ``best.json`` at it when it beats the best checkpoint's BLEU."""
+    checkpoints = load_recent(run_dir, config.average_last)
+    if len(checkpoints) < 2:
+        return {}
+    averaged = save_average(run_dir, checkpoints, extra_meta={"train_config": config.to_dict()})
+    averaged.load_weights(model)
+    val = evaluate(
+        model, data.tokenizer, data.val, config.val_beam_size, config.length_penalty,
+        config.max_tokens, process.amp,
+    )  # fmt: skip
+    steps = [c.meta["step"] for c in checkpoints]
+    is_best = val["bleu"] > state.best_bleu
+    log.log(split="val_average", step=state.step, averaged_steps=steps, best=is_best, **val)
+    if is_best:
+        state.best_bleu = val["bleu"]
+        point(run_dir, "best", averaged, val=val, best_bleu=val["bleu"])
+    if config.progress:
+        verdict = "the new best" if is_best else "not better than the best checkpoint"
+        tqdm.write(
+            f"average of steps {steps}: val BLEU {val['bleu']:.2f} chrF {val['chrf']:.2f}, {verdict}"
+        )
+    return {**{f"average_val_{k}": v for k, v in val.items()}, "average_is_best": float(is_best)}
+
+
+def score_best_on_test(
+    config: TrainConfig,
+    state: TrainState,
+    data: Data,
+    model: Transformer,
+    log: MetricsLog,
+    run_dir: Path,
+    process: Process,
+) -> dict[str, float]:
+    """The best checkpoint's validation scores (as saved) and its scores on the test split."""
+    test_start = time.time()
+    best = load_checkpoint(run_dir, "best")
+    best.load_weights(model)
+    langs = (config.src_lang, config.tgt_lang)
+    test_corpus = encode_split(data.tokenizer, data.test, *langs)
+    test = evaluate(
+        model, data.tokenizer, test_corpus, config.beam_size, config.length_penalty,
+        config.max_tokens, process.amp,
+    )  # fmt: skip
+    log.log(
+        split="test", step=state.step, best_step=best.meta["step"], beam_size=config.beam_size,
+        **test,
+    )  # fmt: skip
+    return {
+        **{f"val_{k}": v for k, v in best.meta["val"].items()},
+        **{f"test_{k}": v for k, v in test.items()},
+        "best_step": best.meta["step"],
+        "test_seconds": time.time() - test_start,
+    }
+
+
+# --- progress reports ----------------------------------------------------------------------------
+
+
+def progress_bar(state: TrainState, total: int, enabled: bool) -> tqdm:
     return tqdm(
         total=total,
-        initial=run.state.next_batch,
-        desc=f"epoch {run.state.epoch}",
-        disable=not (run.dist.is_main and run.config.progress),
+        initial=state.next_batch,
+        desc=f"epoch {state.epoch}",
+        disable=not enabled,
         dynamic_ncols=True,
         leave=False,
     )
@@ -176,18 +499,17 @@ class Throughput:
     def add(self, tokens: int) -> None:
         self.tokens += tokens
 
-    def per_second(self) -> float:
-        return self.tokens / max(time.time() - self.start, 1e-9)
+    def per_second(self, world_size: int = 1) -> float:
+        """Tokens per second across ``world_size`` ranks that each train as many."""
+        return self.tokens / max(time.time() - self.start, 1e-9) * world_size
 
 
 def log_training(
-    run: Run, bar: tqdm, loss: torch.Tensor, lr: float, throughput: Throughput
+    log: MetricsLog, state: TrainState, bar: tqdm, loss: torch.Tensor, lr: float, tok_s: float
 ) -> None:
     loss_value = loss.item()
-    tok_s = throughput.per_second() * run.dist.world_size
     bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}")
-    state = run.state
-    run.log.log(
+    log.log(
         split="train",
         step=state.step,
         epoch=state.epoch,
@@ -195,19 +517,3 @@ def log_training(
         lr=lr,
         tokens_per_s=tok_s,
     )
-    throughput.restart()
-
-
-def finish_run(run: Run, started: float) -> dict[str, float]:
-    """Rank 0: average the last checkpoints (if asked), score the best on the test split, write
-    ``results.json``; the metrics."""
-    config = run.config
-    metrics: dict[str, float] = {"train_time": run.state.train_time, "steps": run.state.step}
-    if config.average_last > 1:
-        metrics.update(average_last_checkpoints(run))
-    if config.final_test:
-        metrics.update(score_best_on_test(run))
-    metrics["wall_seconds"] = time.time() - started
-    atomic_write_json(run.run_dir / "results.json", metrics)
-    run.log.plot()
-    return metrics
