@@ -514,6 +514,21 @@ ATTEND_BREAKS = {
 }
 
 
+# Found by this fuzzing, not fixed here (transformer/attention.py and masks.py check neither):
+# a mask on another device fails inside torch (naive) or combine_masks (sdpa), and a scale that
+# is not a number fails in the einsum's multiplication. Strict: a fix turns these red.
+ATTEND_GAPS = {
+    "mask elsewhere": lambda c: _with(
+        c,
+        ValueError,
+        ("attn_mask",),
+        attn_mask=_like(c.args["q"], shape=(1,), dtype=torch.bool, device=_other(c.device)),
+        backend="naive",
+    ),  # fmt: skip
+    "scale a string": lambda c: _with(c, TypeError, ("scale",), scale="0.5", backend="naive"),
+}
+
+
 def check_attend_call(call: Call) -> None:
     try:
         got = attend(**call.args)
@@ -541,12 +556,23 @@ def test_attend_fuzzed_returns_what_the_float64_reference_returns(kernel_device)
     run()
 
 
-@pytest.mark.parametrize("breaking", list(ATTEND_BREAKS))
+@pytest.mark.parametrize(
+    "breaking",
+    [
+        *ATTEND_BREAKS,
+        *(
+            pytest.param(gap, marks=pytest.mark.xfail(strict=True, reason="not checked yet"))
+            for gap in ATTEND_GAPS
+        ),
+    ],
+)
 def test_attend_fuzzed_and_broken_refuses_naming_the_argument(kernel_device, breaking):
+    breaks = ATTEND_BREAKS | ATTEND_GAPS
+
     @FEW
     @given(attend_calls(kernel_device.type))
     def run(call):
-        check_attend_call(ATTEND_BREAKS[breaking](call))
+        check_attend_call(breaks[breaking](call))
 
     run()
 
