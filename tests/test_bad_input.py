@@ -229,13 +229,39 @@ def test_each_window_is_written_before_the_next_lines_are_read(varied_run):
     def write(texts):
         windows.append((read[0] - len(texts), read[0], texts))
 
-    settings = translate.Settings(beam_size=1, max_tokens=3)  # windows of about 12 tokens
+    settings = translate.Settings(beam_size=1, max_tokens=2)  # windows of about 8 tokens
     assert translate.translate_lines(translator, lines(), write, print, settings) == len(sentences)
     assert len(windows) > 2 and windows[0][1] < len(sentences)  # written while reading
     assert [start for start, _, _ in windows] == [0, *(end for _, end, _ in windows[:-1])]
-    # A budget of 3 tokens makes each sentence a batch of its own, in the windows as here.
+    # A budget of 2 tokens makes each sentence a batch of its own, in the windows as here.
     written = [t for _, _, texts in windows for t in texts]
-    assert written == translator.translate(sentences, 1, max_tokens=3) and len(set(written)) > 1
+    assert written == translator.translate(sentences, 1, max_tokens=2) and len(set(written)) > 1
+
+
+def test_typed_input_is_answered_line_by_line(varied_run):
+    translator = translate.Translator(varied_run)
+    writes = []
+    lines = [translate.Line(n, text) for n, text in enumerate(["Ein Hund.", "Ein Buch."], 1)]
+    settings = translate.Settings(beam_size=1, window_tokens=1)  # what a terminal's input gets
+    translate.translate_lines(translator, lines, writes.append, print, settings)
+    assert [len(texts) for texts in writes] == [1, 1]
+
+
+def test_ctrl_c_exits_130_with_the_windows_done_written(varied_run, tmp_path, capsys, monkeypatch):
+    real, calls = translate.Translator.translate_parts, []
+
+    def interrupted_on_the_second_window(self, sources, *args):
+        calls.append(sources)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, sources, *args)
+
+    monkeypatch.setattr(translate.Translator, "translate_parts", interrupted_on_the_second_window)
+    data = b"Ein Hund.\nEin Buch.\nEin Mann.\n"
+    # --max-tokens 1: windows of 4 tokens, so each line is a window of its own
+    status, out, err = run_translate(varied_run, tmp_path, data, "--max-tokens", "1", capsys=capsys)
+    assert status == 130 and len(out) == 2 and out[0]  # the first window (line 1), written
+    assert len(err) == 1 and "interrupted; the lines written so far are complete" in err[0]
 
 
 def test_translator_refuses_text_a_tokenizer_cannot_read_naming_the_sentence(run_dir):

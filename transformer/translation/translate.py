@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -162,12 +163,14 @@ class TranslationFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Settings:
-    """How :func:`translate_lines` translates: the decoding options and the input's name."""
+    """How :func:`translate_lines` translates: the decoding options, the input's name, and the
+    source tokens a window holds before it is translated (default: WINDOW_BATCHES batches)."""
 
     beam_size: int = 4
     length_penalty: float = DEFAULT_LENGTH_PENALTY
     max_tokens: int = 6000
     name: str = "stdin"
+    window_tokens: int | None = None
 
 
 def translate_lines(
@@ -185,7 +188,9 @@ def translate_lines(
     """
     window: list[tuple[Line, list[list[int]]]] = []
     window_tokens, done = 0, 0
-    full = WINDOW_BATCHES * max(1, settings.max_tokens // settings.beam_size)
+    full = settings.window_tokens or WINDOW_BATCHES * max(
+        1, settings.max_tokens // settings.beam_size
+    )
     try:
         for line in lines:
             where = f"line {line.number} of {settings.name}"
@@ -218,6 +223,8 @@ def translate_window(
 ) -> int:
     """Translate and write one window; if that fails, its lines one at a time, writing those
     before the first that fails and raising :class:`TranslationFailed` naming that one."""
+    if not window:
+        return 0
     options = (settings.beam_size, settings.length_penalty, settings.max_tokens)
     try:
         texts = translator.translate_parts([parts for _, parts in window], *options)
@@ -252,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Exit status: 0 every line translated; 1 the input, the run directory or a line "
             "could not be used (one line on stderr says which and what to do); 2 a wrong "
-            "option."
+            "option; 130 interrupted (Ctrl-C), the lines written so far complete. From a "
+            "terminal each line is translated as it is typed."
         ),
         formatter_class=HelpFormatter,
     )
@@ -340,9 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return translate_file(args)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (BadInput, CheckpointError, TranslationFailed, ValueError, OSError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the lines written so far are complete", file=sys.stderr)
+        return 130
 
 
 def translate_file(args: argparse.Namespace) -> int:
@@ -353,7 +367,10 @@ def translate_file(args: argparse.Namespace) -> int:
         problem = prepare_output(args.output, "--output")  # makes its directory
         if problem:
             raise BadInput(problem)
-    settings = Settings(args.beam_size, args.length_penalty, args.max_tokens, args.input or "stdin")
+    typed = source.isatty()  # someone typing: each line is answered as it is entered
+    settings = Settings(
+        args.beam_size, args.length_penalty, args.max_tokens, args.input or "stdin", typed or None
+    )
     lines = read_lines(source, settings.name, args.errors)
     first = next(lines)  # an empty input or a bad first line is refused before any output
     sys.stdout.flush()
