@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length",
         type=int,
         default=None,
-        help="longest --sentence or --translation, in tokens; a longer one is cut to its first "
-        "max-length tokens, with a warning (default: the max_length the run trained with)",
+        help="longest --sentence or --translation, in tokens; a longer one is cut at a word "
+        "boundary to at most this many tokens, with a warning (default: the max_length the run "
+        "trained with, in its config.json)",
     )
     return parser
 
