@@ -20,17 +20,6 @@ from transformer.translation.tokenizer import decode
 from transformer.translation.translate import Translator
 
 
-def load_model(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
-    """The model (in eval mode) and tokenizer of a run directory written by ``train.py``.
-
-    ``which``: the ``best`` checkpoint (``last`` while the run has no best yet) or ``last``;
-    loaded exactly as ``python -m transformer.translation.translate`` loads it.
-    """
-
-    translator = Translator(run_dir, which, device)
-    return translator.model, translator.tokenizer
-
-
 def checked_text(
     parser: argparse.ArgumentParser, translator: Translator, value: str, option: str, errors: str
 ) -> str:
