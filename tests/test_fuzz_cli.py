@@ -164,3 +164,14 @@ def test_attention_map_fuzzed_sentences_long(run_dir, tmp_path, errors):
         check_attention_map(run_dir, tmp_path, sentence, errors)
 
     run()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["▁Haus", "▁H", "au", "s", "."]), max_size=60), st.integers(1, 9))
+def test_split_at_words_covers_the_line_in_parts_within_the_limit_cut_before_words(pieces, limit):
+    parts = translate.split_at_words(pieces, limit)
+    assert [p for a, b in parts for p in pieces[a:b]] == pieces  # in order, nothing lost
+    assert all(0 < b - a <= limit for a, b in parts)
+    for (a, b), _ in zip(parts, parts[1:], strict=False):  # every cut but the line's end
+        starts = [k for k in range(a + limit // 2 + 1, a + limit + 1) if pieces[k][0] == "▁"]
+        assert b == (max(starts) if starts else a + limit)
