@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from attention_map_helpers import tiny_model, train_small_tokenizer
+from attention_map_helpers import save_untrained_run, tiny_model, train_small_tokenizer
 from matplotlib import image as mpimg
 
 from transformer.translation.attention_maps import (
@@ -28,18 +28,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tokenizer):
     """A run directory as training writes it, holding an untrained model."""
-    from dataclasses import asdict
-
-    from transformer.translation.checkpoint import save_checkpoint
-    from transformer.translation.tokenizer import save_tokenizer
-
-    directory = tmp_path_factory.mktemp("run")
-    vocab = tokenizer.get_vocab_size()
-    model = tiny_model(vocab=vocab)
-    save_tokenizer(tokenizer, directory / "tokenizer.json")
-    meta = {"step": 1, "model_config": asdict(model.config), "tokenizer": "tokenizer.json"}
-    save_checkpoint(directory, model, {}, meta)
-    return directory
+    return save_untrained_run(tmp_path_factory.mktemp("run"), tokenizer)
 
 
 # --- files ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Input checks of flash_attention, all done before anything is launched."""
 
 import math
+import numbers
 
 import torch
 import triton
@@ -9,6 +10,7 @@ from kernels.common.checks import check_runnable
 
 MAX_HEAD_DIM = 256  # FlashAttention-2's limit; q/k's and v's head dims each
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_REALS = (numbers.Real, torch.SymFloat, torch.SymInt)  # a float, int or NumPy number; traced
 
 
 def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
@@ -62,11 +64,27 @@ def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
                 f"flash_attention: {name} {n} is not supported (1 to {MAX_HEAD_DIM}; v's may "
                 "differ from q's and k's)"
             )
-    if scale is not None and not math.isfinite(float(scale)):
-        raise ValueError(f"flash_attention: scale must be finite, got {scale}")
+    if scale is not None:
+        real = isinstance(scale, _REALS) and not isinstance(scale, bool)
+        if not (real or _is_real_scalar_tensor(scale)):
+            raise TypeError(
+                "flash_attention: scale must be a real number (or a one-element real tensor) or "
+                f"None, got {type(scale).__name__} {scale!r:.40}"
+            )
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"flash_attention: scale must be finite, got {scale}")
     if attn_mask is not None:
         _mask_layout(attn_mask, q, k)  # raises on a bad mask
     check_runnable(q.device, "flash_attention")
+
+
+def _is_real_scalar_tensor(scale):
+    return (
+        isinstance(scale, torch.Tensor)
+        and scale.numel() == 1
+        and not scale.dtype.is_complex
+        and scale.device.type != "meta"
+    )
 
 
 def _block_d(head_dim):

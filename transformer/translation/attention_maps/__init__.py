@@ -42,6 +42,7 @@ from transformer.translation.attention_maps.inputs import (
 from transformer.translation.attention_maps.lse import flash_layer_weights, weights_from_lse
 from transformer.translation.attention_maps.sentence import (
     SentenceMap,
+    merge_into_words,
     sentence_map,
     write_csv,
     write_json,
@@ -49,7 +50,6 @@ from transformer.translation.attention_maps.sentence import (
 from transformer.translation.attention_maps.weights import METHODS, attention_map, layer_weights
 from transformer.translation.attention_maps.words import (
     UNITS,
-    merge_into_words,
     merge_pieces,
     word_spans,
 )

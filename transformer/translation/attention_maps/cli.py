@@ -15,18 +15,38 @@ from transformer.translation.attention_maps.weights import METHODS
 from transformer.translation.checkpoint import CheckpointError
 from transformer.translation.cli import HelpFormatter, device_problem, prepare_output
 from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY
+from transformer.translation.text_input import ERRORS, BadInput, argument_text
+from transformer.translation.tokenizer import decode
 from transformer.translation.translate import Translator
 
 
-def load_model(run_dir: str | os.PathLike, which: str = "best", device: str = "cpu"):
-    """The model (in eval mode) and tokenizer of a run directory written by ``train.py``.
-
-    ``which``: the ``best`` checkpoint (``last`` while the run has no best yet) or ``last``;
-    loaded exactly as ``python -m transformer.translation.translate`` loads it.
+def checked_text(
+    parser: argparse.ArgumentParser, translator: Translator, value: str, option: str, errors: str
+) -> str:
+    """The argument ``value`` of ``option`` as text the model can read, or exit with status 1
+    naming the problem: not UTF-8 (unless ``errors`` is replace), or blank. A text longer than
+    the model's ``max_length`` tokens is cut to the first part :meth:`Translator.encode` makes of
+    it (at most ``max_length`` tokens, ending at a word boundary), with a warning.
     """
-
-    translator = Translator(run_dir, which, device)
-    return translator.model, translator.tokenizer
+    try:
+        text, notes = argument_text(value, option, errors)
+    except BadInput as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    for note in notes:
+        print(f"{parser.prog}: warning: {option}: {note}", file=sys.stderr)
+    if not text.strip():
+        parser.exit(1, f"{parser.prog}: error: {option} is empty\n")
+    (parts,) = translator.encode([text])
+    if len(parts) <= 1:
+        return text
+    kept = decode(translator.tokenizer, parts[:1])[0]
+    print(
+        f"{parser.prog}: warning: {option} has {sum(map(len, parts))} tokens, longer than the "
+        f"{translator.max_length} the model takes (--max-length); drawn for its first "
+        f"{len(parts[0])} tokens only (cut at a word boundary), up to {kept[-30:]!r}",
+        file=sys.stderr,
+    )
+    return kept
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
             "asked, JSON/CSV). Layers and heads are numbered from 0; negative numbers count "
             "from the end."
         ),
+        epilog="Exit status: 0 the map was written; 1 the run directory or a text could not be "
+        "used (one line on stderr says why); 2 a wrong option.",
     )
     parser.add_argument(
         "--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train.py"
@@ -120,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device to run the model on (default: %(default)s)"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+    parser.add_argument(
+        "--errors",
+        choices=ERRORS,
+        default="strict",
+        help="what to do with a --sentence or --translation that is not valid UTF-8: strict "
+        "stops with a message; replace puts U+FFFD in place of each bad byte sequence and says so "
+        "on stderr",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="longest --sentence or --translation, in tokens; a longer one is cut at a word "
+        "boundary to at most this many tokens, with a warning (default: the max_length the run "
+        "trained with, in its config.json)",
+    )
     return parser
 
 
@@ -132,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--translation is empty")
     if args.beam_size < 1:
         parser.error(f"--beam-size must be >= 1, got {args.beam_size}")
+    if args.max_length is not None and args.max_length < 1:
+        parser.error(f"--max-length must be >= 1, got {args.max_length}")
     if args.dpi < 1:
         parser.error(f"--dpi must be >= 1, got {args.dpi}")
     if args.threads is not None:
@@ -147,15 +187,20 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
     try:
-        model, tokenizer = load_model(args.checkpoint, args.which, args.device)
+        translator = Translator(args.checkpoint, args.which, args.device, args.max_length)
     except (CheckpointError, ValueError, OSError) as err:
-        parser.error(f"cannot load --checkpoint {args.checkpoint}: {err}")
+        parser.exit(1, f"{parser.prog}: error: cannot load --checkpoint {args.checkpoint}: {err}\n")
+    model, tokenizer = translator.model, translator.tokenizer
+    sentence = checked_text(parser, translator, args.sentence, "--sentence", args.errors)
+    translation = args.translation and checked_text(
+        parser, translator, args.translation, "--translation", args.errors
+    )
     try:
         check_layer_head(model, args.kind, args.layer, args.head)
         result = sentence_map(
             model,
             tokenizer,
-            args.sentence,
+            sentence,
             kind=args.kind,
             layer=args.layer,
             head=args.head,
@@ -163,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             method=args.method,
             beam_size=args.beam_size,
             length_penalty=args.length_penalty,
-            translation=args.translation,
+            translation=translation,
             units="pieces" if args.pieces else "words",
         )
     except ValueError as err:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import textwrap
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from transformer.translation.attention_maps.sentence import SentenceMap
-
+from transformer.translation.attention_maps.sentence import SentenceMap
 
 CELL_INCHES = 0.32
 LABEL_INCHES = 1.6  # room for tick labels and titles

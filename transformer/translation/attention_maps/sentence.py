@@ -1,12 +1,12 @@
-"""One sentence, end to end: translate it, compute its map over words or pieces, and write the
-map as JSON or CSV."""
+"""One sentence, end to end: translate it, compute its map over pieces, merge it into words
+(the pieces' weights by :mod:`.words`), and write the map as JSON or CSV."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,9 +19,9 @@ from transformer.translation.attention_maps.inputs import (
     num_layers,
 )
 from transformer.translation.attention_maps.weights import attention_map
-from transformer.translation.attention_maps.words import UNITS, merge_into_words
+from transformer.translation.attention_maps.words import UNITS, merge_pieces, word_spans
 from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY
-from transformer.translation.tokenizer import BOS_ID, EOS_ID, decode, encode
+from transformer.translation.tokenizer import BOS_ID, EOS_ID, WORD_MARK, decode, encode
 
 
 @dataclass
@@ -92,6 +92,29 @@ class SentenceMap:
                             }
                         )
         return rows
+
+
+def merge_into_words(pieces: SentenceMap) -> SentenceMap:
+    """The same map over words: weights merged by :func:`merge_pieces`, words as labels."""
+    query_spans, key_spans = word_spans(pieces.query_tokens), word_spans(pieces.key_tokens)
+
+    def grouped(tokens: list[str], spans: list[tuple[int, int]]) -> list[list[str]]:
+        return [tokens[a:b] for a, b in spans]
+
+    def labels(groups: list[list[str]]) -> list[str]:
+        return ["".join(g).replace(WORD_MARK, "") or WORD_MARK for g in groups]
+
+    query_pieces = grouped(pieces.query_tokens, query_spans)
+    key_pieces = grouped(pieces.key_tokens, key_spans)
+    return replace(
+        pieces,
+        units="words",
+        weights=merge_pieces(pieces.weights, query_spans, key_spans),
+        query_tokens=labels(query_pieces),
+        key_tokens=labels(key_pieces),
+        query_pieces=query_pieces,
+        key_pieces=key_pieces,
+    )
 
 
 def sentence_map(

@@ -1,21 +1,14 @@
 """From BPE pieces to words: a word is a piece marked ``▁`` and the unmarked pieces after it;
-its weights merge its pieces' (keys summed, queries averaged)."""
+its weights merge its pieces' (keys summed, queries averaged). A whole map is merged by
+:func:`~transformer.translation.attention_maps.sentence.merge_into_words`."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING
-
 import torch
 
-from transformer.translation.tokenizer import SPECIAL_TOKENS
-
-if TYPE_CHECKING:
-    from transformer.translation.attention_maps.sentence import SentenceMap
-
+from transformer.translation.tokenizer import SPECIAL_TOKENS, WORD_MARK
 
 UNITS = ("words", "pieces")
-WORD_MARK = "▁"  # the tokenizer's Metaspace marker of a word's first piece
 
 
 def word_spans(pieces: list[str]) -> list[tuple[int, int]]:
@@ -39,26 +32,3 @@ def merge_pieces(
     over its pieces, a query word's row the mean of its pieces' rows; rows still sum to one."""
     keys = torch.stack([weights[..., a:b].sum(-1) for a, b in key_spans], dim=-1)
     return torch.stack([keys[..., a:b, :].mean(-2) for a, b in query_spans], dim=-2)
-
-
-def merge_into_words(pieces: SentenceMap) -> SentenceMap:
-    """The same map over words: weights merged by :func:`merge_pieces`, words as labels."""
-    query_spans, key_spans = word_spans(pieces.query_tokens), word_spans(pieces.key_tokens)
-
-    def grouped(tokens: list[str], spans: list[tuple[int, int]]) -> list[list[str]]:
-        return [tokens[a:b] for a, b in spans]
-
-    def labels(groups: list[list[str]]) -> list[str]:
-        return ["".join(g).replace(WORD_MARK, "") or WORD_MARK for g in groups]
-
-    query_pieces = grouped(pieces.query_tokens, query_spans)
-    key_pieces = grouped(pieces.key_tokens, key_spans)
-    return replace(
-        pieces,
-        units="words",
-        weights=merge_pieces(pieces.weights, query_spans, key_spans),
-        query_tokens=labels(query_pieces),
-        key_tokens=labels(key_pieces),
-        query_pieces=query_pieces,
-        key_pieces=key_pieces,
-    )
