@@ -1,10 +1,18 @@
 """benchmarks.gpu_report without a GPU: it refuses at once, and its summary, memory ratios,
 loss-curve agreement and plot read results shaped as its steps write them."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from benchmarks import gpu_report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
@@ -37,7 +45,7 @@ def test_memory_ratios_divide_ours_by_sdpa_flash_and_mark_naive_failures():
 def test_loss_agreement_compares_only_steps_both_runs_logged():
     a = {"steps": [10, 20, 30], "loss": [4.0, 3.0, 2.0]}
     b = {"steps": [10, 20], "loss": [4.0, 3.3]}
-    agreement = gpu_report._loss_agreement(a, b)
+    agreement = gpu_report.loss_agreement(a, b)
     assert agreement["steps_compared"] == 2
     assert agreement["max_relative_loss_difference"] == pytest.approx(0.3 / 3.3)
 
@@ -125,7 +133,7 @@ def test_a_nan_loss_still_gives_the_markdown_and_the_plot(tmp_path):
     nan = float("nan")
     runs = {"triton": {"tokens_per_s": nan, "loss": [4.0, nan], "steps": [1, 2]},
             "sdpa": {"tokens_per_s": 50000.0, "loss": [4.0, 3.0], "steps": [1, 2]}}  # fmt: skip
-    training = {"runs": runs, **gpu_report._loss_agreement(runs["triton"], runs["sdpa"])}
+    training = {"runs": runs, **gpu_report.loss_agreement(runs["triton"], runs["sdpa"])}
     gpu_report.write_step(tmp_path, "training", {**training, "seconds": 1.0})
     gpu_report.write_step(tmp_path, "parity", {"passed": 3, "failed": 0, "seconds": 2.0})
     assert gpu_report.write_summary(tmp_path) == 0
@@ -154,34 +162,295 @@ def test_a_missing_package_skips_its_step_with_one_line(monkeypatch):
     )
     assert gpu_report.missing_dependencies("training") == ["datasets"]
     assert gpu_report.missing_dependencies("speed") == []
+    assert gpu_report.missing_dependencies("parity") == []
 
 
-def test_each_step_runs_in_its_own_process_and_is_stopped_at_its_limit(
-    monkeypatch, tmp_path, capsys
-):
-    """The report keeps its budget: a step over its limit is stopped and recorded, the next
-    still runs, and the summary is written from the files that exist."""
-    import subprocess
+# --- a step past its limit: the whole process group goes (issue 26, item 8) -------------------
+
+STUBBORN_FAMILY = """
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+open(sys.argv[1], "w").write(str(child.pid))
+time.sleep(600)
+"""
+
+
+def alive(pid: int) -> bool:
+    from benchmarks.common.process_group import group_members
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return pid in group_members(os.getpgid(pid))  # running, not a zombie
+
+
+def test_a_step_past_its_limit_is_stopped_with_every_process_it_started(tmp_path):
+    """The step's child ignores SIGTERM (as a busy compiler or a CUDA call may): SIGTERM to the
+    group, the grace period, then SIGKILL to the group leave nothing running."""
+    from benchmarks.common.process_group import run_limited
+
+    pid_file = tmp_path / "child.pid"
+    command = [sys.executable, "-c", STUBBORN_FAMILY, str(pid_file)]
+    outcome = run_limited(command, 3.0, grace_s=1.0, stop_when=None)
+    child = int(pid_file.read_text())
+    assert outcome.stopped and outcome.returncode is None
+    assert outcome.killed and outcome.left_running == 0
+    assert not alive(child)
+
+
+def test_a_step_that_ends_gives_its_exit_code_and_is_not_stopped():
+    from benchmarks.common.process_group import run_limited
+
+    outcome = run_limited([sys.executable, "-c", "raise SystemExit(3)"], 60.0)
+    assert (outcome.returncode, outcome.stopped, outcome.left_running) == (3, False, 0)
+
+
+def test_stop_when_cuts_a_step_before_its_limit(tmp_path):
+    from benchmarks.common.process_group import run_limited
+
+    flag = tmp_path / "first point done"
+    command = [sys.executable, "-c", f"import time; open({str(flag)!r}, 'w'); time.sleep(600)"]
+    outcome = run_limited(command, 120.0, grace_s=1.0, stop_when=flag.exists)
+    assert outcome.stopped and outcome.by_request and outcome.seconds < 60
+
+
+# --- optional packages: a missing one skips only what needs it (item 6) -----------------------
+
+
+def test_the_parity_step_collects_only_files_with_cuda_tests():
+    from benchmarks import gpu_steps
+
+    files = gpu_steps.parity_files()
+    assert {"tests/test_flash_parity.py", "tests/test_additive_parity.py"} <= set(files)
+    assert "tests/test_data.py" not in files and "tests/test_training.py" not in files
+
+
+def hidden_env(*packages: str) -> dict:
+    from benchmarks import gpu_rehearsal
+
+    env = gpu_rehearsal.rehearsal_env(Path("/nonexistent"), "test")
+    return {**env, "GPU_REPORT_HIDDEN_PACKAGES": ",".join(packages)}
+
+
+def test_a_hidden_package_is_missing_for_training_only():
+    """With `datasets` hidden as the rehearsal hides it (a sitecustomize on PYTHONPATH), the
+    dependency check names it for training and for no other step."""
+    script = (
+        "from benchmarks import gpu_report\n"
+        "print({s: gpu_report.missing_dependencies(s) for s in gpu_report.STEPS})"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=hidden_env("datasets"), cwd=ROOT, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    missing = eval(done.stdout)  # noqa: S307 - our own dict's repr
+    assert missing == {s: (["datasets"] if s == "training" else []) for s in gpu_report.STEPS}
+
+
+@pytest.mark.slow  # a pytest collection in a fresh process: ~15 s on 2 busy cores
+def test_the_parity_tests_collect_without_datasets():
+    from benchmarks import gpu_steps
+
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda",
+               "-p", "no:cacheprovider", *gpu_steps.parity_files()]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=hidden_env("datasets"),
+                          cwd=ROOT, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "error" not in done.stdout.splitlines()[-1]
+
+
+def test_parity_counts_come_from_the_summary_or_from_a_cut_log():
+    from benchmarks import gpu_steps
+
+    lines = [
+        "tests/test_flash_parity.py::test_long[1024-1024-64-nomask-full-torch.float32] PASSED",
+        "tests/test_flash_parity.py::test_long[4096-4096-128-nomask-full-torch.float32] FAILED",
+        "tests/test_additive_parity.py::test_long[1024-1024-64-full-torch.float32] PASSED",
+    ]
+    cut = "\n".join(lines) + "\n"
+    assert gpu_steps.parity_counts(cut) == {"passed": 2, "failed": 1}
+    done = cut + "==== 1 failed, 65 passed, 4 skipped, 800 deselected, 2 errors in 61.20s ====\n"
+    counts = gpu_steps.parity_counts(done)
+    assert (counts["passed"], counts["failed"], counts["skipped"], counts["error"]) == (65, 1, 4, 2)
+
+
+# --- the warm step prepares what the later steps launch (items 7 and 10) ---------------------
+
+
+def parametrized(function) -> dict:
+    """A test function's parametrize arguments: {argnames: values}."""
+    return {
+        mark.args[0]: list(mark.args[1])
+        for mark in function.pytestmark
+        if mark.name == "parametrize"
+    }
+
+
+def test_the_warm_cases_are_the_cuda_parity_tests_own_shapes():
+    """gpu_plan's copy of the CUDA parity tests' shapes must be theirs, or the parity step
+    compiles what the warm step did not prepare."""
+    import test_additive_parity
+    import test_flash_parity
 
     from benchmarks import gpu_plan
 
+    flash = parametrized(test_flash_parity.test_long_sequences_within_2x_naive_error_on_gpu)
+    assert tuple(flash["len_q,len_k,head_dim"]) == gpu_plan.FLASH_PARITY_SHAPES
+    additive = parametrized(test_additive_parity.test_long_sequences_within_2x_naive_error_on_gpu)
+    assert tuple(additive["len_q,len_k,a"]) == gpu_plan.ADDITIVE_PARITY_SHAPES
+    dtypes = [str(d).removeprefix("torch.") for d in flash["dtype"]]
+    assert sorted(dtypes) == sorted(gpu_plan.PARITY_DTYPES)
+    cases = gpu_plan.parity_cases(gpu_plan.Sizes())
+    assert len(cases) == gpu_plan.Sizes().parity_tests
+    shapes = {(c.len_q, c.len_k, c.head_dim) for c in cases if c.workload == "flash_attention"}
+    assert shapes == set(gpu_plan.FLASH_PARITY_SHAPES)
+
+
+def test_the_model_benchmark_warms_up_at_a_length_the_warm_step_prepares():
+    """Triton specialises lengths on divisibility by 16: the warm-up length and every measured
+    length are multiples of 16, the class the warm step's model cases compile."""
+    from benchmarks import gpu_plan, model_benchmark
+
+    assert model_benchmark.WARMUP_LEN % 16 == 0
+    lengths = gpu_plan.doubling(gpu_plan.Sizes().model_min_len, gpu_plan.Sizes().model_max_len)
+    cases = gpu_plan.model_cases(gpu_plan.Sizes())
+    assert all(n % 16 == 0 for n in lengths) and all(c.len_q % 16 == 0 for c in cases)
+
+
+def test_kernels_a_step_compiled_are_read_from_the_triton_cache(tmp_path, monkeypatch):
+    from benchmarks.common import triton_cache
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    (tmp_path / "AAAA").mkdir()
+    (tmp_path / "AAAA" / "__grp___attn_fwd.json").write_text("{}")
+    before = triton_cache.builds()
+    for name, kernel in (("BBBB", "_attn_fwd"), ("CCCC", "_attn_bwd_dq")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"__grp__{kernel}.json").write_text("{}")
+        (tmp_path / name / f"{kernel}.cubin").write_text("")
+    assert triton_cache.compiled_since(before) == {"_attn_bwd_dq": 1, "_attn_fwd": 1}
+    assert triton_cache.compiled_since(triton_cache.builds()) == {}
+
+
+def test_the_summary_names_kernels_compiled_after_warm_and_processes_left():
+    results = {
+        "warm": {"launches_warmed": 10, "seconds": 5.0, "compiled_kernels": {"_attn_fwd": 4}},
+        "parity": {"passed": 66, "compiled_kernels": {"_additive_fwd": 2}, "left_running": 0},
+        "model": {"records": [], "compiled_kernels": {}, "left_running": 2},
+    }
+    table = dict(gpu_report.summary_rows(results))
+    assert table["parity: kernels compiled after warm (2)"] == "_additive_fwd x2"
+    assert table["model: processes left running"] == "2"
+    assert not any(k.startswith("warm: kernels compiled") for k in table)
+
+
+# --- estimates from what the steps do (item 9) ------------------------------------------------
+
+
+def test_do_bench_makes_at_least_eight_calls_and_fills_its_125_ms():
+    from benchmarks import gpu_plan
+
+    assert gpu_plan.do_bench_s(1.0) == pytest.approx(8.0)  # 1 + 5 estimate + 1 + 1
+    assert gpu_plan.do_bench_s(1e-3) == pytest.approx(0.006 + 0.025 + 0.100)
+
+
+def test_the_memory_step_at_131k_tokens_costs_its_calls_not_a_fixed_do_bench():
+    """At 131k tokens a forward + backward takes about a second: the point's estimate holds its
+    three do_bench runs (8 calls each at least) and its autotuning, far above 3 x 135 ms."""
+    from benchmarks import gpu_plan
+
+    rates = gpu_plan.ASSUMED_TFLOPS
+    fwd, bwd = gpu_plan.attention_call_s(1, 16, 131072, 128, True, "triton", rates)
+    assert 0.5 < fwd + bwd < 3
+    point = gpu_plan.attention_point_s(1, 16, 131072, 128, True, "triton", rates)
+    assert point > 8 * (fwd + (fwd + bwd) + bwd) + 4 * 8 * (fwd + bwd)
+
+
+def test_tflops_measured_by_an_earlier_report_replace_the_assumed_rates(tmp_path):
+    from benchmarks import gpu_plan
+
+    record = dict(measure="time", status="ok", implementation="triton", tflops=400.0)
+    records = [{**record, "pass": p} for p in ("forward", "forward_backward")]
+    (tmp_path / "gpu_attention_h200.json").write_text(json.dumps({"records": records}))
+    rates = gpu_plan.measured_tflops(tmp_path)
+    assert rates["triton"] == 400.0 and rates["naive"] == gpu_plan.ASSUMED_TFLOPS["naive"]
+    faster = gpu_plan.make_plan(3600, 16, ["speed"], lambda e, f: 0, rates=rates)
+    slower = gpu_plan.make_plan(3600, 16, ["speed"], lambda e, f: 0)
+    assert faster.estimates["speed"] < slower.estimates["speed"]
+
+
+# --- a step cut short keeps what it finished, and the summary reads it (items 8 and 9) --------
+
+
+def test_a_cut_step_keeps_its_finished_points_and_the_summary_shows_them(
+    monkeypatch, tmp_path, capsys
+):
+    """The speed step is stopped after its script wrote one point: its record holds that point
+    and its ratios, marked partial; the next step still runs; the summary says so."""
+    from benchmarks import gpu_plan
+    from benchmarks.common.process_group import Outcome
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     sizes = gpu_plan.Sizes()
-    plan = gpu_plan.Plan(60, 16, sizes, ["parity", "speed"], 0, {"parity": 20, "speed": 20})
+    plan = gpu_plan.Plan(60, 16, sizes, ["speed", "memory"], 0, {"speed": 20, "memory": 20})
     monkeypatch.setattr(gpu_report, "plan_for", lambda args: plan)
+    monkeypatch.setattr(gpu_report, "device_tag", lambda device: "h200")
+    point = dict(head_dim=64, causal=True, seq_len=4096, status="ok", measure="time")
+    records = [{**point, "implementation": impl, "pass": "forward", "tflops": t}
+               for impl, t in (("triton", 93.0), ("sdpa_flash", 100.0))]  # fmt: skip
     limits = []
 
-    def fake_run(command, cwd, timeout, check):
+    def fake_run_limited(command, limit, **kwargs):
         step = command[command.index("--run-step") + 1]
-        limits.append(timeout)
-        if step == "parity":
-            raise subprocess.TimeoutExpired(command, timeout)
+        limits.append(limit)
+        if step == "speed":  # one point written, then stopped at the limit
+            payload = {"records": records, "ratios": attention_sweep.ratios(records)}
+            (tmp_path / "gpu_attention_h200.json").write_text(json.dumps(payload))
+            return Outcome(None, limit, stopped=True)
         gpu_report.write_step(tmp_path, step, {"ratios": [], "seconds": 3.0})
+        return Outcome(0, 3.0)
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    assert gpu_report.main(["--out-dir", str(tmp_path)]) == 1  # parity failed: timed out
-    assert limits[0] == pytest.approx(30.0) and limits[1] <= 30.0
-    assert "parity: stopped at its limit of 30 s" in capsys.readouterr().out
+    from benchmarks import attention_sweep
+
+    monkeypatch.setattr(gpu_report, "run_limited", fake_run_limited)
+    assert gpu_report.main(["--out-dir", str(tmp_path)]) == 1  # speed failed: timed out
+    assert limits[0] == pytest.approx(30.0, abs=0.5)  # 20 s of 40 s estimated: half of 60 s
+    assert 30.0 <= limits[1] <= 60.0  # the time speed left (the fake took none) goes to memory
+    assert "speed: timed out after 30 s" in capsys.readouterr().out
     results = gpu_report.read_steps(tmp_path)
-    assert "timed out" in results["parity"]["error"] and "ratios" in results["speed"]
-    assert (tmp_path / "gpu_report.md").exists()
+    speed = results["speed"]
+    assert speed["partial"] and "timed out" in speed["error"] and speed["points"] == 2
+    assert speed["ratios"][0]["ratio"] == pytest.approx(0.93)
+    assert "ratios" in results["memory"]
+    table = (tmp_path / "gpu_report.md").read_text()
+    assert "| speed: stopped early, kept | 2 points |" in table
+    assert "| ours/SDPA-flash forward d=64 causal len 4096 | 0.93x |" in table
+
+
+def test_the_attention_benchmark_writes_its_results_after_every_point(tmp_path, monkeypatch):
+    """A run stopped midway leaves a results file with every finished point, marked partial;
+    the finished run's file is complete and not partial."""
+    from benchmarks import attention_benchmark, attention_sweep
+
+    seen = []
+
+    def one_phase(spec, device, cap):
+        path = tmp_path / "attention_cpu.json"
+        if path.exists():  # what a stop at this moment would leave
+            seen.append((json.loads(path.read_text())["partial"],
+                         len(json.loads(path.read_text())["records"])))  # fmt: skip
+        return {p: {"status": "ok", "peak_bytes": 1, "median_ms": 1.0, "tflops": 1.0}
+                for p in spec["phase"][1]}  # fmt: skip
+
+    monkeypatch.setattr(attention_sweep, "run_phase", one_phase)
+    monkeypatch.setattr(attention_benchmark, "report", lambda payload, stem: None)
+    payload = attention_benchmark.main([
+        "--device", "cpu", "--impls", "naive", "sdpa_math", "--head-dims", "16",
+        "--causal", "no", "--min-len", "16", "--max-len", "32", "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    per_point = 5  # 2 memory passes + 3 timed passes
+    assert payload["partial"] is False and len(payload["records"]) == 4 * per_point
+    assert {partial for partial, _ in seen} == {True}
+    assert sorted({n for _, n in seen}) == [per_point, 2 * per_point, 3 * per_point]
+    assert all(r["point_seconds"] >= 0 for r in payload["records"])
