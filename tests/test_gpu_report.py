@@ -454,3 +454,74 @@ def test_the_attention_benchmark_writes_its_results_after_every_point(tmp_path, 
     assert {partial for partial, _ in seen} == {True}
     assert sorted({n for _, n in seen}) == [per_point, 2 * per_point, 3 * per_point]
     assert all(r["point_seconds"] >= 0 for r in payload["records"])
+
+
+# --- the rehearsal (issue 26, build 3) ---------------------------------------------------------
+
+
+def rehearsed_folder(out_dir: Path, **changes) -> None:
+    """A report folder as a good rehearsal leaves it; ``changes`` replace step records."""
+    steps = {
+        "warm": {"builds_planned": 10, "compiled": 0},
+        "parity": {"returncode": 0, "skipped": 66, "log": "gpu_parity_cpu.log"},
+        "speed": {"partial": True, "error": "stopped after 20 s", "points": 1, "left_running": 0},
+        "memory": {"records": [], "points": 3, "left_running": 0},
+        "model": {"records": [], "points": 3, "left_running": 0},
+        "training": {"skipped": "missing ['datasets']"},
+        **changes,
+    }
+    for step, record in steps.items():
+        gpu_report.write_step(out_dir, step, record)
+    (out_dir / "gpu_attention_cpu.json").write_text(json.dumps({"records": [{"seq_len": 16}]}))
+    (out_dir / "gpu_report.md").write_text("| speed: stopped early, kept | 1 points |\n")
+
+
+def failed_checks(out_dir: Path, marker: str = "none") -> list[str]:
+    from benchmarks import gpu_rehearsal
+
+    return [name for name, ok, _ in gpu_rehearsal.checks(out_dir, marker, 1) if not ok]
+
+
+def test_the_rehearsal_checks_pass_on_a_good_report(tmp_path):
+    rehearsed_folder(tmp_path)
+    assert failed_checks(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "changes,failed",
+    [
+        ({"parity": {"returncode": 2, "error": 9}}, "the parity step ran without it"),
+        ({"memory": {"skipped": "missing ['einops']"}}, "the missing package skipped only its step"),
+        ({"speed": {"partial": True, "points": 0, "left_running": 0}}, "its finished points were kept"),
+        ({"speed": {"partial": True, "points": 1, "left_running": 1}}, "it left no process behind"),
+        ({"model": {"error": "timed out after 30 s", "partial": True}}, "every other step finished"),
+    ],
+    ids=["parity-failed", "wrong-step-skipped", "no-points", "left-running", "other-cut"],
+)  # fmt: skip
+def test_the_rehearsal_fails_on_each_fault(tmp_path, changes, failed):
+    rehearsed_folder(tmp_path, **changes)
+    assert failed in failed_checks(tmp_path)
+
+
+def test_the_rehearsal_finds_a_process_the_report_left_running(tmp_path):
+    """Any live process carrying the rehearsal's marker in its environment fails the check."""
+    from benchmarks import gpu_rehearsal
+
+    rehearsed_folder(tmp_path)
+    env = {**os.environ, gpu_rehearsal.MARKER: "abc123"}
+    straggler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    try:
+        assert failed_checks(tmp_path, "abc123") == ["it left no process behind"]
+    finally:
+        straggler.kill()
+        straggler.wait()
+    assert failed_checks(tmp_path, "abc123") == []
+
+
+@pytest.mark.slow  # the whole report at toy sizes: about 3 minutes of wall clock on 2 busy cores
+def test_the_rehearsal_passes_on_the_cpu(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.gpu_report", "--rehearse", "--budget-minutes",
+               "3", "--out-dir", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    assert "rehearsal: every check passed" in done.stdout
