@@ -3,6 +3,7 @@ loss-curve agreement and plot read results shaped as its steps write them."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -195,9 +196,13 @@ def test_a_step_past_its_limit_is_stopped_with_every_process_it_started(tmp_path
     command = [sys.executable, "-c", STUBBORN_FAMILY, str(pid_file)]
     outcome = run_limited(command, 3.0, grace_s=1.0, stop_when=None)
     child = int(pid_file.read_text())
-    assert outcome.stopped and outcome.returncode is None
-    assert outcome.killed and outcome.left_running == 0
-    assert not alive(child)
+    try:
+        assert outcome.stopped and outcome.returncode is None
+        assert outcome.killed and outcome.left_running == 0
+        assert not alive(child)
+    finally:  # a failing run must not leave the stubborn child to the rest of the suite
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_a_step_that_ends_gives_its_exit_code_and_is_not_stopped():

@@ -100,6 +100,8 @@ def _stop(process: subprocess.Popen, pgid: int, start: float, grace_s: float) ->
     killed = bool(group_members(pgid)) or process.poll() is None
     if killed:
         _signal_group(pgid, signal.SIGKILL)
+        if process.poll() is None:  # the leader, even if it had left its group
+            process.kill()
         process.wait()
         deadline = time.perf_counter() + grace_s
         while group_members(pgid) and time.perf_counter() < deadline:
