@@ -129,10 +129,11 @@ class Sizes:
 
 # --rehearse: every step at toy sizes on the CPU (Triton's interpreter), a minute or so in all.
 REHEARSAL = Sizes(
-    speed_min_len=16, speed_max_len=32, speed_tokens=64, speed_hidden=32, speed_head_dims=(16,),
+    speed_min_len=16, speed_max_len=16, speed_tokens=64, speed_hidden=32, speed_head_dims=(16,),
     memory_min_len=16, memory_max_len=16, memory_heads=2, memory_head_dim=16,
     model_min_len=16, model_max_len=16, train_minutes=0.2, device="cpu",
-    speed_options=("--cpu-repeats", "1"),
+    speed_options=("--cpu-repeats", "1", "--causal", "yes", "--impls", "naive", "sdpa_flash",
+                   "triton"),
     memory_options=("--cpu-repeats", "1"),
     model_options=("--batch", "2", "--vocab", "64", "--d-model", "32", "--heads", "2",
                    "--layers", "1", "--d-ff", "64", "--cpu-repeats", "1"),

@@ -4,13 +4,16 @@
     python -m benchmarks.gpu_report --budget-minutes 9 --dry-run  # the plan, on any machine
 
 Steps, in order (:mod:`benchmarks.gpu_plan` sizes them to the budget; a step that does not fit
-is left out, and each runs in its own process, stopped at its time limit):
+is left out, and each runs in a process group of its own, stopped, with every process it
+started, at its time limit: :mod:`benchmarks.gpu_steps` holds them):
 
 0. ``warm``: every kernel the later steps launch is compiled into Triton's cache in parallel
    on all CPU cores (:mod:`benchmarks.warm_cache`), so no step pays a compile and the triton
-   training run starts as warm as the sdpa one.
-1. ``parity``: the CUDA parity tests, ``pytest -m cuda``, with autotuning off
-   (``FLASH_ATTENTION_AUTOTUNE=0``: the first configuration that compiles without spills).
+   training run starts as warm as the sdpa one. Each later step's record lists the kernels
+   Triton compiled during it (the summary names them): after warm, none.
+1. ``parity``: the CUDA parity tests, ``pytest -m cuda`` over the test files that hold them,
+   with autotuning off (``FLASH_ATTENTION_AUTOTUNE=0``: the first configuration that compiles
+   without spills).
 2. ``speed``: the attention benchmark in FlashAttention's setting (16k tokens, hidden 2048,
    head dims 64 and 128, causal and not, bf16, autotuned): ours beside SDPA's backends.
 3. ``memory``: peak memory against length, batch 1, 16 heads of 128, causal.
@@ -19,9 +22,12 @@ is left out, and each runs in its own process, stopped at its time limit):
    then ``sdpa``: tokens/s and whether the loss curves agree.
 
 Each step writes ``<out-dir>/gpu_<step>.json`` the moment it ends (a session cut short keeps
-every finished step); ``gpu_report.md``/``.png`` summarise whatever step files exist. A step
-whose Python dependency is missing (``datasets`` for training, on an image without it) is
-skipped with one line. Without a CUDA device only ``--dry-run`` works.
+every finished step), and its scripts write their results as they go (a step stopped at its
+limit keeps every finished point: its record is marked partial); ``gpu_report.md``/``.png``
+summarise whatever step files exist. A step whose Python packages are missing (``NEEDS``:
+``datasets`` for training, on an image without it) is skipped with one line, and only that
+step. Without a CUDA device, ``--dry-run`` prints the plan and ``--rehearse`` runs the whole
+orchestration at toy sizes on the CPU and checks it (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -227,7 +233,8 @@ def run_one(args, plan: gpu_plan.Plan, step: str, limit: float) -> dict:
     if step == args.cut:  # --rehearse: stopped once it has finished something to keep
 
         def stop_when():
-            return bool(partial_result(step, ctx).get("points"))
+            finished = partial_result(step, ctx)
+            return bool(finished.get("points") or finished.get("passed"))
 
     before = triton_cache.builds()
     write_step(args.out_dir, step, {"started": True})  # replaced by the step's own record
@@ -236,7 +243,7 @@ def run_one(args, plan: gpu_plan.Plan, step: str, limit: float) -> dict:
     if outcome.stopped:
         why = f"timed out after {limit:.0f} s"
         if outcome.by_request:
-            why = f"stopped after {outcome.seconds:.0f} s, its first point done (--rehearse)"
+            why = f"stopped after {outcome.seconds:.0f} s, with something done (--rehearse)"
         print(f"{step}: {why}")
         record = {**partial_result(step, ctx), "partial": True, "error": why,
                   "seconds": round(outcome.seconds, 1)}  # fmt: skip

@@ -273,11 +273,18 @@ def test_parity_counts_come_from_the_summary_or_from_a_cut_log():
         "tests/test_flash_parity.py::test_long[4096-4096-128-nomask-full-torch.float32] FAILED",
         "tests/test_additive_parity.py::test_long[1024-1024-64-full-torch.float32] PASSED",
     ]
-    cut = "\n".join(lines) + "\n"
-    assert gpu_steps.parity_counts(cut) == {"passed": 2, "failed": 1}
-    done = cut + "==== 1 failed, 65 passed, 4 skipped, 800 deselected, 2 errors in 61.20s ====\n"
+    cut = "collected 870 items / 2 errors / 800 deselected / 70 selected\n" + "\n".join(lines)
+    expected = {"collection_errors": 2, "passed": 2, "failed": 1}
+    assert gpu_steps.parity_counts(cut + "\n") == expected
+    done = cut + "\n==== 1 failed, 65 passed, 4 skipped, 800 deselected, 2 errors in 61.20s ====\n"
     counts = gpu_steps.parity_counts(done)
-    assert (counts["passed"], counts["failed"], counts["skipped"], counts["error"]) == (65, 1, 4, 2)
+    assert (counts["passed"], counts["failed"], counts["skipped"], counts["errors"]) == (
+        65,
+        1,
+        4,
+        2,
+    )
+    assert gpu_steps.parity_counts("collected 66 items\n")["collection_errors"] == 0
 
 
 # --- the warm step prepares what the later steps launch (items 7 and 10) ---------------------
@@ -466,19 +473,21 @@ def test_the_attention_benchmark_writes_its_results_after_every_point(tmp_path, 
 
 def rehearsed_folder(out_dir: Path, **changes) -> None:
     """A report folder as a good rehearsal leaves it; ``changes`` replace step records."""
+    passed = "tests/test_flash_parity.py::test_output[1-7-16-nomask-full-torch.float32] PASSED\n"
     steps = {
         "warm": {"builds_planned": 10, "compiled": 0},
-        "parity": {"returncode": 0, "skipped": 66, "log": "gpu_parity_cpu.log"},
-        "speed": {"partial": True, "error": "stopped after 20 s", "points": 1, "left_running": 0},
+        "parity": {"partial": True, "error": "stopped after 20 s", "passed": 1,
+                   "collection_errors": 0, "left_running": 0},
+        "speed": {"ratios": [], "points": 3, "left_running": 0},
         "memory": {"records": [], "points": 3, "left_running": 0},
         "model": {"records": [], "points": 3, "left_running": 0},
         "training": {"skipped": "missing ['datasets']"},
         **changes,
-    }
+    }  # fmt: skip
     for step, record in steps.items():
         gpu_report.write_step(out_dir, step, record)
-    (out_dir / "gpu_attention_cpu.json").write_text(json.dumps({"records": [{"seq_len": 16}]}))
-    (out_dir / "gpu_report.md").write_text("| speed: stopped early, kept | 1 points |\n")
+    (out_dir / "gpu_parity_cpu.log").write_text("collected 9 items\n" + passed)
+    (out_dir / "gpu_report.md").write_text("| parity: stopped early, kept | 1 passed |\n")
 
 
 def failed_checks(out_dir: Path, marker: str = "none") -> list[str]:
@@ -492,16 +501,23 @@ def test_the_rehearsal_checks_pass_on_a_good_report(tmp_path):
     assert failed_checks(tmp_path) == []
 
 
+CUT = {"partial": True, "error": "stopped", "passed": 1, "collection_errors": 0, "left_running": 0}
+
+
 @pytest.mark.parametrize(
     "changes,failed",
     [
-        ({"parity": {"returncode": 2, "error": 9}}, "the parity step ran without it"),
+        ({"parity": {**CUT, "collection_errors": 9}},
+         "the parity step collected and ran its tests without it"),
         ({"memory": {"skipped": "missing ['einops']"}}, "the missing package skipped only its step"),
-        ({"speed": {"partial": True, "points": 0, "left_running": 0}}, "its finished points were kept"),
-        ({"speed": {"partial": True, "points": 1, "left_running": 1}}, "it left no process behind"),
+        ({"parity": {**CUT, "passed": 0}}, "its finished tests were kept"),
+        ({"parity": {**CUT, "left_running": 1}}, "it left no process behind"),
+        ({"parity": {"passed": 1, "collection_errors": 0, "left_running": 0}},
+         "the parity step was stopped midway"),
         ({"model": {"error": "timed out after 30 s", "partial": True}}, "every other step finished"),
     ],
-    ids=["parity-failed", "wrong-step-skipped", "no-points", "left-running", "other-cut"],
+    ids=["collection-errors", "wrong-step-skipped", "nothing-kept", "left-running", "not-cut",
+         "other-cut"],
 )  # fmt: skip
 def test_the_rehearsal_fails_on_each_fault(tmp_path, changes, failed):
     rehearsed_folder(tmp_path, **changes)
