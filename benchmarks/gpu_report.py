@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/gpu_report.py
 
 import torch
 
-from benchmarks import gpu_plan
+from benchmarks import gpu_costs, gpu_plan
 from benchmarks.common import triton_cache
 from benchmarks.common.environment import device_tag, environment
 from benchmarks.common.process_group import run_limited
@@ -171,7 +171,7 @@ def plan_for(args) -> gpu_plan.Plan:
     return gpu_plan.make_plan(
         60 * args.budget_minutes, cores, steps,
         lambda every, first: warm_cache.count_builds(every, first, arch),
-        rates=gpu_plan.measured_tflops(args.out_dir),
+        rates=gpu_costs.measured_tflops(args.out_dir),
     )  # fmt: skip
 
 

@@ -290,23 +290,14 @@ def markdown(records: list[dict], args) -> str:
         for r in compiled:
             base = eager.get((r["backend"], r["seq_len"]))
             tokens = r.get("breakeven_tokens")
-            rows.append([
-                LABELS[r["backend"]], str(r["seq_len"]), format_cell(base, "warmup_s"),
-                format_cell(r, "warmup_s"),
-                "never" if tokens is None else f"{tokens:,.0f}",
-            ])  # fmt: skip
+            rows.append([LABELS[r["backend"]], str(r["seq_len"]), format_cell(base, "warmup_s"),
+                         format_cell(r, "warmup_s"),
+                         "never" if tokens is None else f"{tokens:,.0f}"])  # fmt: skip
+        header = ["backend", "length", "eager warm-up s", "compiled warm-up s",
+                  "training tokens to break even"]  # fmt: skip
         text += (
             "\n\n### torch.compile: first two steps (s, compiling included) and break-even\n\n"
-            + markdown_table(
-                [
-                    "backend",
-                    "length",
-                    "eager warm-up s",
-                    "compiled warm-up s",
-                    "training tokens to break even",
-                ],
-                rows,
-            )  # fmt: skip
+            + markdown_table(header, rows)
         )
     return text
 
