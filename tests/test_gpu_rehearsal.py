@@ -1,7 +1,8 @@
-"""The GPU report's process handling and its CPU rehearsal (issue 26, items 8 and build 3): a
-step past its limit goes with every process it started, and ``gpu_report --rehearse`` passes
-on a good report and fails on each fault it is there to catch."""
+"""The GPU report's process handling and its CPU rehearsal: a step past its limit goes with every
+process it started and keeps what it finished, and ``gpu_report --rehearse`` passes on a good
+report and fails on each fault it is there to catch."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import gpu_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --- a step past its limit: the whole process group goes (issue 26, item 8) -------------------
+# --- a step past its limit: the whole process group goes ------------------------------------------
 
 STUBBORN_FAMILY = """
 import os, signal, subprocess, sys, time
@@ -70,7 +72,83 @@ def test_stop_when_cuts_a_step_before_its_limit(tmp_path):
     assert outcome.stopped and outcome.by_request and outcome.seconds < 60
 
 
-# --- the rehearsal (issue 26, build 3) ---------------------------------------------------------
+# --- a step cut short keeps what it finished, and the summary reads it ----------------------------
+
+
+def test_a_cut_step_keeps_its_finished_points_and_the_summary_shows_them(
+    monkeypatch, tmp_path, capsys
+):
+    """The speed step is stopped after its script wrote one point: its record holds that point
+    and its ratios, marked partial; the next step still runs; the summary says so."""
+    from benchmarks import gpu_plan
+    from benchmarks.common.process_group import Outcome
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    sizes = gpu_plan.Sizes()
+    plan = gpu_plan.Plan(60, 16, sizes, ["speed", "memory"], 0, {"speed": 20, "memory": 20})
+    monkeypatch.setattr(gpu_report, "plan_for", lambda args: plan)
+    monkeypatch.setattr(gpu_report, "device_tag", lambda device: "h200")
+    point = dict(head_dim=64, causal=True, seq_len=4096, status="ok", measure="time")
+    records = [{**point, "implementation": impl, "pass": "forward", "tflops": t}
+               for impl, t in (("triton", 93.0), ("sdpa_flash", 100.0))]  # fmt: skip
+    limits = []
+
+    def fake_run_limited(command, limit, **kwargs):
+        step = command[command.index("--run-step") + 1]
+        limits.append(limit)
+        if step == "speed":  # one point written, then stopped at the limit
+            payload = {"records": records, "ratios": attention_sweep.ratios(records)}
+            (tmp_path / "gpu_attention_h200.json").write_text(json.dumps(payload))
+            return Outcome(None, limit, stopped=True)
+        gpu_report.write_step(tmp_path, step, {"ratios": [], "seconds": 3.0})
+        return Outcome(0, 3.0)
+
+    from benchmarks import attention_sweep
+
+    monkeypatch.setattr(gpu_report, "run_limited", fake_run_limited)
+    assert gpu_report.main(["--out-dir", str(tmp_path)]) == 1  # speed failed: timed out
+    assert limits[0] == pytest.approx(30.0, abs=0.5)  # 20 s of 40 s estimated: half of 60 s
+    assert 30.0 <= limits[1] <= 60.0  # the time speed left (the fake took none) goes to memory
+    assert "speed: timed out after 30 s" in capsys.readouterr().out
+    results = gpu_report.read_steps(tmp_path)
+    speed = results["speed"]
+    assert speed["partial"] and "timed out" in speed["error"] and speed["points"] == 2
+    assert speed["ratios"][0]["ratio"] == pytest.approx(0.93)
+    assert "ratios" in results["memory"]
+    table = (tmp_path / "gpu_report.md").read_text()
+    assert "| speed: stopped early, kept | 2 points |" in table
+    assert "| ours/SDPA-flash forward d=64 causal len 4096 | 0.93x |" in table
+
+
+def test_the_attention_benchmark_writes_its_results_after_every_point(tmp_path, monkeypatch):
+    """A run stopped midway leaves a results file with every finished point, marked partial;
+    the finished run's file is complete and not partial."""
+    from benchmarks import attention_benchmark, attention_sweep
+
+    seen = []
+
+    def one_phase(spec, device, cap):
+        path = tmp_path / "attention_cpu.json"
+        if path.exists():  # what a stop at this moment would leave
+            seen.append((json.loads(path.read_text())["partial"],
+                         len(json.loads(path.read_text())["records"])))  # fmt: skip
+        return {p: {"status": "ok", "peak_bytes": 1, "median_ms": 1.0, "tflops": 1.0}
+                for p in spec["phase"][1]}  # fmt: skip
+
+    monkeypatch.setattr(attention_sweep, "run_phase", one_phase)
+    monkeypatch.setattr(attention_benchmark, "report", lambda payload, stem: None)
+    payload = attention_benchmark.main([
+        "--device", "cpu", "--impls", "naive", "sdpa_math", "--head-dims", "16",
+        "--causal", "no", "--min-len", "16", "--max-len", "32", "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    per_point = 5  # 2 memory passes + 3 timed passes
+    assert payload["partial"] is False and len(payload["records"]) == 4 * per_point
+    assert {partial for partial, _ in seen} == {True}
+    assert sorted({n for _, n in seen}) == [per_point, 2 * per_point, 3 * per_point]
+    assert all(r["point_seconds"] >= 0 for r in payload["records"])
+
+
+# --- the rehearsal --------------------------------------------------------------------------------
 
 
 def rehearsed_folder(out_dir: Path, **changes) -> None:
