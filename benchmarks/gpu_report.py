@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu_report --budget-minutes 9            # on the GPU machine
     python -m benchmarks.gpu_report --budget-minutes 9 --dry-run  # the plan, on any machine
+    python -m benchmarks.gpu_report --rehearse --budget-minutes 3 # all of it rehearsed on a CPU
 
 Steps, in order (:mod:`benchmarks.gpu_plan` sizes them to the budget; a step that does not fit
 is left out, and each runs in a process group of its own, stopped, with every process it
