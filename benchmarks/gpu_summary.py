@@ -142,7 +142,11 @@ def _number(value, spec: str) -> str:
 def _parity_line(parity: dict) -> str:
     if "error" in parity and not parity.get("partial"):
         return "did not run"
-    return ", ".join(f"{parity.get(k, 0)} {k}" for k in ("passed", "failed", "skipped"))
+    line = ", ".join(f"{parity.get(k, 0)} {k}" for k in ("passed", "failed", "skipped"))
+    for key, name in (("errors", "errors"), ("collection_errors", "test files not collected")):
+        if parity.get(key):  # pytest's errors, test files that could not be imported
+            line += f", {parity[key]} {name}"
+    return line
 
 
 def plot(results: dict, env: dict, path: Path) -> None:

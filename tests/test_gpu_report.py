@@ -228,6 +228,10 @@ def test_parity_counts_come_from_the_summary_or_from_a_cut_log():
         2,
     )
     assert gpu_steps.parity_counts("collected 66 items\n")["collection_errors"] == 0
+    line = dict(gpu_report.summary_rows({"parity": counts | {"collection_errors": 2}}))
+    assert line["CUDA parity tests"] == (
+        "65 passed, 1 failed, 4 skipped, 2 errors, 2 test files not collected"
+    )
 
 
 # --- the warm step prepares what the later steps launch -------------------------------------------
