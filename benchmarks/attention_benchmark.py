@@ -84,6 +84,32 @@ def parse_args(argv=None):
     return args
 
 
+def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
+    """The results file's content; ``partial``: written after a point, more are to come (a run
+    stopped midway leaves its last such file)."""
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
+    }
+    return {
+        "benchmark": "attention",
+        "partial": partial,
+        "environment": env,
+        "settings": settings,
+        "conventions": {
+            "memory": "peak bytes above the inputs (q, k, v and the output gradient) during "
+            "the call; forward runs under torch.no_grad",
+            "flops": "forward 4*batch*heads*len_q*len_k*head_dim, halved when causal; "
+            "backward 2.5x forward; forward+backward 3.5x",
+            "time": "median milliseconds after warm-up (triton.testing.do_bench on CUDA, "
+            "wall clock on the CPU)",
+            "point_seconds": "wall seconds the point took, all its measurements together",
+            "statuses": list(STATUSES),
+        },
+        "records": records,
+        "ratios": ratios(records),
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
@@ -99,29 +125,15 @@ def main(argv=None) -> dict:
     args.causal_modes = {"both": [False, True], "no": [False], "yes": [True]}[args.causal]
     torch.set_num_threads(1)
     env = environment(device)
-    records = sweep(args, device)
-    ratio_records = ratios(records)
     stem = args.tag or f"attention_{device_tag(device)}"
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
-    }
-    payload = {
-        "benchmark": "attention",
-        "environment": env,
-        "settings": settings,
-        "conventions": {
-            "memory": "peak bytes above the inputs (q, k, v and the output gradient) during "
-            "the call; forward runs under torch.no_grad",
-            "flops": "forward 4*batch*heads*len_q*len_k*head_dim, halved when causal; "
-            "backward 2.5x forward; forward+backward 3.5x",
-            "time": "median milliseconds after warm-up (triton.testing.do_bench on CUDA, "
-            "wall clock on the CPU)",
-            "statuses": list(STATUSES),
-        },
-        "records": records,
-        "ratios": ratio_records,
-    }
-    write_json(args.out_dir / f"{stem}.json", payload)
+
+    def save(records: list[dict], partial: bool) -> dict:
+        payload = results_payload(args, env, records, partial)
+        write_json(args.out_dir / f"{stem}.json", payload)
+        return payload
+
+    records = sweep(args, device, on_point=lambda records: save(records, partial=True))
+    payload = save(records, partial=False)
     report(payload, args.out_dir / stem)
     return payload
 

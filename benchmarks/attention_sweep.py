@@ -7,6 +7,8 @@ not run at longer ones (recorded as ``skipped``).
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -28,7 +30,11 @@ def batch_and_heads(args, seq_len: int, head_dim: int) -> tuple[int, int]:
     return batch, heads
 
 
-def sweep(args, device: torch.device) -> list[dict]:
+def sweep(
+    args, device: torch.device, on_point: Callable[[list[dict]], None] | None = None
+) -> list[dict]:
+    """Every point's records; ``on_point(records so far)`` after each point (the benchmark
+    writes its results file then, so a run stopped midway keeps every finished point)."""
     configs = list(itertools.product(args.head_dims, args.causal_modes))
     kernel_missing = kernel_availability(device) if "triton" in args.impls else None
     cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * MIB
@@ -59,6 +65,7 @@ def sweep(args, device: torch.device) -> list[dict]:
                 cpu_repeats=args.cpu_repeats,
             )
             point = {}  # (measure, pass) -> record
+            started = time.perf_counter()
             if impl == "triton" and kernel_missing is not None:
                 status, note = kernel_missing
                 for key in [("memory", p) for p in MEMORY_PASSES] + [("time", p) for p in PASSES]:
@@ -92,8 +99,13 @@ def sweep(args, device: torch.device) -> list[dict]:
                 for (measure, pass_), record in point.items():
                     if record["status"] == "oom":
                         out_of_memory.add((measure, pass_))
+            seconds = round(time.perf_counter() - started, 3)  # the point's cost, for planning
             for (measure, pass_), record in point.items():
-                records.append({**base, "measure": measure, "pass": pass_, **record})
+                records.append(
+                    {**base, "measure": measure, "pass": pass_, **record, "point_seconds": seconds}
+                )
+            if on_point is not None:
+                on_point(records)
             progress.update()
     progress.close()
     return records

@@ -2,25 +2,32 @@
 how long each may take, fitted to a wall-clock budget (a lent GPU machine gives about ten
 minutes of commands).
 
-Every step gets an estimate and a hard limit (its process is stopped there and recorded as
-``timed_out``), so the report keeps its budget even where an estimate is wrong. Where the
+Every step gets an estimate and a hard limit (its process group is stopped there and recorded
+as timed out), so the report keeps its budget even where an estimate is wrong. Where the
 estimates come from:
 
 * ``warm`` (compile every kernel the steps launch, :mod:`benchmarks.warm_cache`): the number of
   kernel builds, counted here by the compile gate's plan (no compiling), times
   :data:`SECONDS_PER_BUILD` (CPU seconds per build measured here, doubled as a margin),
   divided by the cores (16 on the GPU machine), plus a worker's start-up.
-* the GPU steps: nothing has ever been measured on a GPU here. Their estimates are counts of
-  what they run times the time each unit takes *by construction*: ``do_bench`` warms up for
-  25 ms and repeats for 100 ms, whatever the kernel's speed; autotuning times each candidate
-  with ``do_bench(warmup=5, rep=20)``; training runs for the minutes it is given. Per-test and
-  per-step costs that no design bounds are stated as assumptions (:data:`ASSUMED`).
+* the GPU steps: the calls each point makes, at what each call costs and how many calls
+  ``do_bench`` and autotuning make (:mod:`benchmarks.gpu_costs`); per-test and per-step costs
+  that nothing bounds are stated as assumptions (``gpu_costs.ASSUMED``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, replace
 
+from benchmarks.gpu_costs import (
+    ASSUMED,
+    ASSUMED_TFLOPS,
+    attention_point_s,
+    do_bench_s,
+    model_step_s,
+    tune_s,
+)
 from kernels.compile_gate import Case
 
 # Measured here (AMD EPYC, 2 cores shared with other sessions at load average ~14; triton 3.9),
@@ -38,20 +45,20 @@ WARM_START_S = MARGIN * MEASURED_WORKER_START_CPU_S
 GPU_MACHINE_CORES = 16
 H100_ARCH = 90
 
-# Fixed by design (triton.testing.do_bench's defaults, and kernels.common.tuning.pick's arguments).
-DO_BENCH_S = 0.025 + 0.100 + 0.010  # warm-up, repeats, its first estimate of the kernel's time
-TUNE_S = 4 * (0.005 + 0.020 + 0.005)  # up to 4 candidates, do_bench(warmup=5, rep=20)
-
-# Not measured (no GPU has run this project); stated so that a reader can replace them.
-ASSUMED = {
-    "process_start_s": 20.0,  # python, torch and CUDA start in a fresh process
-    "cuda_test_s": 1.0,  # one `pytest -m cuda` test once its kernels are compiled
-    "train_setup_s": 45.0,  # tokenizer, data, model, then the final validation with beams
-}
 
 ATTENTION_IMPLS = ("naive", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "triton")
 MEMORY_IMPLS = ("naive", "sdpa_flash", "triton")
-MODEL_BACKENDS = 3  # naive, sdpa, triton
+MODEL_BACKENDS = ("naive", "sdpa", "triton")
+
+# The CUDA parity tests' shapes (tests/test_flash_parity.py and tests/test_additive_parity.py,
+# test_long_sequences_within_2x_naive_error_on_gpu; tests/test_gpu_report.py checks that these
+# are theirs): the warm step compiles exactly these specialisations.
+FLASH_PARITY_SHAPES = ((1024, 1024, 64), (4096, 4096, 128), (1000, 4096, 96), (4096, 1, 64))
+FLASH_PARITY_BATCH_HEADS = (2, 2)
+ADDITIVE_PARITY_SHAPES = ((1024, 1024, 64), (1000, 2048, 128), (2048, 1, 32))  # (len_q, len_k, a)
+ADDITIVE_PARITY_VALUE_DIM = 64
+ADDITIVE_PARITY_BATCH_HEADS = (1, 2)
+PARITY_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def doubling(start: int, stop: int) -> list[int]:
@@ -63,20 +70,68 @@ def doubling(start: int, stop: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Sizes:
-    """What the steps measure; the planner shrinks these to fit the budget."""
+    """What the steps measure and where; the planner shrinks the lengths and minutes to fit the
+    budget. ``device`` ``cpu`` with the toy sizes of :data:`REHEARSAL` is ``--rehearse``."""
 
+    speed_min_len: int = 512
     speed_max_len: int = 16384
+    speed_tokens: int = 16384  # FlashAttention's setting: batch = tokens // length
+    speed_hidden: int = 2048  # heads = hidden // head dim
+    speed_head_dims: tuple[int, ...] = (64, 128)
+    memory_min_len: int = 1024
     memory_max_len: int = 131072
+    memory_heads: int = 16
+    memory_head_dim: int = 128
+    model_min_len: int = 256
     model_max_len: int = 8192
     train_minutes: float = 3.0
-    parity_tests: int = 66  # `pytest -m cuda --collect-only` counted 66 (this branch)
+    device: str = "cuda"
+    # further options of the steps' scripts (the rehearsal's toy model and CPU settings)
+    speed_options: tuple[str, ...] = ()
+    memory_options: tuple[str, ...] = ()
+    model_options: tuple[str, ...] = ()
+
+    @property
+    def parity_tests(self) -> int:
+        """The CUDA parity tests: one per shape, masking and dtype (the warm step's cases)."""
+        return len(FLASH_PARITY_SHAPES) * 4 * 3 + len(ADDITIVE_PARITY_SHAPES) * 2 * 3
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Sizes:
+        values = json.loads(text)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-SHRINK_ORDER = (  # what gives way first when the plan is over budget
-    ("train_minutes", (3.0, 2.0, 1.5, 1.0)),
-    ("speed_max_len", (16384, 8192, 4096, 2048)),
+# --rehearse: every step at toy sizes on the CPU (Triton's interpreter), a minute or so in all.
+REHEARSAL = Sizes(
+    speed_min_len=16, speed_max_len=16, speed_tokens=64, speed_hidden=32, speed_head_dims=(16,),
+    memory_min_len=16, memory_max_len=16, memory_heads=2, memory_head_dim=16,
+    model_min_len=16, model_max_len=16, train_minutes=0.2, device="cpu",
+    speed_options=("--cpu-repeats", "1", "--causal", "yes", "--impls", "naive", "sdpa_flash",
+                   "triton"),
+    memory_options=("--cpu-repeats", "1"),
+    model_options=("--batch", "2", "--vocab", "64", "--d-model", "32", "--heads", "2",
+                   "--layers", "1", "--d-ff", "64", "--cpu-repeats", "1"),
+)  # fmt: skip
+
+# The rehearsal's toy steps on the CPU (measured here: 2 cores shared with other sessions), and
+# with a margin: they are limits too, and only the step it cuts on purpose may reach its own.
+REHEARSAL_ESTIMATES_S = {
+    "warm": 25.0, "parity": 40.0, "speed": 30.0, "memory": 30.0, "model": 30.0, "training": 5.0,
+}  # fmt: skip
+
+# What gives way first when the plan is over budget: the training runs' minutes (tokens/s
+# settles within a minute), the longest memory lengths (a full do_bench of a second-long call),
+# the model's lengths, and last the speed sweep's (its 16k is FlashAttention's headline).
+SHRINK_ORDER = (
+    ("train_minutes", (3.0, 2.0, 1.5, 1.0, 0.5)),
+    ("memory_max_len", (131072, 65536, 32768)),
     ("model_max_len", (8192, 4096, 2048, 1024)),
-    ("memory_max_len", (131072, 65536, 32768, 16384)),
+    ("speed_max_len", (16384, 8192, 4096, 2048)),
+    ("memory_max_len", (16384,)),
 )
 
 
@@ -84,25 +139,33 @@ SHRINK_ORDER = (  # what gives way first when the plan is over budget
 
 
 def speed_cases(sizes: Sizes) -> list[Case]:
-    """FlashAttention's setting: 16k tokens, hidden 2048; every length is a multiple of 16, so
-    one length per (head dim, causality) gives every specialisation the sweep launches."""
+    """FlashAttention's setting: fixed tokens and hidden size; every length is a multiple of 16,
+    so one length per (head dim, causality) gives every specialisation the sweep launches."""
+    n = sizes.speed_min_len
     return [
-        Case("flash_attention", "bfloat16", d, masking, 512, 512, 16384 // 512, 2048 // d)
-        for d in (64, 128)
+        Case("flash_attention", "bfloat16", d, masking, n, n,
+             max(1, sizes.speed_tokens // n), max(1, sizes.speed_hidden // d))
+        for d in sizes.speed_head_dims
         for masking in ("none", "causal")
-    ]
+    ]  # fmt: skip
 
 
 def memory_cases(sizes: Sizes) -> list[Case]:
-    return [Case("flash_attention", "bfloat16", 128, "causal", 1024, 1024, 1, 16)]
+    n = sizes.memory_min_len
+    return [
+        Case("flash_attention", "bfloat16", sizes.memory_head_dim, "causal", n, n, 1,
+             sizes.memory_heads)
+    ]  # fmt: skip
 
 
 def model_cases(sizes: Sizes) -> list[Case]:
     """The model benchmark's model (d_model 256, 4 heads of 64, batch 8, bf16 autocast):
     encoder self-attention and cross-attention take a key mask, decoder self-attention is causal
-    with one."""
+    with one. Its warm-up step (model_benchmark.WARMUP_LEN, 16) and every measured length are
+    multiples of 16: one specialisation per masking."""
+    n = sizes.model_min_len
     return [
-        Case("flash_attention", "bfloat16", 64, masking, 256, 256, 8, 4)
+        Case("flash_attention", "bfloat16", 64, masking, n, n, 8, 4)
         for masking in ("key_mask", "causal+key_mask")
     ]
 
@@ -120,12 +183,27 @@ def training_cases(sizes: Sizes) -> list[Case]:
 
 
 def parity_cases(sizes: Sizes) -> list[Case]:
-    """The compile gate's CI cases (every dtype, several head dims, both kernels): the CUDA
-    parity tests cover that range with the launcher's first choice (autotuning off)."""
-    from kernels.compile_gate import ci_cases
-
-    every, first = ci_cases()
-    return every + first
+    """The CUDA parity tests' own calls (run with autotuning off: the launcher's first choice):
+    flash attention at each of their shapes, with and without their key mask, causal and not, in
+    every dtype; the additive kernel likewise, always with a key mask. (The additive tests use
+    a value head dim of 64 and a score vector in the features' dtype; the compile gate's
+    additive calls give v the feature size and w float32, so those builds differ from the
+    tests' and the parity step reports what it compiled.)"""
+    batch, heads = FLASH_PARITY_BATCH_HEADS
+    flash = [
+        Case("flash_attention", dtype, d, masking, len_q, len_k, batch, heads)
+        for len_q, len_k, d in FLASH_PARITY_SHAPES
+        for masking in ("none", "key_mask", "causal", "causal+key_mask")
+        for dtype in PARITY_DTYPES
+    ]
+    batch, heads = ADDITIVE_PARITY_BATCH_HEADS
+    additive = [
+        Case("additive_attention", dtype, a, masking, len_q, len_k, batch, heads)
+        for len_q, len_k, a in ADDITIVE_PARITY_SHAPES
+        for masking in ("key_mask", "causal+key_mask")
+        for dtype in PARITY_DTYPES
+    ]
+    return flash + additive
 
 
 CASES = {
@@ -140,32 +218,44 @@ CASES = {
 # --- estimates ------------------------------------------------------------------------------------
 
 
-def estimate_parity(sizes: Sizes) -> float:
+def estimate_parity(sizes: Sizes, rates: dict) -> float:
     return ASSUMED["process_start_s"] + sizes.parity_tests * ASSUMED["cuda_test_s"]
 
 
-def estimate_speed(sizes: Sizes) -> float:
-    """Per point: 3 timed passes (do_bench each) and 2 memory passes (two calls each, cheap);
-    plus one autotuning per kernel, head dim, causality and length bucket."""
-    lengths = doubling(512, sizes.speed_max_len)
-    points = len(lengths) * 2 * 2 * len(ATTENTION_IMPLS)
-    tunes = len(lengths) * 2 * 2 * 3  # forward, dK/dV and dQ kernels
-    return ASSUMED["process_start_s"] + points * (3 * DO_BENCH_S + 0.05) + tunes * TUNE_S
+def estimate_speed(sizes: Sizes, rates: dict) -> float:
+    total = ASSUMED["process_start_s"]
+    for n in doubling(sizes.speed_min_len, sizes.speed_max_len):
+        for d in sizes.speed_head_dims:
+            batch, heads = max(1, sizes.speed_tokens // n), max(1, sizes.speed_hidden // d)
+            for causal in (False, True):
+                for impl in ATTENTION_IMPLS:
+                    total += attention_point_s(batch, heads, n, d, causal, impl, rates)
+    return total
 
 
-def estimate_memory(sizes: Sizes) -> float:
-    lengths = doubling(1024, sizes.memory_max_len)
-    points = len(lengths) * len(MEMORY_IMPLS)
-    return ASSUMED["process_start_s"] + points * (3 * DO_BENCH_S + 0.1) + len(lengths) * TUNE_S
+def estimate_memory(sizes: Sizes, rates: dict) -> float:
+    total = ASSUMED["process_start_s"]
+    for n in doubling(sizes.memory_min_len, sizes.memory_max_len):
+        for impl in MEMORY_IMPLS:
+            h, d = sizes.memory_heads, sizes.memory_head_dim
+            total += attention_point_s(1, h, n, d, True, impl, rates)
+    return total
 
 
-def estimate_model(sizes: Sizes) -> float:
-    lengths = doubling(256, sizes.model_max_len)
-    points = len(lengths) * MODEL_BACKENDS
-    return ASSUMED["process_start_s"] + points * (DO_BENCH_S + 0.5) + len(lengths) * 3 * TUNE_S
+def estimate_model(sizes: Sizes, rates: dict) -> float:
+    """Per backend and length: the model built, two warm-up steps, two steps for memory, one
+    then ``do_bench`` for time; ours tunes its kernels for three maskings at each length."""
+    total = ASSUMED["process_start_s"]
+    for n in doubling(sizes.model_min_len, sizes.model_max_len):
+        step = model_step_s(n)
+        for backend in MODEL_BACKENDS:
+            total += ASSUMED["model_point_setup_s"] + 5 * step + do_bench_s(step)
+            if backend == "triton":
+                total += 3 * tune_s([step / 50] * 3)
+    return total
 
 
-def estimate_training(sizes: Sizes) -> float:
+def estimate_training(sizes: Sizes, rates: dict) -> float:
     """Two runs (triton, then sdpa), each its minutes plus set-up and the final validation."""
     return 2 * (ASSUMED["process_start_s"] + ASSUMED["train_setup_s"] + 60 * sizes.train_minutes)
 
@@ -192,15 +282,17 @@ class Plan:
     builds: int
     estimates: dict[str, float] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=lambda: dict(ASSUMED_TFLOPS))
 
     @property
     def total_s(self) -> float:
         return sum(self.estimates.values())
 
     def limit_s(self, step: str) -> float:
-        """How long the step may run: its estimate and a share of what the plan leaves over."""
-        slack = max(0.0, self.budget_s - self.total_s)
-        return self.estimates[step] + slack / max(1, len(self.steps))
+        """How long the step may run if every step before it takes its estimate: its share of
+        the budget, in proportion to its estimate (the report shares what is left of the budget
+        the same way as it goes, so time a step leaves goes to the steps after it)."""
+        return self.estimates[step] * max(1.0, self.budget_s / max(self.total_s, 1e-9))
 
 
 def warm_cases(steps: list[str], sizes: Sizes) -> tuple[list[Case], list[Case]]:
@@ -216,23 +308,32 @@ def estimate_warm(builds: int, cores: int) -> float:
 
 
 def make_plan(
-    budget_s: float, cores: int, steps: list[str], count_builds, sizes: Sizes | None = None
+    budget_s: float,
+    cores: int,
+    steps: list[str],
+    count_builds,
+    sizes: Sizes | None = None,
+    rates: dict[str, float] | None = None,
 ) -> Plan:
     """Fit ``steps`` to ``budget_s``: shrink sizes in :data:`SHRINK_ORDER`, then drop steps from
     the end, until the estimates add up to at most the budget. ``count_builds(every, first)``
-    gives the number of kernel builds the warm step compiles."""
+    gives the number of kernel builds the warm step compiles; ``rates``: TFLOP/s per attention
+    implementation (default :data:`ASSUMED_TFLOPS`; :func:`measured_tflops` after a report)."""
     sizes = sizes or Sizes()
+    rates = rates or dict(ASSUMED_TFLOPS)
     steps = [s for s in STEPS if s in steps]
 
     def estimate(sizes, steps):
         builds = count_builds(*warm_cases(steps, sizes)) if "warm" in steps else 0
-        times = {s: ESTIMATES[s](sizes) for s in steps if s != "warm"}
+        if sizes.device != "cuda":  # the rehearsal's toy steps on the CPU
+            return builds, {s: REHEARSAL_ESTIMATES_S[s] for s in steps}
+        times = {s: ESTIMATES[s](sizes, rates) for s in steps if s != "warm"}
         if "warm" in steps:
             times = {"warm": estimate_warm(builds, cores), **times}
         return builds, times
 
     builds, times = estimate(sizes, steps)
-    for name, choices in SHRINK_ORDER:
+    for name, choices in SHRINK_ORDER if sizes.device == "cuda" else ():
         for value in choices:
             if sum(times.values()) <= budget_s:
                 break
@@ -242,7 +343,7 @@ def make_plan(
     while sum(times.values()) > budget_s and len(steps) > 1:
         dropped.append(steps.pop())
         builds, times = estimate(sizes, steps)
-    return Plan(budget_s, cores, sizes, steps, builds, times, dropped)
+    return Plan(budget_s, cores, sizes, steps, builds, times, dropped, rates)
 
 
 def describe(plan: Plan) -> str:
@@ -253,18 +354,24 @@ def describe(plan: Plan) -> str:
     ]
     for step in plan.steps:
         detail = ""
-        if step == "warm":
+        if step == "warm" and plan.sizes.device != "cuda":
+            detail = "the warm cases' kernel builds counted (no GPU: nothing compiled)"
+        elif step == "warm":
             detail = (
                 f"{plan.builds} kernel builds x {SECONDS_PER_BUILD:.1f} s ({MARGIN:g} x the "
                 f"{MEASURED_CPU_S_PER_BUILD:.2f} CPU s per build measured here) / {plan.cores} "
                 f"cores + {WARM_START_S:.0f} s start-up"
             )
         elif step == "speed":
-            detail = f"lengths 512 to {plan.sizes.speed_max_len}, head dims 64 and 128"
+            sizes = plan.sizes
+            detail = (
+                f"lengths {sizes.speed_min_len} to {sizes.speed_max_len}, head dims "
+                f"{' and '.join(map(str, sizes.speed_head_dims))}"
+            )
         elif step == "memory":
-            detail = f"lengths 1024 to {plan.sizes.memory_max_len}"
+            detail = f"lengths {plan.sizes.memory_min_len} to {plan.sizes.memory_max_len}"
         elif step == "model":
-            detail = f"lengths 256 to {plan.sizes.model_max_len}"
+            detail = f"lengths {plan.sizes.model_min_len} to {plan.sizes.model_max_len}"
         elif step == "training":
             detail = f"{plan.sizes.train_minutes:g} min each, triton then sdpa"
         elif step == "parity":
@@ -275,8 +382,15 @@ def describe(plan: Plan) -> str:
         )
     for step in plan.dropped:
         lines.append(f"  {step:<9}   left out: does not fit the budget")
+    if plan.sizes.device != "cuda":
+        lines.append("rehearsal: toy sizes on the CPU, Triton's interpreter; estimates measured "
+                     "on a busy 2-core machine")  # fmt: skip
+        return "\n".join(lines)
+    measured = "measured here before" if plan.rates != ASSUMED_TFLOPS else "assumed"
+    rates = ", ".join(f"{k} {v:g}" for k, v in plan.rates.items())
     lines.append(
-        "GPU-step estimates count what the steps run times do_bench's fixed 135 ms per timing "
-        f"and these assumptions (not measured on a GPU): {ASSUMED}"
+        "GPU-step estimates: each point's calls (do_bench: at least 8, and enough to fill its "
+        f"125 ms) at TFLOP/s {measured} ({rates}), autotuning's first calls, and these "
+        f"assumptions (not measured on a GPU): {ASSUMED}"
     )
     return "\n".join(lines)

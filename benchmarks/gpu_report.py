@@ -2,15 +2,19 @@
 
     python -m benchmarks.gpu_report --budget-minutes 9            # on the GPU machine
     python -m benchmarks.gpu_report --budget-minutes 9 --dry-run  # the plan, on any machine
+    python -m benchmarks.gpu_report --rehearse --budget-minutes 3 # all of it rehearsed on a CPU
 
 Steps, in order (:mod:`benchmarks.gpu_plan` sizes them to the budget; a step that does not fit
-is left out, and each runs in its own process, stopped at its time limit):
+is left out, and each runs in a process group of its own, stopped, with every process it
+started, at its time limit: :mod:`benchmarks.gpu_steps` holds them):
 
 0. ``warm``: every kernel the later steps launch is compiled into Triton's cache in parallel
    on all CPU cores (:mod:`benchmarks.warm_cache`), so no step pays a compile and the triton
-   training run starts as warm as the sdpa one.
-1. ``parity``: the CUDA parity tests, ``pytest -m cuda``, with autotuning off
-   (``FLASH_ATTENTION_AUTOTUNE=0``: the first configuration that compiles without spills).
+   training run starts as warm as the sdpa one. Each later step's record lists the kernels
+   Triton compiled during it (the summary names them): after warm, none.
+1. ``parity``: the CUDA parity tests, ``pytest -m cuda`` over the test files that hold them,
+   with autotuning off (``FLASH_ATTENTION_AUTOTUNE=0``: the first configuration that compiles
+   without spills).
 2. ``speed``: the attention benchmark in FlashAttention's setting (16k tokens, hidden 2048,
    head dims 64 and 128, causal and not, bf16, autotuned): ours beside SDPA's backends.
 3. ``memory``: peak memory against length, batch 1, 16 heads of 128, causal.
@@ -19,20 +23,19 @@ is left out, and each runs in its own process, stopped at its time limit):
    then ``sdpa``: tokens/s and whether the loss curves agree.
 
 Each step writes ``<out-dir>/gpu_<step>.json`` the moment it ends (a session cut short keeps
-every finished step); ``gpu_report.md``/``.png`` summarise whatever step files exist. A step
-whose Python dependency is missing (``datasets`` for training, on an image without it) is
-skipped with one line. Without a CUDA device only ``--dry-run`` works.
+every finished step), and its scripts write their results as they go (a step stopped at its
+limit keeps every finished point: its record is marked partial); ``gpu_report.md``/``.png``
+summarise whatever step files exist. A step whose Python packages are missing (``NEEDS``:
+``datasets`` for training, on an image without it) is skipped with one line, and only that
+step. Without a CUDA device, ``--dry-run`` prints the plan and ``--rehearse`` runs the whole
+orchestration at toy sizes on the CPU and checks it (docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import math
 import os
-import re
-import subprocess
 import sys
 import time
 import traceback
@@ -43,10 +46,20 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/gpu_report.py
 
 import torch
 
-from benchmarks import gpu_plan
+from benchmarks import gpu_costs, gpu_plan
+from benchmarks.common import triton_cache
 from benchmarks.common.environment import device_tag, environment
+from benchmarks.common.process_group import run_limited
+from benchmarks.gpu_steps import (  # noqa: F401 - the report's results, as tests read them
+    RUNNERS,
+    StepContext,
+    loss_agreement,
+    memory_ratios,
+    partial_result,
+)
 from benchmarks.gpu_summary import (  # noqa: F401 - the report's results, as tests read them
     plot,
+    read_step,
     read_steps,
     summary_rows,
     write_step,
@@ -54,11 +67,17 @@ from benchmarks.gpu_summary import (  # noqa: F401 - the report's results, as te
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results" / "gpu"
 STEPS = gpu_plan.STEPS
-# Python packages a step needs beyond torch, triton and numpy (the GPU image lacks `datasets`).
+# The Python packages each step needs beyond torch and triton: a step whose package is missing
+# is skipped with one line, and only that step (a GPU image may lack `datasets`).
 NEEDS = {
+    "warm": (),
     "parity": ("pytest", "hypothesis"),
-    "training": ("datasets", "tokenizers", "sacrebleu", "einops"),
+    "speed": ("einops", "tqdm", "matplotlib"),
+    "memory": ("einops", "tqdm", "matplotlib"),
+    "model": ("einops", "tqdm", "matplotlib"),
+    "training": ("datasets", "tokenizers", "sacrebleu", "safetensors", "einops", "tqdm"),
 }
 
 
@@ -73,166 +92,59 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--budget-minutes", type=float, default=9.0, help="wall-clock budget (default 9)"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument(
+        "--rehearse", action="store_true",
+        help="no GPU needed: run the whole orchestration on the CPU at toy sizes under Triton's "
+        "interpreter, with `datasets` hidden and one step cut at its limit, and check that the "
+        "cut leaves no process behind, finished points are kept, a missing package skips only "
+        "its step and the summary reads partial results (exit 1 if not)",
+    )  # fmt: skip
     parser.add_argument("--skip", nargs="+", default=[], choices=STEPS, help="steps to leave out")
     parser.add_argument(
         "--cores", type=int, default=None, help="compiler processes for warm (default: all "
         f"cores; a dry run on a machine other than the GPU one assumes {gpu_plan.GPU_MACHINE_CORES})"
     )  # fmt: skip
     parser.add_argument(
-        "--out-dir", type=Path, default=ROOT / "benchmarks" / "results" / "gpu",
-        help="where each step's results go",
+        "--out-dir", type=Path, default=None,
+        help=f"where each step's results go (default {DEFAULT_OUT_DIR.relative_to(ROOT)}; "
+        "with --rehearse, a fresh temporary folder)",
     )  # fmt: skip
-    parser.add_argument("--run-step", choices=STEPS, help=argparse.SUPPRESS)  # one step, in-process
-    parser.add_argument("--sizes", type=json.loads, default=None, help=argparse.SUPPRESS)
+    # Internal: one step, in-process (the report starts one process per step), at these sizes.
+    parser.add_argument("--run-step", choices=STEPS, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=gpu_plan.Sizes.from_json, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", nargs="+", default=None, help=argparse.SUPPRESS)
+    # Internal (--rehearse): the toy sizes on the CPU, and the step cut after its first point.
+    parser.add_argument("--toy", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cut", choices=STEPS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def missing_dependencies(step: str) -> list[str]:
-    return [name for name in NEEDS.get(step, ()) if importlib.util.find_spec(name) is None]
+    """The packages ``step`` needs that cannot be found here."""
+    missing = []
+    for name in NEEDS.get(step, ()):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a finder that refuses it, a broken install
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
-# ---------------------------------------------------------------------------------- steps
-
-
-def run_warm(args, sizes: gpu_plan.Sizes, steps: list[str]) -> dict:
-    from benchmarks import warm_cache
-
-    every, first = gpu_plan.warm_cases(steps, sizes)
-    return warm_cache.warm(every, first, jobs=args.cores or os.cpu_count())
-
-
-def run_parity(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
-    log = args.out_dir / f"gpu_parity_{tag}.log"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "FLASH_ATTENTION_AUTOTUNE": "0"},
-    )  # fmt: skip
-    log.write_text(done.stdout + done.stderr)
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", done.stdout)}
-    return {"returncode": done.returncode, "log": log.name, **counts}
-
-
-def run_speed(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
-    from benchmarks import attention_benchmark
-    from kernels.common import tuning
-
-    max_len = sizes.speed_max_len
-    payload = attention_benchmark.main([
-        "--tokens", "16384", "--hidden", "2048", "--head-dims", "64", "128",
-        "--min-len", "512", "--max-len", str(max_len),
-        "--impls", "naive", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "triton",
-        "--out-dir", str(args.out_dir), "--tag", f"gpu_attention_{tag}",
-    ])  # fmt: skip
-    tuned = {repr(k): vars(v) for k, v in tuning.tuned_configs().items()}
-    return {"files": f"gpu_attention_{tag}.*", "ratios": payload["ratios"], "tuned": tuned}
-
-
-def run_memory(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
-    from benchmarks import attention_benchmark
-
-    max_len = sizes.memory_max_len
-    payload = attention_benchmark.main([
-        "--batch", "1", "--heads", "16", "--head-dims", "128", "--causal", "yes",
-        "--min-len", "1024", "--max-len", str(max_len),
-        "--impls", "naive", "sdpa_flash", "triton",
-        "--out-dir", str(args.out_dir), "--tag", f"gpu_memory_{tag}",
-    ])  # fmt: skip
-    memory = [r for r in payload["records"] if r["measure"] == "memory"]
-    return {"files": f"gpu_memory_{tag}.*", "records": memory, "ratios": memory_ratios(memory)}
-
-
-def memory_ratios(records: list[dict]) -> list[dict]:
-    """Our peak memory over SDPA-flash's, and naive's, per pass and length (None: it failed)."""
-    peak = {(r["pass"], r["seq_len"], r["implementation"]): r for r in records}
-    out = []
-    for (pass_, seq_len, impl), ours in sorted(peak.items()):
-        if impl != "triton" or ours["status"] != "ok":
-            continue
-        row = {"pass": pass_, "seq_len": seq_len, "ours_bytes": ours["peak_bytes"]}
-        for other in ("sdpa_flash", "naive"):
-            theirs = peak.get((pass_, seq_len, other), {})
-            ok = theirs.get("status") == "ok"
-            row[f"over_{other}"] = ours["peak_bytes"] / theirs["peak_bytes"] if ok else None
-            row[f"{other}_status"] = theirs.get("status")
-        out.append(row)
-    return out
-
-
-def run_model(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
-    from benchmarks import model_benchmark
-
-    lengths = [str(n) for n in gpu_plan.doubling(256, sizes.model_max_len)]
-    payload = model_benchmark.main(
-        ["--lengths", *lengths, "--out-dir", str(args.out_dir), "--tag", f"gpu_model_{tag}"]
-    )
-    return {"files": f"gpu_model_{tag}.*", "records": payload["records"]}
-
-
-def run_training(args, sizes: gpu_plan.Sizes, tag: str) -> dict:
-    minutes = sizes.train_minutes
-    runs = {}
-    for backend in ("triton", "sdpa"):
-        name = f"gpu_report_{tag}_{backend}_{int(time.time())}"
-        done = subprocess.run(
-            [sys.executable, "train.py", "--config", "base", "--attention", backend,
-             "--time-budget", str(minutes), "--name", name, "--no-progress",
-             "--no-final-test", "--seed", "0"],
-            cwd=ROOT, capture_output=True, text=True,
-        )  # fmt: skip
-        metrics = ROOT / "runs" / name / "metrics.jsonl"
-        rows = (
-            [json.loads(line) for line in metrics.read_text().splitlines()]
-            if metrics.exists()
-            else []
-        )
-        train = [r for r in rows if "tokens_per_s" in r]
-        runs[backend] = {
-            "returncode": done.returncode,
-            "tail": (done.stdout + done.stderr)[-2000:],
-            "steps": [r["step"] for r in train],
-            "loss": [r["loss"] for r in train],
-            "tokens_per_s": _median([r["tokens_per_s"] for r in train[1:]]),
-        }
-    return {"runs": runs, **_loss_agreement(runs["triton"], runs["sdpa"])}
-
-
-def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
-
-
-def _loss_agreement(a: dict, b: dict) -> dict:
-    """Largest relative difference of the two loss curves over the steps both logged."""
-    common_steps = sorted(set(a["steps"]) & set(b["steps"]))
-    la = dict(zip(a["steps"], a["loss"], strict=True))
-    lb = dict(zip(b["steps"], b["loss"], strict=True))
-    diffs = [abs(la[s] - lb[s]) / max(abs(lb[s]), 1e-9) for s in common_steps]
-    # max() would pass over a NaN (NaN > x is False): a diverged curve is NaN, not agreement.
-    worst = math.nan if any(math.isnan(d) for d in diffs) else max(diffs, default=None)
-    return {"steps_compared": len(common_steps), "max_relative_loss_difference": worst}
-
-
-RUNNERS = {
-    "parity": run_parity,
-    "speed": run_speed,
-    "memory": run_memory,
-    "model": run_model,
-    "training": run_training,
-}
+def step_context(args, sizes: gpu_plan.Sizes, steps) -> StepContext:
+    tag = device_tag(torch.device(sizes.device))
+    return StepContext(args.out_dir, sizes, tag, tuple(steps), args.cores)
 
 
 def run_step(args) -> int:
     """One step, in this process (the report starts one process per step); writes its file."""
-    sizes = gpu_plan.Sizes(**args.sizes) if args.sizes else gpu_plan.Sizes()
-    device = torch.device("cuda")
+    sizes = args.sizes or gpu_plan.Sizes()
+    device = torch.device(sizes.device)
+    ctx = step_context(args, sizes, args.steps or [s for s in STEPS if s not in args.skip])
     start = time.perf_counter()
     try:
-        if args.run_step == "warm":
-            steps = [s for s in STEPS if s not in args.skip]
-            result = run_warm(args, sizes, steps)
-        else:
-            result = RUNNERS[args.run_step](args, sizes, device_tag(device))
+        result = RUNNERS[args.run_step](ctx)
     except Exception:  # recorded, and the next step still runs
         result = {"error": traceback.format_exc()}
         print(result["error"], file=sys.stderr)
@@ -249,24 +161,35 @@ def plan_for(args) -> gpu_plan.Plan:
         os.cpu_count() if torch.cuda.is_available() else gpu_plan.GPU_MACHINE_CORES
     )
     arch = gpu_plan.H100_ARCH
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not args.toy:
         major, minor = torch.cuda.get_device_capability()
         arch = 10 * major + minor
     steps = [s for s in STEPS if s not in args.skip]
+    if args.toy:  # the rehearsal's interpreter cannot plan builds; its warm step counts them
+        return gpu_plan.make_plan(
+            60 * args.budget_minutes, cores, steps, lambda every, first: 0, gpu_plan.REHEARSAL
+        )
     return gpu_plan.make_plan(
         60 * args.budget_minutes, cores, steps,
         lambda every, first: warm_cache.count_builds(every, first, arch),
+        rates=gpu_costs.measured_tflops(args.out_dir),
     )  # fmt: skip
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rehearse:
+        from benchmarks import gpu_rehearsal
+
+        return gpu_rehearsal.rehearse(args.budget_minutes, args.out_dir)
+    args.out_dir = args.out_dir or DEFAULT_OUT_DIR
     if args.run_step:
         return run_step(args)
-    if not args.dry_run and not torch.cuda.is_available():
+    if not (args.dry_run or args.toy or torch.cuda.is_available()):
         print("gpu_report needs a CUDA GPU, and this machine has none (torch.cuda.is_available() "
-              "is False). --dry-run prints the plan anywhere; on a CPU, run the benchmarks "
-              "themselves: python -m benchmarks.attention_benchmark.", file=sys.stderr)  # fmt: skip
+              "is False). --dry-run prints the plan anywhere and --rehearse runs the whole "
+              "orchestration on the CPU at toy sizes; on a CPU, run the benchmarks themselves: "
+              "python -m benchmarks.attention_benchmark.", file=sys.stderr)  # fmt: skip
         return 2
     started = time.perf_counter()
     plan = plan_for(args)
@@ -275,27 +198,66 @@ def main(argv=None) -> int:
         return 0
     args.out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + plan.budget_s
+    missing = {step: missing_dependencies(step) for step in plan.steps}
+    to_run = [step for step in plan.steps if not missing[step]]
     for step in plan.steps:
-        missing = missing_dependencies(step)
-        if missing:
-            print(f"{step}: skipped, missing Python packages {missing} (see docs/gpu.md)")
-            write_step(args.out_dir, step, {"skipped": f"missing {missing}"})
+        if missing[step]:
+            print(f"{step}: skipped, missing Python packages {missing[step]} (see docs/gpu.md)")
+            write_step(args.out_dir, step, {"skipped": f"missing {missing[step]}"})
             continue
-        limit = min(plan.limit_s(step), deadline - time.perf_counter())
+        # What is left of the budget, shared among the steps left in proportion to their
+        # estimates: a step that ends early leaves its time to the ones after it.
+        left = to_run[to_run.index(step) :]
+        share = plan.estimates[step] / sum(plan.estimates[s] for s in left)
+        limit = (deadline - time.perf_counter()) * share
         if limit < 5:
             print(f"{step}: skipped, the budget is spent")
+            write_step(args.out_dir, step, {"skipped": "the budget was spent"})
             continue
-        print(f"\n=== gpu_report: {step} (limit {limit:.0f} s) ===", flush=True)
-        command = [sys.executable, "-m", "benchmarks.gpu_report", "--run-step", step,
-                   "--sizes", json.dumps(vars(plan.sizes)), "--out-dir", str(args.out_dir)]  # fmt: skip
-        command += ["--skip", *args.skip] if args.skip else []
-        command += ["--cores", str(args.cores)] if args.cores else []
-        try:
-            subprocess.run(command, cwd=ROOT, timeout=limit, check=False)
-        except subprocess.TimeoutExpired:
-            print(f"{step}: stopped at its limit of {limit:.0f} s")
-            write_step(args.out_dir, step, {"error": f"timed out after {limit:.0f} s"})
+        run_one(args, plan, step, limit)
     return write_summary(args.out_dir)
+
+
+def run_one(args, plan: gpu_plan.Plan, step: str, limit: float) -> dict:
+    """Run ``step`` in a process group of its own for at most ``limit`` seconds; its record,
+    completed with what it compiled, how it ended and (stopped early) what it had finished."""
+    print(f"\n=== gpu_report: {step} (limit {limit:.0f} s) ===", flush=True)
+    command = [sys.executable, "-m", "benchmarks.gpu_report", "--run-step", step,
+               "--sizes", plan.sizes.to_json(), "--out-dir", str(args.out_dir),
+               "--steps", *plan.steps]  # fmt: skip
+    command += ["--cores", str(args.cores)] if args.cores else []
+    env = dict(os.environ)
+    if step == "warm":  # it compiles (or, without a GPU, plans) for real GPUs: no interpreter
+        env.pop("TRITON_INTERPRET", None)
+    ctx = step_context(args, plan.sizes, plan.steps)
+    stop_when = None
+    if step == args.cut:  # --rehearse: stopped once it has finished something to keep
+
+        def stop_when():
+            finished = partial_result(step, ctx)
+            return bool(finished.get("points") or finished.get("passed"))
+
+    before = triton_cache.builds()
+    write_step(args.out_dir, step, {"started": True})  # replaced by the step's own record
+    outcome = run_limited(command, limit, cwd=ROOT, env=env, stop_when=stop_when)
+    record = read_step(args.out_dir, step) or {}
+    if outcome.stopped:
+        why = f"timed out after {limit:.0f} s"
+        if outcome.by_request:
+            why = f"stopped after {outcome.seconds:.0f} s, with something done (--rehearse)"
+        print(f"{step}: {why}")
+        record = {**partial_result(step, ctx), "partial": True, "error": why,
+                  "seconds": round(outcome.seconds, 1)}  # fmt: skip
+    elif record.get("started") and len(record) == 1:
+        record = {"error": f"the step's process exited with {outcome.returncode} "
+                  "and wrote no record"}  # fmt: skip
+    record.update(
+        compiled_kernels=triton_cache.compiled_since(before),
+        left_running=outcome.left_running,
+        killed=outcome.killed,
+    )
+    write_step(args.out_dir, step, record)
+    return record
 
 
 if __name__ == "__main__":

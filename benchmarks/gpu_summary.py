@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from benchmarks.common.records import markdown_table
+from benchmarks.common.records import markdown_table, write_text_atomic
 from benchmarks.gpu_plan import STEPS
 
 
@@ -34,19 +34,22 @@ def step_path(out_dir: Path, step: str) -> Path:
 
 
 def write_step(out_dir: Path, step: str, payload: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    step_path(out_dir, step).write_text(json_text(payload))
+    """The step's record, written whole or not at all (atomically)."""
+    write_text_atomic(step_path(out_dir, step), json_text(payload))
+
+
+def read_step(out_dir: Path, step: str) -> dict | None:
+    """One step's record; None if it is missing or unreadable."""
+    try:
+        return json.loads(step_path(out_dir, step).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_steps(out_dir: Path) -> dict:
     """Every step result that exists in out_dir (a missing or unreadable one is left out)."""
-    results = {}
-    for step in STEPS:
-        try:
-            results[step] = json.loads(step_path(out_dir, step).read_text())
-        except (OSError, ValueError):
-            continue
-    return results
+    results = {step: read_step(out_dir, step) for step in STEPS}
+    return {step: result for step, result in results.items() if result is not None}
 
 
 # ------------------------------------------------------------------------------- summary
@@ -94,11 +97,39 @@ def summary_rows(results: dict) -> list[list[str]]:
         rows.append(["kernels compiled before timing (launches, seconds)",
                      f"{warm['launches_warmed']}, {warm['seconds']:.0f} s"])  # fmt: skip
     for step, result in results.items():
-        if "error" in result:
-            rows.append([f"{step}: FAILED", result["error"].splitlines()[-1][:80]])
-        elif "skipped" in result:
-            rows.append([f"{step}: skipped", result["skipped"]])
+        rows += _step_rows(step, result)
     return rows
+
+
+def _step_rows(step: str, result: dict) -> list[list[str]]:
+    """How a step ended, where that is news: failed, skipped, cut short with partial results,
+    kernels compiled after the warm step, processes it left running."""
+    rows = []
+    if "error" in result:
+        rows.append([f"{step}: FAILED", result["error"].splitlines()[-1][:80]])
+    elif isinstance(result.get("skipped"), str):  # the parity step's "skipped" is a count
+        rows.append([f"{step}: skipped", result["skipped"]])
+    if result.get("partial"):
+        rows.append([f"{step}: stopped early, kept", _kept(step, result)])
+    compiled = result.get("compiled_kernels")
+    if step != "warm" and compiled:
+        names = ", ".join(f"{k} x{n}" for k, n in compiled.items())
+        rows.append([f"{step}: kernels compiled after warm ({sum(compiled.values())})",
+                     names[:120]])  # fmt: skip
+    if result.get("left_running"):
+        rows.append([f"{step}: processes left running", str(result["left_running"])])
+    return rows
+
+
+def _kept(step: str, result: dict) -> str:
+    """What a step stopped early had finished."""
+    if step == "parity":
+        return _parity_line(result)
+    if "points" in result:
+        return f"{result['points']} points"
+    if result.get("runs"):
+        return "training runs: " + ", ".join(result["runs"])
+    return "nothing"
 
 
 def _number(value, spec: str) -> str:
@@ -109,9 +140,13 @@ def _number(value, spec: str) -> str:
 
 
 def _parity_line(parity: dict) -> str:
-    if "error" in parity:
+    if "error" in parity and not parity.get("partial"):
         return "did not run"
-    return ", ".join(f"{parity.get(k, 0)} {k}" for k in ("passed", "failed", "skipped"))
+    line = ", ".join(f"{parity.get(k, 0)} {k}" for k in ("passed", "failed", "skipped"))
+    for key, name in (("errors", "errors"), ("collection_errors", "test files not collected")):
+        if parity.get(key):  # pytest's errors, test files that could not be imported
+            line += f", {parity[key]} {name}"
+    return line
 
 
 def plot(results: dict, env: dict, path: Path) -> None:

@@ -56,6 +56,10 @@ STYLES = {
     "triton": dict(color="tab:green", marker="*", linestyle="-", markersize=10),
 }
 LABEL_SMOOTHING = 0.1
+# The warm-up step's length: a multiple of 16, like every measured length, so the kernels it
+# compiles are the ones the measured steps launch (Triton specialises lengths on divisibility
+# by 16; benchmarks.gpu_report's warm step prepares that specialisation).
+WARMUP_LEN = 16
 
 
 def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
@@ -97,7 +101,7 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
     try:
         # A short step first: libraries set up, optimizer state allocated, kernels compiled.
         warmup_start = time.perf_counter()
-        step(*batch(8))
+        step(*batch(WARMUP_LEN))
         tokens = batch(spec["seq_len"])
         # On the CPU, cap the address space from here: a failed allocation is an OOM, not a
         # crash. The cap covers the full-size warm-up too, whose freed memory stays mapped.
@@ -140,7 +144,9 @@ def style(name: str) -> dict:
     return {**STYLES[backend], **(dict(linestyle=":", markerfacecolor="none") if compiled else {})}
 
 
-def sweep(args, device: torch.device) -> list[dict]:
+def sweep(args, device: torch.device, on_point=None) -> list[dict]:
+    """Every point's record; ``on_point(records so far)`` after each point (the benchmark
+    writes its results file then, so a run stopped midway keeps every finished point)."""
     cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * MIB
     records = []
     progress = tqdm(total=len(series(args)) * len(args.lengths), desc="model")
@@ -148,6 +154,7 @@ def sweep(args, device: torch.device) -> list[dict]:
         out_of_memory = False
         for seq_len in args.lengths:
             progress.set_postfix_str(f"{series_name(backend, compiled)} len={seq_len}")
+            started = time.perf_counter()
             spec = dict(
                 backend=backend,
                 compile=compiled,
@@ -173,9 +180,12 @@ def sweep(args, device: torch.device) -> list[dict]:
             out_of_memory = out_of_memory or result["status"] == "oom"
             records.append(
                 dict(
-                    backend=backend, compiled=compiled, seq_len=seq_len, batch=args.batch, **result
+                    backend=backend, compiled=compiled, seq_len=seq_len, batch=args.batch, **result,
+                    point_seconds=round(time.perf_counter() - started, 3),
                 )
-            )
+            )  # fmt: skip
+            if on_point is not None:
+                on_point(records)
             progress.update()
     progress.close()
     add_breakeven(records)
@@ -280,23 +290,14 @@ def markdown(records: list[dict], args) -> str:
         for r in compiled:
             base = eager.get((r["backend"], r["seq_len"]))
             tokens = r.get("breakeven_tokens")
-            rows.append([
-                LABELS[r["backend"]], str(r["seq_len"]), format_cell(base, "warmup_s"),
-                format_cell(r, "warmup_s"),
-                "never" if tokens is None else f"{tokens:,.0f}",
-            ])  # fmt: skip
+            rows.append([LABELS[r["backend"]], str(r["seq_len"]), format_cell(base, "warmup_s"),
+                         format_cell(r, "warmup_s"),
+                         "never" if tokens is None else f"{tokens:,.0f}"])  # fmt: skip
+        header = ["backend", "length", "eager warm-up s", "compiled warm-up s",
+                  "training tokens to break even"]  # fmt: skip
         text += (
             "\n\n### torch.compile: first two steps (s, compiling included) and break-even\n\n"
-            + markdown_table(
-                [
-                    "backend",
-                    "length",
-                    "eager warm-up s",
-                    "compiled warm-up s",
-                    "training tokens to break even",
-                ],
-                rows,
-            )  # fmt: skip
+            + markdown_table(header, rows)
         )
     return text
 
@@ -343,6 +344,32 @@ def report(payload: dict, stem: Path) -> None:
     print(f"\nwrote {stem}.json, .png and .md")
 
 
+def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
+    """The results file's content; ``partial``: written after a point, more are to come (a run
+    stopped midway leaves its last such file)."""
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
+    }
+    return {
+        "benchmark": "model",
+        "partial": partial,
+        "environment": env,
+        "settings": settings,
+        "conventions": {
+            "step": "forward, label-smoothed cross-entropy, backward, AdamW step; bf16 autocast",
+            "tgt_tokens_per_s": "batch*seq_len target tokens per second of median step time",
+            "tokens_per_s": "source + target tokens per second",
+            "memory": "peak bytes of a step above what is held between steps (weights, "
+            "optimizer state)",
+            "time": "median milliseconds after a warm-up step (triton.testing.do_bench on "
+            "CUDA, wall clock on the CPU)",
+            "point_seconds": "wall seconds the point took, model building included",
+            "statuses": list(STATUSES),
+        },
+        "records": records,
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.replot is not None:
@@ -355,28 +382,15 @@ def main(argv=None) -> dict:
     args.batch = args.batch or (8 if cuda else 2)
     torch.set_num_threads(1)
     env = environment(device)
-    records = sweep(args, device)
     stem = args.tag or f"model_{device_tag(device)}"
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
-    }
-    payload = {
-        "benchmark": "model",
-        "environment": env,
-        "settings": settings,
-        "conventions": {
-            "step": "forward, label-smoothed cross-entropy, backward, AdamW step; bf16 autocast",
-            "tgt_tokens_per_s": "batch*seq_len target tokens per second of median step time",
-            "tokens_per_s": "source + target tokens per second",
-            "memory": "peak bytes of a step above what is held between steps (weights, "
-            "optimizer state)",
-            "time": "median milliseconds after a warm-up step (triton.testing.do_bench on "
-            "CUDA, wall clock on the CPU)",
-            "statuses": list(STATUSES),
-        },
-        "records": records,
-    }
-    write_json(args.out_dir / f"{stem}.json", payload)
+
+    def save(records: list[dict], partial: bool) -> dict:
+        payload = results_payload(args, env, records, partial)
+        write_json(args.out_dir / f"{stem}.json", payload)
+        return payload
+
+    records = sweep(args, device, on_point=lambda records: save(records, partial=True))
+    payload = save(records, partial=False)
     report(payload, args.out_dir / stem)
     return payload
 

@@ -1,10 +1,18 @@
 """benchmarks.gpu_report without a GPU: it refuses at once, and its summary, memory ratios,
 loss-curve agreement and plot read results shaped as its steps write them."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from benchmarks import gpu_report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
@@ -37,7 +45,7 @@ def test_memory_ratios_divide_ours_by_sdpa_flash_and_mark_naive_failures():
 def test_loss_agreement_compares_only_steps_both_runs_logged():
     a = {"steps": [10, 20, 30], "loss": [4.0, 3.0, 2.0]}
     b = {"steps": [10, 20], "loss": [4.0, 3.3]}
-    agreement = gpu_report._loss_agreement(a, b)
+    agreement = gpu_report.loss_agreement(a, b)
     assert agreement["steps_compared"] == 2
     assert agreement["max_relative_loss_difference"] == pytest.approx(0.3 / 3.3)
 
@@ -75,7 +83,7 @@ def test_summary_and_plot_from_a_report(tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 0
 
 
-# --- the plan and the budget ------------------------------------------------------------------
+# --- the plan and the budget ----------------------------------------------------------------------
 
 
 def test_the_default_plan_fits_nine_minutes_on_16_cores_with_every_step():
@@ -105,7 +113,6 @@ def test_a_small_budget_shrinks_sizes_then_leaves_steps_out():
 def test_dry_run_counts_the_real_builds_and_fits_nine_minutes():
     """The command itself, as a GPU user runs it with --dry-run (compiled-mode Triton, so no
     TRITON_INTERPRET): ~20 s of CPU for the compile gate's plan."""
-    import os
     import subprocess
     import sys
 
@@ -125,7 +132,7 @@ def test_a_nan_loss_still_gives_the_markdown_and_the_plot(tmp_path):
     nan = float("nan")
     runs = {"triton": {"tokens_per_s": nan, "loss": [4.0, nan], "steps": [1, 2]},
             "sdpa": {"tokens_per_s": 50000.0, "loss": [4.0, 3.0], "steps": [1, 2]}}  # fmt: skip
-    training = {"runs": runs, **gpu_report._loss_agreement(runs["triton"], runs["sdpa"])}
+    training = {"runs": runs, **gpu_report.loss_agreement(runs["triton"], runs["sdpa"])}
     gpu_report.write_step(tmp_path, "training", {**training, "seconds": 1.0})
     gpu_report.write_step(tmp_path, "parity", {"passed": 3, "failed": 0, "seconds": 2.0})
     assert gpu_report.write_summary(tmp_path) == 0
@@ -154,34 +161,179 @@ def test_a_missing_package_skips_its_step_with_one_line(monkeypatch):
     )
     assert gpu_report.missing_dependencies("training") == ["datasets"]
     assert gpu_report.missing_dependencies("speed") == []
+    assert gpu_report.missing_dependencies("parity") == []
 
 
-def test_each_step_runs_in_its_own_process_and_is_stopped_at_its_limit(
-    monkeypatch, tmp_path, capsys
-):
-    """The report keeps its budget: a step over its limit is stopped and recorded, the next
-    still runs, and the summary is written from the files that exist."""
-    import subprocess
+# --- optional packages: a missing one skips only what needs it ------------------------------------
+
+
+def test_the_parity_step_collects_only_files_with_cuda_tests():
+    from benchmarks import gpu_steps
+
+    files = gpu_steps.parity_files()
+    assert {"tests/test_flash_parity.py", "tests/test_additive_parity.py"} <= set(files)
+    assert "tests/test_data.py" not in files and "tests/test_training.py" not in files
+
+
+def hidden_env(*packages: str) -> dict:
+    from benchmarks import gpu_rehearsal
+
+    env = gpu_rehearsal.rehearsal_env(Path("/nonexistent"), "test")
+    return {**env, "GPU_REPORT_HIDDEN_PACKAGES": ",".join(packages)}
+
+
+def test_a_hidden_package_is_missing_for_training_only():
+    """With `datasets` hidden as the rehearsal hides it (a sitecustomize on PYTHONPATH), the
+    dependency check names it for training and for no other step."""
+    script = (
+        "from benchmarks import gpu_report\n"
+        "print({s: gpu_report.missing_dependencies(s) for s in gpu_report.STEPS})"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=hidden_env("datasets"), cwd=ROOT, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    missing = eval(done.stdout)  # noqa: S307 - our own dict's repr
+    assert missing == {s: (["datasets"] if s == "training" else []) for s in gpu_report.STEPS}
+
+
+@pytest.mark.slow  # a pytest collection in a fresh process: ~15 s on 2 busy cores
+def test_the_parity_tests_collect_without_datasets():
+    from benchmarks import gpu_steps
+
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda",
+               "-p", "no:cacheprovider", *gpu_steps.parity_files()]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=hidden_env("datasets"),
+                          cwd=ROOT, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "error" not in done.stdout.splitlines()[-1]
+
+
+def test_parity_counts_come_from_the_summary_or_from_a_cut_log():
+    from benchmarks import gpu_steps
+
+    lines = [
+        "tests/test_flash_parity.py::test_long[1024-1024-64-nomask-full-torch.float32] PASSED",
+        "tests/test_flash_parity.py::test_long[4096-4096-128-nomask-full-torch.float32] FAILED",
+        "tests/test_additive_parity.py::test_long[1024-1024-64-full-torch.float32] PASSED",
+    ]
+    cut = "collected 870 items / 2 errors / 800 deselected / 70 selected\n" + "\n".join(lines)
+    expected = {"collection_errors": 2, "passed": 2, "failed": 1}
+    assert gpu_steps.parity_counts(cut + "\n") == expected
+    done = cut + "\n==== 1 failed, 65 passed, 4 skipped, 800 deselected, 2 errors in 61.20s ====\n"
+    counts = gpu_steps.parity_counts(done)
+    assert (counts["passed"], counts["failed"], counts["skipped"], counts["errors"]) == (
+        65,
+        1,
+        4,
+        2,
+    )
+    assert gpu_steps.parity_counts("collected 66 items\n")["collection_errors"] == 0
+    line = dict(gpu_report.summary_rows({"parity": counts | {"collection_errors": 2}}))
+    assert line["CUDA parity tests"] == (
+        "65 passed, 1 failed, 4 skipped, 2 errors, 2 test files not collected"
+    )
+
+
+# --- the warm step prepares what the later steps launch -------------------------------------------
+
+
+def parametrized(function) -> dict:
+    """A test function's parametrize arguments: {argnames: values}."""
+    return {
+        mark.args[0]: list(mark.args[1])
+        for mark in function.pytestmark
+        if mark.name == "parametrize"
+    }
+
+
+def test_the_warm_cases_are_the_cuda_parity_tests_own_shapes():
+    """gpu_plan's copy of the CUDA parity tests' shapes must be theirs, or the parity step
+    compiles what the warm step did not prepare."""
+    import test_additive_parity
+    import test_flash_parity
 
     from benchmarks import gpu_plan
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    sizes = gpu_plan.Sizes()
-    plan = gpu_plan.Plan(60, 16, sizes, ["parity", "speed"], 0, {"parity": 20, "speed": 20})
-    monkeypatch.setattr(gpu_report, "plan_for", lambda args: plan)
-    limits = []
+    flash = parametrized(test_flash_parity.test_long_sequences_within_2x_naive_error_on_gpu)
+    assert tuple(flash["len_q,len_k,head_dim"]) == gpu_plan.FLASH_PARITY_SHAPES
+    additive = parametrized(test_additive_parity.test_long_sequences_within_2x_naive_error_on_gpu)
+    assert tuple(additive["len_q,len_k,a"]) == gpu_plan.ADDITIVE_PARITY_SHAPES
+    dtypes = [str(d).removeprefix("torch.") for d in flash["dtype"]]
+    assert sorted(dtypes) == sorted(gpu_plan.PARITY_DTYPES)
+    cases = gpu_plan.parity_cases(gpu_plan.Sizes())
+    assert len(cases) == gpu_plan.Sizes().parity_tests
+    shapes = {(c.len_q, c.len_k, c.head_dim) for c in cases if c.workload == "flash_attention"}
+    assert shapes == set(gpu_plan.FLASH_PARITY_SHAPES)
 
-    def fake_run(command, cwd, timeout, check):
-        step = command[command.index("--run-step") + 1]
-        limits.append(timeout)
-        if step == "parity":
-            raise subprocess.TimeoutExpired(command, timeout)
-        gpu_report.write_step(tmp_path, step, {"ratios": [], "seconds": 3.0})
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    assert gpu_report.main(["--out-dir", str(tmp_path)]) == 1  # parity failed: timed out
-    assert limits[0] == pytest.approx(30.0) and limits[1] <= 30.0
-    assert "parity: stopped at its limit of 30 s" in capsys.readouterr().out
-    results = gpu_report.read_steps(tmp_path)
-    assert "timed out" in results["parity"]["error"] and "ratios" in results["speed"]
-    assert (tmp_path / "gpu_report.md").exists()
+def test_the_model_benchmark_warms_up_at_a_length_the_warm_step_prepares():
+    """Triton specialises lengths on divisibility by 16: the warm-up length and every measured
+    length are multiples of 16, the class the warm step's model cases compile."""
+    from benchmarks import gpu_plan, model_benchmark
+
+    assert model_benchmark.WARMUP_LEN % 16 == 0
+    lengths = gpu_plan.doubling(gpu_plan.Sizes().model_min_len, gpu_plan.Sizes().model_max_len)
+    cases = gpu_plan.model_cases(gpu_plan.Sizes())
+    assert all(n % 16 == 0 for n in lengths) and all(c.len_q % 16 == 0 for c in cases)
+
+
+def test_kernels_a_step_compiled_are_read_from_the_triton_cache(tmp_path, monkeypatch):
+    from benchmarks.common import triton_cache
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    (tmp_path / "AAAA").mkdir()
+    (tmp_path / "AAAA" / "__grp___attn_fwd.json").write_text("{}")
+    before = triton_cache.builds()
+    for name, kernel in (("BBBB", "_attn_fwd"), ("CCCC", "_attn_bwd_dq")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"__grp__{kernel}.json").write_text("{}")
+        (tmp_path / name / f"{kernel}.cubin").write_text("")
+    assert triton_cache.compiled_since(before) == {"_attn_bwd_dq": 1, "_attn_fwd": 1}
+    assert triton_cache.compiled_since(triton_cache.builds()) == {}
+
+
+def test_the_summary_names_kernels_compiled_after_warm_and_processes_left():
+    results = {
+        "warm": {"launches_warmed": 10, "seconds": 5.0, "compiled_kernels": {"_attn_fwd": 4}},
+        "parity": {"passed": 66, "compiled_kernels": {"_additive_fwd": 2}, "left_running": 0},
+        "model": {"records": [], "compiled_kernels": {}, "left_running": 2},
+    }
+    table = dict(gpu_report.summary_rows(results))
+    assert table["parity: kernels compiled after warm (2)"] == "_additive_fwd x2"
+    assert table["model: processes left running"] == "2"
+    assert not any(k.startswith("warm: kernels compiled") for k in table)
+
+
+# --- estimates from what the steps do -------------------------------------------------------------
+
+
+def test_do_bench_makes_at_least_eight_calls_and_fills_its_125_ms():
+    from benchmarks import gpu_costs
+
+    assert gpu_costs.do_bench_s(1.0) == pytest.approx(8.0)  # 1 + 5 estimate + 1 + 1
+    assert gpu_costs.do_bench_s(1e-3) == pytest.approx(0.006 + 0.025 + 0.100)
+
+
+def test_the_memory_step_at_131k_tokens_costs_its_calls_not_a_fixed_do_bench():
+    """At 131k tokens a forward + backward takes about a second: the point's estimate holds its
+    three do_bench runs (8 calls each at least) and its autotuning, far above 3 x 135 ms."""
+    from benchmarks import gpu_costs
+
+    rates = gpu_costs.ASSUMED_TFLOPS
+    fwd, bwd = gpu_costs.attention_call_s(1, 16, 131072, 128, True, "triton", rates)
+    assert 0.5 < fwd + bwd < 3
+    point = gpu_costs.attention_point_s(1, 16, 131072, 128, True, "triton", rates)
+    assert point > 8 * (fwd + (fwd + bwd) + bwd) + 4 * 8 * (fwd + bwd)
+
+
+def test_tflops_measured_by_an_earlier_report_replace_the_assumed_rates(tmp_path):
+    from benchmarks import gpu_costs, gpu_plan
+
+    record = dict(measure="time", status="ok", implementation="triton", tflops=400.0)
+    records = [{**record, "pass": p} for p in ("forward", "forward_backward")]
+    (tmp_path / "gpu_attention_h200.json").write_text(json.dumps({"records": records}))
+    rates = gpu_costs.measured_tflops(tmp_path)
+    assert rates["triton"] == 400.0 and rates["naive"] == gpu_costs.ASSUMED_TFLOPS["naive"]
+    faster = gpu_plan.make_plan(3600, 16, ["speed"], lambda e, f: 0, rates=rates)
+    slower = gpu_plan.make_plan(3600, 16, ["speed"], lambda e, f: 0)
+    assert faster.estimates["speed"] < slower.estimates["speed"]

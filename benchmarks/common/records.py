@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 # How each non-ok status (benchmarks.common.statuses) is written in tables.
@@ -21,9 +23,23 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def write_json(path: Path, payload: dict) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """``path`` holds either its old content or ``text``, never a part (a process stopped while
+    writing leaves the old file): written beside it, then renamed over it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -70,7 +70,7 @@ def widen(stride, LARGE_OFFSETS: tl.constexpr):
 @triton.jit
 def program_tile(H, BLOCK: tl.constexpr):
     """(off_bh, off_b, off_h, start) of this program: grid axis 0 is batch * heads (see
-    kernels.launch.grid), its batch and head as int64 (b * stride_b overflows int32 for large
+    kernels.common.runtime.grid), its batch and head as int64 (b * stride_b overflows int32 for large
     tensors); axis 1 is the tile, whose first row (query or key) is ``start``."""
     off_bh = tl.program_id(0)
     start = tl.program_id(1) * BLOCK
