@@ -14,6 +14,9 @@ from additive_reference import (
 
 from kernels import additive_attention
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 aa = importlib.import_module("kernels.additive_attention.launcher")  # its _launch must not run
 
 

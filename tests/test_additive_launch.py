@@ -20,6 +20,9 @@ from additive_reference import (
 from kernels import additive_attention
 from kernels.launch import LaunchConfig
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 aa = importlib.import_module("kernels.additive_attention.launcher")  # buffers and launches
 aa_configs = importlib.import_module("kernels.additive_attention.configs")
 

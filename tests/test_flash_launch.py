@@ -21,6 +21,9 @@ from flash_reference import (
 from kernels import flash_attention
 from kernels.launch import LaunchConfig
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 # The launcher (where tests intercept buffers, launches and configurations) and the launch
 # tables (`kernels.flash_attention` as an attribute is the function the package re-exports).
 fa = importlib.import_module("kernels.flash_attention.launcher")
