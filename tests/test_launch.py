@@ -116,7 +116,7 @@ def test_a_config_that_spills_is_used_only_when_nothing_else_runs(monkeypatch):
         launch.pick("k2", CONFIGS, FakeKernels(failing=set(CONFIGS)))
 
 
-@pytest.mark.skipif(not fa._INTERPRETED, reason="the kernels are compiled here, not interpreted")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_the_interpreter_uses_one_config_and_never_tunes():
     q = torch.empty(1, 1, 8, 64)
     assert fa._configs("fwd", q, 64) == [launch.INTERPRETER_CONFIG]
@@ -230,7 +230,7 @@ def recorded_launches(monkeypatch, module):
     return launches
 
 
-@pytest.mark.skipif(not fa._INTERPRETED, reason="the kernels are compiled here, not interpreted")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_every_launch_puts_batch_times_heads_on_grid_axis_0(monkeypatch):
     """b * h = 6 on axis 0 and the blocks of rows on axis 1, for all four kernels of each
     module (forward, delta, dK/dV, dQ); the kernels read program_id(0) as b * h (a swapped
@@ -248,7 +248,7 @@ def test_every_launch_puts_batch_times_heads_on_grid_axis_0(monkeypatch):
         assert all(grid == (6, 1) for _, grid in launches), launches
 
 
-@pytest.mark.skipif(not fa._INTERPRETED, reason="the kernels are compiled here, not interpreted")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 @pytest.mark.parametrize("empty", ["len_q", "batch"])
 def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
     """A call with no query rows (or no batch) has nothing to compute: no launch, and no tuning
@@ -281,7 +281,7 @@ def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
     assert all(0 in key[-2:] for key in picked)
 
 
-@pytest.mark.skipif(not fa._INTERPRETED, reason="the kernels are compiled here, not interpreted")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_the_additive_tuning_key_tells_feature_sizes_apart(monkeypatch):
     """BLOCK_A (the feature size's padding) changes the compiled kernel: two feature sizes in
     one length bucket must not share a tuned choice."""
