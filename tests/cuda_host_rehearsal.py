@@ -23,7 +23,8 @@ them fail here too, in the test that does it:
 
 A problem found while a test runs fails that test's report (its setup, call or teardown)
 with a message naming the rule; one found outside any test (at import or collection) fails
-the session. Only real kernel launches count: a test that replaces the launch or calls
+the session. A test marked ``cuda``, which skips here and so launches nothing that could be
+seen, fails unless it requests ``kernel_device``. Only real kernel launches count: a test that replaces the launch or calls
 ``launch.pick`` with its own callables launches nothing.
 """
 
@@ -33,6 +34,7 @@ import pytest
 
 KERNEL_DEVICE = "kernel_device"
 AUTOTUNE_MARK = "autotune"
+CUDA_MARK = "cuda"
 
 
 def tuning_module():
@@ -140,6 +142,12 @@ class CudaHostRehearsal:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem):
         self.item, self.problems, self.picked = item, [], set()
         self.problems_about_device = False
+        if item.get_closest_marker(CUDA_MARK) and KERNEL_DEVICE not in item.fixturenames:
+            # Skipped here, so nothing it launches is seen: it must say where it runs.
+            self.problem(
+                f"marked {CUDA_MARK} (it runs only on a CUDA host, never here) without the "
+                f"{KERNEL_DEVICE} fixture: take the device from {KERNEL_DEVICE}"
+            )
         yield
         self.item = None
 
