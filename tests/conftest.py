@@ -15,8 +15,8 @@ if not torch.cuda.is_available():
 
 # No autotuning in the test run, whatever the caller's environment says (subprocesses inherit
 # this too): on a GPU, timing every candidate of every new specialisation makes the run slow
-# and lets two calls of one test choose different configurations. kernels.launch reads it at
-# each launch. A test that means to tune is marked @pytest.mark.autotune (see below).
+# and lets two calls of one test choose different configurations. The kernels read it at each
+# launch. A test that means to tune is marked @pytest.mark.autotune (see below).
 os.environ["FLASH_ATTENTION_AUTOTUNE"] = "0"
 
 
@@ -60,9 +60,8 @@ def autotune_only_when_asked(request, monkeypatch):
 def kernel_device() -> torch.device:
     """Where a test that runs our Triton kernels puts its tensors and model (tests/devices.py):
     the GPU when there is one, else the CPU, where the kernels run under Triton's interpreter
-    (set above). Every
-    test that reaches a kernel, by any route, takes its device from here (``python -m pytest
-    --as-cuda-host`` fails one that does not)."""
+    (set above). Every test that reaches a kernel, by any route, takes its device from here
+    (``python -m pytest --as-cuda-host`` fails one that does not)."""
     return KERNEL_DEVICE
 
 
