@@ -13,12 +13,13 @@ report_largest_errors, which prints that module's largest errors with -s.
 
 import pytest
 import torch
+from devices import KERNEL_DEVICE
 from flash_reference import allowed_pairs, max_err, random_key_mask  # noqa: F401 (the flash tests' own)
 
 from kernels import additive_attention
 
 HAS_CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if HAS_CUDA else "cpu"
+DEVICE = KERNEL_DEVICE  # the kernel_device fixture's: test modules request it (devices.py)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
 

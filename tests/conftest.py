@@ -1,4 +1,4 @@
-"""Shared pytest setup. Keep this minimal."""
+"""Shared pytest setup: where the kernels run, autotuning off, and ``--as-cuda-host``."""
 
 import gzip
 import os
@@ -6,20 +6,63 @@ from pathlib import Path
 
 import pytest
 import torch  # does not import triton
+from devices import KERNEL_DEVICE  # tests/, on sys.path as conftest's
 
 # Without a GPU, Triton kernels can only run under its interpreter, which Triton reads from the
 # environment when it is first imported, so this must run before any test module imports it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# No autotuning in the test run, whatever the caller's environment says (subprocesses inherit
+# this too): on a GPU, timing every candidate of every new specialisation makes the run slow
+# and lets two calls of one test choose different configurations. The kernels read it at each
+# launch. A test that means to tune is marked @pytest.mark.autotune (see below).
+os.environ["FLASH_ATTENTION_AUTOTUNE"] = "0"
 
-@pytest.fixture
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--as-cuda-host",
+        action="store_true",
+        help="rehearse on the CPU the run a CUDA host does: fail a test that reaches a kernel "
+        "without the kernel_device fixture, counts on one launch per call, or autotunes "
+        "without @pytest.mark.autotune (tests/cuda_host_rehearsal.py)",
+    )
+
+
+def pytest_configure(config):
+    # On a CUDA host the run is the real one: nothing to rehearse (the plugin patches Triton's
+    # interpreter, which runs only without a GPU).
+    if config.getoption("--as-cuda-host") and not torch.cuda.is_available():
+        from cuda_host_rehearsal import CudaHostRehearsal  # tests/, on sys.path as conftest's
+
+        config.pluginmanager.register(CudaHostRehearsal(), "cuda_host_rehearsal")
+
+
+def as_cuda_host(config) -> bool:
+    """Whether this run is a CUDA host's, for real or rehearsed."""
+    return torch.cuda.is_available() or config.getoption("--as-cuda-host")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("interpreter_only") and as_cuda_host(item.config):
+        pytest.skip("patches Triton's interpreter, which a CUDA host does not run")
+
+
+@pytest.fixture(autouse=True)
+def autotune_only_when_asked(request, monkeypatch):
+    """FLASH_ATTENTION_AUTOTUNE=1 for a test marked @pytest.mark.autotune (off for the rest)."""
+    if request.node.get_closest_marker("autotune"):
+        monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
+
+
+@pytest.fixture(scope="session")
 def kernel_device() -> torch.device:
-    """Where a test that runs our Triton kernels puts its tensors and model: the GPU when there
-    is one, else the CPU, where the kernels run under Triton's interpreter (set above). Every
-    test that reaches the triton backend or the flash kernel takes its device from here
-    (tests/test_kernel_device.py checks it)."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """Where a test that runs our Triton kernels puts its tensors and model (tests/devices.py):
+    the GPU when there is one, else the CPU, where the kernels run under Triton's interpreter
+    (set above). Every test that reaches a kernel, by any route, takes its device from here
+    (``python -m pytest --as-cuda-host`` fails one that does not)."""
+    return KERNEL_DEVICE
 
 
 @pytest.fixture

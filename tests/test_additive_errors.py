@@ -13,6 +13,10 @@ from additive_reference import (
 from kernels import additive_attention
 from kernels.common import runtime
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -21,6 +21,9 @@ from kernels import additive_attention
 from kernels.common import runtime
 from kernels.common.tuning import LaunchConfig
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 aa_configs = importlib.import_module("kernels.additive_attention.configs")
 
 

@@ -16,6 +16,9 @@ from additive_reference import (
 
 from kernels import additive_attention
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 aa_function = importlib.import_module("kernels.additive_attention.function")  # the operators
 
 

@@ -32,6 +32,9 @@ from hypothesis import strategies as st
 
 from kernels import additive_attention
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 # ----------------------------------------------------------------------------- parity
 
 # (len_q, len_k, a, value_dim): decoding (one query), equal odd lengths, and ragged

@@ -4,6 +4,7 @@ layout, and the laws of attention (permuting queries permutes the output, permut
 values together changes nothing, a future token changes no earlier causal output).
 """
 
+import pytest
 import torch
 from additive_reference import (
     DEVICE,
@@ -13,6 +14,10 @@ from additive_reference import (
 )
 
 from kernels import additive_attention
+
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 
 # ----------------------------------------------------------------------------- semantics
 

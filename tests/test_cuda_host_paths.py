@@ -113,10 +113,6 @@ def test_peak_memory_counts_the_call_not_autotuning_or_do_bench_flush_buffer(mon
 
 # --- kernels: what a GPU may do that the interpreter does not ----------------------------------
 
-interpreter_only = pytest.mark.skipif(
-    torch.cuda.is_available(), reason="patches Triton's interpreter (runs where there is no GPU)"
-)
-
 
 def additive_inputs(value_dim, a=8, len_q=7, len_k=9, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -134,7 +130,7 @@ def outputs_and_grads(fn, inputs):
 
 
 @pytest.mark.slow  # ~45 s on a loaded 2-core machine
-@interpreter_only
+@pytest.mark.interpreter_only  # conftest: skipped on a CUDA host (and --as-cuda-host)
 def test_masked_loads_never_read_the_undefined_lanes(monkeypatch):
     """A masked tl.load without ``other=`` returns undefined values in masked-out lanes (Triton's
     specification; the interpreter happens to give zeros, a GPU need not). Poisoning those lanes

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -63,13 +64,16 @@ def test_no_tracked_file_mentions_an_internal_issue_number():
     assert not found, f"internal issue numbers in: {found}"
 
 
-def test_the_readme_kernel_example_runs_and_agrees_with_sdpa(capsys):
-    """The README's "Using the kernel" example, run as written (under Triton's interpreter
-    without a GPU: tests/conftest.py sets TRITON_INTERPRET=1)."""
+def test_the_readme_kernel_example_runs_and_agrees_with_sdpa(capsys, kernel_device):
+    """The README's "Using the kernel" example, run as written with torch's default device set
+    to the kernel_device fixture's (the README's "put the tensors on cuda": on a GPU the kernel
+    refuses CPU tensors; without one the CPU, under Triton's interpreter: tests/conftest.py sets
+    TRITON_INTERPRET=1)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Using the kernel", 1)[1]
     example = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     assert "from kernels import flash_attention" in example
-    exec(compile(example, "README.md example", "exec"), {})
+    with torch.device(kernel_device):  # the tensors it makes are made there
+        exec(compile(example, "README.md example", "exec"), {})
     printed = capsys.readouterr().out
     assert float(re.search(r"tensor\(([-0-9.e+]+)", printed).group(1)) < 1e-5, printed

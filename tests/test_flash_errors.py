@@ -19,6 +19,10 @@ from flash_reference import (
 from kernels import flash_attention
 from kernels.common import runtime
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -23,6 +23,10 @@ from kernels import flash_attention
 from kernels.common import runtime
 
 fa_configs = importlib.import_module("kernels.flash_attention.configs")
+
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 fn = importlib.import_module("kernels.flash_attention.function")
 SLOW = pytest.mark.slow
 

@@ -22,6 +22,9 @@ from kernels import flash_attention
 from kernels.common import runtime
 from kernels.common.tuning import LaunchConfig
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 # The launch tables (`kernels.flash_attention` as an attribute is the function the package
 # re-exports).
 fa_configs = importlib.import_module("kernels.flash_attention.configs")

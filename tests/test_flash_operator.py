@@ -17,6 +17,9 @@ from flash_reference import (
 
 from kernels import flash_attention
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 fn = importlib.import_module("kernels.flash_attention.function")  # the operators
 
 

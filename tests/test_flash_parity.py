@@ -34,6 +34,9 @@ from hypothesis import strategies as st
 
 from kernels import flash_attention
 
+# The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
 # ----------------------------------------------------------------------------- parity
 
 # (len_q, len_k, head_dim): decoding (one query), equal lengths, both ragged orders, and a

@@ -5,7 +5,9 @@ decoder (causal, grouped-query attention, padding), BERT (padding masks), Marian
 decoder: padding, causal self-attention, cross attention) and T5 (a learnt relative-position
 bias, the kernel's float mask with its gradient). Outputs at the positions a loss reads and every
 parameter gradient agree; greedy generation with the key/value cache gives the same tokens.
-Skipped when ``transformers`` is not installed (``pip install -e ".[huggingface]"``).
+Models and inputs are put on the ``kernel_device`` fixture's device (the GPU where there is one:
+the kernel refuses CPU tensors there). Skipped when ``transformers`` is not installed
+(``pip install -e ".[huggingface]"``).
 """
 
 import pytest
@@ -21,24 +23,26 @@ VOCAB = 61
 TOL = dict(atol=2e-5, rtol=1e-4)
 
 
-def twin_models(model_class, config):
-    """The same random weights twice: on our kernel and on SDPA, in float32, train mode."""
+def twin_models(model_class, config, device):
+    """The same random weights twice, on ``device``: on our kernel and on SDPA, in float32,
+    train mode."""
     torch.manual_seed(0)
     ours = model_class(config)
     ours.set_attn_implementation(huggingface.NAME)
     reference = model_class(config)
     reference.load_state_dict(ours.state_dict())
     reference.set_attn_implementation("sdpa")
-    return ours, reference
+    return ours.to(device), reference.to(device)
 
 
-def padded_batch(lengths, seed=0, length=None):
-    """Token ids (b, n) and a padding mask (1 = token), right-padded, tokens >= 3."""
+def padded_batch(lengths, device, seed=0, length=None):
+    """Token ids (b, n) and a padding mask (1 = token) on ``device``, right-padded, tokens
+    >= 3."""
     gen = torch.Generator().manual_seed(seed)
     n = length or max(lengths)
     ids = torch.randint(3, VOCAB, (len(lengths), n), generator=gen)
     mask = (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return ids * mask, mask
+    return (ids * mask).to(device), mask.to(device)
 
 
 def assert_same_loss_and_gradients(ours, reference, run):
@@ -56,13 +60,13 @@ def assert_same_loss_and_gradients(ours, reference, run):
         torch.testing.assert_close(p.grad, ref_params[name].grad, **TOL, msg=name)
 
 
-def test_llama_decoder_with_grouped_query_attention_and_padding_matches_sdpa():
+def test_llama_decoder_with_grouped_query_attention_and_padding_matches_sdpa(kernel_device):
     config = transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
     )  # fmt: skip
-    ours, reference = twin_models(transformers.LlamaForCausalLM, config)
-    ids, mask = padded_batch([9, 5], seed=1)
+    ours, reference = twin_models(transformers.LlamaForCausalLM, config, kernel_device)
+    ids, mask = padded_batch([9, 5], kernel_device, seed=1)
 
     def run(model):
         logits = model(input_ids=ids, attention_mask=mask).logits
@@ -72,13 +76,13 @@ def test_llama_decoder_with_grouped_query_attention_and_padding_matches_sdpa():
     assert_same_loss_and_gradients(ours, reference, run)
 
 
-def test_llama_cached_generation_gives_the_same_tokens():
+def test_llama_cached_generation_gives_the_same_tokens(kernel_device):
     config = transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
     )  # fmt: skip
-    ours, reference = twin_models(transformers.LlamaForCausalLM, config)
-    ids, _ = padded_batch([6, 6], seed=2)
+    ours, reference = twin_models(transformers.LlamaForCausalLM, config, kernel_device)
+    ids, _ = padded_batch([6, 6], kernel_device, seed=2)
     kwargs = dict(max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
     with torch.no_grad():
         got = ours.eval().generate(ids, **kwargs)
@@ -86,14 +90,14 @@ def test_llama_cached_generation_gives_the_same_tokens():
     assert torch.equal(got, want)
 
 
-def test_bert_with_padding_matches_sdpa():
+def test_bert_with_padding_matches_sdpa(kernel_device):
     config = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=64,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )  # fmt: skip
-    ours, reference = twin_models(transformers.BertModel, config)
-    ids, mask = padded_batch([11, 4, 7], seed=3)
+    ours, reference = twin_models(transformers.BertModel, config, kernel_device)
+    ids, mask = padded_batch([11, 4, 7], kernel_device, seed=3)
 
     def run(model):
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
@@ -111,10 +115,10 @@ def marian_config():
     )  # fmt: skip
 
 
-def test_marian_encoder_decoder_with_padding_and_cross_attention_matches_sdpa():
-    ours, reference = twin_models(transformers.MarianMTModel, marian_config())
-    src, src_mask = padded_batch([8, 5], seed=4)
-    tgt, tgt_mask = padded_batch([6, 3], seed=5)
+def test_marian_encoder_decoder_with_padding_and_cross_attention_matches_sdpa(kernel_device):
+    ours, reference = twin_models(transformers.MarianMTModel, marian_config(), kernel_device)
+    src, src_mask = padded_batch([8, 5], kernel_device, seed=4)
+    tgt, tgt_mask = padded_batch([6, 3], kernel_device, seed=5)
 
     def run(model):
         logits = model(
@@ -126,9 +130,9 @@ def test_marian_encoder_decoder_with_padding_and_cross_attention_matches_sdpa():
     assert_same_loss_and_gradients(ours, reference, run)
 
 
-def test_marian_cached_generation_gives_the_same_tokens():
-    ours, reference = twin_models(transformers.MarianMTModel, marian_config())
-    src, src_mask = padded_batch([7, 4], seed=6)
+def test_marian_cached_generation_gives_the_same_tokens(kernel_device):
+    ours, reference = twin_models(transformers.MarianMTModel, marian_config(), kernel_device)
+    src, src_mask = padded_batch([7, 4], kernel_device, seed=6)
     kwargs = dict(max_new_tokens=6, do_sample=False, num_beams=1, use_cache=True)
     with torch.no_grad():
         got = ours.eval().generate(input_ids=src, attention_mask=src_mask, **kwargs)
@@ -136,15 +140,15 @@ def test_marian_cached_generation_gives_the_same_tokens():
     assert torch.equal(got, want)
 
 
-def test_t5_learnt_relative_bias_trains_through_the_kernel_as_on_sdpa():
+def test_t5_learnt_relative_bias_trains_through_the_kernel_as_on_sdpa(kernel_device):
     config = transformers.T5Config(
         vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
         num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
         decoder_start_token_id=0, pad_token_id=0,
     )  # fmt: skip
-    ours, reference = twin_models(transformers.T5ForConditionalGeneration, config)
-    src, src_mask = padded_batch([7, 4], seed=7)
-    tgt, tgt_mask = padded_batch([5, 5], seed=8)
+    ours, reference = twin_models(transformers.T5ForConditionalGeneration, config, kernel_device)
+    src, src_mask = padded_batch([7, 4], kernel_device, seed=7)
+    tgt, tgt_mask = padded_batch([5, 5], kernel_device, seed=8)
 
     def run(model):
         logits = model(

@@ -1,83 +1,155 @@
-"""Every test that runs our kernels takes its device from the ``kernel_device`` fixture
-(tests/conftest.py): CUDA when present, else the CPU under Triton's interpreter. On a GPU
-machine the kernels refuse CPU tensors (no interpreter there), so a test that builds its tensors
-on the CPU and runs backend="triton" would fail there and pass here."""
+"""``python -m pytest --as-cuda-host`` (tests/cuda_host_rehearsal.py) catches each way a test
+set up on a CPU fails on a CUDA host: a kernel reached without the ``kernel_device`` fixture
+(by the function, the operator, the model's backend or the Hugging Face backend), a launch
+count assumed to be one, autotuning in a test that did not ask for it, a kernel launched at
+import. Each is broken once in a small test run (pytest's ``pytester``, in a subprocess with
+this directory's conftest), which a plain CPU run passes and the rehearsal fails, test by
+test."""
 
-import ast
 from pathlib import Path
 
+import pytest
+import torch
+
 TESTS = Path(__file__).resolve().parent
-# A test reaches our kernels through the model with backend="triton" (the string "triton"
-# anywhere) or through the attention maps with method="flash".
-# Files that name "triton" as a benchmark's label, not a backend they launch.
-NOT_KERNEL_TESTS = {"test_benchmarks.py", "test_gpu_report.py", "test_kernel_device.py"}
+# The rehearsal is the CPU's stand-in for a CUDA host's run; on a CUDA host the run is the real one.
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="rehearses a CUDA host on a CPU")
+
+RULE_BREAKERS = """
+import pytest
+import torch
+from triton.runtime.interpreter import InterpretedFunction
+
+from kernels import flash_attention
+from kernels.integrations import huggingface
+from transformer.attention import attend
+
+def qkv(device):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 2, 5, 16, generator=gen).to(device) for _ in range(3)]
 
 
-def kernel_tests_without_fixture(source: str) -> list[str]:
-    """Test functions that reach a kernel marker, in their body, decorators or any module-level
-    helper or constant they name (followed through), without a ``kernel_device`` argument."""
-    module = ast.parse(source).body
-    definitions = {}
-    for node in module:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            definitions[node.name] = node
-        elif isinstance(node, ast.Assign):
-            definitions.update((t.id, node) for t in node.targets if isinstance(t, ast.Name))
-
-    def reaches_a_kernel(node, seen):
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Constant) and sub.value == "triton":
-                return True
-            if isinstance(sub, ast.keyword) and sub.arg == "method":
-                if isinstance(sub.value, ast.Constant) and sub.value.value == "flash":
-                    return True
-            if isinstance(sub, ast.Name) and sub.id in definitions and sub.id not in seen:
-                seen.add(sub.id)
-                if reaches_a_kernel(definitions[sub.id], seen):
-                    return True
-        return False
-
-    return [
-        node.name
-        for node in module
-        if isinstance(node, ast.FunctionDef)
-        and node.name.startswith("test")
-        and reaches_a_kernel(node, {node.name})
-        and "kernel_device" not in [a.arg for a in node.args.args]
-    ]
+def test_function_on_the_cpu():
+    flash_attention(*qkv("cpu"))
 
 
-def test_the_device_check_finds_a_triton_test_without_the_fixture():
-    source = """
-BACKENDS = ("naive", "triton")
-def model(backend):
-    return backend
-@parametrize("backend", BACKENDS)
-def test_parametrized(backend):
-    pass
-def test_through_a_helper():
-    model("triton")
-def test_flash_maps():
-    layer_weights(method="flash")
-def test_with_the_fixture(kernel_device):
-    model("triton")
-def test_unrelated():
-    model("naive")
+def test_operator_on_the_cpu():
+    torch.ops.flash_transformer.flash_attention(*qkv("cpu"), None, False, 0.25)
+
+
+def test_model_backend_on_the_cpu():
+    attend(*qkv("cpu"), backend="triton")
+
+
+def test_hugging_face_backend_on_the_cpu():
+    huggingface.attention_forward(torch.nn.Module(), *qkv("cpu"), None, is_causal=False)
+
+
+def recorded_launches(monkeypatch):  # the names of the kernels launched, one a launch
+    launched, real = [], InterpretedFunction.run
+
+    def run(kernel, *args, **kwargs):
+        launched.append(kernel.__name__)
+        return real(kernel, *args, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", run)
+    return launched
+
+
+def test_one_launch_per_call(kernel_device, monkeypatch):
+    launched = recorded_launches(monkeypatch)
+    flash_attention(*qkv(kernel_device))
+    assert len(launched) == 1
+
+
+def test_tuning_without_asking(kernel_device, monkeypatch):
+    monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
+    flash_attention(*qkv(kernel_device))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_only_without_the_fixture():
+    flash_attention(*qkv("cuda"))
+
+
+def test_on_the_fixtures_device(kernel_device):
+    attend(*qkv(kernel_device), backend="triton")
+
+
+def test_every_launch_counted(kernel_device, monkeypatch):
+    launched = recorded_launches(monkeypatch)
+    flash_attention(*qkv(kernel_device))
+    assert launched and set(launched) == {"_attn_fwd"}
+
+
+@pytest.mark.autotune
+def test_tuning_when_asked(kernel_device):
+    flash_attention(*qkv(kernel_device))
 """
-    assert kernel_tests_without_fixture(source) == [
-        "test_parametrized",
-        "test_through_a_helper",
-        "test_flash_maps",
-    ]
+
+BROKEN = {
+    "test_function_on_the_cpu": "without the kernel_device fixture",
+    "test_operator_on_the_cpu": "without the kernel_device fixture",
+    "test_model_backend_on_the_cpu": "without the kernel_device fixture",
+    "test_hugging_face_backend_on_the_cpu": "without the kernel_device fixture",
+    "test_one_launch_per_call": "assert 2 == 1",
+    "test_tuning_without_asking": "would autotune",
+    "test_cuda_only_without_the_fixture": "marked cuda",  # skipped in the plain run
+}
+KEPT = ["test_on_the_fixtures_device", "test_every_launch_counted", "test_tuning_when_asked"]
 
 
-def test_every_test_that_runs_a_kernel_takes_the_kernel_device_fixture():
-    """On a GPU machine the kernels refuse CPU tensors (no interpreter there): a test that builds
-    its tensors on the CPU and runs backend="triton" would fail there, not here."""
-    missing = {
-        path.name: names
-        for path in sorted(TESTS.glob("test_*.py"))
-        if path.name not in NOT_KERNEL_TESTS
-        and (names := kernel_tests_without_fixture(path.read_text()))
-    }
-    assert not missing, f"tests that run a kernel without the kernel_device fixture: {missing}"
+def with_this_conftest(pytester):
+    """pytester's directory with tests/conftest.py and the helpers it imports."""
+    pytester.makeconftest((TESTS / "conftest.py").read_text())
+    for helper in ("cuda_host_rehearsal", "devices"):
+        pytester.makepyfile(**{helper: (TESTS / f"{helper}.py").read_text()})
+    return pytester
+
+
+AT_IMPORT = """
+import torch
+from kernels import flash_attention
+
+flash_attention(*(torch.randn(1, 1, 3, 16) for _ in range(3)))
+"""
+
+
+@pytest.fixture
+def rule_breakers(pytester):
+    """A directory with this conftest, the test file above and a module that launches a kernel
+    when it is imported."""
+    with_this_conftest(pytester).makepyfile(
+        test_rule_breakers=RULE_BREAKERS, test_at_import=AT_IMPORT
+    )
+    return pytester
+
+
+def outcomes(result) -> dict[str, str]:
+    """Test name -> PASSED / FAILED (a failed call or set-up), from the -rA summary."""
+    found = {}
+    for line in result.outlines:
+        for outcome, said in (("PASSED", "PASSED"), ("FAILED", "FAILED"), ("ERROR", "FAILED")):
+            if line.startswith(f"{outcome} test_rule_breakers.py::"):
+                found[line.split("::")[1].split()[0]] = said
+    return found
+
+
+def test_the_rehearsal_fails_each_broken_rule_and_only_those(rule_breakers, monkeypatch):
+    # Autotuning on in the caller's environment: the conftest turns it off all the same.
+    monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
+    plain = rule_breakers.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
+    assert set(outcomes(plain).values()) == {"PASSED"}, plain.stdout.str()
+    assert len(outcomes(plain)) == len(BROKEN) + len(KEPT) - 1 and plain.ret == 0  # 1 skip
+
+    rehearsed = rule_breakers.runpytest_subprocess(
+        "-rA", "-p", "no:cacheprovider", "--as-cuda-host"
+    )
+    got = outcomes(rehearsed)
+    text = rehearsed.stdout.str()
+    assert got == {**dict.fromkeys(BROKEN, "FAILED"), **dict.fromkeys(KEPT, "PASSED")}, text
+    for name, message in BROKEN.items():
+        section = text.split(f" {name} _", 1)[1].split("\n___", 1)[0]  # from its header on
+        assert message in section, (name, section)
+    assert "launched outside any test" in text  # fails the session

@@ -151,7 +151,7 @@ def test_a_config_that_spills_is_used_only_when_nothing_else_runs(monkeypatch):
         tuning.pick("k2", CONFIGS, FakeKernels(failing=set(CONFIGS)))
 
 
-@pytest.mark.skipif(not runtime.INTERPRETED, reason="the kernels are compiled here")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_the_interpreter_uses_one_config_and_never_tunes():
     q = torch.empty(1, 1, 8, 64)
     assert fa_configs.for_kernel("fwd", q, 64) == [tuning.INTERPRETER_CONFIG]
@@ -351,7 +351,7 @@ def recorded_launches():
     return launches, runtime.Hook(record)
 
 
-@pytest.mark.skipif(not runtime.INTERPRETED, reason="the kernels are compiled here")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_every_launch_puts_batch_times_heads_on_grid_axis_0():
     """b * h = 6 on axis 0 and the blocks of rows on axis 1, for all four kernels of each
     kernel (forward, delta, dK/dV, dQ); the kernels read program_id(0) as b * h (a swapped
@@ -381,7 +381,7 @@ def recorded_keys(monkeypatch):
     return keys
 
 
-@pytest.mark.skipif(not runtime.INTERPRETED, reason="the kernels are compiled here")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 @pytest.mark.parametrize("empty", ["len_q", "batch"])
 def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
     """A call with no query rows (or no batch) has nothing to compute: no launch, and no tuning
@@ -407,7 +407,7 @@ def test_an_empty_grid_launches_and_tunes_nothing(monkeypatch, empty):
     assert all(0 in key[-2:] for key in picked)
 
 
-@pytest.mark.skipif(not runtime.INTERPRETED, reason="the kernels are compiled here")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_the_additive_tuning_key_tells_feature_sizes_apart(monkeypatch):
     """BLOCK_A (the feature size's padding) changes the compiled kernel: two feature sizes in
     one length bucket must not share a tuned choice."""
@@ -418,7 +418,7 @@ def test_the_additive_tuning_key_tells_feature_sizes_apart(monkeypatch):
     assert len(keys) == 2 and keys[0] != keys[1]
 
 
-@pytest.mark.skipif(not runtime.INTERPRETED, reason="the kernels are compiled here")
+@pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_the_flash_tuning_key_tells_gqa_groups_apart(monkeypatch):
     """Issue 26 item 14: the dK/dV pass loops over a GQA group's query heads inside one
     program (more live registers and work per program), so a grouped call must not reuse a
