@@ -138,10 +138,7 @@ def test_attend_fuzzed_returns_what_the_float64_reference_returns(kernel_device)
     "breaking",
     [
         *ATTEND_BREAKS,
-        *(
-            pytest.param(gap, marks=pytest.mark.xfail(strict=True, reason="not checked yet"))
-            for gap in ATTEND_GAPS
-        ),
+        *ATTEND_GAPS,
     ],
 )
 def test_attend_fuzzed_and_broken_refuses_naming_the_argument(kernel_device, breaking):

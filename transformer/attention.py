@@ -16,6 +16,7 @@ key takes part, causal aligned bottom-right, and a query with no visible key get
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,21 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
     if q.shape[:2] != k.shape[:2]:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in (batch, heads)")
+
+
+def _check_scale(scale) -> None:
+    """``scale``: None (1/√d) or a real number: a Python or NumPy number, a traced one under
+    ``torch.compile``, or a one-element real tensor, as SDPA takes."""
+    if scale is None:
+        return
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1 or scale.dtype.is_complex or scale.dtype == torch.bool:
+            raise TypeError(
+                f"scale must be a real number, got a {scale.dtype} tensor {scale.shape}"
+            )
+        return
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real | torch.SymFloat):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -157,6 +173,9 @@ def attend(
     _check_qkv(q, k, v)
     batch, heads, len_q, _ = q.shape
     check_attn_mask(attn_mask, batch, heads, len_q, k.shape[-2])
+    if attn_mask is not None and attn_mask.device != q.device:
+        raise ValueError(f"attn_mask is on {attn_mask.device}, but q, k, v are on {q.device}")
+    _check_scale(scale)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if backend == "sdpa":
