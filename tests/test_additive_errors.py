@@ -28,6 +28,7 @@ def _bad_inputs():
         ("w-rank", (qf, kf, w[0], v), {}, ValueError, "score_weight must have rank 2"),
         ("batch", (qf, kf[:1], w, v[:1]), {}, ValueError, "batch, heads"),
         ("kv-len", (qf, kf, w, v[:, :, :5]), {}, ValueError, "same length"),
+        ("causal-tensor", (qf, kf, w, v), {"is_causal": torch.ones(2, dtype=torch.bool)}, TypeError, "is_causal must be True or False"),
         ("feature-size", (qf, kf[..., :4], w, v), {}, ValueError, "feature sizes differ"),
         ("w-shape", (qf, kf, w[:1], v), {}, ValueError, r"\(heads, a\)"),
         ("too-wide", (qf, kf, w, torch.zeros(2, 2, 6, 256, device=DEVICE)), {}, ValueError, "value head dim 256"),

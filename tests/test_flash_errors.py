@@ -38,6 +38,8 @@ def _bad_inputs():
         ("dropout-above-1", (q, k, v), {"dropout_p": 1.5}, ValueError, r"dropout_p must be in \[0, 1\]"),
         ("kv-len", (q, k, v[:, :, :5]), {}, ValueError, "same length"),
         ("head-dim", (q, k[..., :8], v), {}, ValueError, "head dims differ"),
+        ("causal-tensor", (q, k, v), {"is_causal": torch.ones(2, dtype=torch.bool)}, TypeError, "is_causal must be True or False"),
+        ("causal-string", (q, k, v), {"is_causal": "yes"}, TypeError, "is_causal must be True or False"),
         ("too-wide", [torch.zeros(1, 1, 2, 257, device=DEVICE)] * 3, {}, ValueError, "head dim 257"),
         ("mixed-dtype", (q, k.half(), v), {}, TypeError, "one dtype"),
         ("float64", (q.double(), k.double(), v.double()), {}, TypeError, "float64"),

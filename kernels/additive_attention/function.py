@@ -5,6 +5,7 @@ import torch
 from kernels import ops
 from kernels.additive_attention.checks import _blocks, _check_inputs
 from kernels.additive_attention.launcher import _backward, _forward
+from kernels.common.checks import check_flag
 
 
 def _fake_forward(qf, kf, w, v, attn_mask, is_causal):
@@ -81,6 +82,6 @@ def additive_attention(
     """
     _check_inputs(query_features, key_features, score_weight, v, attn_mask)
     out, lse = _forward_op(
-        query_features, key_features, score_weight, v, attn_mask, bool(is_causal)
+        query_features, key_features, score_weight, v, attn_mask, check_flag(is_causal, "is_causal")
     )
     return (out, lse) if return_lse else out

@@ -6,6 +6,16 @@ import torch
 from kernels.common.runtime import INTERPRETED
 
 
+def check_flag(value, name: str) -> bool:
+    """A yes/no argument such as ``is_causal``: a bool (or NumPy's, or the int 0 or 1), never
+    a tensor, whose truth would be read from its data (a GPU sync, or torch's "ambiguous")."""
+    is_int = isinstance(value, int) and value in (0, 1)
+    is_numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    if isinstance(value, bool | torch.SymBool) or is_int or is_numpy_bool:
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+
+
 def check_runnable(device: torch.device, caller: str) -> None:
     """CPU tensors need the Triton interpreter, which is chosen when triton is imported."""
     if device.type == "cpu" and not INTERPRETED:

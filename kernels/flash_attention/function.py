@@ -5,6 +5,7 @@ import math
 import torch
 
 from kernels import ops
+from kernels.common.checks import check_flag
 from kernels.flash_attention.checks import _check_inputs
 from kernels.flash_attention.dropout import Dropout, check_dropout_p, draw_seed_offset
 from kernels.flash_attention.launcher import _backward, _forward
@@ -114,5 +115,7 @@ def flash_attention(
     _check_inputs(q, k, v, attn_mask, scale, enable_gqa)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
-    out, lse = _forward_op(q, k, v, attn_mask, bool(is_causal), scale, dropout_p, seed, offset)
+    out, lse = _forward_op(
+        q, k, v, attn_mask, check_flag(is_causal, "is_causal"), scale, dropout_p, seed, offset
+    )
     return (out, lse) if return_lse else out
