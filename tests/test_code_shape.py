@@ -317,7 +317,7 @@ def test_the_architecture_map_matches_the_tree():
     assert not missing, f"docs/architecture.md names what does not exist: {missing}"
     unnamed = [
         str(path.relative_to(ROOT))
-        for path in package_files()
+        for path in project_files()
         if str(path.relative_to(ROOT)) not in named
     ]
     assert not unnamed, f"docs/architecture.md does not name: {unnamed}"
