@@ -1,4 +1,4 @@
-"""Offsets past int32 (issue 26 item 12): the kernels offset each (batch, head) slice's rows and
+"""Offsets past int32: the kernels offset each (batch, head) slice's rows and
 lanes in int32 unless a launch needs more (``needs_int64_offsets``), when they compile with
 ``LARGE_OFFSETS=True`` and compute every offset in int64.
 

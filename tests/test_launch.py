@@ -121,7 +121,7 @@ def test_when_the_fastest_config_did_not_run_last_it_runs_once_more(monkeypatch)
 
 
 def test_without_tuning_the_choices_own_launch_is_the_calls_only_launch(monkeypatch):
-    """Issue 26 item 3: with autotuning off the first config is launched once, not once to
+    """With autotuning off the first config is launched once, not once to
     choose it and once more to run the call (a GPU test counting launches saw two)."""
     monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "0")
     monkeypatch.setattr(tuning, "_CHOICES", {})
@@ -420,7 +420,7 @@ def test_the_additive_tuning_key_tells_feature_sizes_apart(monkeypatch):
 
 @pytest.mark.interpreter_only  # conftest: skipped where the kernels are compiled (a CUDA host)
 def test_the_flash_tuning_key_tells_gqa_groups_apart(monkeypatch):
-    """Issue 26 item 14: the dK/dV pass loops over a GQA group's query heads inside one
+    """The dK/dV pass loops over a GQA group's query heads inside one
     program (more live registers and work per program), so a grouped call must not reuse a
     choice made (and spill-checked) without groups, at the same shapes otherwise."""
     keys = recorded_keys(monkeypatch)

@@ -1,4 +1,4 @@
-"""Every configuration of the launch tables computes the right answer on a GPU (issue 26 item 15).
+"""Every configuration of the launch tables computes the right answer on a GPU.
 
 The interpreter ignores warps and stages, and a GPU run takes whatever configuration autotuning
 picks, so each entry of the 16-bit tables (``kernels/*/configs.py``: every (kernel pass, head-dim
