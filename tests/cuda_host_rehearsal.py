@@ -35,6 +35,7 @@ import pytest
 KERNEL_DEVICE = "kernel_device"
 AUTOTUNE_MARK = "autotune"
 CUDA_MARK = "cuda"
+PICK_COUNT_MARK = "pick_launch_count"
 
 
 def tuning_module():
@@ -93,7 +94,8 @@ class CudaHostRehearsal:
                 "conftest.py turns it off for the run; a test that means to tune is marked "
                 f"@pytest.mark.{AUTOTUNE_MARK}"
             )
-        if key not in self.picked and choosing_as_on_a_gpu(tuning):
+        counts_pick = self.item is not None and self.item.get_closest_marker(PICK_COUNT_MARK)
+        if key not in self.picked and choosing_as_on_a_gpu(tuning) and not counts_pick:
             self.picked.add(key)
             launch_one(configs[0])  # as a GPU's pick may: a candidate before the call's own
 
