@@ -1,4 +1,5 @@
-"""Shared pytest setup: where the kernels run, autotuning off, and ``--as-cuda-host``."""
+"""Shared pytest setup: where the kernels run, autotuning off, and (without CUDA) the rehearsal
+of a CUDA host's run."""
 
 import gzip
 import os
@@ -20,32 +21,18 @@ if not torch.cuda.is_available():
 os.environ["FLASH_ATTENTION_AUTOTUNE"] = "0"
 
 
-def pytest_addoption(parser):
-    parser.addoption(
-        "--as-cuda-host",
-        action="store_true",
-        help="rehearse on the CPU the run a CUDA host does: fail a test that reaches a kernel "
-        "without the kernel_device fixture, counts on one launch per call, or autotunes "
-        "without @pytest.mark.autotune (tests/cuda_host_rehearsal.py)",
-    )
-
-
 def pytest_configure(config):
-    # On a CUDA host the run is the real one: nothing to rehearse (the plugin patches Triton's
-    # interpreter, which runs only without a GPU).
-    if config.getoption("--as-cuda-host") and not torch.cuda.is_available():
+    # Without CUDA every run rehearses a CUDA host's (tests/cuda_host_rehearsal.py): it fails a
+    # test whose set-up would fail there. On a CUDA host the run is the real one, with nothing
+    # to rehearse (the plugin patches Triton's interpreter, which runs only without a GPU).
+    if not torch.cuda.is_available():
         from cuda_host_rehearsal import CudaHostRehearsal  # tests/, on sys.path as conftest's
 
         config.pluginmanager.register(CudaHostRehearsal(), "cuda_host_rehearsal")
 
 
-def as_cuda_host(config) -> bool:
-    """Whether this run is a CUDA host's, for real or rehearsed."""
-    return torch.cuda.is_available() or config.getoption("--as-cuda-host")
-
-
 def pytest_runtest_setup(item):
-    if item.get_closest_marker("interpreter_only") and as_cuda_host(item.config):
+    if item.get_closest_marker("interpreter_only") and torch.cuda.is_available():
         pytest.skip("patches Triton's interpreter, which a CUDA host does not run")
 
 
@@ -61,7 +48,7 @@ def kernel_device() -> torch.device:
     """Where a test that runs our Triton kernels puts its tensors and model (tests/devices.py):
     the GPU when there is one, else the CPU, where the kernels run under Triton's interpreter
     (set above). Every test that reaches a kernel, by any route, takes its device from here
-    (``python -m pytest --as-cuda-host`` fails one that does not)."""
+    (without CUDA, the run fails one that does not: tests/cuda_host_rehearsal.py)."""
     return KERNEL_DEVICE
 
 

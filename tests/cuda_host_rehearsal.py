@@ -1,9 +1,10 @@
-"""``python -m pytest --as-cuda-host``: the test run a CUDA host would do, rehearsed on a CPU.
+"""The test run a CUDA host would do, rehearsed on a CPU: part of every ``python -m pytest``
+without CUDA (tests/conftest.py registers this plugin; on a CUDA host the run is the real one).
 
 On a machine with a GPU, ``python -m pytest`` runs the kernels compiled, not under Triton's
-interpreter, and three things that pass here fail or flake there for reasons of test set-up,
-not of the kernels. This plugin (tests/conftest.py registers it for the option) makes each of
-them fail here too, in the test that does it:
+interpreter, and three things that pass on a CPU fail or flake there for reasons of test
+set-up, not of the kernels. This plugin makes each of them fail on the CPU too, in the test
+that does it:
 
 * **a kernel reached without the ``kernel_device`` fixture.** On a GPU host the interpreter is
   off and a kernel refuses CPU tensors, so a test that builds its tensors anywhere but on the
@@ -15,7 +16,8 @@ them fail here too, in the test that does it:
   configurations before the call's own launch (``kernels.launch.pick`` compiles, checks and
   times them). Here the first ``pick`` of each key in each test launches the first candidate
   once more before the call's own launch, so a test that counts launches must count what it
-  means, not assume one.
+  means, not assume one. A test marked ``pick_launch_count`` (it counts the tuner's own
+  launches, with a fake launch) gets no extra launch.
 * **autotuning inside tests.** conftest turns ``FLASH_ATTENTION_AUTOTUNE`` off for the whole
   run (timing candidates buys a test nothing and makes a run slow and its choices differ from
   run to run); a test that wants tuning says so with ``@pytest.mark.autotune``. A kernel
@@ -24,8 +26,12 @@ them fail here too, in the test that does it:
 A problem found while a test runs fails that test's report (its setup, call or teardown)
 with a message naming the rule; one found outside any test (at import or collection) fails
 the session. A test marked ``cuda``, which skips here and so launches nothing that could be
-seen, fails unless it requests ``kernel_device``. Only real kernel launches count: a test that replaces the launch or calls
-``launch.pick`` with its own callables launches nothing.
+seen, fails unless it requests ``kernel_device``. Only real kernel launches count: a test that
+replaces the launch or calls ``launch.pick`` with its own callables launches nothing.
+
+A test marked ``interpreter_only`` patches or inspects Triton's interpreter: a CUDA host skips
+it, and here it runs with the first two rules off (its CPU tensors and its launch counts are
+the interpreter's by design); the autotuning rule still holds.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ KERNEL_DEVICE = "kernel_device"
 AUTOTUNE_MARK = "autotune"
 CUDA_MARK = "cuda"
 PICK_COUNT_MARK = "pick_launch_count"
+INTERPRETER_ONLY_MARK = "interpreter_only"
+SAYS = "rehearsing a CUDA host"  # the prefix of its messages
 
 
 def tuning_module():
@@ -47,7 +55,7 @@ def tuning_module():
             return importlib.import_module(name)
         except ModuleNotFoundError:
             continue
-    raise RuntimeError("--as-cuda-host: found no kernels module with pick and autotune_enabled")
+    raise RuntimeError(f"{SAYS}: found no kernels module with pick and autotune_enabled")
 
 
 def choosing_as_on_a_gpu(tuning) -> bool:
@@ -67,7 +75,8 @@ class CudaHostRehearsal:
         self.problems: list[str] = []
         self.outside_tests: list[str] = []
         self.picked: set = set()  # tuning keys the current test has launched
-        self.problems_about_device = False
+        self.checks_device = False  # the current test launches on its own device: say it once
+        self.adds_candidates = True  # a candidate launch before each key's first
         self.patches = pytest.MonkeyPatch()
 
     # --- what the patched functions report ------------------------------------------------
@@ -78,8 +87,8 @@ class CudaHostRehearsal:
                 f"Triton kernel {kernel_name} launched outside any test (at import or "
                 "collection): on a CUDA host its tensors would be on the wrong device"
             )
-        elif KERNEL_DEVICE not in self.item.fixturenames and not self.problems_about_device:
-            self.problems_about_device = True  # the first kernel says it; the rest add nothing
+        elif self.checks_device:
+            self.checks_device = False  # the first kernel says it; the rest add nothing
             self.problem(
                 f"launched the Triton kernel {kernel_name} without the {KERNEL_DEVICE} fixture: "
                 "on a CUDA host the interpreter is off and the kernel refuses CPU tensors; take "
@@ -94,8 +103,7 @@ class CudaHostRehearsal:
                 "conftest.py turns it off for the run; a test that means to tune is marked "
                 f"@pytest.mark.{AUTOTUNE_MARK}"
             )
-        counts_pick = self.item is not None and self.item.get_closest_marker(PICK_COUNT_MARK)
-        if key not in self.picked and choosing_as_on_a_gpu(tuning) and not counts_pick:
+        if self.adds_candidates and key not in self.picked and choosing_as_on_a_gpu(tuning):
             self.picked.add(key)
             launch_one(configs[0])  # as a GPU's pick may: a candidate before the call's own
 
@@ -138,12 +146,14 @@ class CudaHostRehearsal:
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         for message in self.outside_tests:
-            terminalreporter.write_line(f"--as-cuda-host: {message}", red=True)
+            terminalreporter.write_line(f"{SAYS}: {message}", red=True)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem):
         self.item, self.problems, self.picked = item, [], set()
-        self.problems_about_device = False
+        interpreter_only = item.get_closest_marker(INTERPRETER_ONLY_MARK) is not None
+        self.checks_device = KERNEL_DEVICE not in item.fixturenames and not interpreter_only
+        self.adds_candidates = not (interpreter_only or item.get_closest_marker(PICK_COUNT_MARK))
         if item.get_closest_marker(CUDA_MARK) and KERNEL_DEVICE not in item.fixturenames:
             # Skipped here, so nothing it launches is seen: it must say where it runs.
             self.problem(
@@ -151,7 +161,7 @@ class CudaHostRehearsal:
                 f"{KERNEL_DEVICE} fixture: take the device from {KERNEL_DEVICE}"
             )
         yield
-        self.item = None
+        self.item, self.checks_device, self.adds_candidates = None, False, True
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
@@ -160,6 +170,6 @@ class CudaHostRehearsal:
             found, self.problems = self.problems, []
             if report.passed or report.skipped:
                 report.outcome = "failed"
-                report.longrepr = "\n".join(f"--as-cuda-host: {m}" for m in found)
+                report.longrepr = "\n".join(f"{SAYS}: {m}" for m in found)
             else:
-                report.sections.append(("--as-cuda-host", "\n".join(found)))
+                report.sections.append((SAYS, "\n".join(found)))

@@ -5,8 +5,8 @@ The GPU when there is one; else the CPU, where the kernels run under Triton's in
 the ``kernel_device`` fixture (tests/conftest.py), which returns this. The reference helpers
 (flash_reference.py, additive_reference.py) build their inputs here, so a test module that
 uses them requests the fixture for all its tests
-(``pytestmark = pytest.mark.usefixtures("kernel_device")``); ``python -m pytest
---as-cuda-host`` fails a test that reaches a kernel without it.
+(``pytestmark = pytest.mark.usefixtures("kernel_device")``); without CUDA,
+``python -m pytest`` fails a test that reaches a kernel without it (tests/cuda_host_rehearsal.py).
 """
 
 import torch

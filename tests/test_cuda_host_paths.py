@@ -130,7 +130,7 @@ def outputs_and_grads(fn, inputs):
 
 
 @pytest.mark.slow  # ~45 s on a loaded 2-core machine
-@pytest.mark.interpreter_only  # conftest: skipped on a CUDA host (and --as-cuda-host)
+@pytest.mark.interpreter_only  # conftest: skipped on a CUDA host
 def test_masked_loads_never_read_the_undefined_lanes(monkeypatch):
     """A masked tl.load without ``other=`` returns undefined values in masked-out lanes (Triton's
     specification; the interpreter happens to give zeros, a GPU need not). Poisoning those lanes

@@ -1,10 +1,13 @@
-"""``python -m pytest --as-cuda-host`` (tests/cuda_host_rehearsal.py) catches each way a test
-set up on a CPU fails on a CUDA host: a kernel reached without the ``kernel_device`` fixture
-(by the function, the operator, the model's backend or the Hugging Face backend), a launch
-count assumed to be one, autotuning in a test that did not ask for it, a kernel launched at
-import. Each is broken once in a small test run (pytest's ``pytester``, in a subprocess with
-this directory's conftest), which a plain CPU run passes and the rehearsal fails, test by
-test."""
+"""Without CUDA, ``python -m pytest`` rehearses a CUDA host's run (tests/cuda_host_rehearsal.py)
+and fails each way a test set up on a CPU fails there: a kernel reached without the
+``kernel_device`` fixture (by the function, the operator, the model's backend or the Hugging
+Face backend), a launch count assumed to be one, autotuning in a test that did not ask for it,
+a ``cuda`` test without the fixture, a kernel launched at import. Each is broken once in a
+small test run (pytest's ``pytester``, in a subprocess with this directory's conftest), which
+fails it, test by test, and passes the tests that keep the rules; a test marked
+``interpreter_only`` runs with the device and launch-count rules off. On a CUDA host (faked)
+the rehearsal is not there and ``interpreter_only`` tests skip.
+"""
 
 from pathlib import Path
 
@@ -86,6 +89,19 @@ def test_every_launch_counted(kernel_device, monkeypatch):
 @pytest.mark.autotune
 def test_tuning_when_asked(kernel_device):
     flash_attention(*qkv(kernel_device))
+
+
+@pytest.mark.interpreter_only
+def test_interpreter_only_on_the_cpu_one_launch_per_call(monkeypatch):
+    launched = recorded_launches(monkeypatch)
+    flash_attention(*qkv("cpu"))
+    assert launched == ["_attn_fwd"]
+
+
+@pytest.mark.interpreter_only
+def test_interpreter_only_tuning_without_asking(monkeypatch):
+    monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
+    flash_attention(*qkv("cpu"))
 """
 
 BROKEN = {
@@ -95,9 +111,15 @@ BROKEN = {
     "test_hugging_face_backend_on_the_cpu": "without the kernel_device fixture",
     "test_one_launch_per_call": "assert 2 == 1",
     "test_tuning_without_asking": "would autotune",
-    "test_cuda_only_without_the_fixture": "marked cuda",  # skipped in the plain run
+    "test_cuda_only_without_the_fixture": "marked cuda",  # skipped without the rehearsal
+    "test_interpreter_only_tuning_without_asking": "would autotune",
 }
-KEPT = ["test_on_the_fixtures_device", "test_every_launch_counted", "test_tuning_when_asked"]
+KEPT = [
+    "test_on_the_fixtures_device",
+    "test_every_launch_counted",
+    "test_tuning_when_asked",
+    "test_interpreter_only_on_the_cpu_one_launch_per_call",
+]
 
 
 def with_this_conftest(pytester):
@@ -136,20 +158,40 @@ def outcomes(result) -> dict[str, str]:
     return found
 
 
-def test_the_rehearsal_fails_each_broken_rule_and_only_those(rule_breakers, monkeypatch):
+def test_the_default_run_fails_each_broken_rule_and_only_those(rule_breakers, monkeypatch):
     # Autotuning on in the caller's environment: the conftest turns it off all the same.
     monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
-    plain = rule_breakers.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
-    assert set(outcomes(plain).values()) == {"PASSED"}, plain.stdout.str()
-    assert len(outcomes(plain)) == len(BROKEN) + len(KEPT) - 1 and plain.ret == 0  # 1 skip
-
-    rehearsed = rule_breakers.runpytest_subprocess(
-        "-rA", "-p", "no:cacheprovider", "--as-cuda-host"
-    )
-    got = outcomes(rehearsed)
-    text = rehearsed.stdout.str()
+    result = rule_breakers.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
+    got = outcomes(result)
+    text = result.stdout.str()
     assert got == {**dict.fromkeys(BROKEN, "FAILED"), **dict.fromkeys(KEPT, "PASSED")}, text
     for name, message in BROKEN.items():
         section = text.split(f" {name} _", 1)[1].split("\n___", 1)[0]  # from its header on
         assert message in section, (name, section)
-    assert "launched outside any test" in text  # fails the session
+    assert "launched outside any test" in text and result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+ON_A_CUDA_HOST = """
+import pytest
+
+
+def test_nothing_is_rehearsed(request):
+    assert request.config.pluginmanager.get_plugin("cuda_host_rehearsal") is None
+
+
+@pytest.mark.interpreter_only
+def test_patches_the_interpreter():
+    pass
+"""
+
+
+def test_on_a_cuda_host_the_run_is_the_real_one(pytester):
+    """torch.cuda.is_available() answers True (a plugin loaded before the conftest says so):
+    no rehearsal, and the interpreter_only test skips."""
+    with_this_conftest(pytester).makepyfile(
+        fake_cuda="import torch\n\ntorch.cuda.is_available = lambda: True\n",
+        test_on_a_cuda_host=ON_A_CUDA_HOST,
+    )
+    result = pytester.runpytest_subprocess("-p", "fake_cuda", "-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*SKIPPED*which a CUDA host does not run*"])
