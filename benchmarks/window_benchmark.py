@@ -1,20 +1,21 @@
 """Sliding-window attention against full attention at growing lengths: O(n·w) against O(n²).
 
 Our kernel with a window of w keys (``flash_attention(q, k, v, is_causal=True,
-window_size=(w, 0))``: query i sees keys i - w .. i; without ``--causal``, ``(w, w)``: keys
+window_size=(w, 0))``: query i sees keys i - w .. i; with ``--causal no``, ``(w, w)``: keys
 i - w .. i + w) never visits the key blocks wholly outside the window, so at a fixed w its time
 grows linearly with the length n, while full attention's grows with n². For each length
 (doubling) it times the forward and forward + backward of both, in one run, and reports the
 ratio window / full per length and pass beside the ideal one, the fraction of (query, key)
-pairs inside the window (the kernel works in blocks, so it visits a little more).
+pairs inside the window (the kernel works in blocks, 64 x 64 under the interpreter, so it
+visits more than that, most at short lengths).
 
 On a GPU the time is ``triton.testing.do_bench``'s median (and TFLOP/s counted over the pairs
 each one computes). On the CPU the kernel runs under Triton's interpreter, in this process
 (``TRITON_INTERPRET=1``), and the time is the interpreter's wall clock: meaningless as speed,
-but it grows with the blocks visited, so the ratio shows the blocks skipped. The issue's
-target: under the interpreter, a window of 64 at 1,024 tokens costs at most a third of full
-attention. The CPU default (lengths 256 to 1024, one head) takes a few minutes on two idle
-cores; ``--quick`` (tiny sizes, seconds) only checks that it runs.
+but it grows with the blocks visited, so the ratio shows the blocks skipped. The goal: under
+the interpreter, a window of 64 at 1,024 tokens costs at most a third of full attention. The
+CPU default (lengths 256 to 1024, one head) should take a few minutes on two
+idle cores; ``--quick`` (tiny sizes, seconds) only checks that it runs.
 
     python -m benchmarks.window_benchmark             # defaults for this machine
     python -m benchmarks.window_benchmark --quick     # a smoke run
