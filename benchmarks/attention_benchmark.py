@@ -10,9 +10,16 @@ For each head dim, causal or not, and length (doubling), it measures, in bfloat1
 * median time of the forward, the backward alone, and forward + backward, reported as TFLOP/s
   (``benchmarks.common.measure.attention_flops``) and, for our kernel, as a ratio to each SDPA backend of this run.
 
-An implementation that runs out of memory at one length is not run at longer ones (recorded as
+Memory is torch's allocations above the inputs, one measure for every implementation (on the
+CPU: the blocks torch's CPU allocator hands out, read from ``torch.profiler``). An
+implementation that runs out of memory at one length is not run at longer ones (recorded as
 ``skipped``). On a machine without a GPU, memory and time are measured on the CPU, one fresh
-process per point, and the Triton kernel is recorded as ``not_measurable``.
+process per point; there our Triton kernel runs under Triton's interpreter, so its line is
+"torch allocations under the interpreter" (its outputs, log-sum-exp and buffers, what it
+allocates on a GPU) and its time is ``not_measurable``. The interpreter is slow (two fresh
+processes a point, each interpreting the kernel; at 512 tokens, 4 heads, head dim 64, its
+forward and backward take tens of seconds on two cores): on the CPU the kernel is measured up
+to ``--interpreter-max-len`` (default 512), which keeps the default CPU run to a few minutes.
 
     python -m benchmarks.attention_benchmark             # defaults for this machine
     python -m benchmarks.attention_benchmark --help
@@ -24,6 +31,7 @@ lengths and the ratios are in ``attention_sweep``, the PNG and markdown in ``att
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +40,7 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import 
 
 import torch
 
-from benchmarks.attention_measure import IMPLEMENTATIONS
+from benchmarks.attention_measure import IMPLEMENTATIONS, memory_measure
 from benchmarks.attention_report import report
 from benchmarks.attention_sweep import ratios, sweep
 from benchmarks.common.environment import device_tag, environment, pick_device
@@ -77,6 +85,13 @@ def parse_args(argv=None):
         default=None,
         help="FlashAttention's setting: heads = HIDDEN // head_dim (e.g. 2048); overrides --heads",
     )
+    parser.add_argument(
+        "--interpreter-max-len",
+        type=int,
+        default=512,
+        help="on the CPU, the longest length at which our kernel's memory is measured under "
+        "Triton's (slow) interpreter; longer points are recorded as skipped",
+    )
     add_cpu_and_output_arguments(
         parser, "attention", 512, "timed runs per point on the CPU (median)"
     )
@@ -96,8 +111,17 @@ def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict
         "environment": env,
         "settings": settings,
         "conventions": {
-            "memory": "peak bytes above the inputs (q, k, v and the output gradient) during "
-            "the call; forward runs under torch.no_grad",
+            "memory": "peak bytes torch allocated above the inputs (q, k, v and the output "
+            "gradient) during the call; forward runs under torch.no_grad. On CUDA "
+            "torch.cuda.max_memory_allocated; on the CPU the blocks torch's CPU allocator hands "
+            "out during the call, each from its allocation to its free (torch.profiler, "
+            "profile_memory=True), not what libraries allocate past torch. On the CPU our "
+            "Triton kernel runs under the Triton interpreter: its line is torch allocations "
+            "under the interpreter (outputs, log-sum-exp, buffers: what it allocates on a GPU), "
+            "not the interpreter's numpy arrays",
+            "memory_measure": {
+                impl: memory_measure(impl, env["device_type"]) for impl in args.impls
+            },
             "flops": "forward 4*batch*heads*len_q*len_k*head_dim, halved when causal; "
             "backward 2.5x forward; forward+backward 3.5x",
             "time": "median milliseconds after warm-up (triton.testing.do_bench on CUDA, "
@@ -123,6 +147,8 @@ def main(argv=None) -> dict:
     args.heads = args.heads or (16 if cuda else 4)
     args.lengths = doubling(args.min_len, args.max_len)
     args.causal_modes = {"both": [False, True], "no": [False], "yes": [True]}[args.causal]
+    if not cuda:  # our kernel runs under the interpreter, chosen when triton is first imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     torch.set_num_threads(1)
     env = environment(device)
     stem = args.tag or f"attention_{device_tag(device)}"

@@ -1,8 +1,13 @@
 """One point of the attention benchmark: one implementation, head dim, causal mode and length,
 its peak memory or its median times (forward, backward, forward + backward), in bfloat16.
 
+Memory is torch's allocations above the inputs (:func:`benchmarks.common.measure.peak_allocated`),
+the same measure for every implementation. On the CPU our kernel runs under Triton's
+interpreter: its memory is what it allocates through torch there, as on a GPU (outputs,
+log-sum-exp, its buffers); its time means nothing and is not measured.
+
 On CUDA a point runs in this process; on the CPU in a fresh child process per phase
-(:mod:`benchmarks.common.isolation`), so nothing freed earlier is reused.
+(:mod:`benchmarks.common.isolation`), under the memory cap.
 """
 
 from __future__ import annotations
@@ -11,8 +16,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.common.isolation import run_isolated
-from benchmarks.common.measure import attention_flops, cap_address_space, median_ms, peak_memory
-from benchmarks.common.statuses import NOT_MEASURABLE_ON_CPU, failure
+from benchmarks.common.measure import (
+    attention_flops,
+    cap_address_space,
+    median_ms,
+    peak_allocated,
+)
+from benchmarks.common.statuses import KERNEL_TIME_NOT_MEASURABLE_ON_CPU, failure
 from transformer.attention import attend
 
 IMPLEMENTATIONS = ("naive", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "triton")
@@ -47,14 +57,31 @@ def attention_call(impl: str, causal: bool):
     return call
 
 
-def kernel_availability(device: torch.device) -> tuple[str, str] | None:
-    """(status, note) when our kernel cannot be measured here, None when it can."""
-    if device.type != "cuda":
-        return "not_measurable", NOT_MEASURABLE_ON_CPU
+# How each implementation's memory is measured, by device type (records and reports say it).
+MEMORY_MEASURES = {
+    "cuda": "torch allocations (torch.cuda.max_memory_allocated)",
+    "cpu": "torch allocations (CPU allocator, torch.profiler)",
+}
+INTERPRETED_MEMORY_MEASURE = "torch allocations under the Triton interpreter"
+
+
+def memory_measure(impl: str, device_type: str) -> str:
+    """What a memory record of ``impl`` on ``device_type`` counts."""
+    if impl == "triton" and device_type != "cuda":
+        return f"{INTERPRETED_MEMORY_MEASURE} (CPU allocator, torch.profiler)"
+    return MEMORY_MEASURES["cuda" if device_type == "cuda" else "cpu"]
+
+
+def kernel_unmeasured(device: torch.device, measure: str) -> tuple[str, str] | None:
+    """(status, note) when our kernel's ``measure`` ("memory" or "time") cannot be taken
+    here, None when it can. On the CPU its memory is measured under the interpreter, its time
+    is not."""
     try:
         from kernels import flash_attention  # noqa: F401 -- written concurrently; may be absent
     except ImportError as err:
         return "unavailable", f"kernels.flash_attention cannot be imported: {err}"
+    if device.type != "cuda" and measure == "time":
+        return "not_measurable", KERNEL_TIME_NOT_MEASURABLE_ON_CPU
     return None
 
 
@@ -117,7 +144,7 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
         try:
             fn = _pass_fn(call, q, k, v, dout, pass_)
             if measure == "memory":
-                records[pass_] = {"status": "ok", "peak_bytes": peak_memory(fn, device)}
+                records[pass_] = {"status": "ok", "peak_bytes": peak_allocated(fn, device)}
             else:
                 ms = median_ms(fn, device, [q, k, v], spec["cpu_repeats"])
                 flops = attention_flops(*flops_args, spec["causal"], pass_)

@@ -1,6 +1,7 @@
 """The attention benchmark's results as a PNG (memory and TFLOP/s against length, one row per
-head dim and causal mode) and as markdown tables, with a line for each implementation that has
-no measured point, saying why.
+head dim and causal mode) and as markdown tables, with a line for each implementation (and
+measure) that has no measured point, saying why, and a line saying what memory counts. Our
+kernel's memory measured under Triton's interpreter (on the CPU) is labelled so.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import itertools
 from pathlib import Path
 
-from benchmarks.attention_measure import MEMORY_PASSES, PASSES
+from benchmarks.attention_measure import INTERPRETED_MEMORY_MEASURE, MEMORY_PASSES, PASSES
 from benchmarks.common.measure import MIB
 from benchmarks.common.plotting import log_axes, plot_series
 from benchmarks.common.records import format_cell, markdown_table
@@ -44,6 +45,44 @@ def _lookup(records: list[dict]) -> dict:
     }
 
 
+def interpreted(records: list[dict], impl: str) -> bool:
+    """Whether ``impl``'s memory was measured under Triton's interpreter (our kernel on the
+    CPU)."""
+    return any(
+        r["implementation"] == impl
+        and r["measure"] == "memory"
+        and r["status"] == "ok"
+        and INTERPRETED_MEMORY_MEASURE in r.get("memory_measure", "")
+        for r in records
+    )
+
+
+def label(records: list[dict], impl: str, measure: str | None = None) -> str:
+    """``impl``'s name in a legend (``measure`` None) or a table column; our kernel's says when
+    its memory is torch allocations under the interpreter."""
+    if not interpreted(records, impl) or measure == "time":
+        return LABELS[impl]
+    if measure == "memory":
+        return f"{LABELS[impl]}, {INTERPRETED_MEMORY_MEASURE}"
+    return f"{LABELS[impl]}: memory = {INTERPRETED_MEMORY_MEASURE}"
+
+
+def memory_note(records: list[dict], env: dict) -> str:
+    """What the memory panels and tables count, in one line."""
+    where = (
+        "torch.cuda.max_memory_allocated"
+        if env["device_type"] == "cuda"
+        else "torch's CPU allocator, read from torch.profiler"
+    )
+    text = f"Memory: torch allocations above the inputs ({where})"
+    if any(interpreted(records, impl) for impl in LABELS):
+        text += (
+            "; ours on the CPU runs under the Triton interpreter: its outputs, log-sum-exp and "
+            "buffers, what it allocates on a GPU (its time is not measured there)"
+        )
+    return text
+
+
 def _config_label(head_dim: int, causal: bool) -> str:
     return f"head dim {head_dim}, {'causal' if causal else 'not causal'}"
 
@@ -57,7 +96,7 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
     table = _lookup(records)
     configs = list(itertools.product(args.head_dims, args.causal_modes))
     panels = [("memory", p) for p in MEMORY_PASSES] + [("time", p) for p in PASSES]
-    notes = _absent_notes(records, args.impls)
+    notes = [memory_note(records, env), *_absent_notes(records, args.impls)]
     top_in, bottom_in = 1.1, 0.3 + 0.2 * len(notes)  # title + legend; notes on absent lines
     height = 3.4 * len(configs) + top_in + bottom_in
     fig, axes = plt.subplots(
@@ -76,7 +115,7 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
                         record = {**record, "peak_bytes": record["peak_bytes"] / MIB}
                     if record is not None:
                         by_length[n] = record
-                style = {**STYLES[impl], "label": LABELS[impl]}
+                style = {**STYLES[impl], "label": label(records, impl)}
                 plotted |= plot_series(ax, args.lengths, by_length, key, style, slot)
             log_axes(ax, plotted)
             if row == 0:
@@ -87,7 +126,7 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
             if row == len(configs) - 1:
                 ax.set_xlabel("sequence length")
     handles = [
-        plt.Line2D([], [], **{**STYLES[impl], "label": LABELS[impl]}) for impl in args.impls
+        plt.Line2D([], [], **{**STYLES[impl], "label": label(records, impl)}) for impl in args.impls
     ] + [
         plt.Line2D(
             [], [], marker="X", color="gray", linestyle="none", markersize=10, label="out of memory"
@@ -97,7 +136,7 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
         handles=handles,
         loc="upper center",
         bbox_to_anchor=(0.5, 1 - 0.45 / height),
-        ncol=len(handles),
+        ncol=min(len(handles), 4),
         fontsize=11,
         frameon=False,
     )
@@ -128,29 +167,39 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
 SHORT_NOTES = {
     "unsupported": "SDPA has no such backend for these inputs on this device",
     "not_measurable": "the kernel runs on the CPU only under the Triton interpreter "
-    "(TRITON_INTERPRET=1), so its numbers would mean nothing",
+    "(TRITON_INTERPRET=1), so its time would mean nothing",
     "unavailable": "kernels.flash_attention cannot be imported",
 }
+MEASURE_WORDS = {"memory": "memory", "time": "TFLOP/s"}
 
 
 def _absent_notes(records: list[dict], impls) -> list[str]:
-    """One line per implementation that has no measured point at all, saying why."""
+    """One line per implementation that has no measured point of a measure (memory or time),
+    saying why; one line for both when they have the same reason."""
     notes = []
     for impl in impls:
         mine = [r for r in records if r["implementation"] == impl]
-        if mine and not any(r["status"] == "ok" for r in mine):
-            status = mine[0]["status"]
-            why = SHORT_NOTES.get(status) or (mine[0].get("note") or "").splitlines()[0][:100]
-            notes.append(f"{LABELS[impl]}: {status} at every point -- {why}")
+        groups = [
+            (f" {MEASURE_WORDS[m]}", [r for r in mine if r["measure"] == m])
+            for m in ("memory", "time")
+            if not any(r["measure"] == m and r["status"] == "ok" for r in mine)
+            and any(r["measure"] == m for r in mine)
+        ]
+        if len(groups) == 2 and len({group[0]["status"] for _, group in groups}) == 1:
+            groups = [("", mine)]
+        for what, group in groups:
+            status = group[0]["status"]
+            why = SHORT_NOTES.get(status) or (group[0].get("note") or "").splitlines()[0][:100]
+            notes.append(f"{LABELS[impl]}{what}: {status} at every point -- {why}")
     return notes
 
 
-def markdown(records: list[dict], ratio_records: list[dict], args) -> str:
+def markdown(records: list[dict], ratio_records: list[dict], args, env: dict) -> str:
     table = _lookup(records)
     configs = list(itertools.product(args.head_dims, args.causal_modes))
     sections = []
-    header_impls = [LABELS[i] for i in args.impls]
     for measure, passes in (("memory", MEMORY_PASSES), ("time", PASSES)):
+        header_impls = [label(records, i, measure) for i in args.impls]
         for pass_ in passes:
             if measure == "memory":
                 title = f"Peak memory above the inputs (MiB), {PASS_LABELS[pass_]}"
@@ -180,9 +229,8 @@ def markdown(records: list[dict], ratio_records: list[dict], args) -> str:
                     )
                 rows.append(row)
             sections.append(f"### {title}\n\n" + markdown_table(header, rows))
-    notes = _absent_notes(records, args.impls)
-    if notes:
-        sections.append("\n".join(f"- {n}" for n in notes))
+    notes = [memory_note(records, env), *_absent_notes(records, args.impls)]
+    sections.append("\n".join(f"- {n}" for n in notes))
     return "\n\n".join(sections)
 
 
@@ -190,7 +238,7 @@ def report(payload: dict, stem: Path) -> None:
     """Write ``stem``.png and ``stem``.md from a results payload and print the markdown."""
     args = argparse.Namespace(**payload["settings"])
     plot(payload["records"], args, payload["environment"], Path(f"{stem}.png"))
-    text = markdown(payload["records"], payload["ratios"], args)
+    text = markdown(payload["records"], payload["ratios"], args, payload["environment"])
     Path(f"{stem}.md").write_text(text + "\n")
     print(text)
     print(f"\nwrote {stem}.json, .png and .md")

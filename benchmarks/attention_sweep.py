@@ -1,7 +1,9 @@
 """The attention benchmark's sweep: every implementation, head dim, causal mode and doubling
 length, each point's memory and then (what fitted) its time; and our kernel's TFLOP/s over each
 SDPA backend's from the same run. An implementation that runs out of memory at one length is
-not run at longer ones (recorded as ``skipped``).
+not run at longer ones (recorded as ``skipped``); on the CPU our kernel's memory is measured
+under Triton's interpreter up to ``--interpreter-max-len`` (longer points: ``skipped``) and its
+time not at all (``not_measurable``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from benchmarks.attention_measure import (
     IMPLEMENTATIONS,
     MEMORY_PASSES,
     PASSES,
-    kernel_availability,
+    kernel_unmeasured,
+    memory_measure,
     run_phase,
 )
 from benchmarks.common.measure import MIB
+
+# Which memory pass a timed pass needs to have fitted before it is timed.
+TIME_NEEDS = {"forward": "forward", "backward": "forward_backward"}
+TIME_NEEDS["forward_backward"] = "forward_backward"
+# Every (measure, pass) of a point, in the order its records are written.
+KEYS = [("memory", p) for p in MEMORY_PASSES] + [("time", p) for p in PASSES]
 
 
 def batch_and_heads(args, seq_len: int, head_dim: int) -> tuple[int, int]:
@@ -30,13 +39,71 @@ def batch_and_heads(args, seq_len: int, head_dim: int) -> tuple[int, int]:
     return batch, heads
 
 
+def not_run(args, device: torch.device, impl: str, seq_len: int) -> dict:
+    """(measure, pass) -> the record of each measurement that is not taken at this point, for
+    reasons known before running it: our kernel missing, its time on the CPU, its memory on
+    the CPU past ``args.interpreter_max_len``."""
+    if impl != "triton":
+        return {}
+    records = {}
+    for measure, passes in (("memory", MEMORY_PASSES), ("time", PASSES)):
+        unmeasured = kernel_unmeasured(device, measure)
+        if unmeasured is None and measure == "memory" and device.type != "cuda":
+            if seq_len > args.interpreter_max_len:
+                note = (
+                    f"longer than --interpreter-max-len {args.interpreter_max_len}: the Triton "
+                    "interpreter is slow"
+                )
+                unmeasured = ("skipped", note)
+        if unmeasured is not None:
+            status, note = unmeasured
+            records |= {(measure, p): {"status": status, "note": note} for p in passes}
+    return records
+
+
+def point_records(spec: dict, device: torch.device, cap, out_of_memory: set, known: dict) -> dict:
+    """(measure, pass) -> record for one point: its memory, then the time of what fitted.
+    ``known``: what is already decided (:func:`not_run`); ``out_of_memory``: (measure, pass)
+    that ran out of memory at a shorter length, skipped here."""
+    point = dict(known)
+    for pass_ in MEMORY_PASSES:
+        if ("memory", pass_) in point:
+            continue
+        if ("memory", pass_) in out_of_memory:
+            point["memory", pass_] = {
+                "status": "skipped",
+                "note": "out of memory at a shorter length",
+            }
+            continue
+        phase = {**spec, "phase": ("memory", [pass_])}
+        point["memory", pass_] = run_phase(phase, device, cap)[pass_]
+    # Time only what fitted in memory: forward after the forward, the backward and forward +
+    # backward after forward + backward.
+    to_time = []
+    for pass_ in PASSES:
+        if ("time", pass_) in point:
+            continue
+        memory = point["memory", TIME_NEEDS[pass_]]
+        if memory["status"] == "ok":
+            to_time.append(pass_)
+            continue
+        note = memory.get("note") or ""
+        if memory["status"] == "oom":
+            note = "out of memory in the memory measurement"
+        point["time", pass_] = {"status": memory["status"], "note": note}
+    if to_time:
+        result = run_phase({**spec, "phase": ("time", to_time)}, device, cap)
+        for pass_ in to_time:
+            point["time", pass_] = result[pass_]
+    return point
+
+
 def sweep(
     args, device: torch.device, on_point: Callable[[list[dict]], None] | None = None
 ) -> list[dict]:
     """Every point's records; ``on_point(records so far)`` after each point (the benchmark
     writes its results file then, so a run stopped midway keeps every finished point)."""
     configs = list(itertools.product(args.head_dims, args.causal_modes))
-    kernel_missing = kernel_availability(device) if "triton" in args.impls else None
     cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * MIB
     records = []
     progress = tqdm(total=len(configs) * len(args.impls) * len(args.lengths), desc="attention")
@@ -64,43 +131,15 @@ def sweep(
                 seq_len=seq_len,
                 cpu_repeats=args.cpu_repeats,
             )
-            point = {}  # (measure, pass) -> record
             started = time.perf_counter()
-            if impl == "triton" and kernel_missing is not None:
-                status, note = kernel_missing
-                for key in [("memory", p) for p in MEMORY_PASSES] + [("time", p) for p in PASSES]:
-                    point[key] = {"status": status, "note": note}
-            else:
-                for pass_ in MEMORY_PASSES:
-                    if ("memory", pass_) in out_of_memory:
-                        point["memory", pass_] = {
-                            "status": "skipped",
-                            "note": "out of memory at a shorter length",
-                        }
-                        continue
-                    result = run_phase({**spec, "phase": ("memory", [pass_])}, device, cap)
-                    point["memory", pass_] = result[pass_]
-                # Time only what fitted in memory: forward after the forward, the backward and
-                # forward + backward after forward + backward.
-                needs = {"forward": "forward", "backward": "forward_backward"}
-                needs["forward_backward"] = "forward_backward"
-                to_time = [p for p in PASSES if point["memory", needs[p]]["status"] == "ok"]
-                for pass_ in PASSES:
-                    if pass_ not in to_time:
-                        memory = point["memory", needs[pass_]]
-                        note = memory.get("note") or ""
-                        if memory["status"] == "oom":
-                            note = "out of memory in the memory measurement"
-                        point["time", pass_] = {"status": memory["status"], "note": note}
-                if to_time:
-                    result = run_phase({**spec, "phase": ("time", to_time)}, device, cap)
-                    for pass_ in to_time:
-                        point["time", pass_] = result[pass_]
-                for (measure, pass_), record in point.items():
-                    if record["status"] == "oom":
-                        out_of_memory.add((measure, pass_))
+            known = not_run(args, device, impl, seq_len)
+            point = point_records(spec, device, cap, out_of_memory, known)
+            out_of_memory |= {key for key, record in point.items() if record["status"] == "oom"}
             seconds = round(time.perf_counter() - started, 3)  # the point's cost, for planning
-            for (measure, pass_), record in point.items():
+            for measure, pass_ in KEYS:
+                record = point[measure, pass_]
+                if measure == "memory":
+                    record = {**record, "memory_measure": memory_measure(impl, device.type)}
                 records.append(
                     {**base, "measure": measure, "pass": pass_, **record, "point_seconds": seconds}
                 )

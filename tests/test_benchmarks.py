@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.attention_measure import MEMORY_MEASURES
+
 REPO = Path(__file__).resolve().parents[1]
 STATUSES = {"ok", "oom", "unsupported", "not_measurable", "unavailable", "skipped", "error"}
 ENVIRONMENT_KEYS = {"device_type", "device_name", "driver", "torch", "triton", "date", "command"}
@@ -62,7 +64,12 @@ SCRIPTS = sorted(
 
 
 def test_every_benchmark_script_is_covered():
-    assert SCRIPTS == [module_name("additive"), module_name("attention"), module_name("model")]
+    assert SCRIPTS == [
+        module_name("additive"),
+        module_name("attention"),
+        module_name("model"),
+        module_name("window"),
+    ]
 
 
 @pytest.mark.parametrize("form", ["module", "file"])
@@ -98,14 +105,18 @@ def test_every_option_has_help_and_defaults_show_once(module, monkeypatch):
 
 def test_attention_benchmark_on_cpu_shows_naive_memory_growing_quadratically_and_sdpa_not(tmp_path):
     # What holds on every CPU (with bf16 matrix units or AVX2 only), not where a cap happens to
-    # bite: naive attention materialises len x len scores, so its peak grows towards 4x per
-    # doubling of the length; SDPA's flash path keeps O(len) state. Measured on an AMD EPYC with
-    # avx512_bf16 (forward + backward, head dim 16, one head): naive 4.3 / 9.9 / 28.4 MB at
-    # 512 / 1024 / 2048, SDPA 2.6 / 4.4 / 4.3 MB. The bounds below leave a 1.5-2x margin.
+    # bite: naive attention materialises len x len scores, so its peak grows 4x per doubling of
+    # the length; SDPA's flash path keeps O(len) state (its tile buffers change size at some
+    # lengths, so it is compared over the last doubling). Memory is torch's allocations
+    # (torch.profiler). Measured on an Intel Xeon without avx512_bf16 (forward + backward,
+    # head dim 16, one head): naive 2.03 / 8.06 / 32.1 MiB at 512 / 1024 / 2048, SDPA 0.47 /
+    # 1.66 / 1.79 MiB. The bounds below leave a margin of about 1.3x or more.
+    # Our kernel is left out: it would run in this subprocess, out of the tests' sight
+    # (docs/testing.md); tests/test_benchmark_kernel_memory.py measures its line in-process.
     payload = run_script(
         module_name("attention"),
         tmp_path,
-        *("--tag", "bench", "--impls", "naive", "sdpa_flash", "sdpa_efficient", "triton"),
+        *("--tag", "bench", "--impls", "naive", "sdpa_flash", "sdpa_efficient"),
         *("--head-dims", "16", "--causal", "no", "--heads", "1", "--min-len", "512"),
         *("--max-len", "2048", "--cpu-repeats", "1", "--cpu-memory-cap-mib", "512"),
     )
@@ -115,7 +126,7 @@ def test_attention_benchmark_on_cpu_shows_naive_memory_growing_quadratically_and
     lengths = {r["seq_len"] for r in records}
     assert lengths == {512, 1024, 2048}
     # One record per implementation, length, and measured quantity: none silently skipped.
-    assert len(records) == 4 * 3 * 5
+    assert len(records) == 3 * 3 * 5
 
     def record(impl, seq_len, measure, pass_):
         (found,) = [
@@ -126,9 +137,6 @@ def test_attention_benchmark_on_cpu_shows_naive_memory_growing_quadratically_and
         ]
         return found
 
-    def status(impl, seq_len, measure, pass_):
-        return record(impl, seq_len, measure, pass_)["status"]
-
     def peak(impl, seq_len):
         found = record(impl, seq_len, "memory", "forward_backward")
         assert found["status"] == "ok", found
@@ -136,17 +144,17 @@ def test_attention_benchmark_on_cpu_shows_naive_memory_growing_quadratically_and
 
     naive = {n: peak("naive", n) for n in (512, 1024, 2048)}
     sdpa = {n: peak("sdpa_flash", n) for n in (512, 1024, 2048)}
-    assert naive[2048] >= 2.0 * naive[1024] and naive[1024] >= 1.5 * naive[512], naive
-    assert naive[2048] >= 4.0 * naive[512], naive  # quadratic: 16x in the limit
-    assert sdpa[2048] <= 3.0 * sdpa[512], sdpa  # linear: 4x at most
-    assert naive[2048] >= 3.0 * sdpa[2048], (naive, sdpa)
-    assert {r["status"] for r in records if r["implementation"] == "triton"} == {"not_measurable"}
+    assert naive[2048] >= 3.0 * naive[1024] and naive[1024] >= 3.0 * naive[512], naive
+    assert sdpa[2048] <= 2.5 * sdpa[1024], sdpa  # linear: 2x at most, and its buffers
+    assert naive[2048] >= 10.0 * sdpa[2048], (naive, sdpa)
     assert {r["status"] for r in records if r["implementation"] == "sdpa_efficient"} == {
         "unsupported"
     }
+    measures = payload["conventions"]["memory_measure"]
+    assert measures["naive"] == measures["sdpa_flash"] == MEMORY_MEASURES["cpu"]
     for r in records:
         if r["status"] == "ok" and r["measure"] == "memory":
-            assert r["peak_bytes"] >= 0
+            assert r["peak_bytes"] >= 0 and r["memory_measure"] == measures[r["implementation"]]
         if r["status"] == "ok" and r["measure"] == "time":
             assert {"median_ms", "tflops"} <= set(r)
         if r["status"] not in ("ok",):

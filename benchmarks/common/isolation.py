@@ -23,12 +23,15 @@ def _context() -> multiprocessing.context.BaseContext:
         methods = multiprocessing.get_all_start_methods()
         _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
-            # The first backward imports symbolic_shapes (and sympy): half a second a child.
-            # The scripts themselves are left out: a child re-runs its __main__ module anyway.
+            # The first backward imports symbolic_shapes (and sympy): half a second a child;
+            # the first torch.profiler (peak_allocated on the CPU) imports torch._inductor:
+            # seconds a child. The scripts themselves are left out: a child re-runs its
+            # __main__ module anyway.
             _CONTEXT.set_forkserver_preload(
                 [
                     "torch",
                     "torch.fx.experimental.symbolic_shapes",
+                    "torch._inductor.config",
                     "transformer.model",
                     "benchmarks.common.isolation",
                     "benchmarks.common.measure",

@@ -1,14 +1,23 @@
 """Measuring one call: the FLOPs it does, its peak memory above the inputs, its median time.
 
 Memory is the peak *above* what was held just before the call (the inputs), i.e. what the call
-itself needs. On CUDA that is ``torch.cuda.max_memory_allocated`` after
-``reset_peak_memory_stats``, around a second call at the measured shape (the first one
-autotunes, and autotuning's ``do_bench`` allocates a 256 MiB L2-flush buffer). On the CPU each
-point runs in a fresh child process (:mod:`benchmarks.common.isolation`, forked from a server
-that has already imported torch), which resets the kernel's peak-resident-set counter
-(``/proc/self/clear_refs``) and reads it back (``VmHWM``), so allocator caching from earlier
-points cannot hide memory; the child also caps its address space, so "out of memory" on the CPU
-means "over ``--cpu-memory-cap-mib``", never a machine brought to its knees.
+itself needs, measured one of two ways:
+
+* :func:`peak_allocated`, torch's allocations: on CUDA ``torch.cuda.max_memory_allocated`` after
+  ``reset_peak_memory_stats``, around a second call at the measured shape (the first one
+  autotunes, and autotuning's ``do_bench`` allocates a 256 MiB L2-flush buffer); on the CPU the
+  blocks torch's CPU allocator hands out during the call, each counted from its allocation to its
+  free, read from ``torch.profiler`` (``profile_memory=True``). Memory that libraries allocate
+  past torch (oneDNN's scratch, numpy's arrays) is not counted, so a Triton kernel run by the
+  interpreter on the CPU counts what it allocates through torch (outputs, log-sum-exp, its
+  buffers: what it allocates on a GPU), not the interpreter's own numpy arrays.
+* :func:`peak_memory`, what the process holds: CUDA as above; on the CPU the kernel's
+  peak-resident-set counter of a fresh child process (:mod:`benchmarks.common.isolation`, forked
+  from a server that has already imported torch), reset (``/proc/self/clear_refs``) and read
+  back (``VmHWM``), so allocator caching from earlier points cannot hide memory.
+
+A CPU child also caps its address space, so "out of memory" on the CPU means "over
+``--cpu-memory-cap-mib``", never a machine brought to its knees.
 """
 
 from __future__ import annotations
@@ -78,24 +87,78 @@ def _release_free_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Bytes above what was allocated before ``fn()`` at the peak of running it.
+def _cuda_peak(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes torch's CUDA allocator held above its level before ``fn()``, at the peak of a
+    second call: the first call at a new length bucket autotunes
+    (:func:`kernels.common.tuning.pick`), compiling and timing candidates with ``do_bench``,
+    whose 256 MiB L2-flush buffer would otherwise be counted as the kernel's memory."""
+    fn()  # warm-up at this shape: autotuning and its flush buffer stay outside the window
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - baseline
 
-    On CUDA ``fn()`` runs once before the window opens, at the measured shape: the kernels'
-    first call at a new length bucket autotunes (:func:`kernels.common.tuning.pick`), compiling and
-    timing candidates with ``do_bench``, whose 256 MiB L2-flush buffer would otherwise be
-    counted as the kernel's memory. Only the second call is measured.
-    """
-    if device.type == "cuda":
-        fn()  # warm-up at this shape: autotuning and its flush buffer stay outside the window
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
+
+def _cpu_allocations(prof) -> list[tuple[int, int]]:
+    """(address, signed bytes) of every CPU block allocated (+) or freed (-) while ``prof``
+    recorded, in order."""
+    events = []
+
+    def walk(nodes):
+        for node in nodes:
+            fields = node.extra_fields
+            if hasattr(fields, "alloc_size") and fields.device.type == "cpu":
+                events.append((node.start_time_ns, len(events), fields.ptr, fields.alloc_size))
+            walk(node.children)
+
+    walk(prof.profiler.kineto_results.experimental_event_tree())
+    return [(ptr, size) for _, _, ptr, size in sorted(events)]
+
+
+def peak_live_bytes(allocations: list[tuple[int, int]]) -> int:
+    """The most bytes live at once over (address, signed bytes) allocations (+) and frees (-),
+    in order. A free counts only for a block allocated among them: torch reports the free of
+    a block it allocated before profiling began with a size remembered from an earlier profile
+    (or not at all), which would otherwise lower the count."""
+    live, peak, sizes = 0, 0, {}
+    for ptr, size in allocations:
+        if size > 0:
+            sizes[ptr] = size
+            live += size
+            peak = max(peak, live)
+        elif ptr in sizes:
+            live -= sizes.pop(ptr)
+    return peak
+
+
+def peak_torch_cpu_allocations(fn: Callable[[], object]) -> int:
+    """The most bytes that blocks allocated by ``fn()`` through torch's CPU allocator held at
+    once, each from its allocation to its free (:func:`peak_live_bytes`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - baseline
-    # CPU: meant to run in a fresh child process (see benchmarks.common.isolation).
+    return peak_live_bytes(_cpu_allocations(prof))
+
+
+def peak_allocated(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes torch allocated above what it held before ``fn()``, at the peak of running it: on
+    CUDA the caching allocator's count (:func:`_cuda_peak`), on the CPU the profiler's record
+    of the CPU allocator (:func:`peak_torch_cpu_allocations`)."""
+    if device.type == "cuda":
+        return _cuda_peak(fn, device)
+    return peak_torch_cpu_allocations(fn)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Bytes above what was allocated before ``fn()`` at the peak of running it: torch's CUDA
+    allocations on CUDA (:func:`_cuda_peak`), the process's resident set on the CPU (meant to
+    run in a fresh child process, see :mod:`benchmarks.common.isolation`)."""
+    if device.type == "cuda":
+        return _cuda_peak(fn, device)
     _release_free_heap()
     reset = _reset_peak_rss()
     baseline = _proc_status_bytes("VmRSS") if reset else None

@@ -36,6 +36,11 @@ def add_cpu_and_output_arguments(
         default=memory_cap_mib,
         help="on the CPU, a point that needs more than this is recorded as out of memory",
     )
+    add_output_arguments(parser, stem)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, stem: str) -> None:
+    """Where the results go (--out-dir, --tag), and --replot."""
     parser.add_argument(
         "--out-dir",
         type=Path,

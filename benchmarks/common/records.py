@@ -1,7 +1,10 @@
-"""Results files and tables: a run's payload as JSON, and its records as markdown tables."""
+"""Results files and tables: a run's payload as JSON (and CSV), and its records as markdown
+tables."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -40,6 +43,15 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys, in order) as CSV with a header line, atomically."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, out.getvalue())
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -6,10 +6,11 @@ Every measured point ends with one status:
     oom             out of memory (CUDA OutOfMemoryError; on the CPU, over the per-point cap)
     unsupported     the implementation refused the shape (e.g. an SDPA backend this machine
                     or this head dim does not have)
-    not_measurable  runs here, but a number would mean nothing (the Triton kernel on the CPU
-                    runs only under the numpy interpreter)
+    not_measurable  runs here, but a number would mean nothing (the Triton kernel's time on the
+                    CPU, where it runs only under the numpy interpreter)
     unavailable     the implementation cannot be imported here
-    skipped         not run: an earlier, cheaper point already ran out of memory
+    skipped         not run: an earlier, cheaper point already ran out of memory, or the
+                    point is longer than the interpreter is given on the CPU
     error           anything else; ``note`` holds the message
 """
 
@@ -22,6 +23,11 @@ STATUSES = ("ok", "oom", "unsupported", "not_measurable", "unavailable", "skippe
 NOT_MEASURABLE_ON_CPU = (
     "not measurable on CPU: the Triton kernel runs here only under TRITON_INTERPRET=1, a numpy "
     "interpreter whose memory and speed say nothing about the compiled GPU kernel"
+)
+KERNEL_TIME_NOT_MEASURABLE_ON_CPU = (
+    "time not measurable on CPU: the Triton kernel runs here only under TRITON_INTERPRET=1, a "
+    "numpy interpreter whose speed says nothing about the compiled GPU kernel (its memory is "
+    "measured: torch allocations under the interpreter)"
 )
 
 

@@ -18,6 +18,11 @@ ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only, ha
 # A masking with "dropout" runs flash attention with this dropout (any p > 0 compiles the same;
 # seed and offset are not specialised on).
 GATE_DROPOUT = (0.1, 12345, 678)
+# The score options a masking may name ("window", "bottom_right", "softcap", "alibi",
+# "sinks"; compile_gate.capture reads them): their values are run-time arguments, so any
+# compiles the same; only whether each is on is specialised.
+GATE_WINDOW = (64, 16)
+GATE_SOFTCAP = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
         Case("flash_attention", "bfloat16", 64, "causal+key_mask+dropout", heads_kv=1),
     ]
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
+    first += score_option_cases()
     first += large_offset_cases()
     first += [
         Case("additive_attention", dtype, d, masking)
@@ -94,6 +100,19 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
         )
     ]
     return every, first
+
+
+def score_option_cases() -> list[Case]:
+    """Each of flash attention's score options at least once, forward and backward, as the
+    models that use them combine them: Gemma 2 (a causal sliding window and softcapping),
+    GPT-OSS (a causal window and sinks, grouped-query), BLOOM (ALiBi with a padding mask), and
+    FlashAttention-2's non-causal window with both edges, bottom-right."""
+    return [
+        Case("flash_attention", "bfloat16", 128, "causal+window+softcap"),
+        Case("flash_attention", "bfloat16", 64, "causal+window+sinks", heads=4, heads_kv=1),
+        Case("flash_attention", "float16", 128, "causal+key_mask+alibi"),
+        Case("flash_attention", "bfloat16", 64, "window+bottom_right"),
+    ]
 
 
 def large_offset_cases() -> list[Case]:
