@@ -29,6 +29,7 @@ from kernels.flash_attention.tiles import (
     _load_rows,
     _mask_key_block,
     _modify_scores,
+    _packed_sequence,
     _stage_blocks,
     alibi_slope,
 )
@@ -113,7 +114,7 @@ def _attn_fwd(
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, qk_scale_log2,
     anchor_shift, window_left, window_right, softcap_log2, Slopes, stride_sb, stride_sh, Sinks,
-    seed, rng_offset, dropout_p, keep_scale,
+    seed, rng_offset, dropout_p, keep_scale, CuSeqlensQ, CuSeqlensK,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
@@ -121,8 +122,17 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
+    VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
+    row_base = off_bh.to(tl.int64) * LEN_Q  # this tile's first row in (b * h * len_q)
+    if VARLEN:  # packed sequences: from here on LEN_Q, LEN_K are sequence off_b's own
+        Q, K, V, Out, LEN_Q, LEN_K, anchor_shift, row_base, rng_offset, _, _ = _packed_sequence(
+            Q, K, V, Out, stride_qm, stride_kn, stride_vn, stride_om, CuSeqlensQ, CuSeqlensK,
+            off_b, off_h, H, LEN_Q, LEN_K, rng_offset,
+        )  # fmt: skip
+        if start_m >= LEN_Q:
+            return
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
@@ -153,7 +163,7 @@ def _attn_fwd(
         start_m, LEN_Q, LEN_K, anchor_shift, window_left, window_right,
         WINDOW_LEFT, WINDOW_RIGHT, BLOCK_M, BLOCK_N,
     )  # fmt: skip
-    row_ids = off_bh.to(tl.int64) * LEN_Q + rows  # this tile's rows in (b * h * len_q)
+    row_ids = row_base + rows  # this tile's rows in (b * h * len_q), or packed (h * total_q)
     for stage in tl.static_range(0 if WINDOW_LEFT else 1, 3):  # no lower edge: no stage 0
         start, stop = _stage_blocks(stage, ranges)
         acc, l_i, m_i = _fwd_key_blocks(
@@ -170,9 +180,6 @@ def _attn_fwd(
     stride_om, stride_od = widen(stride_om, LARGE_OFFSETS), widen(stride_od, LARGE_OFFSETS)
     o_ptrs = Out + off_b * stride_ob + off_h * stride_oh
     o_ptrs += rows[:, None] * stride_om + offs_dv[None, :] * stride_od
-    tl.store(
-        o_ptrs,
-        round_to(out, Out.dtype.element_ty, EMULATE_BF16),
-        mask=(rows[:, None] < LEN_Q) & dv_ok[None, :],
-    )
-    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)
+    o_ok = (rows[:, None] < LEN_Q) & dv_ok[None, :]
+    tl.store(o_ptrs, round_to(out, Out.dtype.element_ty, EMULATE_BF16), mask=o_ok)
+    tl.store(Lse + row_ids, lse, mask=rows < LEN_Q)

@@ -9,14 +9,35 @@ from kernels import ops
 from kernels.common.checks import check_flag
 from kernels.flash_attention.checks import _check_inputs
 from kernels.flash_attention.dropout import Dropout, check_dropout_p, draw_seed_offset
-from kernels.flash_attention.launcher import _backward, _forward
+from kernels.flash_attention.launcher import _backward, _forward, output_buffer
 from kernels.flash_attention.options import ScoreOptions, score_options
+from kernels.flash_attention.varlen import Packed
 
 
-def _fake_forward(q, k, v, attn_mask, is_causal, scale, *_options):
-    """What _forward returns, as empty tensors: a contiguous out (b, h, len_q, d_v), lse
-    (b, h, len_q)."""
-    out = q.new_empty((*q.shape[:3], v.shape[3]))
+def _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """The operators' packed-sequence arguments as a varlen.Packed, or None (padded tensors)."""
+    if cu_seqlens_q is None:
+        return None
+    return Packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+
+def _options(bottom_right, window_left, window_right, softcap, alibi_slopes, sinks):
+    """The operators' flat score arguments as the launcher takes them."""
+    return ScoreOptions(bottom_right, (window_left, window_right), softcap, alibi_slopes, sinks)
+
+
+def _fake_forward(
+    q, k, v, attn_mask, is_causal, scale, dropout_p=0.0, seed=0, offset=0,
+    bottom_right=False, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None,
+    sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
+):  # fmt: skip
+    """What _forward returns, as empty tensors: out (b, h, len_q, d_v) laid out as
+    launcher.output_buffer lays it out, lse (b, h, len_q); packed: out (total_q, h, d_v)
+    contiguous, lse (h, total_q)."""
+    if cu_seqlens_q is not None:
+        out = q.new_empty((*q.shape[:2], v.shape[2]))
+        return out, q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    out = output_buffer(q, v.shape[3])
     return out, q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -24,19 +45,21 @@ def _fake_backward(
     q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad,
     dropout_p=0.0, seed=0, offset=0, bottom_right=False, window_left=-1, window_right=-1,
     softcap=0.0, alibi_slopes=None, sinks=None,
+    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
 ):  # fmt: skip
     """What _backward returns, as empty tensors: contiguous dq, dk, dv, dmask (the mask's
-    shape with mask_grad, else empty) and dsinks (the sinks' shape, else empty)."""
+    shape with mask_grad, else empty) and dsinks (the sinks' shape, else empty); packed: dq,
+    dk, dv (total, h, d) views of contiguous (h, total, d) buffers."""
     dmask = q.new_empty(0)
     if attn_mask is not None:
         dmask = attn_mask.new_empty(attn_mask.shape if mask_grad else (0,))
     dsinks = q.new_empty(0, dtype=torch.float32) if sinks is None else sinks.new_empty(sinks.shape)
+    if cu_seqlens_q is not None:
+        grads = (
+            t.new_empty((t.shape[1], t.shape[0], t.shape[2])).transpose(0, 1) for t in (q, k, v)
+        )
+        return *grads, dmask, dsinks
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask, dsinks
-
-
-def _options(bottom_right, window_left, window_right, softcap, alibi_slopes, sinks):
-    """The operators' flat score arguments as the launcher takes them."""
-    return ScoreOptions(bottom_right, (window_left, window_right), softcap, alibi_slopes, sinks)
 
 
 @ops.kernel_op("flash_attention_backward", fake=_fake_backward)
@@ -48,17 +71,22 @@ def _backward_op(
     bottom_right: bool = False, window_left: int = -1, window_right: int = -1,
     softcap: float = 0.0, alibi_slopes: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     dropout = Dropout(dropout_p, seed, offset)
     options = _options(bottom_right, window_left, window_right, softcap, alibi_slopes, sinks)
+    packed = _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     return _backward(
-        q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout, options
-    )
+        q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout, options,
+        packed,
+    )  # fmt: skip
 
 
 def _gradients(
     q, k, v, attn_mask, is_causal, scale, dropout_p, seed, offset,
     bottom_right, window_left, window_right, softcap, alibi_slopes, sinks,
+    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
     out, lse, dout, dlse, *, needs_grad,
 ):  # fmt: skip
     """dq, dk, dv, the mask's gradient when it is a float mask that needs one (else None), and
@@ -68,7 +96,7 @@ def _gradients(
     dq, dk, dv, dmask, dsinks = _backward_op(
         q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad,
         dropout_p, seed, offset, bottom_right, window_left, window_right, softcap,
-        alibi_slopes, sinks,
+        alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
     )  # fmt: skip
     return dq, dk, dv, (dmask if mask_grad else None), (dsinks if sinks is not None else None)
 
@@ -76,8 +104,9 @@ def _gradients(
 # The one autograd definition: gradients of q, k, v (and of a float mask and the sinks) from
 # the backward operator above, given the inputs, (out, lse) and their gradients (dlse is zeros
 # when lse took no part in the loss). seed and offset are the dropout's Philox seed and counter
-# offset, drawn by flash_attention (unused when dropout_p == 0); the rest are the checked
-# ScoreOptions, flat (an operator's schema takes no structures).
+# offset, drawn by flash_attention (unused when dropout_p == 0); then the checked ScoreOptions,
+# flat (an operator's schema takes no structures). With cu_seqlens_q (and the rest of a
+# varlen.Packed) q, k, v are packed sequences (total, h, d): flash_attn_varlen_func's call.
 @ops.kernel_op(
     "flash_attention", fake=_fake_forward, backward=_gradients,
     wrt=("q", "k", "v", "attn_mask", "sinks"),
@@ -88,9 +117,13 @@ def _forward_op(
     bottom_right: bool = False, window_left: int = -1, window_right: int = -1,
     softcap: float = 0.0, alibi_slopes: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    dropout = Dropout(dropout_p, seed, offset)
     options = _options(bottom_right, window_left, window_right, softcap, alibi_slopes, sinks)
-    return _forward(q, k, v, attn_mask, is_causal, scale, Dropout(dropout_p, seed, offset), options)
+    packed = _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return _forward(q, k, v, attn_mask, is_causal, scale, dropout, options, packed)
 
 
 def flash_attention(

@@ -1,0 +1,153 @@
+"""FlashAttention-2's Python API on our kernel: ``flash_attn_func`` and
+``flash_attn_varlen_func``.
+
+Code written for the ``flash_attn`` package runs by changing its import::
+
+    from kernels.flash_attention import flash_attn_func, flash_attn_varlen_func
+
+The arguments, their order, defaults and meaning, and the return values are FlashAttention-2's
+(its ``flash_attn_interface.py``): tensors are (batch, seqlen, heads, head_dim), or packed
+sequences (total_tokens, heads, head_dim) with int32 cumulative lengths; grouped-query and
+multi-query attention follow from the head counts; causality, the sliding window and ALiBi's
+distances are anchored at the **bottom-right** corner (query i sits at i + seqlen_k -
+seqlen_q: causal, it sees keys j <= i + seqlen_k - seqlen_q), of each sequence when they are
+packed, as FlashAttention-2 anchors them. Nothing is copied or padded: the kernel
+reads the caller's tensors through their strides (:mod:`kernels.flash_attention.varlen` says
+how packed sequences are read).
+
+Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
+    * float32 is accepted as well as float16 and bfloat16 (FlashAttention-2 refuses it), and
+      the tensors may have any strides (FlashAttention-2 wants the last axis contiguous).
+    * ``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: FlashAttention-2's third
+      value, S_dmask, is a (batch, heads, seqlen_q, seqlen_k) tensor of probabilities kept for
+      its tests, which this kernel never builds. To check dropout, rebuild the keep-mask with
+      :func:`kernels.flash_attention.dropout_keep_mask`.
+    * ``deterministic`` is accepted and changes nothing: the backward has no atomics (one
+      program per key block accumulates dK, dV; one per query block dQ), so it is always
+      deterministic. Dropout's random numbers follow ``torch.manual_seed``
+      (:mod:`kernels.flash_attention.dropout`), not FlashAttention-2's generator.
+    * Some errors name flash_attention's arguments, whose checks they come from (scale for
+      softmax_scale; a tensor's (batch, heads, len, head_dim) view).
+"""
+
+import math
+
+import torch
+
+from kernels.common.checks import check_flag
+from kernels.flash_attention.checks import _check_inputs
+from kernels.flash_attention.dropout import check_dropout_p, draw_seed_offset
+from kernels.flash_attention.function import _forward_op, flash_attention
+from kernels.flash_attention.options import score_options
+from kernels.flash_attention.varlen import Packed, check_packed, rows_view
+
+
+def _check_layout(name, tensors):
+    """Each of ``tensors`` a rank-4 (batch, seqlen, heads, head_dim) tensor, or a clear error."""
+    for arg, t in zip(("q", "k", "v"), tensors, strict=True):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name}: {arg} must have rank 4 (batch, seqlen, heads, head_dim), "
+                f"got shape {tuple(t.shape)}"
+            )
+
+
+def flash_attn_func(
+    q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False,
+):  # fmt: skip
+    """Attention over (batch, seqlen, heads, head_dim) tensors, FlashAttention-2's
+    ``flash_attn_func``.
+
+    Args:
+        q: (batch, seqlen_q, heads, head_dim), float16, bfloat16 or float32.
+        k: (batch, seqlen_k, heads_k, head_dim); v: (batch, seqlen_k, heads_k, head_dim_v),
+            same dtype and device. heads_k divides heads: multi-query (heads_k == 1) and
+            grouped-query attention, query head i reading key/value head i // (heads / heads_k).
+            Head dims 1 to 256 (head_dim_v may differ from head_dim).
+        dropout_p: probability of dropping each attention probability (pass 0.0 in
+            evaluation, as with FlashAttention-2).
+        softmax_scale: the scores' scale; default 1 / sqrt(head_dim).
+        causal: causal masking anchored bottom-right: query i sees keys
+            j <= i + seqlen_k - seqlen_q (a query that sees no key gets zeros).
+        window_size: (left, right) sliding window, -1 for an unbounded side: query i sees key j
+            iff i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right (with
+            causal, right is 0). Key blocks outside the window are never visited.
+        softcap: 0.0 (off) or c > 0: scores become c * tanh(scores / c) (after the scale).
+        alibi_slopes: float32 (heads,) or (batch, heads): adds -slope * |i + seqlen_k -
+            seqlen_q - j| to the scores; no bias tensor is built.
+        deterministic: accepted for compatibility; the backward is always deterministic.
+        return_attn_probs: also return the log-sum-exp (and None, see the module docstring).
+
+    Returns:
+        out (batch, seqlen_q, heads, head_dim_v) in q's dtype, contiguous; with
+        ``return_attn_probs``, ``(out, softmax_lse, None)``, softmax_lse (batch, heads,
+        seqlen_q) float32, the natural-log log-sum-exp of each row's scaled scores (-inf for a
+        row that sees no key). Gradients flow to q, k and v (and through softmax_lse).
+    """
+    _check_layout("flash_attn_func", (q, k, v))
+    # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
+    query, key, value = (t.transpose(1, 2) for t in (q, k, v))
+    out, lse = flash_attention(
+        query, key, value, dropout_p=dropout_p, is_causal=check_flag(causal, "causal"),
+        scale=softmax_scale, enable_gqa=True, return_lse=True, window_size=window_size,
+        softcap=softcap, alibi_slopes=alibi_slopes, alignment="bottom_right",
+    )  # fmt: skip
+    out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), contiguous (output_buffer)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_varlen_func(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+    deterministic=False, return_attn_probs=False,
+):  # fmt: skip
+    """Attention over packed sequences, FlashAttention-2's ``flash_attn_varlen_func``.
+
+    Args:
+        q: (total_q, heads, head_dim): the batch's queries, sequence after sequence.
+        k: (total_k, heads_k, head_dim); v: (total_k, heads_k, head_dim_v); heads_k divides
+            heads (GQA/MQA). dtypes and head dims as in :func:`flash_attn_func`.
+        cu_seqlens_q, cu_seqlens_k: (batch + 1,) int32 on q's device, cumulative lengths:
+            sequence s is queries cu_seqlens_q[s]:cu_seqlens_q[s + 1] and keys
+            cu_seqlens_k[s]:cu_seqlens_k[s + 1]; from 0, never decreasing, ending at
+            total_q and total_k. A sequence may be empty.
+        max_seqlen_q, max_seqlen_k: ints at least the longest sequence's lengths (the grid).
+        dropout_p, softmax_scale, deterministic: as in :func:`flash_attn_func`.
+        causal: per sequence, anchored bottom-right: its query i sees its keys
+            j <= i + seqlen_k - seqlen_q.
+        window_size, softcap: as in :func:`flash_attn_func`, each sequence's window anchored
+            bottom-right in it.
+        alibi_slopes: float32 (heads,) or (batch, heads), one row per sequence; distances
+            anchored as the window.
+        return_attn_probs: also return the log-sum-exp (and None).
+
+    Returns:
+        out (total_q, heads, head_dim_v), contiguous; with ``return_attn_probs``,
+        ``(out, softmax_lse, None)``, softmax_lse (heads, total_q) float32, as
+        FlashAttention-2's varlen log-sum-exp. Gradients flow to q, k and v.
+
+    Raises:
+        TypeError / ValueError: on a bad input (a cu_seqlens that is not int32, does not start
+        at 0, decreases, does not end at the total, or a max_seqlen shorter than a sequence),
+        naming it, before anything is launched. The values of cu_seqlens are read to check
+        them (a synchronisation on a GPU), except under torch.compile.
+    """
+    name = "flash_attn_varlen_func"
+    check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
+    dropout_p = check_dropout_p(dropout_p)
+    _check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
+    packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
+    causal, options = score_options(
+        packed.view(q), packed.view(k), None, check_flag(causal, "causal"), "bottom_right",
+        window_size, softcap, alibi_slopes, None,
+    )  # fmt: skip
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
+    out, lse = _forward_op(
+        q, k, v, None, causal, scale, dropout_p, seed, offset, True, *options.window,
+        options.softcap, options.alibi_slopes, None, *packed,
+    )  # fmt: skip
+    return (out, lse, None) if return_attn_probs else out
