@@ -20,6 +20,8 @@ Differences from ``"sdpa"``: a query that sees no key (a padding query under a p
 gets zeros where SDPA averages the values; the outputs at every other position agree. Attention
 dropout (the ``dropout`` transformers passes in training) is applied inside the kernel, with its
 own random numbers, so a training step with dropout matches ``"sdpa"`` in distribution only.
+Logit softcapping (``softcap``, Gemma 2) and attention sinks (``s_aux``, GPT-OSS) are refused with
+a ``ValueError``: the kernel does not compute them, and leaving them out would change the outputs.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' attention-function signature: q (b, h, i, d), k and v (b, h_kv, j, d)
     -> ((b, i, h, d) output, no attention weights)."""
-    if kwargs.get("softcap") is not None:
-        raise ValueError(f"attention {NAME!r} does not support softcap")
+    for name in ("softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"attention {NAME!r} does not support {name} yet: use 'eager'")
     len_q = query.shape[2]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     is_causal = bool(len_q > 1 and attention_mask is None and is_causal)

@@ -1,0 +1,88 @@
+"""Today's decoder models on our kernel equal the same models on ``"eager"``: sliding windows
+(Qwen2, Gemma 2, GPT-OSS), logit softcapping (Gemma 2), attention sinks (GPT-OSS) and packed
+sequences (Llama, ``position_ids`` that restart).
+
+Tiny randomly initialised models built from configs (nothing is downloaded), float32, train
+mode, compared at every position through the logits and every parameter gradient (the sinks'
+included) against ``attn_implementation="eager"``, the models' own reference. Sequences are
+longer than the window, so the window hides keys. Tolerance: atol 2e-5, rtol 1e-4 (float32
+against float32; the kernel's own float64 parity is tests/test_flash_parity.py's).
+"""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from huggingface_helpers import (  # noqa: E402  (tests/, on sys.path as conftest's)
+    VOCAB,
+    assert_same_loss_and_gradients,
+    padded_batch,
+    twin_models,
+)
+
+from kernels.integrations import huggingface  # noqa: E402
+
+huggingface.register()
+
+WINDOW = 4
+TINY = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+)  # fmt: skip
+
+
+def sharpen_attention(model):
+    """Queries and keys 10x larger than at initialisation, so that the scores are O(1) and the
+    softcap, the window and the sinks each change the logits by tens of percent."""
+    for name, p in model.named_parameters():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            p.mul_(10)
+
+
+def logits_everywhere(ids, **inputs):
+    def run(model):
+        logits = model(input_ids=ids, use_cache=False, **inputs).logits
+        return logits, (logits**2).mean()
+
+    return run
+
+
+def test_qwen2_sliding_window_shorter_than_the_sequence_matches_eager(kernel_device):
+    config = transformers.Qwen2Config(
+        **TINY, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1,
+    )  # fmt: skip
+    assert config.layer_types == ["full_attention", "sliding_attention"]
+    ours, eager = twin_models(
+        transformers.Qwen2ForCausalLM, config, kernel_device, "eager", sharpen_attention
+    )
+    ids, mask = padded_batch([13, 9], kernel_device, seed=11)
+
+    def run(model):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return logits[mask.bool()], (logits[mask.bool()] ** 2).mean()
+
+    assert_same_loss_and_gradients(ours, eager, run)
+
+
+def test_packed_llama_batch_keeps_its_sequences_apart_as_eager_does(kernel_device):
+    config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
+    ours, eager = twin_models(
+        transformers.LlamaForCausalLM, config, kernel_device, "eager", sharpen_attention
+    )
+    ids, _ = padded_batch([14, 14], kernel_device, seed=12)
+    lengths = [[5, 6, 3], [9, 5]]
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
+    assert_same_loss_and_gradients(
+        ours, eager, logits_everywhere(ids, position_ids=position_ids.to(kernel_device))
+    )
+
+
+def test_gpt_oss_sinks_are_refused_not_ignored(kernel_device):
+    config = transformers.GptOssConfig(
+        **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
+    )  # fmt: skip
+    ours, _ = twin_models(transformers.GptOssForCausalLM, config, kernel_device, "eager")
+    ids, _ = padded_batch([7], kernel_device, seed=13)
+    with pytest.raises(ValueError, match="s_aux"):
+        ours(input_ids=ids, use_cache=False)
