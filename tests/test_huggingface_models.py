@@ -21,6 +21,7 @@ from huggingface_helpers import (  # noqa: E402  (tests/, on sys.path as conftes
     twin_models,
 )
 
+from kernels import flash_attention  # noqa: E402
 from kernels.integrations import huggingface  # noqa: E402
 
 huggingface.register()
@@ -86,3 +87,25 @@ def test_gpt_oss_sinks_are_refused_not_ignored(kernel_device):
     ids, _ = padded_batch([7], kernel_device, seed=13)
     with pytest.raises(ValueError, match="s_aux"):
         ours(input_ids=ids, use_cache=False)
+
+
+def kernel_mask_shapes(monkeypatch):
+    """The shape of the attn_mask of each kernel call the backend makes (None: no mask)."""
+    shapes = []
+
+    def recording(*args, attn_mask=None, **kwargs):
+        shapes.append(None if attn_mask is None else tuple(attn_mask.shape))
+        return flash_attention(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(huggingface, "flash_attention", recording)
+    return shapes
+
+
+def test_padding_reaches_the_kernel_as_one_value_per_key(kernel_device, monkeypatch):
+    config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
+    ours, _ = twin_models(transformers.LlamaForCausalLM, config, kernel_device, "eager")
+    ids, mask = padded_batch([9, 5], kernel_device, seed=14)
+    shapes = kernel_mask_shapes(monkeypatch)
+    with torch.no_grad():
+        ours(input_ids=ids, attention_mask=mask, use_cache=False)
+    assert shapes == [(2, 1, 1, 9)] * config.num_hidden_layers

@@ -8,20 +8,27 @@
     model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="triton_transformer")
 
 :func:`register` adds :func:`attention_forward` to ``transformers.AttentionInterface`` under
-:data:`NAME`, and SDPA's mask builder to ``AttentionMaskInterface`` under the same name, so the
-models build the boolean masks (True = attend) they build for ``"sdpa"``, which the kernel reads
-as they are. The function reads its arguments as ``transformers``' own SDPA function does
-(``transformers.integrations.sdpa_attention``): causality only through ``is_causal`` when no
-mask is given, grouped-query attention from the head counts, T5's learnt ``position_bias`` as a
-float mask (whose gradient the kernel computes). ``transformers`` is an optional dependency
-(``pip install -e ".[huggingface]"``); importing this module does not need it, registering does.
+:data:`NAME`, and :func:`~kernels.integrations.huggingface_masks.build_mask` to
+``AttentionMaskInterface`` under the same name. The mask builder hands the kernel what it needs
+instead of an (n x n) mask where the model's mask is causal (with a sliding window, or over
+packed sequences) or bidirectional, with padding: a key padding mask (one value per key) or
+nothing, plus the flags; every other pattern gets SDPA's boolean mask (True = attend), which the
+kernel reads as it is. The function reads its arguments as ``transformers``' own SDPA function
+does (``transformers.integrations.sdpa_attention``): causality through ``is_causal`` (or the
+module's) when the mask does not carry it, grouped-query attention from the head counts, T5's
+learnt ``position_bias`` as a float mask (whose gradient the kernel computes), and the
+``sliding_window`` a layer passes (transformers' convention: a query sees that many keys, itself
+included). ``transformers`` is an optional dependency (``pip install -e ".[huggingface]"``);
+importing this module does not need it, registering does.
 
 Differences from ``"sdpa"``: a query that sees no key (a padding query under a padding mask)
 gets zeros where SDPA averages the values; the outputs at every other position agree. Attention
 dropout (the ``dropout`` transformers passes in training) is applied inside the kernel, with its
 own random numbers, so a training step with dropout matches ``"sdpa"`` in distribution only.
 Logit softcapping (``softcap``, Gemma 2) and attention sinks (``s_aux``, GPT-OSS) are refused with
-a ``ValueError``: the kernel does not compute them, and leaving them out would change the outputs.
+a ``ValueError``: the kernel does not compute them yet, and leaving them out would change the
+outputs. A sliding window is applied by a boolean mask built here for now (the kernel takes no
+window yet).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from kernels import flash_attention
+from kernels.integrations.huggingface_masks import build_mask
 
 # Not "flash_transformer": transformers treats every implementation whose name contains
 # "flash" as a FlashAttention kernel (unpadded, variable-length inputs; utils.generic's
@@ -46,6 +54,7 @@ def attention_forward(
     scaling: float | None = None,
     is_causal: bool | None = None,
     position_bias: torch.Tensor | None = None,
+    sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' attention-function signature: q (b, h, i, d), k and v (b, h_kv, j, d)
@@ -53,15 +62,20 @@ def attention_forward(
     for name in ("softcap", "s_aux"):
         if kwargs.get(name) is not None:
             raise ValueError(f"attention {NAME!r} does not support {name} yet: use 'eager'")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    attention_mask, is_causal, window = _kernel_mask(
+        attention_mask, bool(causal), sliding_window, query.shape[2], key.shape[2]
+    )
     len_q = query.shape[2]
-    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    is_causal = bool(len_q > 1 and attention_mask is None and is_causal)
     if is_causal and key.shape[2] > len_q:
         # As transformers' SDPA function does: a prefill into an empty static cache. Its causal
         # mask is top-left aligned, so the keys past len_q are never seen.
         key, value = key[:, :, :len_q], value[:, :, :len_q]
         if position_bias is not None:
             position_bias = position_bias[..., :len_q]
+    if window is not None:
+        attention_mask = _with_window(attention_mask, window, len_q, key.shape[2], query.device)
+        is_causal = False
     if position_bias is not None:
         attention_mask = _bias_mask(position_bias, attention_mask, is_causal)
         is_causal = False
@@ -70,6 +84,35 @@ def attention_forward(
         scale=scaling, enable_gqa=key.shape[1] != query.shape[1],
     )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
+
+
+def _kernel_mask(attention_mask, causal, sliding_window, len_q, len_k):
+    """(attn_mask, is_causal, window) for the kernel from the mask the model passes, read as
+    :mod:`~kernels.integrations.huggingface_masks` made it: ``window`` is how many keys back a
+    query sees, itself included (transformers' ``sliding_window``), or None."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        if attention_mask.dtype == torch.bool:  # keys that are not padding, causal
+            return attention_mask[:, None, None, :], True, sliding_window
+        same = attention_mask[:, :, None] == attention_mask[:, None, :]  # packed sequences
+        return same[:, None], True, sliding_window
+    if attention_mask is not None:  # SDPA's own mask: everything is in it
+        return attention_mask, False, None
+    causal = causal and len_q > 1
+    if not causal and sliding_window is not None and len_k > sliding_window:
+        raise ValueError(
+            f"attention {NAME!r}: a sliding window ({sliding_window}) without a mask in "
+            "non-causal attention; transformers builds such masks itself (use 'sdpa')"
+        )
+    return None, causal, sliding_window if causal else None
+
+
+def _with_window(attention_mask, window, len_q, len_k, device):
+    """The boolean mask of causal attention within ``window`` keys (top-left: len_q == len_k
+    here) combined with ``attention_mask`` (boolean, or None)."""
+    rows = torch.arange(len_q, device=device)[:, None]
+    keys = torch.arange(len_k, device=device)[None, :]
+    seen = (keys <= rows) & (keys > rows - window)
+    return seen if attention_mask is None else attention_mask & seen
 
 
 def _bias_mask(position_bias, attention_mask, is_causal):
@@ -93,7 +136,7 @@ def _bias_mask(position_bias, attention_mask, is_causal):
 def register() -> None:
     """Make ``attn_implementation="triton_transformer"`` available to ``transformers`` models."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, build_mask)
