@@ -109,3 +109,21 @@ def test_padding_reaches_the_kernel_as_one_value_per_key(kernel_device, monkeypa
     with torch.no_grad():
         ours(input_ids=ids, attention_mask=mask, use_cache=False)
     assert shapes == [(2, 1, 1, 9)] * config.num_hidden_layers
+
+
+class Attention(torch.nn.Module):
+    is_causal = True
+
+
+@pytest.mark.parametrize(
+    "arguments, complaint",
+    [
+        (dict(block_table=torch.zeros(1, 1, dtype=torch.int32)), "paged"),
+        (dict(cu_seq_lens_q=torch.tensor([0, 3, 8], dtype=torch.int32)), "cu_seq_lens_q"),
+        (dict(sliding_window=3, is_causal=False), "sliding window"),
+    ],
+)
+def test_arguments_it_cannot_honour_raise_before_anything_runs(arguments, complaint):
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match=complaint):
+        huggingface.attention_forward(Attention(), q, q, q, None, **arguments)

@@ -59,9 +59,7 @@ def attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' attention-function signature: q (b, h, i, d), k and v (b, h_kv, j, d)
     -> ((b, i, h, d) output, no attention weights)."""
-    for name in ("softcap", "s_aux"):
-        if kwargs.get(name) is not None:
-            raise ValueError(f"attention {NAME!r} does not support {name} yet: use 'eager'")
+    _refuse_what_it_cannot_honour(kwargs)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     attention_mask, is_causal, window = _kernel_mask(
         attention_mask, bool(causal), sliding_window, query.shape[2], key.shape[2]
@@ -84,6 +82,23 @@ def attention_forward(
         scale=scaling, enable_gqa=key.shape[1] != query.shape[1],
     )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
+
+
+# Arguments transformers may pass that change the result and that the kernel does not take.
+# Everything else it passes (position_ids, use_cache, ...) the mask already accounts for.
+UNSUPPORTED = {
+    "softcap": "logit softcapping",
+    "s_aux": "attention sinks",
+    "cu_seq_lens_q": "packed sequences given by their lengths (pass position_ids instead)",
+    "cu_seq_lens_k": "packed sequences given by their lengths (pass position_ids instead)",
+    "block_table": "a paged key/value cache",
+}
+
+
+def _refuse_what_it_cannot_honour(kwargs):
+    for name, what in UNSUPPORTED.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"attention {NAME!r} does not support {what} ({name}): use 'eager'")
 
 
 def _kernel_mask(attention_mask, causal, sliding_window, len_q, len_k):
