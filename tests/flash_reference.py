@@ -130,14 +130,17 @@ def random_mask(shape, kind, seed=0):
 FLOOR_F32 = 1e-5
 
 
-def assert_close_as_flash_attention_does(q, k, v, dout, reference=None, **kwargs):
+def assert_close_as_flash_attention_does(
+    q, k, v, dout, reference=None, kernel=flash_attention, **kwargs
+):  # fmt: skip
     """Kernel error vs float64 <= 2 x naive error in the same dtype + floor, for out and grads.
-    ``reference`` (default: naive_attention) computes both the float64 and the same-dtype run."""
+    ``reference`` (default: naive_attention) computes both the float64 and the same-dtype run;
+    ``kernel`` (default: flash_attention) is the function under test, called as it is."""
     dtype = q.dtype
     reference = reference or naive_attention
     exact = output_and_grads(reference, q, k, v, dout, torch.float64, **kwargs)
     naive = output_and_grads(reference, q, k, v, dout, dtype, **kwargs)
-    ours = output_and_grads(flash_attention, q, k, v, dout, dtype, **kwargs)
+    ours = output_and_grads(kernel, q, k, v, dout, dtype, **kwargs)
     names = ("out", "dq", "dk", "dv", "dmask")[: len(exact)]
     for name, got, ref, base in zip(names, ours, exact, naive, strict=True):
         assert torch.isfinite(got).all(), f"{name} has NaN/Inf"
@@ -163,3 +166,32 @@ def report_largest_errors():
         print("\nlargest kernel error vs float64 reference:")
         for (dtype, name), errs in sorted(ERRORS.items(), key=str):
             print(f"  {str(dtype):15s} {name:3s} {max(errs):.3g}")
+
+
+# ----------------------------------------------------------------------------- FlashAttention-2
+
+
+def bottom_right_causal(len_q, len_k, device=None):
+    """(len_q, len_k) bool: query i sees keys j <= i + len_k - len_q (FlashAttention-2's causal
+    anchoring), built explicitly so that it does not depend on what ``is_causal`` means."""
+    i = torch.arange(len_q, device=device)[:, None]
+    j = torch.arange(len_k, device=device)[None, :]
+    return j <= i + (len_k - len_q)
+
+
+def fa2_reference(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, keep=None):
+    """FlashAttention-2's ``flash_attn_func`` computed naively in q's dtype: q (b, n_q, h, d),
+    k and v (b, n_k, h_k, d|d_v), h_k dividing h; out (b, n_q, h, d_v). ``keep``: with dropout,
+    the (b, h, n_q, n_k) keep-mask (the probabilities of the kept pairs are divided by
+    1 - dropout_p, the others dropped)."""
+    query, key, value = (t.transpose(1, 2) for t in (q, k, v))
+    len_q, len_k = query.shape[2], key.shape[2]
+    mask = bottom_right_causal(len_q, len_k, q.device)[None, None] if causal else None
+    scale = query.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    key, value = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (key, value))
+    scores, allowed = masked_scores(query, key, mask, False, scale)
+    scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    if keep is not None:
+        probs = probs * keep / (1.0 - dropout_p)
+    return (probs @ value).transpose(1, 2)

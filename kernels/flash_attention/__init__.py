@@ -76,12 +76,14 @@ Caution -- not supported
 Layout: ``tiles`` (jitted helpers), ``forward`` and ``backward`` (the kernels), ``configs``
 (launch tables), ``checks`` (input validation), ``dropout`` (seeds and the keep-mask for
 tests), ``launcher`` (the host side: buffers, arguments, tuned launches), ``function`` (the
-operators and ``flash_attention``). What it shares with ``additive_attention`` (the delta pass,
+operators and ``flash_attention``), ``flash_attn_interface`` (FlashAttention-2's API,
+``flash_attn_func``, on the same operators). What it shares with ``additive_attention`` (the delta pass,
 allocation, tuning, the one launch function every launch goes through) is in
 :mod:`kernels.common`.
 """
 
 from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask
+from kernels.flash_attention.flash_attn_interface import flash_attn_func
 from kernels.flash_attention.function import flash_attention
 
-__all__ = ["draw_seed_offset", "dropout_keep_mask", "flash_attention"]
+__all__ = ["draw_seed_offset", "dropout_keep_mask", "flash_attention", "flash_attn_func"]

@@ -8,13 +8,13 @@ from kernels import ops
 from kernels.common.checks import check_flag
 from kernels.flash_attention.checks import _check_inputs
 from kernels.flash_attention.dropout import Dropout, check_dropout_p, draw_seed_offset
-from kernels.flash_attention.launcher import _backward, _forward
+from kernels.flash_attention.launcher import _backward, _forward, output_buffer
 
 
 def _fake_forward(q, k, v, attn_mask, is_causal, scale, dropout_p=0.0, seed=0, offset=0):
-    """What _forward returns, as empty tensors: a contiguous out (b, h, len_q, d_v), lse
-    (b, h, len_q)."""
-    out = q.new_empty((*q.shape[:3], v.shape[3]))
+    """What _forward returns, as empty tensors: out (b, h, len_q, d_v) laid out as
+    launcher.output_buffer lays it out, lse (b, h, len_q)."""
+    out = output_buffer(q, v.shape[3])
     return out, q.new_empty(q.shape[:3], dtype=torch.float32)
 
 

@@ -56,9 +56,20 @@ def _dropout_args(dropout):
     return dropout.seed, dropout.offset, dropout.p, dropout.keep_scale
 
 
+def output_buffer(q, value_dim):
+    """out (b, h, len_q, value_dim), laid out in memory as q is: (b, h, len_q, d_v) when q is,
+    else (b, len_q, h, d_v) when q's heads vary faster than its positions (a transposed
+    (b, len_q, h, d) tensor, FlashAttention's layout), as SDPA's flash backend does, so that a
+    caller who transposes back gets a contiguous tensor."""
+    b, h, len_q, _ = q.shape
+    if q.stride(1) < q.stride(2):
+        return runtime.empty((b, len_q, h, value_dim), q.dtype, q.device).transpose(1, 2)
+    return runtime.empty((b, h, len_q, value_dim), q.dtype, q.device)
+
+
 def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT):
     b, h, len_q, d = q.shape
-    out = runtime.empty((b, h, len_q, v.shape[3]), q.dtype, q.device)
+    out = output_buffer(q, v.shape[3])
     lse = runtime.empty((b, h, len_q), torch.float32, q.device)
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
     args = (

@@ -1,0 +1,96 @@
+"""FlashAttention-2's Python API on our kernel: ``flash_attn_func``.
+
+Code written for the ``flash_attn`` package runs by changing its import::
+
+    from kernels.flash_attention import flash_attn_func
+
+The arguments, their order, defaults and meaning, and the return values are FlashAttention-2's
+(its ``flash_attn_interface.py``): tensors are (batch, seqlen, heads, head_dim), grouped-query
+and multi-query attention follow from the head counts, and causality is anchored at the
+**bottom-right** corner (query i sees keys j <= i + seqlen_k - seqlen_q), as FlashAttention-2
+anchors it. Nothing is copied: the kernel reads the caller's tensors through their strides, as
+(batch, heads, seqlen, head_dim) views.
+
+Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
+    * float32 is accepted as well as float16 and bfloat16 (FlashAttention-2 refuses it), and
+      the tensors may have any strides (FlashAttention-2 wants the last axis contiguous).
+    * ``return_attn_probs=True`` returns ``(out, softmax_lse, None)``: FlashAttention-2's third
+      value, S_dmask, is a (batch, heads, seqlen_q, seqlen_k) tensor of probabilities kept for
+      its tests, which this kernel never builds. To check dropout, rebuild the keep-mask with
+      :func:`kernels.flash_attention.dropout_keep_mask`.
+    * ``deterministic`` is accepted and changes nothing: the backward has no atomics (one
+      program per key block accumulates dK, dV; one per query block dQ), so it is always
+      deterministic. Dropout's random numbers follow ``torch.manual_seed``
+      (:mod:`kernels.flash_attention.dropout`), not FlashAttention-2's generator.
+"""
+
+import torch
+
+from kernels.flash_attention.function import flash_attention
+
+_UNBOUNDED_WINDOW = (-1, -1)
+
+
+def _check_layout(name, tensors):
+    """Each of ``tensors`` a rank-4 (batch, seqlen, heads, head_dim) tensor, or a clear error."""
+    for arg, t in zip(("q", "k", "v"), tensors, strict=True):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name}: {arg} must have rank 4 (batch, seqlen, heads, head_dim), "
+                f"got shape {tuple(t.shape)}"
+            )
+
+
+def _check_not_yet(name, window_size, softcap, alibi_slopes):
+    """Refuse what the kernel does not compute yet, rather than compute something else."""
+    if tuple(window_size) != _UNBOUNDED_WINDOW:
+        raise ValueError(f"{name}: window_size={window_size} is not supported yet; pass (-1, -1)")
+    if softcap != 0.0:
+        raise ValueError(f"{name}: softcap={softcap} is not supported yet; pass 0.0")
+    if alibi_slopes is not None:
+        raise ValueError(f"{name}: alibi_slopes are not supported yet; pass None")
+
+
+def flash_attn_func(
+    q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False,
+):  # fmt: skip
+    """Attention over (batch, seqlen, heads, head_dim) tensors, FlashAttention-2's
+    ``flash_attn_func``.
+
+    Args:
+        q: (batch, seqlen_q, heads, head_dim), float16, bfloat16 or float32.
+        k: (batch, seqlen_k, heads_k, head_dim); v: (batch, seqlen_k, heads_k, head_dim_v),
+            same dtype and device. heads_k divides heads: multi-query (heads_k == 1) and
+            grouped-query attention, query head i reading key/value head i // (heads / heads_k).
+            Head dims 1 to 256 (head_dim_v may differ from head_dim).
+        dropout_p: probability of dropping each attention probability (pass 0.0 in
+            evaluation, as with FlashAttention-2).
+        softmax_scale: the scores' scale; default 1 / sqrt(head_dim).
+        causal: causal masking anchored bottom-right: query i sees keys
+            j <= i + seqlen_k - seqlen_q (a query that sees no key gets zeros).
+        window_size: (left, right) sliding window; only (-1, -1) (unbounded) for now.
+        softcap: logit softcapping; only 0.0 (off) for now.
+        alibi_slopes: ALiBi slopes; only None for now.
+        deterministic: accepted for compatibility; the backward is always deterministic.
+        return_attn_probs: also return the log-sum-exp (and None, see the module docstring).
+
+    Returns:
+        out (batch, seqlen_q, heads, head_dim_v) in q's dtype, contiguous; with
+        ``return_attn_probs``, ``(out, softmax_lse, None)``, softmax_lse (batch, heads,
+        seqlen_q) float32, the natural-log log-sum-exp of each row's scaled scores (-inf for a
+        row that sees no key). Gradients flow to q, k and v (and through softmax_lse).
+    """
+    name = "flash_attn_func"
+    _check_layout(name, (q, k, v))
+    _check_not_yet(name, window_size, softcap, alibi_slopes)
+    # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
+    query, key, value = (t.transpose(1, 2) for t in (q, k, v))
+    out, lse = flash_attention(
+        query, key, value, dropout_p=dropout_p, is_causal=bool(causal), scale=softmax_scale,
+        enable_gqa=True, return_lse=True,
+    )  # fmt: skip
+    out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), contiguous (output_buffer)
+    return (out, lse, None) if return_attn_probs else out

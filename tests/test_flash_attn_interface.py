@@ -1,0 +1,129 @@
+"""FlashAttention-2's API (``flash_attn_func``) on our kernel: code written for ``flash_attn``
+runs by changing the import (its call patterns, keyword names and return types), and the
+results match a float64 FlashAttention-2 reference (bottom-right causality, GQA/MQA, odd
+lengths) in the output and every gradient; nothing is copied on the way in.
+
+Criterion (tests/flash_reference.py): the kernel's largest error against float64 is at most
+twice that of the naive computation in the kernel's dtype, plus a small floor.
+"""
+
+import pytest
+import torch
+from flash_reference import (
+    DEVICE,
+    DTYPES,
+    assert_close_as_flash_attention_does,
+    fa2_reference,
+    random_inputs,
+    report_largest_errors,  # noqa: F401 (autouse: -s prints the largest errors)
+)
+
+from kernels.flash_attention import dropout_keep_mask, flash_attn_func, function
+from kernels.flash_attention.dropout import draw_seed_offset
+
+pytestmark = pytest.mark.usefixtures("kernel_device")
+
+
+def fa2_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed=0, heads_kv=None, d_v=None):
+    """q (b, n_q, h, d), k (b, n_k, h_k, d), v (b, n_k, h_k, d_v), dout (b, n_q, h, d_v):
+    contiguous in FlashAttention's layout, standard normal."""
+    tensors = random_inputs(batch, heads, len_q, len_k, head_dim, dtype, seed, heads_kv, d_v)
+    return [t.transpose(1, 2).contiguous() for t in tensors]
+
+
+# (len_q, len_k, heads, heads_kv, head_dim): odd lengths both ways, GQA, MQA, decoding
+SHAPES = [(7, 7, 2, 2, 16), (37, 53, 4, 2, 40), (53, 37, 3, 1, 64), (1, 19, 4, 4, 32)]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
+def test_flash_attn_func_matches_the_float64_reference_in_output_and_gradients(shape, causal):
+    len_q, len_k, heads, heads_kv, head_dim = shape
+    q, k, v, dout = fa2_inputs(2, heads, len_q, len_k, head_dim, torch.float32, heads_kv=heads_kv)
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, reference=fa2_reference, kernel=flash_attn_func, causal=causal
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
+def test_flash_attn_func_in_16_bit_is_as_close_as_naive_attention_in_that_dtype(dtype):
+    q, k, v, dout = fa2_inputs(2, 4, 37, 53, 64, dtype, seed=3, heads_kv=2)
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, reference=fa2_reference, kernel=flash_attn_func, causal=True,
+        softmax_scale=0.3,
+    )  # fmt: skip
+
+
+def test_flash_attn_func_runs_code_written_for_flash_attn_unchanged():
+    """FlashAttention-2's call patterns: positional dropout_p, softmax_scale, causal; keyword
+    names; the (out, softmax_lse, S_dmask) triple of return_attn_probs."""
+    q, k, v, _ = fa2_inputs(2, 4, 9, 13, 32, torch.float32, heads_kv=2)
+    out = flash_attn_func(q, k, v, 0.0, None, True)
+    assert out.shape == (2, 9, 4, 32) and out.dtype == q.dtype and out.is_contiguous()
+    same = flash_attn_func(
+        q, k, v, dropout_p=0.0, softmax_scale=32**-0.5, causal=True, window_size=(-1, -1),
+        softcap=0.0, alibi_slopes=None, deterministic=True, return_attn_probs=False,
+    )  # fmt: skip
+    torch.testing.assert_close(same, out, rtol=0, atol=0)
+    out3, softmax_lse, s_dmask = flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    torch.testing.assert_close(out3, out, rtol=0, atol=0)
+    assert softmax_lse.shape == (2, 4, 9) and softmax_lse.dtype == torch.float32
+    assert s_dmask is None
+    scores = torch.einsum("bihd,bjhd->bhij", q.double(), k.double().repeat_interleave(2, 2))
+    scores = scores * 32**-0.5
+    scores = scores.masked_fill(torch.ones(9, 13).tril(13 - 9) == 0, float("-inf"))
+    torch.testing.assert_close(softmax_lse.double(), scores.logsumexp(-1), rtol=0, atol=1e-5)
+
+
+def test_flash_attn_func_reads_the_callers_tensors_without_copying(monkeypatch):
+    """The kernel gets (b, h, n, d) views of the caller's (b, n, h, d) storage."""
+    seen = []
+    forward = function._forward
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.extend(t.data_ptr() for t in (q, k, v))
+        return forward(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(function, "_forward", spy)
+    q, k, v, _ = fa2_inputs(1, 2, 5, 6, 16, torch.float32)
+    flash_attn_func(q, k, v)
+    assert seen == [q.data_ptr(), k.data_ptr(), v.data_ptr()]
+
+
+def test_flash_attn_func_dropout_matches_the_reference_fed_its_keep_mask():
+    q, k, v, dout = fa2_inputs(1, 2, 17, 23, 16, torch.float32, seed=5)
+    torch.manual_seed(11)
+    seed, offset = draw_seed_offset()
+    keep = dropout_keep_mask(seed, offset, 1, 2, 17, 23, 0.3, DEVICE)
+    torch.manual_seed(11)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attn_func(*leaves, dropout_p=0.3, causal=True)
+    out.backward(dout)
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = fa2_reference(*exact, dropout_p=0.3, causal=True, keep=keep)
+    ref.backward(dout.double())
+    for got, want in zip(
+        (out, *(t.grad for t in leaves)), (ref, *(t.grad for t in exact)), strict=True
+    ):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(window_size=(4, 0)), "window_size"),
+        (dict(softcap=30.0), "softcap"),
+        (dict(alibi_slopes=torch.ones(2)), "alibi_slopes"),
+    ],
+    ids=["window", "softcap", "alibi"],
+)
+def test_flash_attn_func_refuses_what_the_kernel_does_not_compute_yet(kwargs, message):
+    q, k, v, _ = fa2_inputs(1, 2, 5, 5, 16, torch.float32)
+    with pytest.raises(ValueError, match=message):
+        flash_attn_func(q, k, v, **kwargs)
+
+
+def test_flash_attn_func_names_the_layout_when_a_tensor_has_the_wrong_rank():
+    q, k, v, _ = fa2_inputs(1, 2, 5, 5, 16, torch.float32)
+    with pytest.raises(ValueError, match=r"k must have rank 4 \(batch, seqlen, heads"):
+        flash_attn_func(q, k[0], v)
