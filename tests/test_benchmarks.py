@@ -62,7 +62,7 @@ SCRIPTS = sorted(
 
 
 def test_every_benchmark_script_is_covered():
-    assert SCRIPTS == [module_name("additive"), module_name("attention"), module_name("model")]
+    assert SCRIPTS == [module_name(name) for name in ("additive", "attention", "model", "varlen")]
 
 
 @pytest.mark.parametrize("form", ["module", "file"])
@@ -235,3 +235,26 @@ def test_compile_rows_break_even_when_the_saving_per_token_has_paid_for_the_warm
     text = mb.markdown(records, args)
     assert "naive (einops) + torch.compile tokens/s" in text
     assert "60,000" in text and "never" in text
+
+
+def test_varlen_benchmark_on_cpu_counts_packed_tokens_where_padding_counts_the_longest(tmp_path):
+    """Bytes per token: q, k, v, dout, out, dq, dk, dv, and three float32 rows per head (lse,
+    delta, dlse); padded, every sequence as long as the longest, plus its key mask."""
+    command, cwd = invocation(module_name("varlen"), "module")
+    args = ["--device", "cpu", "--out-dir", str(tmp_path), "--max-len", "256", "--batch", "4"]
+    args += ["--heads", "2", "--head-dim", "16", "--dtype", "float16", "--causal"]
+    done = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "varlen_memory.json").read_text())
+    check_environment(payload, "varlen")
+    assert (tmp_path / "varlen_memory.png").stat().st_size > 0
+    records = payload["records"]
+    assert [r["max_len"] for r in records] == [128, 256]
+    per_token = 8 * 2 * 16 * 2 + 3 * 2 * 4
+    for r in records:
+        assert r["total_tokens"] < r["padded_tokens"] == 4 * r["max_len"]
+        # beyond the rows: the cumulative lengths (20 bytes) and 1-4 byte stand-ins for the
+        # arguments a call does not use (no mask, no mask gradient)
+        packed_rows, padded_rows = r["total_tokens"] * per_token, r["padded_tokens"] * per_token
+        assert 0 <= r["packed_bytes"] - packed_rows <= 32
+        assert 0 <= r["padded_bytes"] - padded_rows - r["padded_tokens"] <= 8  # + the key mask

@@ -33,15 +33,29 @@ def _flash_workload(case: Case) -> None:
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
     dropout = Dropout(*GATE_DROPOUT) if "dropout" in case.masking else NO_DROPOUT
     checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
-    out, lse = fa._forward(q, k, v, mask, causal, scale, dropout)
+    packed = _flash_packed(case) if "varlen" in case.masking else None
+    if packed is not None:  # the same tensors packed: (batch * len, heads, d)
+        q, k, v = (t.transpose(1, 2).reshape(-1, *t.shape[1::2]) for t in (q, k, v))
+    out, lse = fa._forward(q, k, v, mask, causal, scale, dropout, packed)
     mask_grad = mask is not None and mask.is_floating_point()
     fa._backward(
-        q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad, dropout
-    )
+        q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad, dropout,
+        packed,
+    )  # fmt: skip
     if dropout.p > 0:  # the same call's keep-mask, as a test reads it (dropout_keep_mask)
         keep_mask = importlib.import_module("kernels.flash_attention.dropout").dropout_keep_mask
         keep_mask(dropout.seed, dropout.offset, case.batch, case.heads, case.len_q, case.len_k,
                   dropout.p, "meta")  # fmt: skip
+
+
+def _flash_packed(case: Case):
+    """Packed sequences' description (varlen.Packed) for a "varlen" case: batch sequences
+    whose longest are len_q and len_k (the cumulative lengths on meta: never read here)."""
+    import torch
+
+    packed = importlib.import_module("kernels.flash_attention.varlen").Packed
+    cu = torch.empty(case.batch + 1, device="meta", dtype=torch.int32)
+    return packed(cu, cu, case.len_q, case.len_k)
 
 
 def _flash_mask(case: Case, dtype):

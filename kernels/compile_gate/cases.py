@@ -13,8 +13,11 @@ ADDITIVE_HEAD_DIMS = HEAD_DIMS[:6]  # the additive kernel takes feature sizes up
 # (head dim, value head dim) pairs where they differ: narrower and wider values, across widths
 VALUE_HEAD_DIMS = ((64, 128), (128, 64), (40, 256), (256, 96))
 MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causal+bias",
-            "causal+key_mask+dropout", "causal+bias+dropout")  # fmt: skip
+            "causal+key_mask+dropout", "causal+bias+dropout",
+            "varlen+causal", "varlen+dropout")  # fmt: skip
 ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only, has no dropout
+# "varlen": packed sequences (flash_attn_varlen_func): q (batch * len_q, h, d), k and v
+# (batch * len_k, h_kv, d), len_q and len_k the longest sequences (VARLEN=True).
 # A masking with "dropout" runs flash attention with this dropout (any p > 0 compiles the same;
 # seed and offset are not specialised on).
 GATE_DROPOUT = (0.1, 12345, 678)
@@ -81,6 +84,7 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     ]
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
     first += large_offset_cases()
+    first += varlen_cases()
     first += [
         Case("additive_attention", dtype, d, masking)
         for dtype, d, masking in (
@@ -104,6 +108,17 @@ def large_offset_cases() -> list[Case]:
     return [
         Case("flash_attention", "bfloat16", 128, "full_mask", n, n, batch=1, heads=1),
         Case("flash_attention", "float16", 64, "causal+bias+dropout", n, n, batch=1, heads=1),
+    ]
+
+
+def varlen_cases() -> list[Case]:
+    """Packed sequences (VARLEN), first choices: each kernel with causality per sequence,
+    grouped-query heads and the widest head dims, and with dropout (its per-sequence counters)."""
+    return [
+        Case("flash_attention", "bfloat16", 128, "varlen+causal", heads_kv=1),
+        Case("flash_attention", "float16", 64, "varlen+dropout"),
+        Case("flash_attention", "bfloat16", 256, "varlen+causal"),
+        Case("flash_attention", "float32", 64, "varlen+causal"),
     ]
 
 

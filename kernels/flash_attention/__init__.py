@@ -83,7 +83,13 @@ allocation, tuning, the one launch function every launch goes through) is in
 """
 
 from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask
-from kernels.flash_attention.flash_attn_interface import flash_attn_func
+from kernels.flash_attention.flash_attn_interface import flash_attn_func, flash_attn_varlen_func
 from kernels.flash_attention.function import flash_attention
 
-__all__ = ["draw_seed_offset", "dropout_keep_mask", "flash_attention", "flash_attn_func"]
+__all__ = [
+    "draw_seed_offset",
+    "dropout_keep_mask",
+    "flash_attention",
+    "flash_attn_func",
+    "flash_attn_varlen_func",
+]

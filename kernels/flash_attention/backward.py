@@ -16,6 +16,9 @@ still folds into delta as -dlse. dK = scale * dS^T Q and dQ = scale * dS K are u
 is also the gradient of a float mask. With p = 1 (Z = 0, keep_scale = 0) every gradient but
 the log-sum-exp's is zero, as SDPA's.
 
+In the dQ pass, query rows past len_q (in a partial last block) load q = dO = 0 and
+lse = delta = 0, so their dS is 0 and they add nothing; they are never stored.
+
 LARGE_OFFSETS: every row and lane offset in int64 (see :mod:`kernels.common.jit`). The delta pass
 (``rowsum(dO * O)``) is both kernels' own: :func:`kernels.common.jit.attn_bwd_delta`.
 """
@@ -39,6 +42,8 @@ from kernels.flash_attention.tiles import (
     _head_dim_lanes,
     _load_rows,
     _mask_key_block,
+    _packed_row,
+    _packed_sequence,
 )
 
 
@@ -129,6 +134,27 @@ def _query_blocks_of_stage(STAGE: tl.constexpr, lo, m_whole, m_even, LEN_Q):
     return start, stop
 
 
+@triton.jit
+def _key_program(H, GROUP, BLOCK_N: tl.constexpr):
+    """(off_bkv, off_b, off_hk, start_n): program_tile's set-up over key/value heads (h_kv =
+    H // GROUP, taken after the ids): grid axis 0 is batch * h_kv + key/value head (see
+    runtime.grid), its batch and head as int64; axis 1 the key block starting at start_n."""
+    off_bkv = tl.program_id(0)
+    start_n = tl.program_id(1) * BLOCK_N
+    H_KV = H // GROUP
+    off_b = (off_bkv // H_KV).to(tl.int64)
+    off_hk = (off_bkv % H_KV).to(tl.int64)
+    return off_bkv, off_b, off_hk, start_n
+
+
+@triton.jit
+def _store_rows(Buffer, x, row0, HEAD_DIM, lanes, ok, EMULATE_BF16: tl.constexpr):
+    """Store the float32 tile x (rows, lanes) at rows row0 (rows, 1) of a contiguous
+    (rows, HEAD_DIM) buffer, in the buffer's dtype, where ``ok``."""
+    offsets = row0 * HEAD_DIM + lanes[None, :]
+    tl.store(Buffer + offsets, round_to(x, Buffer.dtype.element_ty, EMULATE_BF16), mask=ok)
+
+
 @triton.jit(do_not_specialize=["seed", "rng_offset"])
 def _attn_bwd_dkdv(
     Q, K, V, Mask, DOut, Lse, Delta, DK, DV,
@@ -138,27 +164,28 @@ def _attn_bwd_dkdv(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, sm_scale, qk_scale_log2,
-    seed, rng_offset, dropout_p, keep_scale,
+    seed, rng_offset, dropout_p, keep_scale, CuSeqlensQ, CuSeqlensK,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
+    VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     """One program per key block of one key/value head: holds K_j, V_j and accumulates dK_j,
     dV_j over the query blocks of every query head that reads this key/value head (GROUP of
-    them with grouped-query attention, one otherwise), so nothing is repeated in memory.
-
-    DK and DV are contiguous (b, h_kv, len_k, d) and (b, h_kv, len_k, d_v) buffers; their
-    strides are computed here.
-    """
-    # program_tile's set-up over key/value heads (h_kv = H // GROUP, taken after the ids)
-    off_bkv = tl.program_id(0)  # batch * h_kv + key/value head, on axis 0: see launch.grid
-    start_n = tl.program_id(1) * BLOCK_N
-    H_KV = H // GROUP
-    off_b = (off_bkv // H_KV).to(tl.int64)
-    off_hk = (off_bkv % H_KV).to(tl.int64)
+    them with grouped-query attention, one otherwise), so nothing is repeated in memory. DK
+    and DV: contiguous (b, h_kv, len_k, d|d_v) buffers (packed: (h_kv, total_k, d|d_v))."""
+    off_bkv, off_b, off_hk, start_n = _key_program(H, GROUP, BLOCK_N)
+    total_q, total_k, q_start, k_start = LEN_Q, LEN_K, 0, 0  # (VARLEN: the packed totals)
+    if VARLEN:  # packed sequences: from here on LEN_Q, LEN_K are sequence off_b's own
+        Q, K, V, DOut, LEN_Q, LEN_K, _, rng_offset, q_start, k_start = _packed_sequence(
+            Q, K, V, DOut, stride_qm, stride_kn, stride_vn, stride_gm, CuSeqlensQ, CuSeqlensK,
+            off_b, 0, H, LEN_Q, LEN_K, rng_offset,
+        )  # fmt: skip
+        if start_n >= LEN_K:
+            return
     cols = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
@@ -192,7 +219,7 @@ def _attn_bwd_dkdv(
             LARGE_OFFSETS,
         )  # fmt: skip
         m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
-        row_base = (off_b * H + off_h) * LEN_Q
+        row_base = _packed_row(off_h, total_q, q_start, (off_b * H + off_h) * LEN_Q, VARLEN)
         for stage in tl.static_range(3):  # the diagonal blocks, the whole ones, the last one
             start, stop = _query_blocks_of_stage(stage, lo, m_whole, m_even, LEN_Q)
             dk, dv = _dkdv_query_blocks(
@@ -204,11 +231,11 @@ def _attn_bwd_dkdv(
             )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
-    row0 = off_bkv.to(tl.int64) * LEN_K + cols[:, None]  # rows of the (b * h_kv * len_k) buffers
-    dk_off = row0 * HEAD_DIM_QK + offs_dqk[None, :]
-    dv_off = row0 * HEAD_DIM_V + offs_dv[None, :]
-    tl.store(DK + dk_off, round_to(dk, DK.dtype.element_ty, EMULATE_BF16), mask=k_ok)
-    tl.store(DV + dv_off, round_to(dv, DV.dtype.element_ty, EMULATE_BF16), mask=v_ok)
+    # rows of the (b * h_kv * len_k) buffers, or packed (h_kv * total_k)
+    row0 = _packed_row(off_hk, total_k, k_start, off_bkv.to(tl.int64) * LEN_K, VARLEN)
+    row0 += cols[:, None]
+    _store_rows(DK, dk, row0, HEAD_DIM_QK, offs_dqk, k_ok, EMULATE_BF16)
+    _store_rows(DV, dv, row0, HEAD_DIM_V, offs_dv, v_ok, EMULATE_BF16)
 
 
 @triton.jit
@@ -257,20 +284,26 @@ def _attn_bwd_dq(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, sm_scale, qk_scale_log2,
-    seed, rng_offset, dropout_p, keep_scale,
+    seed, rng_offset, dropout_p, keep_scale, CuSeqlensQ, CuSeqlensK,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
+    VARLEN: tl.constexpr = False,
 ):  # fmt: skip
-    """One program per query block: holds Q_i, dO_i and accumulates dQ_i over key blocks.
-
-    DQ is a contiguous (b, h, len_q, d) buffer. Query rows past len_q load q = dO = 0 and
-    lse = delta = 0, so their dS is 0 and they add nothing; they are never stored.
-    """
+    """One program per query block: holds Q_i, dO_i, accumulates dQ_i over key blocks into DQ,
+    contiguous (b, h, len_q, d) (packed: (h, total_q, d)); rows past len_q: see the module."""
     off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
+    row_base = off_bh.to(tl.int64) * LEN_Q
+    if VARLEN:  # packed sequences: from here on LEN_Q, LEN_K are sequence off_b's own
+        Q, K, V, DOut, LEN_Q, LEN_K, row_base, rng_offset, _, _ = _packed_sequence(
+            Q, K, V, DOut, stride_qm, stride_kn, stride_vn, stride_gm, CuSeqlensQ, CuSeqlensK,
+            off_b, off_h, H, LEN_Q, LEN_K, rng_offset,
+        )  # fmt: skip
+        if start_m >= LEN_Q:
+            return
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
@@ -289,7 +322,6 @@ def _attn_bwd_dq(
         ),
         rows, LEN_Q, dv_ok, True, EVEN_DV,
     )  # fmt: skip
-    row_base = off_bh.to(tl.int64) * LEN_Q
     lse_log2, delta = softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, True)
 
     off_hk = off_h // GROUP  # the key/value head this query head reads (GROUP > 1: GQA)

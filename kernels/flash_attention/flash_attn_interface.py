@@ -1,15 +1,18 @@
-"""FlashAttention-2's Python API on our kernel: ``flash_attn_func``.
+"""FlashAttention-2's Python API on our kernel: ``flash_attn_func`` and
+``flash_attn_varlen_func``.
 
 Code written for the ``flash_attn`` package runs by changing its import::
 
-    from kernels.flash_attention import flash_attn_func
+    from kernels.flash_attention import flash_attn_func, flash_attn_varlen_func
 
 The arguments, their order, defaults and meaning, and the return values are FlashAttention-2's
-(its ``flash_attn_interface.py``): tensors are (batch, seqlen, heads, head_dim), grouped-query
-and multi-query attention follow from the head counts, and causality is anchored at the
-**bottom-right** corner (query i sees keys j <= i + seqlen_k - seqlen_q), as FlashAttention-2
-anchors it. Nothing is copied: the kernel reads the caller's tensors through their strides, as
-(batch, heads, seqlen, head_dim) views.
+(its ``flash_attn_interface.py``): tensors are (batch, seqlen, heads, head_dim), or packed
+sequences (total_tokens, heads, head_dim) with int32 cumulative lengths; grouped-query and
+multi-query attention follow from the head counts; causality is anchored at the
+**bottom-right** corner (query i sees keys j <= i + seqlen_k - seqlen_q), of each sequence
+when they are packed, as FlashAttention-2 anchors it. Nothing is copied or padded: the kernel
+reads the caller's tensors through their strides (:mod:`kernels.flash_attention.varlen` says
+how packed sequences are read).
 
 Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
     * float32 is accepted as well as float16 and bfloat16 (FlashAttention-2 refuses it), and
@@ -24,9 +27,15 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
       (:mod:`kernels.flash_attention.dropout`), not FlashAttention-2's generator.
 """
 
+import math
+
 import torch
 
-from kernels.flash_attention.function import flash_attention
+from kernels.common.checks import check_flag
+from kernels.flash_attention.checks import _check_inputs
+from kernels.flash_attention.dropout import check_dropout_p, draw_seed_offset
+from kernels.flash_attention.function import _forward_op, flash_attention
+from kernels.flash_attention.varlen import check_packed, rows_view
 
 _UNBOUNDED_WINDOW = (-1, -1)
 
@@ -93,4 +102,51 @@ def flash_attn_func(
         enable_gqa=True, return_lse=True,
     )  # fmt: skip
     out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), contiguous (output_buffer)
+    return (out, lse, None) if return_attn_probs else out
+
+
+def flash_attn_varlen_func(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+    deterministic=False, return_attn_probs=False,
+):  # fmt: skip
+    """Attention over packed sequences, FlashAttention-2's ``flash_attn_varlen_func``.
+
+    Args:
+        q: (total_q, heads, head_dim): the batch's queries, sequence after sequence.
+        k: (total_k, heads_k, head_dim); v: (total_k, heads_k, head_dim_v); heads_k divides
+            heads (GQA/MQA). dtypes and head dims as in :func:`flash_attn_func`.
+        cu_seqlens_q, cu_seqlens_k: (batch + 1,) int32 on q's device, cumulative lengths:
+            sequence s is queries cu_seqlens_q[s]:cu_seqlens_q[s + 1] and keys
+            cu_seqlens_k[s]:cu_seqlens_k[s + 1]; from 0, never decreasing, ending at
+            total_q and total_k. A sequence may be empty.
+        max_seqlen_q, max_seqlen_k: ints at least the longest sequence's lengths (the grid).
+        dropout_p, softmax_scale, deterministic: as in :func:`flash_attn_func`.
+        causal: per sequence, anchored bottom-right: its query i sees its keys
+            j <= i + seqlen_k - seqlen_q.
+        window_size, softcap, alibi_slopes: only their defaults for now.
+        return_attn_probs: also return the log-sum-exp (and None).
+
+    Returns:
+        out (total_q, heads, head_dim_v), contiguous; with ``return_attn_probs``,
+        ``(out, softmax_lse, None)``, softmax_lse (heads, total_q) float32, as
+        FlashAttention-2's varlen log-sum-exp. Gradients flow to q, k and v.
+
+    Raises:
+        TypeError / ValueError: on a bad input (a cu_seqlens that is not int32, does not start
+        at 0, decreases, does not end at the total, or a max_seqlen shorter than a sequence),
+        naming it, before anything is launched. The values of cu_seqlens are read to check
+        them (a synchronisation on a GPU), except under torch.compile.
+    """
+    name = "flash_attn_varlen_func"
+    check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
+    _check_not_yet(name, window_size, softcap, alibi_slopes)
+    dropout_p = check_dropout_p(dropout_p)
+    _check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
+    out, lse = _forward_op(
+        q, k, v, None, check_flag(causal, "causal"), scale, dropout_p, seed, offset,
+        cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+    )  # fmt: skip
     return (out, lse, None) if return_attn_probs else out

@@ -26,6 +26,7 @@ from kernels.flash_attention.tiles import (
     _head_dim_lanes,
     _load_rows,
     _mask_key_block,
+    _packed_sequence,
 )
 
 
@@ -93,15 +94,24 @@ def _attn_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, qk_scale_log2,
-    seed, rng_offset, dropout_p, keep_scale,
+    seed, rng_offset, dropout_p, keep_scale, CuSeqlensQ, CuSeqlensK,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
+    VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
+    row_base = off_bh.to(tl.int64) * LEN_Q  # this tile's first row in (b * h * len_q)
+    if VARLEN:  # packed sequences: from here on LEN_Q, LEN_K are sequence off_b's own
+        Q, K, V, Out, LEN_Q, LEN_K, row_base, rng_offset, _, _ = _packed_sequence(
+            Q, K, V, Out, stride_qm, stride_kn, stride_vn, stride_om, CuSeqlensQ, CuSeqlensK,
+            off_b, off_h, H, LEN_Q, LEN_K, rng_offset,
+        )  # fmt: skip
+        if start_m >= LEN_Q:
+            return
     rows = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dqk, offs_dv, dqk_ok, dv_ok = _head_dim_lanes(HEAD_DIM_QK, HEAD_DIM_V, BLOCK_DQK, BLOCK_DV)
@@ -128,7 +138,7 @@ def _attn_fwd(
     # first, without bounds checks or a causal mask; then the partial or diagonal ones.
     n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
     causal_shift = LEN_K - LEN_Q
-    row_ids = off_bh.to(tl.int64) * LEN_Q + rows  # this tile's rows in (b * h * len_q)
+    row_ids = row_base + rows  # this tile's rows in (b * h * len_q), or packed (h * total_q)
     for stage in tl.static_range(2):  # stage 0: [0, n_whole) unmasked; 1: [n_whole, n_stop)
         acc, l_i, m_i = _fwd_key_blocks(
             acc, l_i, m_i, q, k_base, v_base, m_base, stride_kn, stride_vn, stride_mm,
@@ -148,4 +158,4 @@ def _attn_fwd(
         round_to(out, Out.dtype.element_ty, EMULATE_BF16),
         mask=(rows[:, None] < LEN_Q) & dv_ok[None, :],
     )
-    tl.store(Lse + off_bh.to(tl.int64) * LEN_Q + rows, lse, mask=rows < LEN_Q)
+    tl.store(Lse + row_ids, lse, mask=rows < LEN_Q)

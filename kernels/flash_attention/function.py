@@ -9,11 +9,26 @@ from kernels.common.checks import check_flag
 from kernels.flash_attention.checks import _check_inputs
 from kernels.flash_attention.dropout import Dropout, check_dropout_p, draw_seed_offset
 from kernels.flash_attention.launcher import _backward, _forward, output_buffer
+from kernels.flash_attention.varlen import Packed
 
 
-def _fake_forward(q, k, v, attn_mask, is_causal, scale, dropout_p=0.0, seed=0, offset=0):
+def _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """The operators' packed-sequence arguments as a varlen.Packed, or None (padded tensors)."""
+    if cu_seqlens_q is None:
+        return None
+    return Packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+
+def _fake_forward(
+    q, k, v, attn_mask, is_causal, scale, dropout_p=0.0, seed=0, offset=0,
+    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
+):  # fmt: skip
     """What _forward returns, as empty tensors: out (b, h, len_q, d_v) laid out as
-    launcher.output_buffer lays it out, lse (b, h, len_q)."""
+    launcher.output_buffer lays it out, lse (b, h, len_q); packed: out (total_q, h, d_v)
+    contiguous, lse (h, total_q)."""
+    if cu_seqlens_q is not None:
+        out = q.new_empty((*q.shape[:2], v.shape[2]))
+        return out, q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     out = output_buffer(q, v.shape[3])
     return out, q.new_empty(q.shape[:3], dtype=torch.float32)
 
@@ -21,12 +36,19 @@ def _fake_forward(q, k, v, attn_mask, is_causal, scale, dropout_p=0.0, seed=0, o
 def _fake_backward(
     q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad,
     dropout_p=0.0, seed=0, offset=0,
+    cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
 ):  # fmt: skip
     """What _backward returns, as empty tensors: contiguous dq, dk, dv, and dmask (the mask's
-    shape with mask_grad, else empty)."""
+    shape with mask_grad, else empty); packed: dq, dk, dv (total, h, d) views of contiguous
+    (h, total, d) buffers."""
     dmask = q.new_empty(0)
     if attn_mask is not None:
         dmask = attn_mask.new_empty(attn_mask.shape if mask_grad else (0,))
+    if cu_seqlens_q is not None:
+        grads = (
+            t.new_empty((t.shape[1], t.shape[0], t.shape[2])).transpose(0, 1) for t in (q, k, v)
+        )
+        return *grads, dmask
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
@@ -36,21 +58,26 @@ def _backward_op(
     is_causal: bool, scale: float, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
     dlse: torch.Tensor | None, mask_grad: bool,
     dropout_p: float = 0.0, seed: int = 0, offset: int = 0,
+    cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     dropout = Dropout(dropout_p, seed, offset)
-    return _backward(q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout)
+    packed = _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return _backward(
+        q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout, packed
+    )
 
 
 def _gradients(
-    q, k, v, attn_mask, is_causal, scale, dropout_p, seed, offset, out, lse, dout, dlse, *,
-    needs_grad,
+    q, k, v, attn_mask, is_causal, scale, dropout_p, seed, offset,
+    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out, lse, dout, dlse, *, needs_grad,
 ):  # fmt: skip
     """dq, dk, dv, and the mask's gradient when it is a float mask that needs one (else None).
     The forward's dropout_p, seed and offset regenerate its keep-mask."""
     mask_grad = bool(needs_grad[3] and attn_mask is not None and attn_mask.is_floating_point())
     dq, dk, dv, dmask = _backward_op(
         q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad,
-        dropout_p, seed, offset,
+        dropout_p, seed, offset, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
     )  # fmt: skip
     return dq, dk, dv, (dmask if mask_grad else None)
 
@@ -58,7 +85,8 @@ def _gradients(
 # The one autograd definition: gradients of q, k, v (and of a float mask) from the backward
 # operator above, given the inputs, (out, lse) and their gradients (dlse is zeros when lse
 # took no part in the loss). seed and offset are the dropout's Philox seed and counter offset,
-# drawn by flash_attention (unused when dropout_p == 0).
+# drawn by flash_attention (unused when dropout_p == 0). With cu_seqlens_q (and the rest of
+# a varlen.Packed) q, k, v are packed sequences (total, h, d): flash_attn_varlen_func's call.
 @ops.kernel_op(
     "flash_attention", fake=_fake_forward, backward=_gradients,
     wrt=("q", "k", "v", "attn_mask"),
@@ -66,8 +94,12 @@ def _gradients(
 def _forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
     is_causal: bool, scale: float, dropout_p: float = 0.0, seed: int = 0, offset: int = 0,
+    cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int = 0, max_seqlen_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    return _forward(q, k, v, attn_mask, is_causal, scale, Dropout(dropout_p, seed, offset))
+    dropout = Dropout(dropout_p, seed, offset)
+    packed = _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return _forward(q, k, v, attn_mask, is_causal, scale, dropout, packed)
 
 
 def flash_attention(

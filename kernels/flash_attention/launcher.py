@@ -12,15 +12,18 @@ from kernels.flash_attention.backward import _attn_bwd_dkdv, _attn_bwd_dq
 from kernels.flash_attention.checks import _block_d, _mask_layout
 from kernels.flash_attention.dropout import NO_DROPOUT
 from kernels.flash_attention.forward import _attn_fwd
+from kernels.flash_attention.varlen import rows_view
 
 
-def _launch_pass(kernel, name, q, k, meta, args):
+def _launch_pass(kernel, name, q, k, meta, args, packed=None):
     """Launch one pass with the configuration tuned for it. ``name``: its launch table ("fwd",
     "dq", "dq_bias", "dkdv"). Grid axis 0 is batch x heads (the key/value heads for the dK/dV
     pass, which loops over each GQA group), axis 1 the blocks of the rows a program owns:
-    queries, or keys for the dK/dV pass."""
+    queries, or keys for the dK/dV pass; of the longest sequence with ``packed`` ones."""
     b, h, len_q, _ = q.shape
     h_kv, len_k = k.shape[1], k.shape[2]
+    if packed is not None:
+        len_q, len_k = packed.max_seqlen_q, packed.max_seqlen_k
     candidates = configs.for_kernel(name, q, _widest(meta), meta["HAS_DROPOUT"])
     heads, rows = (h_kv, len_k) if name == "dkdv" else (h, len_q)
 
@@ -51,9 +54,11 @@ def _widest(meta):
     return max(meta["BLOCK_DQK"], meta["BLOCK_DV"])
 
 
-def _dropout_args(dropout):
-    """The kernels' dropout arguments (seed, rng_offset, dropout_p, keep_scale)."""
-    return dropout.seed, dropout.offset, dropout.p, dropout.keep_scale
+def _dropout_args(dropout, packed=None):
+    """The kernels' dropout arguments (seed, rng_offset, dropout_p, keep_scale), and the
+    cumulative lengths of packed sequences (CuSeqlensQ, CuSeqlensK; None without)."""
+    cu_seqlens = (None, None) if packed is None else packed[:2]
+    return dropout.seed, dropout.offset, dropout.p, dropout.keep_scale, *cu_seqlens
 
 
 def output_buffer(q, value_dim):
@@ -67,48 +72,66 @@ def output_buffer(q, value_dim):
     return runtime.empty((b, h, len_q, value_dim), q.dtype, q.device)
 
 
-def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT):
-    b, h, len_q, d = q.shape
-    out = output_buffer(q, v.shape[3])
-    lse = runtime.empty((b, h, len_q), torch.float32, q.device)
+def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT, packed=None):
+    """(out, lse): out (b, h, len_q, d_v) (:func:`output_buffer`), lse (b, h, len_q); with
+    ``packed`` sequences (a varlen.Packed; q, k, v (total, h, d)), out (total_q, h, d_v) and
+    lse (h, total_q)."""
+    if packed is not None:
+        packed_out = runtime.empty((*q.shape[:2], v.shape[2]), q.dtype, q.device)
+        q, k, v, out = (packed.view(t) for t in (q, k, v, packed_out))
+        lse = runtime.empty((q.shape[1], q.shape[2]), torch.float32, q.device)
+    else:
+        out = output_buffer(q, v.shape[3])
+        lse = runtime.empty(q.shape[:3], torch.float32, q.device)
+    d = q.shape[3]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        *_sizes(q, k, v), scale * LOG2_E.value, *_dropout_args(dropout),
+        *_sizes(q, k, v), scale * LOG2_E.value, *_dropout_args(dropout, packed),
     )  # fmt: skip
-    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype)
+    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype, packed)
     meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out)
-    _launch_pass(_attn_fwd, "fwd", q, k, meta, args)
-    return out, lse
+    _launch_pass(_attn_fwd, "fwd", q, k, meta, args, packed)
+    return (out, lse) if packed is None else (packed_out, lse)
 
 
 def _backward(
-    q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout=NO_DROPOUT
+    q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout=NO_DROPOUT,
+    packed=None,
 ):  # fmt: skip
     """(dq, dk, dv, dmask): dmask, the float mask's gradient in its shape, only with mask_grad
-    (else an empty tensor). ``dropout`` must be the forward's (it regenerates its mask)."""
+    (else an empty tensor). ``dropout`` must be the forward's (it regenerates its mask).
+    ``packed``: the forward's packed sequences (then dq, dk, dv are packed like q, k, v)."""
+    rows = (out, dout)  # what the delta pass reads: (b, h, len_q, d_v), or (1, h, total_q, d_v)
+    if packed is not None:
+        rows = (rows_view(out), rows_view(dout))
+        q, k, v, out, dout = (packed.view(t) for t in (q, k, v, out, dout))
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
-    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype)
+    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype, packed)
     meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out, dout)
     if dlse is None:
-        dlse = torch.zeros((b, h, len_q), dtype=torch.float32, device=q.device)
-    dlse = dlse.to(torch.float32).contiguous()
-    delta = launch_delta(out, dout, dlse, meta["BLOCK_DV"], meta["LARGE_OFFSETS"])
+        dlse = torch.zeros(rows[0].shape[:3], dtype=torch.float32, device=q.device)
+    dlse = dlse.to(torch.float32).reshape(rows[0].shape[:3]).contiguous()
+    delta = launch_delta(*rows, dlse, meta["BLOCK_DV"], meta["LARGE_OFFSETS"])
 
     def pass_args(*gradients):
         """The dK/dV and dQ passes' arguments: they differ only in the buffers they write."""
         return (
             q, k, v, mask, dout, lse, delta, *gradients,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides,
-            *_sizes(q, k, v), scale, scale * LOG2_E.value, *_dropout_args(dropout),
+            *_sizes(q, k, v), scale, scale * LOG2_E.value, *_dropout_args(dropout, packed),
         )  # fmt: skip
 
-    dk = runtime.empty(k.shape, q.dtype, q.device)  # (b, h_kv, len_k, d)
-    dv = runtime.empty(v.shape, q.dtype, q.device)  # (b, h_kv, len_k, d_v)
-    _launch_pass(_attn_bwd_dkdv, "dkdv", q, k, meta, pass_args(dk, dv))
+    dk = _gradient_buffer(k, packed)  # (b, h_kv, len_k, d), or packed (h_kv, total_k, d)
+    dv = _gradient_buffer(v, packed)  # (b, h_kv, len_k, d_v), or packed (h_kv, total_k, d_v)
+    _launch_pass(_attn_bwd_dkdv, "dkdv", q, k, meta, pass_args(dk, dv), packed)
+    if packed is not None:
+        dq = _gradient_buffer(q, packed)
+        _launch_pass(_attn_bwd_dq, "dq", q, k, {**meta, "MASK_GRAD": False}, pass_args(dq, lse))
+        return *(g.transpose(0, 1) for g in (dq, dk, dv)), q.new_empty(0)
     mask_grad = bool(mask_grad and mask_meta["MASK_FLOAT"])
     key_constant = mask_grad and _broadcasts_over_keys(attn_mask)
     in_kernel = mask_grad and not key_constant  # the dQ pass writes dS, the mask's gradient
@@ -125,6 +148,13 @@ def _backward(
     if in_kernel:
         return dq, dk, dv, _sum_to_mask(dbias, attn_mask)
     return dq, dk, dv, (attn_mask if attn_mask is not None else q).new_empty(0)
+
+
+def _gradient_buffer(x, packed):
+    """The buffer a backward pass writes x's gradient to: contiguous (b, h, len, d) like x, or
+    for packed sequences (h, total, d), the kernels' packed rows (transposed back to x's
+    (total, h, d) once written)."""
+    return runtime.empty(x.shape if packed is None else x.shape[1:], x.dtype, x.device)
 
 
 def _broadcasts_over_keys(attn_mask):
@@ -179,13 +209,15 @@ def _precision(dtype):
     return "ieee" if runtime.INTERPRETED else "tf32x3"
 
 
-def _meta(mask_meta, is_causal, dropout, head_dim, value_head_dim, dtype):
+def _meta(mask_meta, is_causal, dropout, head_dim, value_head_dim, dtype, packed=None):
     """The constexprs every attention kernel takes, apart from its block sizes: q/k's head dim
     padded to BLOCK_DQK, v's (and out's) to BLOCK_DV. Without dropout (p == 0)
-    HAS_DROPOUT=False compiles no dropout code at all."""
+    HAS_DROPOUT=False compiles no dropout code at all; VARLEN only with packed sequences."""
     block_dqk, block_dv = _block_d(head_dim), _block_d(value_head_dim)
+    varlen = {} if packed is None else {"VARLEN": True}  # padded calls compile as before
     return dict(
         **mask_meta,
+        **varlen,
         IS_CAUSAL=bool(is_causal),
         HAS_DROPOUT=dropout.p > 0.0,
         EVEN_DQK=block_dqk == head_dim,

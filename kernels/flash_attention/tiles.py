@@ -102,3 +102,42 @@ def _dropout_keep(seed, rng_offset, row_ids, cols, LEN_K, dropout_p):
     """
     counters = rng_offset + row_ids.to(tl.int64)[:, None] * LEN_K + cols[None, :]
     return tl.rand(seed, counters) >= dropout_p
+
+
+@triton.jit
+def _packed_sequence(
+    Q, K, V, Rows, stride_qm, stride_kn, stride_vn, stride_rm, CuSeqlensQ, CuSeqlensK,
+    off_b, off_h, H, LEN_Q, LEN_K, rng_offset,
+):  # fmt: skip
+    """Packed sequences (VARLEN): sequence ``off_b`` of the packed tensors, as its programs see it.
+
+    LEN_Q and LEN_K are the packed totals; CuSeqlensQ and CuSeqlensK the int32 cumulative
+    lengths (batch + 1,); Q, K, V and Rows (the output, or its gradient) point at token 0 of the
+    (batch, h, total, d) views whose batch stride is 0. Returns (Q, K, V, Rows, len_q, len_k,
+    row_base, rng_offset, q_start, k_start): the pointers moved to the sequence's first query
+    and key token, its own lengths (from here on the program works on the sequence alone: its
+    causal anchoring, bounds and blocks are its own), the packed (h, total_q) row of head
+    ``off_h``'s first query (log-sum-exp, delta, dQ), the dropout counter offset that makes
+    every pair's Philox counter unique across sequences -- with ``tiles._dropout_keep``'s
+    (row_base + i) * len_k + j it is ``rng_offset + off_b * H * LEN_Q * LEN_K +
+    (off_h * LEN_Q + i) * len_k + j`` for query i and key j of the sequence -- and the
+    sequence's first query and key token (int64).
+    """
+    q_start = tl.load(CuSeqlensQ + off_b).to(tl.int64)
+    k_start = tl.load(CuSeqlensK + off_b).to(tl.int64)
+    len_q = tl.load(CuSeqlensQ + off_b + 1) - tl.load(CuSeqlensQ + off_b)
+    len_k = tl.load(CuSeqlensK + off_b + 1) - tl.load(CuSeqlensK + off_b)
+    row_base = off_h * LEN_Q + q_start
+    rng_offset = rng_offset + off_b * H * LEN_Q * LEN_K - q_start * len_k
+    Q, Rows = Q + q_start * stride_qm, Rows + q_start * stride_rm
+    K, V = K + k_start * stride_kn, V + k_start * stride_vn
+    return Q, K, V, Rows, len_q, len_k, row_base, rng_offset, q_start, k_start
+
+
+@triton.jit
+def _packed_row(off_h, rows_per_head, first, padded_row, VARLEN: tl.constexpr):
+    """The first row of head ``off_h`` in a per-row buffer: ``padded_row`` in a padded call, and
+    with packed sequences (VARLEN) ``off_h * rows_per_head + first``, the (h, total) rows."""
+    if VARLEN:
+        return off_h * rows_per_head + first
+    return padded_row

@@ -1,0 +1,198 @@
+"""Memory of packed sequences against padded ones, at growing total lengths.
+
+A batch of sequences of different lengths (``--batch`` of them, lengths drawn uniformly from
+1 to L with a fixed seed, L doubling from ``--min-len`` to ``--max-len``) runs one training
+step of self-attention through the flash kernel in two ways:
+
+* packed: ``flash_attn_varlen_func`` on (total, heads, head_dim) tensors with cumulative
+  lengths, no padding anywhere;
+* padded: ``flash_attention`` on (batch, heads, L, head_dim) tensors padded to the longest
+  sequence, with a (batch, 1, 1, L) key-padding mask.
+
+What is counted: the bytes of the distinct tensors the kernel launches of the forward and the
+backward read and write -- q, k, v and the output's gradient (the inputs), the key-padding
+mask (padded only), the output, the log-sum-exp, the backward's delta and dlse rows, and dq,
+dk, dv. They are taken from the launches themselves (a :class:`kernels.common.runtime.Hook`
+records every launch's tensor arguments) made by the kernel's own launchers on ``meta``
+tensors: nothing is allocated or run, so the figures are what those launches take through
+torch on any device (a GPU's included), at lengths the CPU could never run, and they do not
+depend on the machine. Not counted: the copies a caller makes to pad or pack its batch, and
+the caching allocator's rounding.
+
+    python -m benchmarks.varlen_benchmark     # writes benchmarks/results/varlen_memory.{json,png}
+    python -m benchmarks.varlen_benchmark --help
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import from the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.common.environment import environment
+from benchmarks.common.options import RESULTS_DIR, benchmark_parser, doubling
+from benchmarks.common.plotting import format_length
+from benchmarks.common.records import read_json, write_json
+from kernels.common import runtime
+from kernels.flash_attention import launcher
+from kernels.flash_attention.varlen import Packed
+
+MIB = 2**20
+
+
+def parse_args(argv=None):
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--batch", type=int, default=16, help="sequences per batch")
+    parser.add_argument("--heads", type=int, default=16, help="attention heads (q, k and v)")
+    parser.add_argument("--head-dim", type=int, default=64, help="head dimension")
+    parser.add_argument(
+        "--dtype", default="bfloat16", choices=("float16", "bfloat16", "float32"), help="q, k, v"
+    )
+    parser.add_argument("--causal", action="store_true", help="causal attention")
+    parser.add_argument(
+        "--min-len", type=int, default=128, help="longest sequence of the first batch; doubled"
+    )
+    parser.add_argument("--max-len", type=int, default=32768, help="up to this longest sequence")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawn lengths")
+    parser.add_argument(
+        "--out-dir", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG"
+    )
+    parser.add_argument(
+        "--replot", type=Path, default=None, metavar="JSON", help="redraw a results file's PNG"
+    )
+    parser.add_argument("--tag", default="varlen_memory", help="file name stem")
+    return parser.parse_args(argv)
+
+
+def launch_bytes(run) -> int:
+    """Bytes of the distinct storages the kernel launches made by ``run()`` read or write
+    (each counted once however many launches and views share it); nothing is launched."""
+    storages = {}  # id -> storage, kept alive so that no id is reused within the run
+
+    def record(launch: runtime.Launch):
+        for arg in launch.args:
+            if isinstance(arg, torch.Tensor):
+                storage = arg.untyped_storage()
+                storages.setdefault(storage._cdata, storage)
+
+    with runtime.hooked(runtime.Hook(on_launch=record, arch=90, configs="first")):
+        run()
+    return sum(storage.nbytes() for storage in storages.values())
+
+
+def training_step(q, k, v, mask, causal, packed=None) -> None:
+    """The launches of one forward and backward, through the kernel's launchers."""
+    scale = q.shape[-1] ** -0.5
+    out, lse = launcher._forward(q, k, v, mask, causal, scale, packed=packed)
+    dout = torch.empty_like(out)
+    launcher._backward(q, k, v, mask, causal, scale, out, lse, dout, None, False, packed=packed)
+
+
+def measure_point(lengths: list[int], args) -> dict:
+    """Packed and padded bytes for one batch of sequence lengths."""
+    dtype, heads, dim = getattr(torch, args.dtype), args.heads, args.head_dim
+    total, longest, batch = sum(lengths), max(lengths), len(lengths)
+
+    def meta(*shape, kind=dtype):
+        return torch.empty(shape, dtype=kind, device="meta")
+
+    cu = meta(batch + 1, kind=torch.int32)
+    packed = Packed(cu, cu, longest, longest)
+    q, k, v = (meta(total, heads, dim) for _ in range(3))
+    packed_bytes = launch_bytes(lambda: training_step(q, k, v, None, args.causal, packed))
+    q, k, v = (meta(batch, heads, longest, dim) for _ in range(3))
+    mask = meta(batch, 1, 1, longest, kind=torch.bool)
+    padded_bytes = launch_bytes(lambda: training_step(q, k, v, mask, args.causal))
+    return {
+        "max_len": longest,
+        "total_tokens": total,
+        "padded_tokens": batch * longest,
+        "packed_bytes": packed_bytes,
+        "padded_bytes": padded_bytes,
+        "padded_over_packed": padded_bytes / packed_bytes,
+    }
+
+
+def draw_lengths(args) -> list[list[int]]:
+    """For each longest length L: ``--batch`` lengths uniform in [1, L], the last one L."""
+    gen = torch.Generator().manual_seed(args.seed)
+    batches = []
+    for longest in doubling(args.min_len, args.max_len):
+        lengths = torch.randint(1, longest + 1, (args.batch - 1,), generator=gen).tolist()
+        batches.append([*lengths, longest])
+    return batches
+
+
+def plot(payload: dict, path: Path) -> None:
+    """Bytes against the packed total length, packed and padded, on log-log axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = payload["records"]
+    xs = [r["total_tokens"] for r in records]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for key, label in (("packed_bytes", "packed (varlen)"), ("padded_bytes", "padded + key mask")):
+        ax.plot(xs, [r[key] / MIB for r in records], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(format_length_formatter())
+    ax.set_xlabel("tokens in the batch (packed total)")
+    ax.set_ylabel("MiB the launches touch (forward + backward)")
+    s = payload["settings"]
+    ax.set_title(
+        f"flash kernel, batch {s['batch']}, {s['heads']} heads x {s['head_dim']}, {s['dtype']}"
+        f"{', causal' if s['causal'] else ''}",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
+def format_length_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(format_length)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.replot is not None:
+        payload = read_json(args.replot)
+        plot(payload, args.replot.with_suffix(""))
+        return payload
+    records = [measure_point(lengths, args) for lengths in draw_lengths(args)]
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    payload = {
+        "benchmark": "varlen",
+        "environment": environment(torch.device("cpu")),
+        "settings": settings,
+        "conventions": {
+            "bytes": "distinct storages the kernel launches of one forward and backward read "
+            "and write, from the launch hook on meta tensors (the same on any device)",
+            "total_tokens": "the batch's tokens packed; padded_tokens = batch x max_len",
+        },
+        "records": records,
+    }
+    stem = args.out_dir / args.tag
+    write_json(stem.with_suffix(".json"), payload)
+    plot(payload, stem)
+    for r in records:
+        print(
+            f"max_len {r['max_len']:6d} tokens {r['total_tokens']:7d}: packed "
+            f"{r['packed_bytes'] / MIB:9.1f} MiB, padded {r['padded_bytes'] / MIB:9.1f} MiB "
+            f"({r['padded_over_packed']:.2f}x)"
+        )
+    return payload
+
+
+if __name__ == "__main__":
+    main()
