@@ -81,7 +81,7 @@ def test_packed_sequences_come_as_sequence_indices_and_mean_sdpas_mask(window):
         mu.remap_positions_for_packed_sequence(base, position_ids),
         mu.packed_sequence_mask_function(packed),
     )
-    compact, full = both(function, n=12, local_size=window)
+    compact, full = both(function, n=12, skip=False, local_size=window)  # as transformers
     assert compact.dtype != torch.bool and compact.shape == (2, 12)
     assert torch.equal(expand(compact, 2, 12, 12, True, window), full)
 

@@ -9,6 +9,8 @@ longer than the window, so the window hides keys. Tolerance: atol 2e-5, rtol 1e-
 against float32; the kernel's own float64 parity is tests/test_flash_parity.py's).
 """
 
+import importlib
+
 import pytest
 import torch
 
@@ -66,17 +68,41 @@ def test_qwen2_sliding_window_shorter_than_the_sequence_matches_eager(kernel_dev
     assert_same_loss_and_gradients(ours, eager, run)
 
 
-def test_packed_llama_batch_keeps_its_sequences_apart_as_eager_does(kernel_device):
+def packed_llama(device):
+    """A tiny Llama on our kernel, a batch of two rows packing 3 and 2 sequences, and its
+    position_ids (restarting at each sequence)."""
     config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
     ours, eager = twin_models(
-        transformers.LlamaForCausalLM, config, kernel_device, "eager", sharpen_attention
+        transformers.LlamaForCausalLM, config, device, "eager", sharpen_attention
     )
-    ids, _ = padded_batch([14, 14], kernel_device, seed=12)
+    ids, _ = padded_batch([14, 14], device, seed=12)
     lengths = [[5, 6, 3], [9, 5]]
     position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
-    assert_same_loss_and_gradients(
-        ours, eager, logits_everywhere(ids, position_ids=position_ids.to(kernel_device))
-    )
+    return ours, eager, ids, position_ids.to(device)
+
+
+def test_packed_llama_batch_keeps_its_sequences_apart_as_eager_does(kernel_device):
+    ours, eager, ids, position_ids = packed_llama(kernel_device)
+    run = logits_everywhere(ids, position_ids=position_ids)
+    assert_same_loss_and_gradients(ours, eager, run)
+
+
+def test_packed_sequences_reach_the_kernel_as_varlen_with_their_lengths(kernel_device, monkeypatch):
+    ours, _, ids, position_ids = packed_llama(kernel_device)
+    square = kernel_mask_shapes(monkeypatch)
+    package = importlib.import_module("kernels.flash_attention")
+    lengths = []
+
+    def recording(q, k, v, cu_seqlens_q, cu_seqlens_k, *args, **kwargs):
+        lengths.append((cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), kwargs["causal"]))
+        return varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *args, **kwargs)
+
+    varlen = package.flash_attn_varlen_func
+    monkeypatch.setattr(package, "flash_attn_varlen_func", recording)
+    with torch.no_grad():
+        ours(input_ids=ids, position_ids=position_ids, use_cache=False)
+    cumulative = [0, 5, 11, 14, 23, 28]
+    assert lengths == [(cumulative, cumulative, True)] * 2 and square == []
 
 
 def test_gpt_oss_sinks_are_refused_not_ignored(kernel_device):

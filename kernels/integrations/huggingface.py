@@ -34,6 +34,7 @@ window yet).
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from kernels import flash_attention
 from kernels.integrations.huggingface_masks import build_mask
@@ -60,6 +61,8 @@ def attention_forward(
     """``transformers``' attention-function signature: q (b, h, i, d), k and v (b, h_kv, j, d)
     -> ((b, i, h, d) output, no attention weights)."""
     _refuse_what_it_cannot_honour(kwargs)
+    if _is_packed(attention_mask) and sliding_window is None and position_bias is None:
+        return _packed_attention(query, key, value, attention_mask, dropout, scaling), None
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     attention_mask, is_causal, window = _kernel_mask(
         attention_mask, bool(causal), sliding_window, query.shape[2], key.shape[2]
@@ -82,6 +85,33 @@ def attention_forward(
         scale=scaling, enable_gqa=key.shape[1] != query.shape[1],
     )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
+
+
+def _is_packed(attention_mask) -> bool:
+    """Whether the mask is the builder's packed form: each token's sequence index (b, n)."""
+    return (
+        attention_mask is not None and attention_mask.dim() == 2
+        and not attention_mask.dtype.is_floating_point and attention_mask.dtype != torch.bool
+    )  # fmt: skip
+
+
+def _packed_attention(query, key, value, sequence_ids, dropout, scaling):
+    """Causal attention within each packed sequence, through ``flash_attn_varlen_func``: the
+    rows' tokens laid end to end, a sequence starting wherever the index changes or a row
+    begins. q (b, h, n, d), k and v (b, h_kv, n, d) -> (b, n, h, d_v)."""
+    from kernels.flash_attention import flash_attn_varlen_func  # needs Triton, as the call does
+
+    starts = torch.ones_like(sequence_ids, dtype=torch.bool)
+    starts[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
+    starts = starts.flatten().nonzero().flatten()
+    cu_seqlens = torch.cat([starts, starts.new_tensor([sequence_ids.numel()])]).to(torch.int32)
+    longest = int(cu_seqlens.diff().max())
+    q, k, v = (rearrange(t, "b h n d -> (b n) h d") for t in (query, key, value))
+    out = flash_attn_varlen_func(
+        q, k, v, cu_seqlens, cu_seqlens, longest, longest, dropout_p=dropout,
+        softmax_scale=scaling, causal=True,
+    )  # fmt: skip
+    return rearrange(out, "(b n) h d -> b n h d", b=query.shape[0])
 
 
 # Arguments transformers may pass that change the result and that the kernel does not take.

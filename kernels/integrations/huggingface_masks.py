@@ -21,7 +21,10 @@ recognition: the model's own mask functions are matched by their code objects an
 values (``causal_mask_function``; ``sliding_window_causal_mask_function``; the packed
 sequence remapping around either; ``bidirectional_mask_function``), any other function (a
 chunked, block-wise or custom overlay), a cache offset or a request to materialise the mask
-(``allow_is_causal_skip=False``) goes to ``sdpa_mask``.
+(``allow_is_causal_skip=False``) goes to ``sdpa_mask``. One exception: transformers clears
+``allow_is_causal_skip`` for every packed batch, so packed sequences come compact whatever it
+says; a model that asks for the full mask to edit it (Falcon, Doge and three others in
+transformers 5.24) would get the compact form for a packed batch (not tried).
 """
 
 from __future__ import annotations
@@ -100,12 +103,16 @@ def build_mask(
         return sdpa()
     if mask_function is mu.bidirectional_mask_function and allow_is_bidirectional_skip:
         return None if padding is None else padding[:, None, None, :]
-    if not allow_is_causal_skip or q_offset != 0 or kv_offset != 0 or q_length != kv_length:
+    if q_offset != 0 or kv_offset != 0 or q_length != kv_length:
         return sdpa()
     pattern = causal_pattern(mask_function)
     if pattern is None or (pattern.packed is not None and padding is not None):
         return sdpa()
-    return pattern.packed if pattern.packed is not None else padding
+    if pattern.packed is not None:
+        # transformers clears allow_is_causal_skip for every packed batch (SDPA cannot skip
+        # their mask), so here it does not say that the caller needs the full mask.
+        return pattern.packed
+    return padding if allow_is_causal_skip else sdpa()
 
 
 def _padding(attention_mask, batch_size, kv_length, kv_offset):
