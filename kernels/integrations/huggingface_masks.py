@@ -7,8 +7,9 @@ function* (which (query, key) pairs take part) and the 2-D padding mask. SDPA's 
 boolean mask. :func:`build_mask` recognises the patterns the kernel computes from flags
 instead, and returns a compact form (read by :mod:`kernels.integrations.huggingface`):
 
-* ``None``: no padding; causality and the window come from the model's attention call
-  (``is_causal`` or the module's, and its ``sliding_window``), as for ``"sdpa"``.
+* ``None``: no padding; causality comes from the model's attention call (``is_causal`` or
+  the module's, as for ``"sdpa"``) and so does the window (its ``sliding_window``, as for
+  ``"flash_attention_2"``).
 * a (b, len_k) boolean tensor (True = a token): causal attention over keys that are not
   padding (and the window, as above); only when len_q == len_k with no cache offset.
 * a (b, 1, 1, len_k) boolean tensor: bidirectional attention over keys that are not padding,
