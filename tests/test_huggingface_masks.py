@@ -112,3 +112,10 @@ def test_a_cache_offset_or_a_request_for_the_full_mask_gets_sdpas_own_mask():
     assert torch.equal(compact, full)
     args = dict(batch_size=2, q_length=4, kv_length=11, q_offset=7, attention_mask=padding)
     assert torch.equal(build_mask(**args), mu.sdpa_mask(**args))
+
+
+def test_while_torch_compile_traces_it_reads_no_values_and_gives_sdpas_mask(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    padding = right_padding([11, 6], 11)
+    compact, full = both(mu.causal_mask_function, padding)
+    assert torch.equal(compact, full)

@@ -22,10 +22,11 @@ recognition: the model's own mask functions are matched by their code objects an
 values (``causal_mask_function``; ``sliding_window_causal_mask_function``; the packed
 sequence remapping around either; ``bidirectional_mask_function``), any other function (a
 chunked, block-wise or custom overlay), a cache offset or a request to materialise the mask
-(``allow_is_causal_skip=False``) goes to ``sdpa_mask``. One exception: transformers clears
-``allow_is_causal_skip`` for every packed batch, so packed sequences come compact whatever it
-says; a model that asks for the full mask to edit it (Falcon, Doge and three others in
-transformers 5.24) would get the compact form for a packed batch (not tried).
+(``allow_is_causal_skip=False``) goes to ``sdpa_mask``, and so does everything while
+``torch.compile`` traces (telling padding apart reads the mask's values). One exception:
+transformers clears ``allow_is_causal_skip`` for every packed batch, so packed sequences come
+compact whatever it says; a model that asks for the full mask to edit it (Falcon, Doge and
+three others in transformers 5.24) would get the compact form for a packed batch (not tried).
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ def build_mask(
             allow_is_bidirectional_skip=allow_is_bidirectional_skip, **kwargs,
         )  # fmt: skip
 
+    if torch.compiler.is_compiling() or isinstance(q_offset, torch.Tensor):
+        return sdpa()  # reading the padding's values would break the graph (sdpa_mask's rule)
     padding = _padding(attention_mask, batch_size, kv_length, kv_offset)
-    if padding is False or isinstance(q_offset, torch.Tensor):
+    if padding is False:
         return sdpa()
     if mask_function is mu.bidirectional_mask_function and allow_is_bidirectional_skip:
         return None if padding is None else padding[:, None, None, :]
