@@ -116,7 +116,10 @@ def _register_autograd(
         outputs = list(saved)
         flags = {}
         if wants_flags:
-            flags["needs_grad"] = tuple(ctx.needs_input_grad[p] for p in positions)
+            # The dispatcher drops trailing arguments equal to their defaults (None, for a
+            # tensor) before autograd sees them: such an input needs no gradient.
+            needs = ctx.needs_input_grad
+            flags["needs_grad"] = tuple(p < len(needs) and needs[p] for p in positions)
         input_grads = backward(*inputs, *outputs, *grads, **flags)
         input_grads = input_grads if isinstance(input_grads, tuple) else (input_grads,)
         result: list[Tensor | None] = [None] * len(names)

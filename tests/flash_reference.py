@@ -16,6 +16,7 @@ report_largest_errors, which prints that module's largest errors with -s.
 import pytest
 import torch
 from devices import KERNEL_DEVICE
+from torch.nn.attention.bias import CausalBias, CausalVariant
 
 from kernels import flash_attention
 
@@ -28,38 +29,80 @@ SLOW = pytest.mark.slow  # the long sweeps: python -m pytest -m slow
 # ----------------------------------------------------------------------------- reference
 
 
-def allowed_pairs(len_q, len_k, key_mask, is_causal, device):
-    """Bool (b|1, h|1, len_q, len_k): which (query, key) pairs take part."""
+def allowed_pairs(
+    len_q, len_k, key_mask, is_causal, device, *, bottom_right=True, window=(-1, -1)
+):  # fmt: skip
+    """Bool (b|1, h|1, len_q, len_k): which (query, key) pairs take part. Query i sees key j
+    iff a(i) - left <= j <= a(i) + right (-1: unbounded; causal: right = 0), a(i) = i +
+    len_k - len_q bottom-right (the additive kernel's causality, and this function's default)
+    or i top-left."""
+    i = torch.arange(len_q, device=device)[:, None] + (len_k - len_q if bottom_right else 0)
+    j = torch.arange(len_k, device=device)[None, :]
     allowed = torch.ones(len_q, len_k, dtype=torch.bool, device=device)
-    if is_causal:  # bottom-right aligned: query i sees keys j <= i + len_k - len_q
-        i = torch.arange(len_q, device=device)[:, None]
-        j = torch.arange(len_k, device=device)[None, :]
-        allowed = j <= i + (len_k - len_q)
+    left, right = window
+    if is_causal:
+        right = 0
+    if right >= 0:
+        allowed = allowed & (j <= i + right)
+    if left >= 0:
+        allowed = allowed & (j >= i - left)
     allowed = allowed[None, None]
     if key_mask is not None:
         allowed = allowed & key_mask
     return allowed
 
 
-def masked_scores(q, k, attn_mask, is_causal, scale):
-    """Scaled scores with the mask applied as SDPA does (boolean: False hides the pair; float:
-    added) and the causal triangle; (scores, which pairs take part)."""
+def masked_scores(
+    q, k, attn_mask, is_causal, scale, *, bottom_right=False, window=(-1, -1), softcap=0.0,
+    alibi_slopes=None,
+):  # fmt: skip
+    """Scaled scores, softcapped (c tanh(s / c)), ALiBi's -slope |a(i) - j| added, the mask
+    applied as SDPA does (boolean: False hides the pair; float: added) and the causal and
+    window edges; (scores, which pairs take part)."""
+    len_q, len_k = q.shape[-2], k.shape[-2]
     scores = (q @ k.transpose(-2, -1)) * scale
+    if softcap > 0.0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        i = torch.arange(len_q, device=q.device)[:, None] + (len_k - len_q if bottom_right else 0)
+        distance = (i - torch.arange(len_k, device=q.device)[None, :]).abs().to(scores.dtype)
+        slopes = alibi_slopes.to(scores.dtype)
+        slopes = slopes[None] if slopes.dim() == 1 else slopes  # (b|1, h)
+        scores = scores - slopes[:, :, None, None] * distance
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         scores = scores + attn_mask.to(scores.dtype)
         attn_mask = None
-    allowed = allowed_pairs(q.shape[-2], k.shape[-2], attn_mask, is_causal, q.device)
+    allowed = allowed_pairs(
+        len_q, len_k, attn_mask, is_causal, q.device, bottom_right=bottom_right, window=window
+    )
     scores = scores.masked_fill(~allowed, float("-inf"))
     return scores, scores != float("-inf")
 
 
-def naive_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
-    """Textbook attention in q's dtype; a query with no allowed key gets zeros. With
-    enable_gqa, k and v are repeated to q's heads (autograd sums their gradients back)."""
+def naive_attention(
+    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *,
+    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None, alignment=None,
+):  # fmt: skip
+    """Textbook attention in q's dtype, with flash_attention's arguments and semantics
+    (causality and the window anchored top-left unless ``alignment="bottom_right"`` or
+    attn_mask is ``causal_lower_right``); a query with no allowed key gets zeros. With
+    enable_gqa, k and v are repeated to q's heads (autograd sums their gradients back). Sinks
+    join each row's softmax as one more logit whose value is dropped."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    bottom_right = alignment == "bottom_right"
+    if isinstance(attn_mask, CausalBias):
+        is_causal, bottom_right = True, attn_mask.variant == CausalVariant.LOWER_RIGHT
+        attn_mask = None
     if enable_gqa:
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-    scores, allowed = masked_scores(q, k, attn_mask, is_causal, scale)
+    scores, allowed = masked_scores(
+        q, k, attn_mask, is_causal, scale, bottom_right=bottom_right, window=tuple(window_size),
+        softcap=softcap, alibi_slopes=alibi_slopes,
+    )  # fmt: skip
+    if sinks is not None:
+        sink_column = sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
+        probs = torch.softmax(torch.cat([scores, sink_column], dim=-1), dim=-1)[..., :-1]
+        return probs @ v
     scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # no softmax of all -inf
     probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
     return probs @ v
@@ -97,14 +140,28 @@ def random_key_mask(batch, len_k, seed=0, all_masked_row=True):
     return mask[:, None, None, :].to(DEVICE)
 
 
+def is_float_mask(mask):
+    """A float attn_mask tensor (a CausalBias is a tensor subclass, but not one)."""
+    return (
+        isinstance(mask, torch.Tensor)
+        and not isinstance(mask, CausalBias)
+        and mask.is_floating_point()
+    )
+
+
 def output_and_grads(attn, q, k, v, dout, dtype, **kwargs):
-    """attn run on copies of q, k, v cast to dtype; (out, dq, dk, dv) in float64, and the
-    gradient of a float attn_mask (cast to dtype as well) after them."""
+    """attn run on copies of q, k, v cast to dtype; (out, dq, dk, dv) in float64, then the
+    gradient of a float attn_mask (cast to dtype as well) and of the sinks, when given."""
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     mask = kwargs.get("attn_mask")
-    if mask is not None and mask.is_floating_point():
+    if is_float_mask(mask):
         kwargs = {**kwargs, "attn_mask": mask.detach().to(dtype).requires_grad_()}
         leaves.append(kwargs["attn_mask"])
+    sinks = kwargs.get("sinks")
+    if sinks is not None:  # float32 stays float32 (the kernel takes it with any q dtype)
+        sink_dtype = torch.float64 if dtype == torch.float64 else sinks.dtype
+        kwargs = {**kwargs, "sinks": sinks.detach().to(sink_dtype).requires_grad_()}
+        leaves.append(kwargs["sinks"])
     out = attn(*leaves[:3], **kwargs)
     out.backward(dout.to(dtype))
     return [t.double() for t in (out, *(leaf.grad for leaf in leaves))]
@@ -141,7 +198,11 @@ def assert_close_as_flash_attention_does(
     exact = output_and_grads(reference, q, k, v, dout, torch.float64, **kwargs)
     naive = output_and_grads(reference, q, k, v, dout, dtype, **kwargs)
     ours = output_and_grads(kernel, q, k, v, dout, dtype, **kwargs)
-    names = ("out", "dq", "dk", "dv", "dmask")[: len(exact)]
+    names = ["out", "dq", "dk", "dv"]
+    if is_float_mask(kwargs.get("attn_mask")):
+        names.append("dmask")
+    if kwargs.get("sinks") is not None:
+        names.append("dsinks")
     for name, got, ref, base in zip(names, ours, exact, naive, strict=True):
         assert torch.isfinite(got).all(), f"{name} has NaN/Inf"
         err, base_err = max_err(got, ref), max_err(base, ref)
@@ -171,25 +232,21 @@ def report_largest_errors():
 # ----------------------------------------------------------------------------- FlashAttention-2
 
 
-def bottom_right_causal(len_q, len_k, device=None):
-    """(len_q, len_k) bool: query i sees keys j <= i + len_k - len_q (FlashAttention-2's causal
-    anchoring), built explicitly so that it does not depend on what ``is_causal`` means."""
-    i = torch.arange(len_q, device=device)[:, None]
-    j = torch.arange(len_k, device=device)[None, :]
-    return j <= i + (len_k - len_q)
-
-
-def fa2_reference(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, keep=None):
+def fa2_reference(
+    q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+    softcap=0.0, alibi_slopes=None, keep=None,
+):  # fmt: skip
     """FlashAttention-2's ``flash_attn_func`` computed naively in q's dtype: q (b, n_q, h, d),
-    k and v (b, n_k, h_k, d|d_v), h_k dividing h; out (b, n_q, h, d_v). ``keep``: with dropout,
-    the (b, h, n_q, n_k) keep-mask (the probabilities of the kept pairs are divided by
-    1 - dropout_p, the others dropped)."""
+    k and v (b, n_k, h_k, d|d_v), h_k dividing h; out (b, n_q, h, d_v); causality, the window
+    and ALiBi anchored bottom-right. ``keep``: with dropout, the (b, h, n_q, n_k) keep-mask
+    (the probabilities of the kept pairs are divided by 1 - dropout_p, the others dropped)."""
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
-    len_q, len_k = query.shape[2], key.shape[2]
-    mask = bottom_right_causal(len_q, len_k, q.device)[None, None] if causal else None
     scale = query.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     key, value = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (key, value))
-    scores, allowed = masked_scores(query, key, mask, False, scale)
+    scores, allowed = masked_scores(
+        query, key, None, causal, scale, bottom_right=True, window=tuple(window_size),
+        softcap=softcap, alibi_slopes=alibi_slopes,
+    )  # fmt: skip
     scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
     probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
     if keep is not None:

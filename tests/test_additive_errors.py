@@ -1,5 +1,6 @@
 """Bad input to the fused additive-attention kernel raises a clear error before any launch:
-wrong ranks, shapes, feature sizes, dtypes, devices and masks.
+wrong ranks, shapes, feature sizes, dtypes, devices and masks, and flash_attention's score
+options, which it does not take.
 """
 
 import pytest
@@ -43,6 +44,11 @@ def _bad_inputs():
         ("mask-full", (qf, kf, w, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE)}, ValueError, r"Full \(len_q x len_k\)"),
         ("mask-2d", (qf, kf, w, v), {"attn_mask": mask[:, 0, 0]}, ValueError, "key mask"),
         ("mask-list", (qf, kf, w, v), {"attn_mask": mask.tolist()}, TypeError, "additive_attention: attn_mask must be a torch.Tensor"),
+    ] + [
+        # flash_attention's score options: the additive kernel takes none of them
+        (f"no-{name}", (qf, kf, w, v), {name: value}, TypeError, name)
+        for name, value in (("window_size", (4, 0)), ("softcap", 5.0), ("alibi_slopes", w[:, 0]),
+                            ("sinks", w[:, 0]), ("alignment", "top_left"))
     ]  # fmt: skip
 
 

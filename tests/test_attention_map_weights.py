@@ -157,3 +157,50 @@ def test_flash_weights_rebuilt_from_lse_match_naive_weights(kind, score, kernel_
             flash = layer_weights(model, src, tgt_in, kind, layer, head, method="flash")
             assert flash.shape == naive.shape
             torch.testing.assert_close(flash, naive, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(window_size=(3, 1)),
+        dict(softcap=0.7, is_causal=True),
+        dict(alibi_slopes=torch.tensor([0.3, 0.1, 0.05])),
+        dict(sinks=torch.tensor([0.5, -1.0, 2.0]), is_causal=True, window_size=(2, 0)),
+        dict(alignment="top_left", is_causal=True, alibi_slopes=torch.tensor([0.2, 0.2, 0.4])),
+    ],
+    ids=["window", "softcap_causal", "alibi", "sinks_window", "top_left_alibi"],
+)
+def test_weights_from_lse_match_the_naive_weights_with_the_kernels_score_options(
+    options, kernel_device
+):  # fmt: skip
+    # The kernel's lse with softcapping, ALiBi, a window or sinks; the weights rebuilt from it
+    # with the same options equal softmax over the same scores (the sinks' column dropped).
+    ok, reason = flash_available()
+    if not ok:
+        pytest.skip(reason)
+    from flash_reference import masked_scores
+
+    from kernels import flash_attention
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 3, n, 8, device=kernel_device) for n in (7, 11, 11))
+    key_mask = torch.ones(2, 1, 1, 11, dtype=torch.bool, device=kernel_device)
+    key_mask[1, ..., 5:] = False
+    options = {n: t.to(kernel_device) if torch.is_tensor(t) else t for n, t in options.items()}
+    options.setdefault("alignment", "bottom_right")
+    is_causal = options.pop("is_causal", False)
+    _, lse = flash_attention(
+        q, k, v, attn_mask=key_mask, is_causal=is_causal, return_lse=True, **options
+    )  # fmt: skip
+    sinks = options.pop("sinks", None)
+    rebuilt = weights_from_lse(q, k, lse, key_mask, is_causal, 8**-0.5, block_rows=3, **options)
+    scores, _ = masked_scores(
+        q.double(), k.double(), key_mask, is_causal, 8**-0.5,
+        bottom_right=options["alignment"] == "bottom_right",
+        window=options.get("window_size", (-1, -1)), softcap=options.get("softcap", 0.0),
+        alibi_slopes=options.get("alibi_slopes"),
+    )  # fmt: skip
+    if sinks is not None:
+        scores = torch.cat([scores, sinks.double()[None, :, None, None].expand(2, 3, 7, 1)], -1)
+    expected = torch.softmax(scores, -1)[..., :11].nan_to_num(0.0)
+    torch.testing.assert_close(rebuilt.double(), expected, atol=2e-6, rtol=1e-5)

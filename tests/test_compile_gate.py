@@ -195,6 +195,24 @@ def test_the_ci_subset_compiles_both_kernels_in_every_dtype():
         assert any(c.head_dim == 128 for c in cases if c.workload == workload)
 
 
+def test_the_ci_subset_compiles_each_score_option_and_the_capture_passes_it_on():
+    from kernels.compile_gate.capture import _flash_options
+
+    every, first = compile_gate.ci_cases()
+    flash = [c for c in every + first if c.workload == "flash_attention"]
+    for option in ("window", "bottom_right", "softcap", "alibi", "sinks"):
+        cases = [c for c in flash if option in c.masking]
+        assert cases, option
+        options = _flash_options(cases[0])
+        assert {
+            "window": options.window != (-1, -1),
+            "bottom_right": options.bottom_right,
+            "softcap": options.softcap > 0,
+            "alibi": options.alibi_slopes is not None,
+            "sinks": options.sinks is not None,
+        }[option], (option, options)
+
+
 def test_float32_spilling_in_every_config_warns_and_does_not_fail():
     spilling = [build(q="*fp32", local=64, wgmma=0), build(q="*fp32", local=8, wgmma=0)]
     assert compile_gate.failures(spilling) == []

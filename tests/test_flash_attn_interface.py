@@ -108,19 +108,27 @@ def test_flash_attn_func_dropout_matches_the_reference_fed_its_keep_mask():
         torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5)
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(window_size=(4, 0)), "window_size"),
-        (dict(softcap=30.0), "softcap"),
-        (dict(alibi_slopes=torch.ones(2)), "alibi_slopes"),
-    ],
-    ids=["window", "softcap", "alibi"],
-)
-def test_flash_attn_func_refuses_what_the_kernel_does_not_compute_yet(kwargs, message):
-    q, k, v, _ = fa2_inputs(1, 2, 5, 5, 16, torch.float32)
-    with pytest.raises(ValueError, match=message):
-        flash_attn_func(q, k, v, **kwargs)
+# FlashAttention-2's window, softcap and ALiBi, alone and together, anchored bottom-right
+OPTIONS = {
+    "window": dict(window_size=(5, 3)),
+    "causal-window": dict(window_size=(4, 7), causal=True),
+    "softcap": dict(softcap=2.0),
+    "alibi": dict(alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625])),
+    "alibi-batch-causal": dict(alibi_slopes=torch.rand(2, 4) / 2, causal=True),
+    "all": dict(window_size=(6, 2), softcap=3.0, alibi_slopes=torch.full((4,), 0.3)),
+}
+
+
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_flash_attn_funcs_window_softcap_and_alibi_match_the_float64_reference(options):
+    q, k, v, dout = fa2_inputs(2, 4, 23, 41, 32, torch.float32, seed=6, heads_kv=2)
+    options = {
+        name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value
+        for name, value in options.items()
+    }
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, reference=fa2_reference, kernel=flash_attn_func, **options
+    )
 
 
 def test_flash_attn_func_names_the_layout_when_a_tensor_has_the_wrong_rank():

@@ -1,5 +1,6 @@
 """Bad input to the flash-attention kernel raises a clear error before any launch: wrong ranks,
-shapes, dtypes, devices, masks and scales; and without Triton, or on the CPU without Triton's
+shapes, dtypes, devices, masks and scales, the score options (window, softcap, ALiBi slopes,
+sinks, alignment); and without Triton, or on the CPU without Triton's
 interpreter, a RuntimeError that says so.
 """
 
@@ -56,6 +57,27 @@ def _bad_inputs():
         ("scale-nan", (q, k, v), {"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
         ("scale-inf", (q, k, v), {"scale": float("inf")}, ValueError, "scale must be finite, got inf"),
         ("scale-tensor-inf", (q, k, v), {"scale": torch.tensor(-float("inf"))}, ValueError, "scale must be finite"),
+        *_bad_score_options(q, k, v),
+    ]  # fmt: skip
+
+
+def _bad_score_options(q, k, v):
+    """The score options' refusals (kernels.flash_attention.options), each naming its argument."""
+    heads = torch.ones(2, device=DEVICE)
+    return [
+        ("window-below-minus-1", (q, k, v), {"window_size": (-2, 0)}, ValueError, "window_size entries must be >= -1"),
+        ("window-one-int", (q, k, v), {"window_size": 4}, TypeError, "window_size must be a pair"),
+        ("window-floats", (q, k, v), {"window_size": (4.0, 0)}, TypeError, "window_size must hold ints"),
+        ("softcap-negative", (q, k, v), {"softcap": -1.0}, ValueError, "softcap must be finite and >= 0"),
+        ("softcap-inf", (q, k, v), {"softcap": float("inf")}, ValueError, "softcap must be finite"),
+        ("softcap-string", (q, k, v), {"softcap": "30"}, TypeError, "softcap must be a float"),
+        ("alibi-shape", (q, k, v), {"alibi_slopes": torch.ones(3, device=DEVICE)}, ValueError, r"alibi_slopes must be \(2,\) or \(2, 2\)"),
+        ("alibi-dtype", (q, k, v), {"alibi_slopes": heads.half()}, TypeError, "alibi_slopes must be one of"),
+        ("alibi-list", (q, k, v), {"alibi_slopes": [0.1, 0.2]}, TypeError, "alibi_slopes must be a torch.Tensor"),
+        ("alibi-grad", (q, k, v), {"alibi_slopes": heads.clone().requires_grad_()}, ValueError, "alibi_slopes get no gradient"),
+        ("sinks-shape", (q, k, v), {"sinks": torch.ones(2, 1, device=DEVICE)}, ValueError, r"sinks must be one logit per query head, \(2,\)"),
+        ("sinks-dtype", (q, k, v), {"sinks": heads.bfloat16()}, TypeError, "sinks must be one of"),
+        ("alignment", (q, k, v), {"alignment": "bottom-right"}, ValueError, "alignment must be one of"),
     ]  # fmt: skip
 
 

@@ -45,18 +45,20 @@ def test_query_with_every_key_masked_gets_zeros_zero_grads_and_minus_inf_lse():
         assert (leaf.grad[1] == 0).all() and torch.isfinite(leaf.grad).all()
 
 
-def test_causal_mask_is_bottom_right_aligned():
+def test_causal_mask_asked_bottom_right_is_aligned_bottom_right():
     # len_q > len_k: the first len_q - len_k queries see no key at all.
     q, k, v, _ = random_inputs(1, 2, 10, 4, 16, torch.float32)
-    out = flash_attention(q, k, v, is_causal=True)
+    out = flash_attention(q, k, v, is_causal=True, alignment="bottom_right")
     assert (out[:, :, :6] == 0).all()
-    assert torch.allclose(out, naive_attention(q, k, v, is_causal=True), atol=1e-5)
+    reference = naive_attention(q, k, v, is_causal=True, alignment="bottom_right")
+    assert torch.allclose(out, reference, atol=1e-5)
     # len_q < len_k (decoding with a cache): the last query sees every key.
     q, k, v, _ = random_inputs(1, 2, 3, 11, 16, torch.float32)
     bottom_right = torch.ones(3, 11, dtype=torch.bool, device=DEVICE).tril(diagonal=11 - 3)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bottom_right)
-    assert torch.allclose(flash_attention(q, k, v, is_causal=True), expected, atol=1e-5)
-    last = flash_attention(q[:, :, -1:], k, v, is_causal=True)
+    ours = flash_attention(q, k, v, is_causal=True, alignment="bottom_right")
+    assert torch.allclose(ours, expected, atol=1e-5)
+    last = flash_attention(q[:, :, -1:], k, v, is_causal=True, alignment="bottom_right")
     assert torch.allclose(last, expected[:, :, -1:], atol=1e-5)
 
 

@@ -59,6 +59,50 @@ def test_forward_and_backward_operators_pass_opcheck(len_q, len_k, mask_kind, is
     torch.library.opcheck(fn._backward_op, args)
 
 
+def test_operators_with_every_score_option_pass_opcheck():
+    """The same checks with the score options the operators take flat: bottom-right anchoring,
+    a window, a softcap, ALiBi slopes broadcast over the batch (stride 0) and sinks with their
+    gradient (the forward operator's fifth differentiable input)."""
+    q, k, v, dout = random_inputs(2, 3, 7, 12, 24, torch.float32, heads_kv=1)
+    slopes = torch.tensor([0.1, 0.2, 0.3], device=DEVICE).expand(2, 3)
+    sinks = torch.tensor([0.5, -1.0, 2.0], device=DEVICE)
+    options = (True, 4, 1, 2.5, slopes)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, sinks)]
+    forward_args = (*leaves[:3], None, True, 0.3, 0.0, 0, 0, *options, leaves[3])
+    torch.library.opcheck(fn._forward_op, forward_args)
+    out, lse = fn._forward_op(q, k, v, None, True, 0.3, 0.0, 0, 0, *options, sinks)
+    dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    args = (q, k, v, None, True, 0.3, out, lse, dout, dlse, False, 0.0, 0, 0, *options, sinks)
+    torch.library.opcheck(fn._backward_op, args)
+
+
+def test_fullgraph_compiled_call_with_score_options_equals_eager():
+    """torch.compile(fullgraph=True) through flash_attention with every score option: one
+    graph, and the same output and gradients (the sinks' too) as eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    q, k, v, dout = random_inputs(1, 2, 9, 14, 16, torch.float32, heads_kv=1)
+    sinks = torch.tensor([0.3, -0.7], device=DEVICE)
+
+    def call(q, k, v, sinks):
+        return flash_attention(
+            q, k, v, is_causal=True, enable_gqa=True, window_size=(5, 0), softcap=3.0,
+            alibi_slopes=torch.tensor([0.2, 0.1], device=q.device), sinks=sinks,
+            alignment="bottom_right",
+        )  # fmt: skip
+
+    counter = CompileCounterWithBackend("aot_eager")
+    results = []
+    for f in (call, torch.compile(call, fullgraph=True, backend=counter)):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, sinks)]
+        out = f(*leaves)
+        out.backward(dout)
+        results.append([out, *(leaf.grad for leaf in leaves)])
+    assert counter.frame_count == 1
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def _metadata(t):
     return t.shape, t.dtype, t.stride(), t.device.type
 

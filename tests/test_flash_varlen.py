@@ -53,17 +53,24 @@ def packed_inputs(lens_q, lens_k, heads, heads_kv, head_dim, dtype, seed=0, d_v=
 
 def each_sequence_alone(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-    softmax_scale=None, causal=False, keeps=None,
+    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+    keeps=None,
 ):  # fmt: skip
     """The reference: FlashAttention-2's attention run on each sequence by itself (a Python
     loop, as the kernel never does), outputs packed again. ``keeps``: per sequence, the
-    (1, h, len_q, len_k) dropout keep-mask."""
+    (1, h, len_q, len_k) dropout keep-mask; (batch, h) ALiBi slopes: row s for sequence s."""
     outs = []
     for s in range(cu_seqlens_q.shape[0] - 1):
         q_s = q[cu_seqlens_q[s] : cu_seqlens_q[s + 1]][None]
         k_s, v_s = (t[cu_seqlens_k[s] : cu_seqlens_k[s + 1]][None] for t in (k, v))
-        keep = None if keeps is None else keeps[s]
-        outs.append(fa2_reference(q_s, k_s, v_s, dropout_p, softmax_scale, causal, keep)[0])
+        slopes = alibi_slopes
+        if slopes is not None and slopes.dim() == 2:
+            slopes = slopes[s]
+        out = fa2_reference(
+            q_s, k_s, v_s, dropout_p, softmax_scale, causal, window_size, softcap, slopes,
+            None if keeps is None else keeps[s],
+        )  # fmt: skip
+        outs.append(out[0])
     return torch.cat(outs)
 
 
@@ -86,6 +93,27 @@ def test_packed_sequences_equal_each_sequence_alone_in_output_and_gradients(
     assert_close_as_flash_attention_does(
         q, k, v, dout, reference=each_sequence_alone, kernel=flash_attn_varlen_func,
         causal=causal, **cu,
+    )  # fmt: skip
+
+
+# FlashAttention-2's window, softcap and ALiBi per sequence, anchored bottom-right in each
+PACKED_OPTIONS = {
+    "causal-window": dict(window_size=(3, 9), causal=True),
+    "window-softcap": dict(window_size=(20, 2), softcap=1.5),
+    "alibi-per-sequence": dict(alibi_slopes=torch.rand(3, 2) / 2, causal=True),
+}
+
+
+@pytest.mark.parametrize("options", PACKED_OPTIONS.values(), ids=PACKED_OPTIONS.keys())
+def test_packed_windows_softcap_and_alibi_equal_each_sequence_alone(options):
+    (q, k, v, dout), cu = packed_inputs([9, 70, 0], [31, 66, 4], 2, 1, 16, torch.float32, seed=8)
+    options = {
+        name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value
+        for name, value in options.items()
+    }
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, reference=each_sequence_alone, kernel=flash_attn_varlen_func,
+        **options, **cu,
     )  # fmt: skip
 
 
@@ -253,8 +281,10 @@ def test_the_operators_pass_opcheck_with_packed_sequences():
     (q, k, v, dout), cu = packed_inputs([3, 0, 5], [4, 2, 6], 2, 1, 16, torch.float32)
     lengths = (cu["cu_seqlens_q"], cu["cu_seqlens_k"], cu["max_seqlen_q"], cu["max_seqlen_k"])
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    torch.library.opcheck(function._forward_op, (*leaves, None, True, 0.3, 0.0, 0, 0, *lengths))
-    out, lse = function._forward_op(q, k, v, None, True, 0.3, 0.0, 0, 0, *lengths)
+    # dropout (p, seed, offset), then bottom_right, the window, softcap, ALiBi, sinks
+    options = (0.0, 0, 0, True, 5, -1, 0.0, None, None)
+    torch.library.opcheck(function._forward_op, (*leaves, None, True, 0.3, *options, *lengths))
+    out, lse = function._forward_op(q, k, v, None, True, 0.3, *options, *lengths)
     dlse = torch.randn(lse.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    args = (q, k, v, None, True, 0.3, out, lse, dout, dlse, False, 0.0, 0, 0, *lengths)
+    args = (q, k, v, None, True, 0.3, out, lse, dout, dlse, False, *options, *lengths)
     torch.library.opcheck(function._backward_op, args)

@@ -143,9 +143,12 @@ def _triton(q, k, v, attn_mask, is_causal, scale, dropout_p):
 
     # The kernel reads any mask broadcastable to (b, h, i, j) as SDPA does, in place, and
     # drops probabilities as SDPA does, with its own random numbers (seeded from torch's).
+    # Its causality aligns top-left by default, as SDPA's; this library's is bottom-right
+    # (a decoder's new queries are the last positions of its key/value cache).
     return flash_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
-    )
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+        alignment="bottom_right",
+    )  # fmt: skip
 
 
 def attend(

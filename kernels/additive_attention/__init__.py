@@ -49,6 +49,10 @@ Supported
 Caution -- not supported
     * Full (len_q, len_k) masks, float masks, 2-D masks; dropout; a softmax scale (the score
       vector carries any scale); float64; a score vector per batch row.
+    * None of ``flash_attention``'s score options: no ``window_size``, ``softcap``,
+      ``alibi_slopes``, ``sinks`` or ``alignment`` (its causality is always bottom-right). The
+      public function takes no such keyword, so Python refuses one ("unexpected keyword
+      argument"), before anything is launched.
     * The score vector's gradient is summed on the host from per-key-block partials
       (b, h, cdiv(len_k, BLOCK_N), a), linear in len_k.
     * No GPU has timed this kernel yet (its block sizes are autotuned as the flash kernel's

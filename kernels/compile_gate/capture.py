@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from kernels.compile_gate.builds import Build
-from kernels.compile_gate.cases import GATE_DROPOUT, Case
+from kernels.compile_gate.cases import GATE_DROPOUT, GATE_SOFTCAP, GATE_WINDOW, Case
 
 
 def _flash_workload(case: Case) -> None:
@@ -33,14 +33,15 @@ def _flash_workload(case: Case) -> None:
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
     dropout = Dropout(*GATE_DROPOUT) if "dropout" in case.masking else NO_DROPOUT
     checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
+    options = _flash_options(case)
     packed = _flash_packed(case) if "varlen" in case.masking else None
     if packed is not None:  # the same tensors packed: (batch * len, heads, d)
         q, k, v = (t.transpose(1, 2).reshape(-1, *t.shape[1::2]) for t in (q, k, v))
-    out, lse = fa._forward(q, k, v, mask, causal, scale, dropout, packed)
+    out, lse = fa._forward(q, k, v, mask, causal, scale, dropout, options, packed)
     mask_grad = mask is not None and mask.is_floating_point()
     fa._backward(
         q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad, dropout,
-        packed,
+        options, packed,
     )  # fmt: skip
     if dropout.p > 0:  # the same call's keep-mask, as a test reads it (dropout_keep_mask)
         keep_mask = importlib.import_module("kernels.flash_attention.dropout").dropout_keep_mask
@@ -56,6 +57,27 @@ def _flash_packed(case: Case):
     packed = importlib.import_module("kernels.flash_attention.varlen").Packed
     cu = torch.empty(case.batch + 1, device="meta", dtype=torch.int32)
     return packed(cu, cu, case.len_q, case.len_k)
+
+
+def _flash_options(case: Case):
+    """The score options a masking names (kernels.flash_attention.options): "window" (64 keys
+    left, 16 right; right 0 with "causal"), "bottom_right", "softcap", "alibi" (per-head
+    slopes), "sinks" (float32 logits per head)."""
+    import torch
+
+    from kernels.flash_attention.options import ScoreOptions
+
+    def per_head():
+        return torch.empty(case.heads, device="meta", dtype=torch.float32)
+
+    slopes = per_head().expand(case.batch, case.heads) if "alibi" in case.masking else None
+    return ScoreOptions(
+        bottom_right="bottom_right" in case.masking,
+        window=GATE_WINDOW if "window" in case.masking else (-1, -1),
+        softcap=GATE_SOFTCAP if "softcap" in case.masking else 0.0,
+        alibi_slopes=slopes,
+        sinks=per_head() if "sinks" in case.masking else None,
+    )
 
 
 def _flash_mask(case: Case, dtype):

@@ -21,6 +21,11 @@ ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only, ha
 # A masking with "dropout" runs flash attention with this dropout (any p > 0 compiles the same;
 # seed and offset are not specialised on).
 GATE_DROPOUT = (0.1, 12345, 678)
+# The score options a masking may name ("window", "bottom_right", "softcap", "alibi",
+# "sinks"; compile_gate.capture reads them): their values are run-time arguments, so any
+# compiles the same; only whether each is on is specialised.
+GATE_WINDOW = (64, 16)
+GATE_SOFTCAP = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
         Case("flash_attention", "bfloat16", 64, "causal+key_mask+dropout", heads_kv=1),
     ]
     first += [Case("flash_attention", "float32", d, "causal+key_mask") for d in (64, 128)]
+    first += score_option_cases()
     first += large_offset_cases()
     first += varlen_cases()
     first += [
@@ -100,6 +106,19 @@ def ci_cases() -> tuple[list[Case], list[Case]]:
     return every, first
 
 
+def score_option_cases() -> list[Case]:
+    """Each of flash attention's score options at least once, forward and backward, as the
+    models that use them combine them: Gemma 2 (a causal sliding window and softcapping),
+    GPT-OSS (a causal window and sinks, grouped-query), BLOOM (ALiBi with a padding mask), and
+    FlashAttention-2's non-causal window with both edges, bottom-right."""
+    return [
+        Case("flash_attention", "bfloat16", 128, "causal+window+softcap"),
+        Case("flash_attention", "bfloat16", 64, "causal+window+sinks", heads=4, heads_kv=1),
+        Case("flash_attention", "float16", 128, "causal+key_mask+alibi"),
+        Case("flash_attention", "bfloat16", 64, "window+bottom_right"),
+    ]
+
+
 def large_offset_cases() -> list[Case]:
     """Calls whose (len_q, len_k) slices are past 2^31 elements (46,341 tokens), which the
     kernels run with int64 offsets (LARGE_OFFSETS, kernels.common.jit): a full boolean mask,
@@ -113,12 +132,14 @@ def large_offset_cases() -> list[Case]:
 
 def varlen_cases() -> list[Case]:
     """Packed sequences (VARLEN), first choices: each kernel with causality per sequence,
-    grouped-query heads and the widest head dims, and with dropout (its per-sequence counters)."""
+    grouped-query heads and the widest head dims, with dropout (its per-sequence counters), and
+    with FlashAttention-2's window, softcap and ALiBi (anchored in each sequence)."""
     return [
         Case("flash_attention", "bfloat16", 128, "varlen+causal", heads_kv=1),
         Case("flash_attention", "float16", 64, "varlen+dropout"),
         Case("flash_attention", "bfloat16", 256, "varlen+causal"),
         Case("flash_attention", "float32", 64, "varlen+causal"),
+        Case("flash_attention", "bfloat16", 64, "varlen+causal+window+softcap+alibi", heads_kv=1),
     ]
 
 

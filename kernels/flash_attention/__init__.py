@@ -11,9 +11,12 @@ accumulates dK and dV, and one pass per query block that accumulates dQ. Both re
 probabilities from the saved log-sum-exp, so nothing of size len_q x len_k is ever stored, and
 neither needs atomics.
 
-Each loop runs in two stages, as in Triton's fused-attention tutorial: blocks that are whole and
-wholly visible (under causal masking: entirely left of the diagonal) load without bounds checks
-and build no causal mask; only the partial and diagonal blocks do. Launch configurations (tile
+Each loop runs in up to three stages, generalising Triton's fused-attention tutorial's two:
+blocks that straddle a window's lower edge (masked), blocks that are whole and wholly visible
+(under causal masking: entirely left of the diagonal), which load without bounds checks and
+build no mask, then the blocks that straddle the upper edge (the causal diagonal) or run past
+the end (masked). Blocks outside the window are never visited; without a lower edge the first
+stage is not compiled. Launch configurations (tile
 sizes, warps, pipeline stages) come per kernel, head dim and GPU architecture from the tables
 in ``configs``, pruned to the architecture's shared memory and autotuned on first use
 (:mod:`kernels.common.tuning`); ``python -m kernels.compile_gate`` compiles every one of them for
@@ -40,11 +43,18 @@ Supported
       nothing of size len_q x len_k is built that the caller did not pass. A float mask that
       requires grad gets its gradient dS (computed as a (b, h, len_q, len_k) float32 buffer
       in the backward, then summed over the mask's broadcast axes).
-    * ``is_causal``, alone or together with ``attn_mask``. Causal masking is aligned to the
-      **bottom-right** corner: query i sees keys j <= i + len_k - len_q. This is what a decoder
-      with a key/value cache needs (the new queries are the *last* len_q positions).
-      ``F.scaled_dot_product_attention`` aligns top-left instead; the two agree when
-      len_q == len_k.
+    * ``is_causal``, alone or together with ``attn_mask``, aligned **top-left** as SDPA's
+      (query i sees keys j <= i), or bottom-right with ``alignment="bottom_right"`` (j <= i +
+      len_k - len_q: what a decoder with a key/value cache needs; the two agree when len_q ==
+      len_k). PyTorch's ``causal_upper_left`` / ``causal_lower_right`` biases
+      (``torch.nn.attention.bias``) as ``attn_mask`` are read the same way, never
+      materialised.
+    * Score options (:mod:`kernels.flash_attention.options`), each with every other and with
+      masks, dropout and GQA: ``window_size=(left, right)`` (FlashAttention-2's sliding
+      window, anchored as causality; key blocks wholly outside it are never visited, only
+      blocks that straddle an edge are masked), ``softcap`` (``c tanh(s / c)``, Gemma 2),
+      ``alibi_slopes`` ((h,) or (b, h), no bias tensor) and ``sinks`` (a per-head logit in each
+      row's denominator, GPT-OSS; its gradient is returned).
     * ``dropout_p`` in [0, 1], as SDPA applies it (on the probabilities, after the softmax's
       normalisation; p == 1 gives zeros). The keep bits are Philox numbers made inside the
       kernels (``tl.rand``) from a per-call seed and offset drawn from torch's default CPU
@@ -74,7 +84,8 @@ Caution -- not supported
     * GPUs before sm_80 (Ampere) are not claimed: nothing is compiled or tested for them.
 
 Layout: ``tiles`` (jitted helpers), ``forward`` and ``backward`` (the kernels), ``configs``
-(launch tables), ``checks`` (input validation), ``dropout`` (seeds and the keep-mask for
+(launch tables), ``checks`` (input validation), ``options`` (the score options, checked),
+``dropout`` (seeds and the keep-mask for
 tests), ``launcher`` (the host side: buffers, arguments, tuned launches), ``function`` (the
 operators and ``flash_attention``), ``flash_attn_interface`` (FlashAttention-2's API,
 ``flash_attn_func``, on the same operators). What it shares with ``additive_attention`` (the delta pass,

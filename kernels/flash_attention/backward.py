@@ -38,12 +38,17 @@ from kernels.common.jit import (
 from kernels.flash_attention.forward import _visible_key_blocks
 from kernels.flash_attention.tiles import (
     _apply_mask,
+    _block_ranges,
     _dropout_keep,
     _head_dim_lanes,
+    _in_window,
     _load_rows,
     _mask_key_block,
+    _modify_scores,
     _packed_row,
     _packed_sequence,
+    _stage_blocks,
+    alibi_slope,
 )
 
 
@@ -54,19 +59,31 @@ def _drop(x, keep, keep_scale):
 
 
 @triton.jit
+def _softcap_grad(ds, capped, softcap_log2, HAS_SOFTCAP: tl.constexpr):
+    """dS with respect to the scaled scores before the softcap: times 1 - tanh^2, tanh =
+    capped / c (both in log2 units)."""
+    if HAS_SOFTCAP:
+        t = capped / softcap_log2
+        ds = ds * (1.0 - t * t)
+    return ds
+
+
+@triton.jit
 def _dkdv_query_blocks(
     dk, dv, k, v, M, Q, DOut, Lse, Delta, row_base,
     stride_qm, stride_gm, stride_mm, stride_mn,
-    cols, offs_m, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    cols, offs_m, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, qk_scale_log2,
+    anchor_shift, window_left, window_right, softcap_log2, slope_log2,
     seed, rng_offset, dropout_p, keep_scale,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
-    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    MASK_ROWS: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_M: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Accumulate dK, dV of one key block over query blocks [start, stop).
 
-    MASKED blocks may run past len_q or cross the causal diagonal. In the others every query
+    MASKED blocks may run past len_q or straddle a window edge. In the others every query
     sees every key of the block; a key past len_k (a partial last key block) then gets a
     finite or infinite stand-in p, but it touches only its own row of dK and dV, which is
     never stored.
@@ -78,14 +95,18 @@ def _dkdv_query_blocks(
         lse_log2, delta = softmax_stats(Lse, Delta, row_base + rows, rows, LEN_Q, MASKED)
 
         s = dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        s, capped = _modify_scores(
+            s, rows, cols, anchor_shift, softcap_log2, slope_log2, HAS_SOFTCAP, HAS_ALIBI
+        )
         if HAS_MASK:
             s = _apply_mask(
                 s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, MASK_FLOAT, MASK_ROWS
             )
         if MASKED:
-            valid = (rows < LEN_Q)[:, None]
-            if IS_CAUSAL:
-                valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
+            valid = _in_window(
+                (rows < LEN_Q)[:, None], rows, cols, anchor_shift, window_left, window_right,
+                WINDOW_LEFT, WINDOW_RIGHT,
+            )  # fmt: skip
             s = tl.where(valid, s, float("-inf"))
         # Recompute P from the saved log-sum-exp: P = exp(s - lse), already normalised.
         p = tl.exp2(s - lse_log2[:, None])
@@ -98,40 +119,25 @@ def _dkdv_query_blocks(
         dp = dot(do, tl.trans(v), EMULATE_BF16, PRECISION)  # (i, j)
         if HAS_DROPOUT:
             dp = _drop(dp, keep, keep_scale)
-        ds = p * (dp - delta[:, None])  # gradient w.r.t. the scaled scores
+        ds = p * (dp - delta[:, None])  # gradient w.r.t. the (capped, biased) scores
+        ds = _softcap_grad(ds, capped, softcap_log2, HAS_SOFTCAP)  # w.r.t. the scaled scores
         dk += dot(tl.trans(round_to(ds, q.dtype, EMULATE_BF16)), q, EMULATE_BF16, PRECISION)
     return dk, dv
 
 
 @triton.jit
-def _seen_query_blocks(start_n, LEN_Q, LEN_K, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr):  # fmt: skip
-    """(lo, m_whole, m_even) for the key block at start_n: query blocks [lo, m_whole) cross the
-    causal diagonal (bottom-right: key j is seen by rows i >= j - (len_k - len_q), so earlier
-    blocks contribute nothing and are skipped); blocks [m_whole, m_even) see the whole key
-    block and are whole; a partial last block follows."""
-    causal_shift = LEN_K - LEN_Q
-    m_even = LEN_Q // BLOCK_M * BLOCK_M
-    lo = 0
-    m_whole = 0
-    if IS_CAUSAL:
-        lo = tl.maximum(0, start_n - causal_shift) // BLOCK_M * BLOCK_M
-        last_col = tl.maximum(0, start_n + BLOCK_N - 1 - causal_shift)
-        m_whole = (last_col + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    return lo, m_whole, m_even
-
-
-@triton.jit
-def _query_blocks_of_stage(STAGE: tl.constexpr, lo, m_whole, m_even, LEN_Q):
-    """(start, stop) of the dK/dV pass's query blocks in stage 0 (crossing the causal diagonal,
-    masked), 1 (whole and wholly visible, unmasked) or 2 (the partial last block, masked)."""
-    if STAGE == 0:
-        start, stop = lo, tl.minimum(m_whole, LEN_Q)
-    elif STAGE == 1:
-        start, stop = m_whole, m_even
-    else:
-        start, stop = tl.maximum(m_whole, m_even), LEN_Q
-    return start, stop
+def _seen_query_blocks(start_n, LEN_Q, LEN_K, anchor_shift, window_left, window_right,
+                       WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """(start, whole_start, whole_stop, stop) of the query blocks that see the key block at
+    start_n (see tiles._block_ranges). Query i sees key j iff j - shift - right <= i <=
+    j - shift + left: the window seen from the key side, its edges swapped (causality's
+    diagonal is the lower edge here)."""
+    last = tl.minimum(start_n + BLOCK_N, LEN_K) - 1
+    return _block_ranges(
+        start_n, last, LEN_Q, -anchor_shift, window_right, window_left,
+        WINDOW_RIGHT, WINDOW_LEFT, BLOCK_M,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -164,11 +170,12 @@ def _attn_bwd_dkdv(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, sm_scale, qk_scale_log2,
+    anchor_shift, window_left, window_right, softcap_log2, Slopes, stride_sb, stride_sh, Sinks,
     seed, rng_offset, dropout_p, keep_scale, CuSeqlensQ, CuSeqlensK,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
     VARLEN: tl.constexpr = False,
@@ -178,9 +185,9 @@ def _attn_bwd_dkdv(
     them with grouped-query attention, one otherwise), so nothing is repeated in memory. DK
     and DV: contiguous (b, h_kv, len_k, d|d_v) buffers (packed: (h_kv, total_k, d|d_v))."""
     off_bkv, off_b, off_hk, start_n = _key_program(H, GROUP, BLOCK_N)
-    total_q, total_k, q_start, k_start = LEN_Q, LEN_K, 0, 0  # (VARLEN: the packed totals)
+    total_q, total_k, q0, k0 = LEN_Q, LEN_K, 0, 0  # VARLEN: packed totals, first tokens
     if VARLEN:  # packed sequences: from here on LEN_Q, LEN_K are sequence off_b's own
-        Q, K, V, DOut, LEN_Q, LEN_K, _, rng_offset, q_start, k_start = _packed_sequence(
+        Q, K, V, DOut, LEN_Q, LEN_K, anchor_shift, _, rng_offset, q0, k0 = _packed_sequence(
             Q, K, V, DOut, stride_qm, stride_kn, stride_vn, stride_gm, CuSeqlensQ, CuSeqlensK,
             off_b, 0, H, LEN_Q, LEN_K, rng_offset,
         )  # fmt: skip
@@ -193,22 +200,19 @@ def _attn_bwd_dkdv(
     v_ok = (cols[:, None] < LEN_K) & dv_ok[None, :]
 
     k_ptrs = head_tile(
-        K, off_b, off_hk, stride_kb, stride_kh, cols, stride_kn, offs_dqk, stride_kd,
-        LARGE_OFFSETS,
-    )  # fmt: skip
+        K, off_b, off_hk, stride_kb, stride_kh, cols, stride_kn, offs_dqk, stride_kd, LARGE_OFFSETS
+    )
     k = tl.load(k_ptrs, mask=k_ok, other=0.0)  # (j, DQK)
     v_ptrs = head_tile(
-        V, off_b, off_hk, stride_vb, stride_vh, cols, stride_vn, offs_dv, stride_vd,
-        LARGE_OFFSETS,
-    )  # fmt: skip
+        V, off_b, off_hk, stride_vb, stride_vh, cols, stride_vn, offs_dv, stride_vd, LARGE_OFFSETS
+    )
     v = tl.load(v_ptrs, mask=v_ok, other=0.0)  # (j, DV)
     stride_mm, stride_mn = widen(stride_mm, LARGE_OFFSETS), widen(stride_mn, LARGE_OFFSETS)
 
     dk = tl.zeros((BLOCK_N, BLOCK_DQK), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
-
-    causal_shift = LEN_K - LEN_Q
-    lo, m_whole, m_even = _seen_query_blocks(start_n, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    ranges = _seen_query_blocks(start_n, LEN_Q, LEN_K, anchor_shift, window_left, window_right,
+                                WINDOW_LEFT, WINDOW_RIGHT, BLOCK_M, BLOCK_N)  # fmt: skip
     for g in range(0, GROUP):
         off_h = off_hk * GROUP + g  # a query head reading this key/value head
         q_base, q_row = head_rows(
@@ -219,21 +223,23 @@ def _attn_bwd_dkdv(
             LARGE_OFFSETS,
         )  # fmt: skip
         m_base = Mask + off_b * stride_mb + off_h * stride_mh  # this (batch, head)'s mask
-        row_base = _packed_row(off_h, total_q, q_start, (off_b * H + off_h) * LEN_Q, VARLEN)
-        for stage in tl.static_range(3):  # the diagonal blocks, the whole ones, the last one
-            start, stop = _query_blocks_of_stage(stage, lo, m_whole, m_even, LEN_Q)
+        slope_log2 = alibi_slope(Slopes, off_b, off_h, stride_sb, stride_sh, HAS_ALIBI)
+        row_base = _packed_row(off_h, total_q, q0, (off_b * H + off_h) * LEN_Q, VARLEN)
+        for stage in tl.static_range(0 if WINDOW_RIGHT else 1, 3):  # see _block_ranges
+            start, stop = _stage_blocks(stage, ranges)
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, m_base, q_base, g_base, Lse, Delta, row_base, q_row, g_row,
                 stride_mm, stride_mn, cols, offs_m, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K,
-                causal_shift, qk_scale_log2, seed, rng_offset, dropout_p, keep_scale,
-                stage != 1, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL, HAS_DROPOUT, EVEN_DQK,
-                EVEN_DV, BLOCK_M, EMULATE_BF16, PRECISION,
+                qk_scale_log2, anchor_shift, window_left, window_right, softcap_log2,
+                slope_log2, seed, rng_offset, dropout_p, keep_scale,
+                stage != 1, HAS_MASK, MASK_FLOAT, MASK_ROWS, WINDOW_LEFT, WINDOW_RIGHT,
+                HAS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, EVEN_DQK, EVEN_DV, BLOCK_M, EMULATE_BF16,
+                PRECISION,
             )  # fmt: skip
 
     dk *= sm_scale  # s = scale * q k^T, so dK = scale * dS^T Q
-    # rows of the (b * h_kv * len_k) buffers, or packed (h_kv * total_k)
-    row0 = _packed_row(off_hk, total_k, k_start, off_bkv.to(tl.int64) * LEN_K, VARLEN)
-    row0 += cols[:, None]
+    row0 = _packed_row(off_hk, total_k, k0, off_bkv.to(tl.int64) * LEN_K, VARLEN)
+    row0 += cols[:, None]  # rows of the (b * h_kv * len_k) buffers, or packed (h_kv * total_k)
     _store_rows(DK, dk, row0, HEAD_DIM_QK, offs_dqk, k_ok, EMULATE_BF16)
     _store_rows(DV, dv, row0, HEAD_DIM_V, offs_dv, v_ok, EMULATE_BF16)
 
@@ -242,10 +248,12 @@ def _attn_bwd_dkdv(
 def _dq_key_blocks(
     dq, q, do, lse_log2, delta, K, V, M, DBias,
     stride_kn, stride_vn, stride_mm, stride_mn, stride_dbm,
-    rows, offs_n, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, causal_shift, qk_scale_log2,
+    rows, offs_n, dqk_ok, dv_ok, start, stop, LEN_Q, LEN_K, qk_scale_log2,
+    anchor_shift, window_left, window_right, softcap_log2, slope_log2,
     seed, rng_offset, dropout_p, keep_scale, row_ids,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
-    MASK_ROWS: tl.constexpr, MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASK_ROWS: tl.constexpr, MASK_GRAD: tl.constexpr, WINDOW_LEFT: tl.constexpr,
+    WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
     EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_N: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
@@ -257,9 +265,13 @@ def _dq_key_blocks(
         v = _load_rows(V + cols[:, None] * stride_vn, cols, LEN_K, dv_ok, MASKED, EVEN_DV)
 
         s = dot(q, tl.trans(k), EMULATE_BF16, PRECISION) * qk_scale_log2  # (i, j)
+        s, capped = _modify_scores(
+            s, rows, cols, anchor_shift, softcap_log2, slope_log2, HAS_SOFTCAP, HAS_ALIBI
+        )
         s = _mask_key_block(
-            s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
-            MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, IS_CAUSAL,
+            s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K,
+            anchor_shift, window_left, window_right,
+            MASKED, HAS_MASK, MASK_FLOAT, MASK_ROWS, WINDOW_LEFT, WINDOW_RIGHT,
         )  # fmt: skip
         p = tl.exp2(s - lse_log2[:, None])
 
@@ -271,6 +283,7 @@ def _dq_key_blocks(
         if MASK_GRAD:  # DBias: this (batch, head)'s contiguous (len_q, len_k) float32 slice
             ok = (rows[:, None] < LEN_Q) & (cols[None, :] < LEN_K)
             tl.store(DBias + rows[:, None] * stride_dbm + cols[None, :], ds, mask=ok)
+        ds = _softcap_grad(ds, capped, softcap_log2, HAS_SOFTCAP)  # w.r.t. the scaled scores
         dq += dot(round_to(ds, k.dtype, EMULATE_BF16), k, EMULATE_BF16, PRECISION)
     return dq
 
@@ -284,12 +297,13 @@ def _attn_bwd_dq(
     stride_gb, stride_gh, stride_gm, stride_gd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     H, GROUP, LEN_Q, LEN_K, HEAD_DIM_QK, HEAD_DIM_V, sm_scale, qk_scale_log2,
+    anchor_shift, window_left, window_right, softcap_log2, Slopes, stride_sb, stride_sh, Sinks,
     seed, rng_offset, dropout_p, keep_scale, CuSeqlensQ, CuSeqlensK,
     HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr, MASK_ROWS: tl.constexpr,
-    MASK_GRAD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    MASK_GRAD: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, EVEN_DQK: tl.constexpr, EVEN_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr, LARGE_OFFSETS: tl.constexpr = False,
     VARLEN: tl.constexpr = False,
 ):  # fmt: skip
@@ -298,7 +312,7 @@ def _attn_bwd_dq(
     off_bh, off_b, off_h, start_m = program_tile(H, BLOCK_M)
     row_base = off_bh.to(tl.int64) * LEN_Q
     if VARLEN:  # packed sequences: from here on LEN_Q, LEN_K are sequence off_b's own
-        Q, K, V, DOut, LEN_Q, LEN_K, row_base, rng_offset, _, _ = _packed_sequence(
+        Q, K, V, DOut, LEN_Q, LEN_K, anchor_shift, row_base, rng_offset, _, _ = _packed_sequence(
             Q, K, V, DOut, stride_qm, stride_kn, stride_vn, stride_gm, CuSeqlensQ, CuSeqlensK,
             off_b, off_h, H, LEN_Q, LEN_K, rng_offset,
         )  # fmt: skip
@@ -337,22 +351,21 @@ def _attn_bwd_dq(
     stride_dbm = widen(LEN_K, LARGE_OFFSETS)  # its row stride
 
     dq = tl.zeros((BLOCK_M, BLOCK_DQK), dtype=tl.float32)
-    n_whole, n_stop = _visible_key_blocks(start_m, LEN_Q, LEN_K, IS_CAUSAL, BLOCK_M, BLOCK_N)
-    causal_shift = LEN_K - LEN_Q
-    for stage in tl.static_range(2):  # stage 0: [0, n_whole) unmasked; 1: [n_whole, n_stop)
+    slope_log2 = alibi_slope(Slopes, off_b, off_h, stride_sb, stride_sh, HAS_ALIBI)
+    ranges = _visible_key_blocks(start_m, LEN_Q, LEN_K, anchor_shift, window_left, window_right,
+                                 WINDOW_LEFT, WINDOW_RIGHT, BLOCK_M, BLOCK_N)  # fmt: skip
+    for stage in tl.static_range(0 if WINDOW_LEFT else 1, 3):  # the forward's stages
+        start, stop = _stage_blocks(stage, ranges)
         dq = _dq_key_blocks(
             dq, q, do, lse_log2, delta, k_base, v_base, m_base, db_base, stride_kn, stride_vn,
-            stride_mm, stride_mn, stride_dbm, rows, offs_n, dqk_ok, dv_ok,
-            n_whole if stage else 0, n_stop if stage else n_whole, LEN_Q, LEN_K, causal_shift,
-            qk_scale_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows,
-            stage == 1, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, IS_CAUSAL, HAS_DROPOUT,
-            EVEN_DQK, EVEN_DV, BLOCK_N, EMULATE_BF16, PRECISION,
+            stride_mm, stride_mn, stride_dbm, rows, offs_n, dqk_ok, dv_ok, start, stop,
+            LEN_Q, LEN_K, qk_scale_log2, anchor_shift, window_left, window_right, softcap_log2,
+            slope_log2, seed, rng_offset, dropout_p, keep_scale, row_base + rows,
+            stage != 1, HAS_MASK, MASK_FLOAT, MASK_ROWS, MASK_GRAD, WINDOW_LEFT, WINDOW_RIGHT,
+            HAS_SOFTCAP, HAS_ALIBI, HAS_DROPOUT, EVEN_DQK, EVEN_DV, BLOCK_N, EMULATE_BF16,
+            PRECISION,
         )  # fmt: skip
 
     dq *= sm_scale  # dQ = scale * dS K
-    out_off = (row_base + rows[:, None]) * HEAD_DIM_QK + offs_dqk[None, :]
-    tl.store(
-        DQ + out_off,
-        round_to(dq, DQ.dtype.element_ty, EMULATE_BF16),
-        mask=(rows[:, None] < LEN_Q) & dqk_ok[None, :],
-    )
+    dq_ok = (rows[:, None] < LEN_Q) & dqk_ok[None, :]
+    _store_rows(DQ, dq, row_base + rows[:, None], HEAD_DIM_QK, offs_dqk, dq_ok, EMULATE_BF16)

@@ -8,9 +8,10 @@ Code written for the ``flash_attn`` package runs by changing its import::
 The arguments, their order, defaults and meaning, and the return values are FlashAttention-2's
 (its ``flash_attn_interface.py``): tensors are (batch, seqlen, heads, head_dim), or packed
 sequences (total_tokens, heads, head_dim) with int32 cumulative lengths; grouped-query and
-multi-query attention follow from the head counts; causality is anchored at the
-**bottom-right** corner (query i sees keys j <= i + seqlen_k - seqlen_q), of each sequence
-when they are packed, as FlashAttention-2 anchors it. Nothing is copied or padded: the kernel
+multi-query attention follow from the head counts; causality, the sliding window and ALiBi's
+distances are anchored at the **bottom-right** corner (query i sits at i + seqlen_k -
+seqlen_q: causal, it sees keys j <= i + seqlen_k - seqlen_q), of each sequence when they are
+packed, as FlashAttention-2 anchors them. Nothing is copied or padded: the kernel
 reads the caller's tensors through their strides (:mod:`kernels.flash_attention.varlen` says
 how packed sequences are read).
 
@@ -25,6 +26,8 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
       program per key block accumulates dK, dV; one per query block dQ), so it is always
       deterministic. Dropout's random numbers follow ``torch.manual_seed``
       (:mod:`kernels.flash_attention.dropout`), not FlashAttention-2's generator.
+    * Some errors name flash_attention's arguments, whose checks they come from (scale for
+      softmax_scale; a tensor's (batch, heads, len, head_dim) view).
 """
 
 import math
@@ -35,9 +38,8 @@ from kernels.common.checks import check_flag
 from kernels.flash_attention.checks import _check_inputs
 from kernels.flash_attention.dropout import check_dropout_p, draw_seed_offset
 from kernels.flash_attention.function import _forward_op, flash_attention
-from kernels.flash_attention.varlen import check_packed, rows_view
-
-_UNBOUNDED_WINDOW = (-1, -1)
+from kernels.flash_attention.options import score_options
+from kernels.flash_attention.varlen import Packed, check_packed, rows_view
 
 
 def _check_layout(name, tensors):
@@ -50,16 +52,6 @@ def _check_layout(name, tensors):
                 f"{name}: {arg} must have rank 4 (batch, seqlen, heads, head_dim), "
                 f"got shape {tuple(t.shape)}"
             )
-
-
-def _check_not_yet(name, window_size, softcap, alibi_slopes):
-    """Refuse what the kernel does not compute yet, rather than compute something else."""
-    if tuple(window_size) != _UNBOUNDED_WINDOW:
-        raise ValueError(f"{name}: window_size={window_size} is not supported yet; pass (-1, -1)")
-    if softcap != 0.0:
-        raise ValueError(f"{name}: softcap={softcap} is not supported yet; pass 0.0")
-    if alibi_slopes is not None:
-        raise ValueError(f"{name}: alibi_slopes are not supported yet; pass None")
 
 
 def flash_attn_func(
@@ -80,9 +72,12 @@ def flash_attn_func(
         softmax_scale: the scores' scale; default 1 / sqrt(head_dim).
         causal: causal masking anchored bottom-right: query i sees keys
             j <= i + seqlen_k - seqlen_q (a query that sees no key gets zeros).
-        window_size: (left, right) sliding window; only (-1, -1) (unbounded) for now.
-        softcap: logit softcapping; only 0.0 (off) for now.
-        alibi_slopes: ALiBi slopes; only None for now.
+        window_size: (left, right) sliding window, -1 for an unbounded side: query i sees key j
+            iff i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right (with
+            causal, right is 0). Key blocks outside the window are never visited.
+        softcap: 0.0 (off) or c > 0: scores become c * tanh(scores / c) (after the scale).
+        alibi_slopes: float32 (heads,) or (batch, heads): adds -slope * |i + seqlen_k -
+            seqlen_q - j| to the scores; no bias tensor is built.
         deterministic: accepted for compatibility; the backward is always deterministic.
         return_attn_probs: also return the log-sum-exp (and None, see the module docstring).
 
@@ -92,14 +87,13 @@ def flash_attn_func(
         seqlen_q) float32, the natural-log log-sum-exp of each row's scaled scores (-inf for a
         row that sees no key). Gradients flow to q, k and v (and through softmax_lse).
     """
-    name = "flash_attn_func"
-    _check_layout(name, (q, k, v))
-    _check_not_yet(name, window_size, softcap, alibi_slopes)
+    _check_layout("flash_attn_func", (q, k, v))
     # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
     out, lse = flash_attention(
-        query, key, value, dropout_p=dropout_p, is_causal=bool(causal), scale=softmax_scale,
-        enable_gqa=True, return_lse=True,
+        query, key, value, dropout_p=dropout_p, is_causal=check_flag(causal, "causal"),
+        scale=softmax_scale, enable_gqa=True, return_lse=True, window_size=window_size,
+        softcap=softcap, alibi_slopes=alibi_slopes, alignment="bottom_right",
     )  # fmt: skip
     out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), contiguous (output_buffer)
     return (out, lse, None) if return_attn_probs else out
@@ -124,7 +118,10 @@ def flash_attn_varlen_func(
         dropout_p, softmax_scale, deterministic: as in :func:`flash_attn_func`.
         causal: per sequence, anchored bottom-right: its query i sees its keys
             j <= i + seqlen_k - seqlen_q.
-        window_size, softcap, alibi_slopes: only their defaults for now.
+        window_size, softcap: as in :func:`flash_attn_func`, each sequence's window anchored
+            bottom-right in it.
+        alibi_slopes: float32 (heads,) or (batch, heads), one row per sequence; distances
+            anchored as the window.
         return_attn_probs: also return the log-sum-exp (and None).
 
     Returns:
@@ -140,13 +137,17 @@ def flash_attn_varlen_func(
     """
     name = "flash_attn_varlen_func"
     check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
-    _check_not_yet(name, window_size, softcap, alibi_slopes)
     dropout_p = check_dropout_p(dropout_p)
     _check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
+    packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
+    causal, options = score_options(
+        packed.view(q), packed.view(k), None, check_flag(causal, "causal"), "bottom_right",
+        window_size, softcap, alibi_slopes, None,
+    )  # fmt: skip
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
     out, lse = _forward_op(
-        q, k, v, None, check_flag(causal, "causal"), scale, dropout_p, seed, offset,
-        cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+        q, k, v, None, causal, scale, dropout_p, seed, offset, True, *options.window,
+        options.softcap, options.alibi_slopes, None, *packed,
     )  # fmt: skip
     return (out, lse, None) if return_attn_probs else out

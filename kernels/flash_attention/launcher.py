@@ -12,6 +12,7 @@ from kernels.flash_attention.backward import _attn_bwd_dkdv, _attn_bwd_dq
 from kernels.flash_attention.checks import _block_d, _mask_layout
 from kernels.flash_attention.dropout import NO_DROPOUT
 from kernels.flash_attention.forward import _attn_fwd
+from kernels.flash_attention.options import PLAIN
 from kernels.flash_attention.varlen import rows_view
 
 
@@ -72,7 +73,34 @@ def output_buffer(q, value_dim):
     return runtime.empty((b, h, len_q, value_dim), q.dtype, q.device)
 
 
-def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT, packed=None):
+def _score_args(q, k, is_causal, options):
+    """(the kernels' score arguments, their constexprs): the anchor shift and the window's
+    edges (causality is right = 0; -1 where unbounded), the softcap in log2 units (0: off),
+    the ALiBi slopes with their (batch, head) strides, the sinks (float32). Every pass takes
+    them; the sinks only the forward reads."""
+    len_q, len_k = q.shape[2], k.shape[2]
+    left, right = options.edges(len_q, len_k, is_causal)
+    dummy = torch.empty(1, dtype=torch.float32, device=q.device)
+    slopes, sinks = options.alibi_slopes, options.sinks
+    slope_args = (dummy, 0, 0) if slopes is None else (slopes, *slopes.stride())
+    sinks = dummy if sinks is None else sinks.detach().to(torch.float32).contiguous()
+    args = (
+        options.anchor_shift(len_q, len_k), left, right, options.softcap * LOG2_E.value,
+        *slope_args, sinks,
+    )  # fmt: skip
+    meta = dict(
+        WINDOW_LEFT=left >= 0,
+        WINDOW_RIGHT=right >= 0,
+        HAS_SOFTCAP=options.softcap > 0.0,
+        HAS_ALIBI=slopes is not None,
+        HAS_SINKS=options.sinks is not None,
+    )
+    return args, meta
+
+
+def _forward(
+    q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT, options=PLAIN, packed=None
+):  # fmt: skip
     """(out, lse): out (b, h, len_q, d_v) (:func:`output_buffer`), lse (b, h, len_q); with
     ``packed`` sequences (a varlen.Packed; q, k, v (total, h, d)), out (total_q, h, d_v) and
     lse (h, total_q)."""
@@ -85,12 +113,13 @@ def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT, packed=No
         lse = runtime.empty(q.shape[:3], torch.float32, q.device)
     d = q.shape[3]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
+    score_args, score_meta = _score_args(q, k, is_causal, options)
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
-        *_sizes(q, k, v), scale * LOG2_E.value, *_dropout_args(dropout, packed),
+        *_sizes(q, k, v), scale * LOG2_E.value, *score_args, *_dropout_args(dropout, packed),
     )  # fmt: skip
-    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype, packed)
+    meta = _meta(mask_meta, score_meta, dropout, d, v.shape[3], q.dtype, packed)
     meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out)
     _launch_pass(_attn_fwd, "fwd", q, k, meta, args, packed)
     return (out, lse) if packed is None else (packed_out, lse)
@@ -98,10 +127,11 @@ def _forward(q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT, packed=No
 
 def _backward(
     q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout=NO_DROPOUT,
-    packed=None,
+    options=PLAIN, packed=None,
 ):  # fmt: skip
-    """(dq, dk, dv, dmask): dmask, the float mask's gradient in its shape, only with mask_grad
-    (else an empty tensor). ``dropout`` must be the forward's (it regenerates its mask).
+    """(dq, dk, dv, dmask, dsinks): dmask, the float mask's gradient in its shape, only with
+    mask_grad (else an empty tensor); dsinks, the sinks' gradient, with sinks (else empty).
+    ``dropout`` and ``options`` must be the forward's (dropout regenerates its mask).
     ``packed``: the forward's packed sequences (then dq, dk, dv are packed like q, k, v)."""
     rows = (out, dout)  # what the delta pass reads: (b, h, len_q, d_v), or (1, h, total_q, d_v)
     if packed is not None:
@@ -110,7 +140,8 @@ def _backward(
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
-    meta = _meta(mask_meta, is_causal, dropout, d, v.shape[3], q.dtype, packed)
+    score_args, score_meta = _score_args(q, k, is_causal, options)
+    meta = _meta(mask_meta, score_meta, dropout, d, v.shape[3], q.dtype, packed)
     meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out, dout)
     if dlse is None:
         dlse = torch.zeros(rows[0].shape[:3], dtype=torch.float32, device=q.device)
@@ -122,7 +153,8 @@ def _backward(
         return (
             q, k, v, mask, dout, lse, delta, *gradients,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *mask_strides,
-            *_sizes(q, k, v), scale, scale * LOG2_E.value, *_dropout_args(dropout, packed),
+            *_sizes(q, k, v), scale, scale * LOG2_E.value, *score_args,
+            *_dropout_args(dropout, packed),
         )  # fmt: skip
 
     dk = _gradient_buffer(k, packed)  # (b, h_kv, len_k, d), or packed (h_kv, total_k, d)
@@ -131,23 +163,42 @@ def _backward(
     if packed is not None:
         dq = _gradient_buffer(q, packed)
         _launch_pass(_attn_bwd_dq, "dq", q, k, {**meta, "MASK_GRAD": False}, pass_args(dq, lse))
-        return *(g.transpose(0, 1) for g in (dq, dk, dv)), q.new_empty(0)
+        dsinks = _sinks_grad(options.sinks, lse, delta)  # lse (h, total_q) broadcasts too
+        return *(g.transpose(0, 1) for g in (dq, dk, dv)), q.new_empty(0), dsinks
     mask_grad = bool(mask_grad and mask_meta["MASK_FLOAT"])
-    key_constant = mask_grad and _broadcasts_over_keys(attn_mask)
+    # A row-constant mask leaves P unchanged -- unless a sink, which it does not move, shares
+    # the row's denominator.
+    key_constant = mask_grad and _broadcasts_over_keys(attn_mask) and options.sinks is None
     in_kernel = mask_grad and not key_constant  # the dQ pass writes dS, the mask's gradient
     # dS of every (query, key) pair, the float mask's gradient before its broadcast axes are
-    # summed: zeros, as the dQ pass skips the key blocks a causal query tile cannot see.
+    # summed: zeros, as the dQ pass skips the key blocks a query tile cannot see.
     dbias = torch.zeros((b, h, len_q, len_k) if in_kernel else (1,), device=q.device)
     dq = runtime.empty((b, h, len_q, d), q.dtype, q.device)
     name = "dq_bias" if in_kernel else "dq"
     large = meta["LARGE_OFFSETS"] or needs_int64_offsets(dbias)
     dq_meta = {**meta, "MASK_GRAD": in_kernel, "LARGE_OFFSETS": large}
     _launch_pass(_attn_bwd_dq, name, q, k, dq_meta, pass_args(dq, dbias))
+    dsinks = _sinks_grad(options.sinks, lse, delta)
     if key_constant:
-        return dq, dk, dv, _key_constant_mask_grad(lse, dlse, attn_mask)
+        return dq, dk, dv, _key_constant_mask_grad(lse, dlse, attn_mask), dsinks
     if in_kernel:
-        return dq, dk, dv, _sum_to_mask(dbias, attn_mask)
-    return dq, dk, dv, (attn_mask if attn_mask is not None else q).new_empty(0)
+        return dq, dk, dv, _sum_to_mask(dbias, attn_mask), dsinks
+    return dq, dk, dv, (attn_mask if attn_mask is not None else q).new_empty(0), dsinks
+
+
+def _sinks_grad(sinks, lse, delta):
+    """The sinks' gradient (h,), or an empty tensor without sinks.
+
+    A sink's probability in row i is p_i = exp(sink - lse_i); it scales every other
+    probability of the row by (1 - p_i), so d out_i / d sink = -p_i out_i and
+    d lse_i / d sink = p_i: the gradient is -sum_i p_i (dO_i . out_i - dlse_i) = -sum_i p_i
+    delta_i, with the backward's own delta (:mod:`kernels.common.delta`), summed over the
+    batch and the rows of each head.
+    """
+    if sinks is None:
+        return lse.new_empty(0)
+    p_sink = torch.exp(sinks.detach().float()[None, :, None] - lse)  # (b, h, i)
+    return (-(p_sink * delta).sum(dim=(0, 2))).to(sinks.dtype)
 
 
 def _gradient_buffer(x, packed):
@@ -209,7 +260,7 @@ def _precision(dtype):
     return "ieee" if runtime.INTERPRETED else "tf32x3"
 
 
-def _meta(mask_meta, is_causal, dropout, head_dim, value_head_dim, dtype, packed=None):
+def _meta(mask_meta, score_meta, dropout, head_dim, value_head_dim, dtype, packed=None):
     """The constexprs every attention kernel takes, apart from its block sizes: q/k's head dim
     padded to BLOCK_DQK, v's (and out's) to BLOCK_DV. Without dropout (p == 0)
     HAS_DROPOUT=False compiles no dropout code at all; VARLEN only with packed sequences."""
@@ -218,7 +269,7 @@ def _meta(mask_meta, is_causal, dropout, head_dim, value_head_dim, dtype, packed
     return dict(
         **mask_meta,
         **varlen,
-        IS_CAUSAL=bool(is_causal),
+        **score_meta,
         HAS_DROPOUT=dropout.p > 0.0,
         EVEN_DQK=block_dqk == head_dim,
         EVEN_DV=block_dv == value_head_dim,

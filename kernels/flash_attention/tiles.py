@@ -65,23 +65,120 @@ def _apply_mask(
 
 
 @triton.jit
+def _tanh(x):
+    """tanh in float32 as ``1 - 2 / (1 + e^(2x))`` (Triton has no tanh of its own): exact at
+    the limits (e^(2x) = inf gives 1, 0 gives -1), a float32 ulp of 1 off near 0."""
+    return 1.0 - 2.0 / (1.0 + tl.exp2(x * (2.0 * LOG2_E)))
+
+
+@triton.jit
+def _block_ranges(first, last, LEN_OTHER, shift, reach_lo, reach_hi, HAS_LO: tl.constexpr,
+                  HAS_HI: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """The blocks of the other axis that a tile of rows [first, last] visits, when row x sees
+    index y of the other axis iff ``x + shift - reach_lo <= y <= x + shift + reach_hi`` (each
+    edge only where bounded: HAS_LO, HAS_HI) and ``0 <= y < LEN_OTHER``.
+
+    Returns (start, whole_start, whole_stop, stop), block-aligned but for stop: blocks in
+    [start, whole_start) straddle the lower edge and mask; [whole_start, whole_stop) are whole
+    and seen by every row of the tile, unmasked; [whole_stop, stop) straddle the upper edge or
+    the end, masked. Blocks before start or from stop on are seen by no row: never visited.
+    The forward and dQ passes call it over key blocks (x a query, shift the anchor shift,
+    reaches the window's left and right); the dK/dV pass over query blocks (x a key, -shift,
+    the reaches swapped). Everything stays >= 0 before a division (C and Python round
+    negative quotients differently).
+    """
+    start = first * 0  # 0, as the type of the other bounds
+    whole_start = start
+    stop = LEN_OTHER + start
+    whole_stop = LEN_OTHER // BLOCK * BLOCK
+    first_seen = start
+    if HAS_LO:
+        first_seen = tl.maximum(first + shift - reach_lo, 0)
+        start = first_seen // BLOCK * BLOCK
+        seen_by_all = tl.maximum(last + shift - reach_lo, 0)
+        whole_start = (seen_by_all + BLOCK - 1) // BLOCK * BLOCK
+    if HAS_HI:
+        stop = tl.minimum(last + shift + reach_hi + 1, LEN_OTHER)
+        seen_by_all = tl.maximum(first + shift + reach_hi + 1, 0)
+        whole_stop = tl.minimum(whole_stop, seen_by_all // BLOCK * BLOCK)
+    if HAS_LO:
+        stop = tl.where(first_seen < stop, stop, start)  # nothing seen: nothing visited
+        none_whole = whole_stop <= whole_start  # no whole block: every visited block masks
+        whole_start = tl.where(none_whole, start, whole_start)
+        whole_stop = tl.where(none_whole, start, whole_stop)
+    return start, whole_start, whole_stop, stop
+
+
+@triton.jit
+def _stage_blocks(STAGE: tl.constexpr, ranges):
+    """(start, stop) of stage 0 (lower-edge blocks, masked), 1 (whole, unmasked) or 2
+    (upper-edge and last blocks, masked) from _block_ranges' four bounds."""
+    if STAGE == 0:
+        lo, hi = ranges[0], ranges[1]
+    elif STAGE == 1:
+        lo, hi = ranges[1], ranges[2]
+    else:
+        lo, hi = ranges[2], ranges[3]
+    return lo, hi
+
+
+@triton.jit
+def alibi_slope(Slopes, off_b, off_h, stride_sb, stride_sh, HAS_ALIBI: tl.constexpr):
+    """This (batch, head)'s ALiBi slope times log2 e (the scores' units); 0 without ALiBi."""
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(Slopes + off_b * stride_sb + off_h * stride_sh) * LOG2_E
+    return slope
+
+
+@triton.jit
+def _in_window(valid, rows, cols, anchor_shift, window_left, window_right,
+               WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr):  # fmt: skip
+    """valid (i, j) and, for each bounded edge, a(i) - left <= j <= a(i) + right, where
+    a(i) = i + anchor_shift (causality is right = 0)."""
+    if WINDOW_RIGHT:
+        valid = valid & (cols[None, :] <= rows[:, None] + (anchor_shift + window_right))
+    if WINDOW_LEFT:
+        valid = valid & (cols[None, :] >= rows[:, None] + (anchor_shift - window_left))
+    return valid
+
+
+@triton.jit
+def _modify_scores(s, rows, cols, anchor_shift, softcap_log2, slope_log2,
+                   HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):  # fmt: skip
+    """(scores, capped) of a tile of scaled scores s (log2 units): softcapped,
+    ``c tanh(s / c)`` with softcap_log2 = c log2 e (the cap in the same units), then ALiBi's
+    ``-slope |a(i) - j|`` added (slope_log2 = slope log2 e). ``capped`` is the softcapped score
+    before ALiBi, whose (1 - tanh^2) the backward needs; s itself without HAS_SOFTCAP."""
+    if HAS_SOFTCAP:
+        s = softcap_log2 * _tanh(s / softcap_log2)
+    capped = s
+    if HAS_ALIBI:
+        distance = rows[:, None] + anchor_shift - cols[None, :]
+        s = s - slope_log2 * tl.abs(distance).to(tl.float32)
+    return s, capped
+
+
+@triton.jit
 def _mask_key_block(
-    s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, causal_shift,
+    s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K,
+    anchor_shift, window_left, window_right,
     MASKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_FLOAT: tl.constexpr,
-    MASK_ROWS: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASK_ROWS: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
 ):  # fmt: skip
     """Scores (i, j) of one key block with the mask applied and hidden pairs set to -inf.
 
-    A MASKED block may run past len_k or cross the causal diagonal, so it checks bounds and
-    builds the causal mask; any other block is whole and wholly visible to every query of the
-    tile, and only the attention mask, when given, is read.
+    A MASKED block may run past len_k or straddle a window edge (causality's diagonal is one),
+    so it checks bounds and the window; any other block is whole and wholly visible to every
+    query of the tile, and only the attention mask, when given, is read.
     """
     if HAS_MASK:
         s = _apply_mask(s, M, stride_mm, stride_mn, rows, cols, LEN_Q, LEN_K, MASK_FLOAT, MASK_ROWS)
     if MASKED:
-        valid = (cols < LEN_K)[None, :]
-        if IS_CAUSAL:
-            valid = valid & (cols[None, :] <= rows[:, None] + causal_shift)
+        valid = _in_window(
+            (cols < LEN_K)[None, :], rows, cols, anchor_shift, window_left, window_right,
+            WINDOW_LEFT, WINDOW_RIGHT,
+        )  # fmt: skip
         s = tl.where(valid, s, float("-inf"))
     return s
 
@@ -114,9 +211,11 @@ def _packed_sequence(
     LEN_Q and LEN_K are the packed totals; CuSeqlensQ and CuSeqlensK the int32 cumulative
     lengths (batch + 1,); Q, K, V and Rows (the output, or its gradient) point at token 0 of the
     (batch, h, total, d) views whose batch stride is 0. Returns (Q, K, V, Rows, len_q, len_k,
-    row_base, rng_offset, q_start, k_start): the pointers moved to the sequence's first query
-    and key token, its own lengths (from here on the program works on the sequence alone: its
-    causal anchoring, bounds and blocks are its own), the packed (h, total_q) row of head
+    anchor_shift, row_base, rng_offset, q_start, k_start): the pointers moved to the
+    sequence's first query and key token, its own lengths (from here on the program works on
+    the sequence alone: its bounds and blocks are its own), its anchor shift len_k - len_q
+    (causality, the window and ALiBi anchored bottom-right in each sequence, as
+    FlashAttention-2's varlen anchors them), the packed (h, total_q) row of head
     ``off_h``'s first query (log-sum-exp, delta, dQ), the dropout counter offset that makes
     every pair's Philox counter unique across sequences -- with ``tiles._dropout_keep``'s
     (row_base + i) * len_k + j it is ``rng_offset + off_b * H * LEN_Q * LEN_K +
@@ -131,7 +230,7 @@ def _packed_sequence(
     rng_offset = rng_offset + off_b * H * LEN_Q * LEN_K - q_start * len_k
     Q, Rows = Q + q_start * stride_qm, Rows + q_start * stride_rm
     K, V = K + k_start * stride_kn, V + k_start * stride_vn
-    return Q, K, V, Rows, len_q, len_k, row_base, rng_offset, q_start, k_start
+    return Q, K, V, Rows, len_q, len_k, len_k - len_q, row_base, rng_offset, q_start, k_start
 
 
 @triton.jit

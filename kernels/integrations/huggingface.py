@@ -82,7 +82,7 @@ def attention_forward(
         is_causal = False
     out = flash_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal,
-        scale=scaling, enable_gqa=key.shape[1] != query.shape[1],
+        scale=scaling, enable_gqa=key.shape[1] != query.shape[1], alignment="top_left",
     )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
 

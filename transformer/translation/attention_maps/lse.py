@@ -22,6 +22,11 @@ def weights_from_lse(
     scale: float | None,
     block_rows: int = 64,
     score=None,
+    *,
+    alignment: str = "bottom_right",
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention probabilities (b, h, i, j) rebuilt from the row-wise log-sum-exp (b, h, i).
 
@@ -29,8 +34,19 @@ def weights_from_lse(
     time (so the only temporaries are a block of rows). With ``score`` (a module with
     ``logits(q, k)``, e.g. the additive score) its logits stand in for ``q kᵀ · scale``. A row
     with no visible key (lse = -inf) gets zeros.
+
+    The flash kernel's score options, given as it was given them, are applied the same way
+    (``kernels.flash_attention``): causality, the window and ALiBi anchored at ``alignment``
+    (bottom-right, this package's causality, unless "top_left"), the logits softcapped, then
+    ALiBi's distances added. Sinks need nothing here: the kernel's lse includes them, so each
+    row's weights sum to one minus its sink's share.
     """
+    if alignment not in ("top_left", "bottom_right"):
+        raise ValueError(f"alignment must be 'top_left' or 'bottom_right', got {alignment!r}")
     len_q, len_k = q.shape[-2], k.shape[-2]
+    shift = len_k - len_q if alignment == "bottom_right" else 0
+    left, right = window_size
+    right = 0 if is_causal else right
     cols = torch.arange(len_k, device=q.device)
     blocks = []
     for start in range(0, len_q, block_rows):
@@ -39,12 +55,19 @@ def weights_from_lse(
             logits = einsum(q[:, :, rows].float(), k.float(), "b h i d, b h j d -> b h i j") * scale
         else:
             logits = score.logits(q[:, :, rows], k).float()
+        anchored = torch.arange(rows.start, rows.stop, device=q.device)[:, None] + shift
+        if softcap > 0.0:
+            logits = softcap * torch.tanh(logits / softcap)
+        if alibi_slopes is not None:
+            slopes = alibi_slopes.float().expand(*logits.shape[:2])[..., None, None]
+            logits = logits - slopes * (anchored - cols[None, :]).abs()
         visible = torch.ones_like(logits, dtype=torch.bool)
         if attn_mask is not None:
             visible = visible & attn_mask
-        if is_causal:  # bottom-right aligned, as everywhere in this package
-            positions = torch.arange(rows.start, rows.stop, device=q.device)
-            visible = visible & (cols[None, :] <= positions[:, None] + (len_k - len_q))
+        if right >= 0:  # causality (right = 0) or the window's upper edge
+            visible = visible & (cols[None, :] <= anchored + right)
+        if left >= 0:
+            visible = visible & (cols[None, :] >= anchored - left)
         # where(), not a product: exp(logits + inf) of a fully hidden row must not become NaN.
         blocks.append(torch.where(visible, torch.exp(logits - lse[:, :, rows, None]), 0.0))
     if not blocks:
@@ -88,5 +111,6 @@ def flash_layer_weights(
             is_causal=inputs.is_causal,
             scale=inputs.scale,
             return_lse=True,
+            alignment="bottom_right",  # the model's causality (transformer.masks)
         )
     return weights_from_lse(q, k, lse, inputs.attn_mask, inputs.is_causal, inputs.scale, block_rows)
