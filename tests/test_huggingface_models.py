@@ -43,12 +43,62 @@ def sharpen_attention(model):
             p.mul_(10)
 
 
+def spread_sinks(model):
+    """Sinks of either sign and size one (initialised near 0), so each row's sink weighs."""
+    sharpen_attention(model)
+    for name, p in model.named_parameters():
+        if name.endswith("sinks"):
+            p.copy_(torch.linspace(-1.5, 1.5, p.numel()))
+
+
 def logits_everywhere(ids, **inputs):
     def run(model):
         logits = model(input_ids=ids, use_cache=False, **inputs).logits
         return logits, (logits**2).mean()
 
     return run
+
+
+def packed(model_class, config, device):
+    """A tiny model on our kernel and its eager twin, a batch of two rows packing 3 and 2
+    sequences, and its position_ids (restarting at each sequence)."""
+    ours, eager = twin_models(model_class, config, device, "eager", sharpen_attention)
+    ids, _ = padded_batch([14, 14], device, seed=12)
+    lengths = [[5, 6, 3], [9, 5]]
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
+    return ours, eager, ids, position_ids.to(device)
+
+
+def kernel_mask_shapes(monkeypatch, windows=None):
+    """The shape of the attn_mask of each kernel call the backend makes (None: no mask), and
+    into ``windows``, if given, each call's window_size."""
+    shapes = []
+
+    def recording(*args, attn_mask=None, **kwargs):
+        shapes.append(None if attn_mask is None else tuple(attn_mask.shape))
+        if windows is not None:
+            windows.append(kwargs.get("window_size"))
+        return flash_attention(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(huggingface, "flash_attention", recording)
+    return shapes
+
+
+def test_gemma2_softcap_and_alternating_sliding_window_match_eager(kernel_device):
+    config = transformers.Gemma2Config(
+        **TINY, query_pre_attn_scalar=8, sliding_window=WINDOW, attn_logit_softcapping=2.0,
+    )  # fmt: skip
+    assert config.layer_types == ["sliding_attention", "full_attention"]
+    ours, eager = twin_models(
+        transformers.Gemma2ForCausalLM, config, kernel_device, "eager", sharpen_attention
+    )
+    ids, mask = padded_batch([13, 10], kernel_device, seed=15)
+
+    def run(model):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return logits[mask.bool()], (logits[mask.bool()] ** 2).mean()
+
+    assert_same_loss_and_gradients(ours, eager, run)
 
 
 def test_qwen2_sliding_window_shorter_than_the_sequence_matches_eager(kernel_device):
@@ -68,27 +118,92 @@ def test_qwen2_sliding_window_shorter_than_the_sequence_matches_eager(kernel_dev
     assert_same_loss_and_gradients(ours, eager, run)
 
 
-def packed_llama(device):
-    """A tiny Llama on our kernel, a batch of two rows packing 3 and 2 sequences, and its
-    position_ids (restarting at each sequence)."""
-    config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
+def test_gpt_oss_sinks_and_sliding_window_match_eager_with_the_sinks_gradient(kernel_device):
+    config = transformers.GptOssConfig(
+        **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
+    )  # fmt: skip
+    assert config.layer_types == ["sliding_attention", "full_attention"]
     ours, eager = twin_models(
-        transformers.LlamaForCausalLM, config, device, "eager", sharpen_attention
+        transformers.GptOssForCausalLM, config, kernel_device, "eager", spread_sinks
     )
-    ids, _ = padded_batch([14, 14], device, seed=12)
-    lengths = [[5, 6, 3], [9, 5]]
-    position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
-    return ours, eager, ids, position_ids.to(device)
+    ids, mask = padded_batch([12, 9], kernel_device, seed=16)
+    assert_same_loss_and_gradients(ours, eager, logits_everywhere(ids, attention_mask=mask))
+    sinks = ours.model.layers[0].self_attn.sinks
+    assert sinks.grad is not None and sinks.grad.abs().min() > 0
 
 
-def test_packed_llama_batch_keeps_its_sequences_apart_as_eager_does(kernel_device):
-    ours, eager, ids, position_ids = packed_llama(kernel_device)
+PACKABLE = {
+    "llama": (transformers.LlamaForCausalLM, lambda: transformers.LlamaConfig(**TINY)),
+    "gemma2": (  # softcap and a window: through flash_attn_varlen_func
+        transformers.Gemma2ForCausalLM,
+        lambda: transformers.Gemma2Config(
+            **TINY, query_pre_attn_scalar=8, sliding_window=WINDOW, attn_logit_softcapping=2.0
+        ),
+    ),
+    "gpt_oss": (  # sinks, which varlen does not take: through a same-sequence mask
+        transformers.GptOssForCausalLM,
+        lambda: transformers.GptOssConfig(
+            **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("model", sorted(PACKABLE))
+def test_packed_batches_keep_their_sequences_apart_as_eager_does(model, kernel_device):
+    model_class, config = PACKABLE[model]
+    ours, eager, ids, position_ids = packed(model_class, config(), kernel_device)
     run = logits_everywhere(ids, position_ids=position_ids)
     assert_same_loss_and_gradients(ours, eager, run)
 
 
+def test_padding_reaches_the_kernel_as_one_value_per_key(kernel_device, monkeypatch):
+    config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
+    ours, _ = twin_models(transformers.LlamaForCausalLM, config, kernel_device, "eager")
+    ids, mask = padded_batch([9, 5], kernel_device, seed=14)
+    shapes = kernel_mask_shapes(monkeypatch)
+    with torch.no_grad():
+        ours(input_ids=ids, attention_mask=mask, use_cache=False)
+    assert shapes == [(2, 1, 1, 9)] * config.num_hidden_layers
+
+
+WINDOWED = {
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            **TINY, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0
+        )
+    ),
+    "gemma2": lambda: transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(**TINY, sliding_window=WINDOW, attn_logit_softcapping=2.0)
+    ),
+    "gpt_oss": lambda: transformers.GptOssForCausalLM(
+        transformers.GptOssConfig(
+            **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("model", sorted(WINDOWED))
+def test_sliding_windows_reach_the_kernel_as_a_window_not_a_mask(model, kernel_device, monkeypatch):
+    """Each layer's kernel call gets a key mask (one value per key) and, on a sliding layer,
+    window_size (WINDOW - 1, 0): the query itself is one of transformers' WINDOW keys."""
+    torch.manual_seed(0)
+    net = WINDOWED[model]().to(kernel_device)
+    net.set_attn_implementation(huggingface.NAME)
+    ids, mask = padded_batch([13, 10], kernel_device, seed=17)
+    windows = []
+    shapes = kernel_mask_shapes(monkeypatch, windows)
+    with torch.no_grad():
+        net(input_ids=ids, attention_mask=mask, use_cache=False)
+    sliding = [kind == "sliding_attention" for kind in net.config.layer_types]
+    assert shapes == [(2, 1, 1, 13)] * len(sliding)
+    assert windows == [(WINDOW - 1, 0) if s else (-1, -1) for s in sliding]
+
+
 def test_packed_sequences_reach_the_kernel_as_varlen_with_their_lengths(kernel_device, monkeypatch):
-    ours, _, ids, position_ids = packed_llama(kernel_device)
+    llama = PACKABLE["llama"]
+    ours, _, ids, position_ids = packed(llama[0], llama[1](), kernel_device)
     square = kernel_mask_shapes(monkeypatch)
     package = importlib.import_module("kernels.flash_attention")
     lengths = []
@@ -103,38 +218,6 @@ def test_packed_sequences_reach_the_kernel_as_varlen_with_their_lengths(kernel_d
         ours(input_ids=ids, position_ids=position_ids, use_cache=False)
     cumulative = [0, 5, 11, 14, 23, 28]
     assert lengths == [(cumulative, cumulative, True)] * 2 and square == []
-
-
-def test_gpt_oss_sinks_are_refused_not_ignored(kernel_device):
-    config = transformers.GptOssConfig(
-        **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
-    )  # fmt: skip
-    ours, _ = twin_models(transformers.GptOssForCausalLM, config, kernel_device, "eager")
-    ids, _ = padded_batch([7], kernel_device, seed=13)
-    with pytest.raises(ValueError, match="s_aux"):
-        ours(input_ids=ids, use_cache=False)
-
-
-def kernel_mask_shapes(monkeypatch):
-    """The shape of the attn_mask of each kernel call the backend makes (None: no mask)."""
-    shapes = []
-
-    def recording(*args, attn_mask=None, **kwargs):
-        shapes.append(None if attn_mask is None else tuple(attn_mask.shape))
-        return flash_attention(*args, attn_mask=attn_mask, **kwargs)
-
-    monkeypatch.setattr(huggingface, "flash_attention", recording)
-    return shapes
-
-
-def test_padding_reaches_the_kernel_as_one_value_per_key(kernel_device, monkeypatch):
-    config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
-    ours, _ = twin_models(transformers.LlamaForCausalLM, config, kernel_device, "eager")
-    ids, mask = padded_batch([9, 5], kernel_device, seed=14)
-    shapes = kernel_mask_shapes(monkeypatch)
-    with torch.no_grad():
-        ours(input_ids=ids, attention_mask=mask, use_cache=False)
-    assert shapes == [(2, 1, 1, 9)] * config.num_hidden_layers
 
 
 class Attention(torch.nn.Module):

@@ -16,19 +16,24 @@ nothing, plus the flags; every other pattern gets SDPA's boolean mask (True = at
 kernel reads as it is. The function reads its arguments as ``transformers``' own SDPA function
 does (``transformers.integrations.sdpa_attention``): causality through ``is_causal`` (or the
 module's) when the mask does not carry it, grouped-query attention from the head counts, T5's
-learnt ``position_bias`` as a float mask (whose gradient the kernel computes), and the
-``sliding_window`` a layer passes (transformers' convention: a query sees that many keys, itself
-included). ``transformers`` is an optional dependency (``pip install -e ".[huggingface]"``);
-importing this module does not need it, registering does.
+learnt ``position_bias`` as a float mask (whose gradient the kernel computes).
+``transformers`` is an optional dependency (``pip install -e ".[huggingface]"``); importing
+this module does not need it, registering does.
+
+Beyond SDPA, it takes what today's decoders pass: the layer's ``sliding_window`` (a query sees
+that many keys, itself included, so the kernel gets ``window_size=(sliding_window - 1, 0)``
+and skips the key blocks outside it), Gemma 2's logit ``softcap`` and GPT-OSS's attention
+sinks ``s_aux`` (with their gradient).
+Packed sequences (``position_ids`` that restart, with no padding and no cache: where
+transformers' own masks separate them) run through ``flash_attn_varlen_func`` (window and
+softcap included), or, with sinks (FlashAttention-2's API has none), through the kernel with a
+same-sequence mask. Arguments it cannot honour (a paged cache's ``block_table``, packing given
+as ``cu_seq_lens_q``/``cu_seq_lens_k``) raise a ``ValueError`` naming them.
 
 Differences from ``"sdpa"``: a query that sees no key (a padding query under a padding mask)
 gets zeros where SDPA averages the values; the outputs at every other position agree. Attention
 dropout (the ``dropout`` transformers passes in training) is applied inside the kernel, with its
 own random numbers, so a training step with dropout matches ``"sdpa"`` in distribution only.
-Logit softcapping (``softcap``, Gemma 2) and attention sinks (``s_aux``, GPT-OSS) are refused with
-a ``ValueError``: the kernel does not compute them yet, and leaving them out would change the
-outputs. A sliding window is applied by a boolean mask built here for now (the kernel takes no
-window yet).
 """
 
 from __future__ import annotations
@@ -56,13 +61,22 @@ def attention_forward(
     is_causal: bool | None = None,
     position_bias: torch.Tensor | None = None,
     sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' attention-function signature: q (b, h, i, d), k and v (b, h_kv, j, d)
-    -> ((b, i, h, d) output, no attention weights)."""
+    -> ((b, i, h, d) output, no attention weights). ``sliding_window``: a query sees that many
+    keys, itself included (transformers' convention); ``softcap``: Gemma 2's logit cap;
+    ``s_aux``: GPT-OSS's sinks, one logit per head."""
     _refuse_what_it_cannot_honour(kwargs)
-    if _is_packed(attention_mask) and sliding_window is None and position_bias is None:
-        return _packed_attention(query, key, value, attention_mask, dropout, scaling), None
+    softcap = softcap or 0.0
+    if _is_packed(attention_mask) and s_aux is None and position_bias is None:
+        # FlashAttention-2's varlen API takes no sinks and no bias: those go by a mask below.
+        out = _packed_attention(
+            query, key, value, attention_mask, dropout, scaling, sliding_window, softcap
+        )
+        return out, None
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     attention_mask, is_causal, window = _kernel_mask(
         attention_mask, bool(causal), sliding_window, query.shape[2], key.shape[2]
@@ -74,15 +88,14 @@ def attention_forward(
         key, value = key[:, :, :len_q], value[:, :, :len_q]
         if position_bias is not None:
             position_bias = position_bias[..., :len_q]
-    if window is not None:
-        attention_mask = _with_window(attention_mask, window, len_q, key.shape[2], query.device)
-        is_causal = False
     if position_bias is not None:
         attention_mask = _bias_mask(position_bias, attention_mask, is_causal)
         is_causal = False
     out = flash_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal,
         scale=scaling, enable_gqa=key.shape[1] != query.shape[1], alignment="top_left",
+        window_size=(-1, -1) if window is None else (window - 1, 0),  # the query counted
+        softcap=softcap, sinks=s_aux,
     )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
 
@@ -95,10 +108,11 @@ def _is_packed(attention_mask) -> bool:
     )  # fmt: skip
 
 
-def _packed_attention(query, key, value, sequence_ids, dropout, scaling):
+def _packed_attention(query, key, value, sequence_ids, dropout, scaling, window, softcap):
     """Causal attention within each packed sequence, through ``flash_attn_varlen_func``: the
     rows' tokens laid end to end, a sequence starting wherever the index changes or a row
-    begins. q (b, h, n, d), k and v (b, h_kv, n, d) -> (b, n, h, d_v)."""
+    begins; ``window`` as transformers counts it (None: unbounded). q (b, h, n, d), k and v
+    (b, h_kv, n, d) -> (b, n, h, d_v)."""
     from kernels.flash_attention import flash_attn_varlen_func  # needs Triton, as the call does
 
     starts = torch.ones_like(sequence_ids, dtype=torch.bool)
@@ -109,7 +123,8 @@ def _packed_attention(query, key, value, sequence_ids, dropout, scaling):
     q, k, v = (rearrange(t, "b h n d -> (b n) h d") for t in (query, key, value))
     out = flash_attn_varlen_func(
         q, k, v, cu_seqlens, cu_seqlens, longest, longest, dropout_p=dropout,
-        softmax_scale=scaling, causal=True,
+        softmax_scale=scaling, causal=True, softcap=softcap,
+        window_size=(-1, -1) if window is None else (window - 1, 0),
     )  # fmt: skip
     return rearrange(out, "(b n) h d -> b n h d", b=query.shape[0])
 
@@ -117,8 +132,6 @@ def _packed_attention(query, key, value, sequence_ids, dropout, scaling):
 # Arguments transformers may pass that change the result and that the kernel does not take.
 # Everything else it passes (position_ids, use_cache, ...) the mask already accounts for.
 UNSUPPORTED = {
-    "softcap": "logit softcapping",
-    "s_aux": "attention sinks",
     "cu_seq_lens_q": "packed sequences given by their lengths (pass position_ids instead)",
     "cu_seq_lens_k": "packed sequences given by their lengths (pass position_ids instead)",
     "block_table": "a paged key/value cache",
@@ -149,15 +162,6 @@ def _kernel_mask(attention_mask, causal, sliding_window, len_q, len_k):
             "non-causal attention; transformers builds such masks itself (use 'sdpa')"
         )
     return None, causal, sliding_window if causal else None
-
-
-def _with_window(attention_mask, window, len_q, len_k, device):
-    """The boolean mask of causal attention within ``window`` keys (top-left: len_q == len_k
-    here) combined with ``attention_mask`` (boolean, or None)."""
-    rows = torch.arange(len_q, device=device)[:, None]
-    keys = torch.arange(len_k, device=device)[None, :]
-    seen = (keys <= rows) & (keys > rows - window)
-    return seen if attention_mask is None else attention_mask & seen
 
 
 def _bias_mask(position_bias, attention_mask, is_causal):
