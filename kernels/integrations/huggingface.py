@@ -94,10 +94,16 @@ def attention_forward(
     out = flash_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal,
         scale=scaling, enable_gqa=key.shape[1] != query.shape[1], alignment="top_left",
-        window_size=(-1, -1) if window is None else (window - 1, 0),  # the query counted
+        window_size=_window_size(window),
         softcap=softcap, sinks=s_aux,
     )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
+
+
+def _window_size(window: int | None) -> tuple[int, int]:
+    """FlashAttention-2's causal (left, right) for transformers' ``sliding_window``: a query
+    sees ``window`` keys, itself one of them (its masks keep kv > q - window)."""
+    return (-1, -1) if window is None else (window - 1, 0)
 
 
 def _is_packed(attention_mask) -> bool:
@@ -124,7 +130,7 @@ def _packed_attention(query, key, value, sequence_ids, dropout, scaling, window,
     out = flash_attn_varlen_func(
         q, k, v, cu_seqlens, cu_seqlens, longest, longest, dropout_p=dropout,
         softmax_scale=scaling, causal=True, softcap=softcap,
-        window_size=(-1, -1) if window is None else (window - 1, 0),
+        window_size=_window_size(window),
     )  # fmt: skip
     return rearrange(out, "(b n) h d -> b n h d", b=query.shape[0])
 
