@@ -254,7 +254,7 @@ def test_varlen_benchmark_on_cpu_counts_packed_tokens_where_padding_counts_the_l
     for r in records:
         assert r["total_tokens"] < r["padded_tokens"] == 4 * r["max_len"]
         # beyond the rows: the cumulative lengths (20 bytes) and 1-4 byte stand-ins for the
-        # arguments a call does not use (no mask, no mask gradient)
+        # arguments a call does not use (no mask, no mask gradient, no ALiBi or sinks)
         packed_rows, padded_rows = r["total_tokens"] * per_token, r["padded_tokens"] * per_token
-        assert 0 <= r["packed_bytes"] - packed_rows <= 32
-        assert 0 <= r["padded_bytes"] - padded_rows - r["padded_tokens"] <= 8  # + the key mask
+        assert 0 <= r["packed_bytes"] - packed_rows <= 64
+        assert 0 <= r["padded_bytes"] - padded_rows - r["padded_tokens"] <= 64  # + the key mask

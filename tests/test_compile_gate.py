@@ -213,6 +213,30 @@ def test_the_ci_subset_compiles_each_score_option_and_the_capture_passes_it_on()
         }[option], (option, options)
 
 
+def test_the_ci_subset_compiles_packed_sequences_in_every_pass():
+    """Each varlen case's captured launches (meta tensors, nothing runs) take VARLEN in the
+    forward and both backward passes, with the longest sequence's blocks on grid axis 1."""
+    from kernels.common import runtime
+    from kernels.compile_gate.capture import WORKLOADS
+
+    _, first = compile_gate.ci_cases()
+    cases = [c for c in first if "varlen" in c.masking]
+    assert cases
+    for case in cases:
+        launches = []
+        with runtime.hooked(runtime.Hook(launches.append, arch=90, configs="first")):
+            WORKLOADS[case.workload](case)
+        packed = {launch.kernel.__name__ for launch in launches if launch.meta.get("VARLEN")}
+        assert packed == {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"}, case.label()
+        fwd = next(launch for launch in launches if launch.kernel.__name__ == "_attn_fwd")
+        assert fwd.grid[0] == case.batch * case.heads
+        assert (
+            fwd.grid[1] * fwd.meta["BLOCK_M"]
+            >= case.len_q
+            > (fwd.grid[1] - 1) * fwd.meta["BLOCK_M"]
+        )
+
+
 def test_float32_spilling_in_every_config_warns_and_does_not_fail():
     spilling = [build(q="*fp32", local=64, wgmma=0), build(q="*fp32", local=8, wgmma=0)]
     assert compile_gate.failures(spilling) == []
