@@ -15,49 +15,16 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from huggingface_helpers import (  # noqa: E402  (tests/, on sys.path as conftest's)
+    VOCAB,
+    assert_same_loss_and_gradients,
+    padded_batch,
+    twin_models,
+)
+
 from kernels.integrations import huggingface  # noqa: E402
 
 huggingface.register()
-
-VOCAB = 61
-TOL = dict(atol=2e-5, rtol=1e-4)
-
-
-def twin_models(model_class, config, device):
-    """The same random weights twice, on ``device``: on our kernel and on SDPA, in float32,
-    train mode."""
-    torch.manual_seed(0)
-    ours = model_class(config)
-    ours.set_attn_implementation(huggingface.NAME)
-    reference = model_class(config)
-    reference.load_state_dict(ours.state_dict())
-    reference.set_attn_implementation("sdpa")
-    return ours.to(device), reference.to(device)
-
-
-def padded_batch(lengths, device, seed=0, length=None):
-    """Token ids (b, n) and a padding mask (1 = token) on ``device``, right-padded, tokens
-    >= 3."""
-    gen = torch.Generator().manual_seed(seed)
-    n = length or max(lengths)
-    ids = torch.randint(3, VOCAB, (len(lengths), n), generator=gen)
-    mask = (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return (ids * mask).to(device), mask.to(device)
-
-
-def assert_same_loss_and_gradients(ours, reference, run):
-    """run(model) -> (outputs at the positions that count, loss); both backward."""
-    got, loss = run(ours)
-    want, ref_loss = run(reference)
-    torch.testing.assert_close(got, want, **TOL)
-    loss.backward()
-    ref_loss.backward()
-    ref_params = dict(reference.named_parameters())
-    for name, p in ours.named_parameters():
-        if p.grad is None:
-            assert ref_params[name].grad is None or not ref_params[name].grad.any(), name
-            continue
-        torch.testing.assert_close(p.grad, ref_params[name].grad, **TOL, msg=name)
 
 
 def test_llama_decoder_with_grouped_query_attention_and_padding_matches_sdpa(kernel_device):

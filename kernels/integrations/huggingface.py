@@ -8,13 +8,27 @@
     model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="triton_transformer")
 
 :func:`register` adds :func:`attention_forward` to ``transformers.AttentionInterface`` under
-:data:`NAME`, and SDPA's mask builder to ``AttentionMaskInterface`` under the same name, so the
-models build the boolean masks (True = attend) they build for ``"sdpa"``, which the kernel reads
-as they are. The function reads its arguments as ``transformers``' own SDPA function does
-(``transformers.integrations.sdpa_attention``): causality only through ``is_causal`` when no
-mask is given, grouped-query attention from the head counts, T5's learnt ``position_bias`` as a
-float mask (whose gradient the kernel computes). ``transformers`` is an optional dependency
-(``pip install -e ".[huggingface]"``); importing this module does not need it, registering does.
+:data:`NAME`, and :func:`~kernels.integrations.huggingface_masks.build_mask` to
+``AttentionMaskInterface`` under the same name. The mask builder hands the kernel what it needs
+instead of an (n x n) mask where the model's mask is causal (with a sliding window, or over
+packed sequences) or bidirectional, with padding: a key padding mask (one value per key) or
+nothing, plus the flags; every other pattern gets SDPA's boolean mask (True = attend), which the
+kernel reads as it is. The function reads its arguments as ``transformers``' own SDPA function
+does (``transformers.integrations.sdpa_attention``): causality through ``is_causal`` (or the
+module's) when the mask does not carry it, grouped-query attention from the head counts, T5's
+learnt ``position_bias`` as a float mask (whose gradient the kernel computes).
+``transformers`` is an optional dependency (``pip install -e ".[huggingface]"``); importing
+this module does not need it, registering does.
+
+Beyond SDPA, it takes what today's decoders pass: the layer's ``sliding_window`` (a query sees
+that many keys, itself included, so the kernel gets ``window_size=(sliding_window - 1, 0)``
+and skips the key blocks outside it), Gemma 2's logit ``softcap`` and GPT-OSS's attention
+sinks ``s_aux`` (with their gradient).
+Packed sequences (``position_ids`` that restart, with no padding and no cache: where
+transformers' own masks separate them) run through ``flash_attn_varlen_func`` (window and
+softcap included), or, with sinks (FlashAttention-2's API has none), through the kernel with a
+same-sequence mask. Arguments it cannot honour (a paged cache's ``block_table``, packing given
+as ``cu_seq_lens_q``/``cu_seq_lens_k``) raise a ``ValueError`` naming them.
 
 Differences from ``"sdpa"``: a query that sees no key (a padding query under a padding mask)
 gets zeros where SDPA averages the values; the outputs at every other position agree. Attention
@@ -25,8 +39,10 @@ own random numbers, so a training step with dropout matches ``"sdpa"`` in distri
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from kernels import flash_attention
+from kernels.integrations.huggingface_masks import build_mask
 
 # Not "flash_transformer": transformers treats every implementation whose name contains
 # "flash" as a FlashAttention kernel (unpadded, variable-length inputs; utils.generic's
@@ -44,15 +60,28 @@ def attention_forward(
     scaling: float | None = None,
     is_causal: bool | None = None,
     position_bias: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """``transformers``' attention-function signature: q (b, h, i, d), k and v (b, h_kv, j, d)
-    -> ((b, i, h, d) output, no attention weights)."""
-    if kwargs.get("softcap") is not None:
-        raise ValueError(f"attention {NAME!r} does not support softcap")
+    -> ((b, i, h, d) output, no attention weights). ``sliding_window``: a query sees that many
+    keys, itself included (transformers' convention); ``softcap``: Gemma 2's logit cap;
+    ``s_aux``: GPT-OSS's sinks, one logit per head."""
+    _refuse_what_it_cannot_honour(kwargs)
+    softcap = softcap or 0.0
+    if _is_packed(attention_mask) and s_aux is None and position_bias is None:
+        # FlashAttention-2's varlen API takes no sinks and no bias: those go by a mask below.
+        out = _packed_attention(
+            query, key, value, attention_mask, dropout, scaling, sliding_window, softcap
+        )
+        return out, None
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    attention_mask, is_causal, window = _kernel_mask(
+        attention_mask, bool(causal), sliding_window, query.shape[2], key.shape[2]
+    )
     len_q = query.shape[2]
-    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    is_causal = bool(len_q > 1 and attention_mask is None and is_causal)
     if is_causal and key.shape[2] > len_q:
         # As transformers' SDPA function does: a prefill into an empty static cache. Its causal
         # mask is top-left aligned, so the keys past len_q are never seen.
@@ -65,8 +94,80 @@ def attention_forward(
     out = flash_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal,
         scale=scaling, enable_gqa=key.shape[1] != query.shape[1], alignment="top_left",
+        window_size=_window_size(window),
+        softcap=softcap, sinks=s_aux,
     )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
+
+
+def _window_size(window: int | None) -> tuple[int, int]:
+    """FlashAttention-2's causal (left, right) for transformers' ``sliding_window``: a query
+    sees ``window`` keys, itself one of them (its masks keep kv > q - window)."""
+    return (-1, -1) if window is None else (window - 1, 0)
+
+
+def _is_packed(attention_mask) -> bool:
+    """Whether the mask is the builder's packed form: each token's sequence index (b, n)."""
+    return (
+        attention_mask is not None and attention_mask.dim() == 2
+        and not attention_mask.dtype.is_floating_point and attention_mask.dtype != torch.bool
+    )  # fmt: skip
+
+
+def _packed_attention(query, key, value, sequence_ids, dropout, scaling, window, softcap):
+    """Causal attention within each packed sequence, through ``flash_attn_varlen_func``: the
+    rows' tokens laid end to end, a sequence starting wherever the index changes or a row
+    begins; ``window`` as transformers counts it (None: unbounded). q (b, h, n, d), k and v
+    (b, h_kv, n, d) -> (b, n, h, d_v)."""
+    from kernels.flash_attention import flash_attn_varlen_func  # needs Triton, as the call does
+
+    starts = torch.ones_like(sequence_ids, dtype=torch.bool)
+    starts[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
+    starts = starts.flatten().nonzero().flatten()
+    cu_seqlens = torch.cat([starts, starts.new_tensor([sequence_ids.numel()])]).to(torch.int32)
+    longest = int(cu_seqlens.diff().max())
+    q, k, v = (rearrange(t, "b h n d -> (b n) h d") for t in (query, key, value))
+    out = flash_attn_varlen_func(
+        q, k, v, cu_seqlens, cu_seqlens, longest, longest, dropout_p=dropout,
+        softmax_scale=scaling, causal=True, softcap=softcap,
+        window_size=_window_size(window),
+    )  # fmt: skip
+    return rearrange(out, "(b n) h d -> b n h d", b=query.shape[0])
+
+
+# Arguments transformers may pass that change the result and that the kernel does not take.
+# Everything else it passes (position_ids, use_cache, ...) the mask already accounts for.
+UNSUPPORTED = {
+    "cu_seq_lens_q": "packed sequences given by their lengths (pass position_ids instead)",
+    "cu_seq_lens_k": "packed sequences given by their lengths (pass position_ids instead)",
+    "block_table": "a paged key/value cache",
+}
+
+
+def _refuse_what_it_cannot_honour(kwargs):
+    for name, what in UNSUPPORTED.items():
+        if kwargs.get(name) is not None:
+            raise ValueError(f"attention {NAME!r} does not support {what} ({name}): use 'eager'")
+
+
+def _kernel_mask(attention_mask, causal, sliding_window, len_q, len_k):
+    """(attn_mask, is_causal, window) for the kernel from the mask the model passes, read as
+    :mod:`~kernels.integrations.huggingface_masks` made it: ``window`` is how many keys back a
+    query sees, itself included (transformers' ``sliding_window``), or None."""
+    if attention_mask is not None and attention_mask.dim() == 2:
+        if attention_mask.dtype == torch.bool:  # keys that are not padding, causal
+            return attention_mask[:, None, None, :], True, sliding_window
+        same = attention_mask[:, :, None] == attention_mask[:, None, :]  # packed sequences
+        return same[:, None], True, sliding_window
+    if attention_mask is not None:  # SDPA's own mask: everything is in it
+        return attention_mask, False, None
+    causal = causal and len_q > 1
+    if not causal and sliding_window is not None and len_k > sliding_window:
+        raise ValueError(
+            f"attention {NAME!r}: a sliding window ({sliding_window}) without a mask in "
+            "non-causal attention; transformers builds such masks itself (use 'sdpa')"
+        )
+    return None, causal, sliding_window if causal else None
 
 
 def _bias_mask(position_bias, attention_mask, is_causal):
@@ -90,7 +191,7 @@ def _bias_mask(position_bias, attention_mask, is_causal):
 def register() -> None:
     """Make ``attn_implementation="triton_transformer"`` available to ``transformers`` models."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, build_mask)

@@ -1,0 +1,238 @@
+"""Today's decoder models on our kernel equal the same models on ``"eager"``: sliding windows
+(Qwen2, Gemma 2, GPT-OSS), logit softcapping (Gemma 2), attention sinks (GPT-OSS) and packed
+sequences (Llama, ``position_ids`` that restart).
+
+Tiny randomly initialised models built from configs (nothing is downloaded), float32, train
+mode, compared at every position through the logits and every parameter gradient (the sinks'
+included) against ``attn_implementation="eager"``, the models' own reference. Sequences are
+longer than the window, so the window hides keys. Tolerance: atol 2e-5, rtol 1e-4 (float32
+against float32; the kernel's own float64 parity is tests/test_flash_parity.py's).
+"""
+
+import importlib
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from huggingface_helpers import (  # noqa: E402  (tests/, on sys.path as conftest's)
+    VOCAB,
+    assert_same_loss_and_gradients,
+    padded_batch,
+    twin_models,
+)
+
+from kernels import flash_attention  # noqa: E402
+from kernels.integrations import huggingface  # noqa: E402
+
+huggingface.register()
+
+WINDOW = 4
+TINY = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+)  # fmt: skip
+
+
+def sharpen_attention(model):
+    """Queries and keys 10x larger than at initialisation, so that the scores are O(1) and the
+    softcap, the window and the sinks each change the logits by tens of percent."""
+    for name, p in model.named_parameters():
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            p.mul_(10)
+
+
+def spread_sinks(model):
+    """Sinks of either sign and size one (initialised near 0), so each row's sink weighs."""
+    sharpen_attention(model)
+    for name, p in model.named_parameters():
+        if name.endswith("sinks"):
+            p.copy_(torch.linspace(-1.5, 1.5, p.numel()))
+
+
+def logits_everywhere(ids, **inputs):
+    def run(model):
+        logits = model(input_ids=ids, use_cache=False, **inputs).logits
+        return logits, (logits**2).mean()
+
+    return run
+
+
+def packed(model_class, config, device):
+    """A tiny model on our kernel and its eager twin, a batch of two rows packing 3 and 2
+    sequences, and its position_ids (restarting at each sequence)."""
+    ours, eager = twin_models(model_class, config, device, "eager", sharpen_attention)
+    ids, _ = padded_batch([14, 14], device, seed=12)
+    lengths = [[5, 6, 3], [9, 5]]
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
+    return ours, eager, ids, position_ids.to(device)
+
+
+def kernel_mask_shapes(monkeypatch, windows=None):
+    """The shape of the attn_mask of each kernel call the backend makes (None: no mask), and
+    into ``windows``, if given, each call's window_size."""
+    shapes = []
+
+    def recording(*args, attn_mask=None, **kwargs):
+        shapes.append(None if attn_mask is None else tuple(attn_mask.shape))
+        if windows is not None:
+            windows.append(kwargs.get("window_size"))
+        return flash_attention(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(huggingface, "flash_attention", recording)
+    return shapes
+
+
+def test_gemma2_softcap_and_alternating_sliding_window_match_eager(kernel_device):
+    config = transformers.Gemma2Config(
+        **TINY, query_pre_attn_scalar=8, sliding_window=WINDOW, attn_logit_softcapping=2.0,
+    )  # fmt: skip
+    assert config.layer_types == ["sliding_attention", "full_attention"]
+    ours, eager = twin_models(
+        transformers.Gemma2ForCausalLM, config, kernel_device, "eager", sharpen_attention
+    )
+    ids, mask = padded_batch([13, 10], kernel_device, seed=15)
+
+    def run(model):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return logits[mask.bool()], (logits[mask.bool()] ** 2).mean()
+
+    assert_same_loss_and_gradients(ours, eager, run)
+
+
+def test_qwen2_sliding_window_shorter_than_the_sequence_matches_eager(kernel_device):
+    config = transformers.Qwen2Config(
+        **TINY, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1,
+    )  # fmt: skip
+    assert config.layer_types == ["full_attention", "sliding_attention"]
+    ours, eager = twin_models(
+        transformers.Qwen2ForCausalLM, config, kernel_device, "eager", sharpen_attention
+    )
+    ids, mask = padded_batch([13, 9], kernel_device, seed=11)
+
+    def run(model):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return logits[mask.bool()], (logits[mask.bool()] ** 2).mean()
+
+    assert_same_loss_and_gradients(ours, eager, run)
+
+
+def test_gpt_oss_sinks_and_sliding_window_match_eager_with_the_sinks_gradient(kernel_device):
+    config = transformers.GptOssConfig(
+        **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW,
+    )  # fmt: skip
+    assert config.layer_types == ["sliding_attention", "full_attention"]
+    ours, eager = twin_models(
+        transformers.GptOssForCausalLM, config, kernel_device, "eager", spread_sinks
+    )
+    ids, mask = padded_batch([12, 9], kernel_device, seed=16)
+    assert_same_loss_and_gradients(ours, eager, logits_everywhere(ids, attention_mask=mask))
+    sinks = ours.model.layers[0].self_attn.sinks
+    assert sinks.grad is not None and sinks.grad.abs().min() > 0
+
+
+PACKABLE = {
+    "llama": (transformers.LlamaForCausalLM, lambda: transformers.LlamaConfig(**TINY)),
+    "gemma2": (  # softcap and a window: through flash_attn_varlen_func
+        transformers.Gemma2ForCausalLM,
+        lambda: transformers.Gemma2Config(
+            **TINY, query_pre_attn_scalar=8, sliding_window=WINDOW, attn_logit_softcapping=2.0
+        ),
+    ),
+    "gpt_oss": (  # sinks, which varlen does not take: through a same-sequence mask
+        transformers.GptOssForCausalLM,
+        lambda: transformers.GptOssConfig(
+            **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("model", sorted(PACKABLE))
+def test_packed_batches_keep_their_sequences_apart_as_eager_does(model, kernel_device):
+    model_class, config = PACKABLE[model]
+    ours, eager, ids, position_ids = packed(model_class, config(), kernel_device)
+    run = logits_everywhere(ids, position_ids=position_ids)
+    assert_same_loss_and_gradients(ours, eager, run)
+
+
+def test_padding_reaches_the_kernel_as_one_value_per_key(kernel_device, monkeypatch):
+    config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
+    ours, _ = twin_models(transformers.LlamaForCausalLM, config, kernel_device, "eager")
+    ids, mask = padded_batch([9, 5], kernel_device, seed=14)
+    shapes = kernel_mask_shapes(monkeypatch)
+    with torch.no_grad():
+        ours(input_ids=ids, attention_mask=mask, use_cache=False)
+    assert shapes == [(2, 1, 1, 9)] * config.num_hidden_layers
+
+
+WINDOWED = {
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            **TINY, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0
+        )
+    ),
+    "gemma2": lambda: transformers.Gemma2ForCausalLM(
+        transformers.Gemma2Config(**TINY, sliding_window=WINDOW, attn_logit_softcapping=2.0)
+    ),
+    "gpt_oss": lambda: transformers.GptOssForCausalLM(
+        transformers.GptOssConfig(
+            **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("model", sorted(WINDOWED))
+def test_sliding_windows_reach_the_kernel_as_a_window_not_a_mask(model, kernel_device, monkeypatch):
+    """Each layer's kernel call gets a key mask (one value per key) and, on a sliding layer,
+    window_size (WINDOW - 1, 0): the query itself is one of transformers' WINDOW keys."""
+    torch.manual_seed(0)
+    net = WINDOWED[model]().to(kernel_device)
+    net.set_attn_implementation(huggingface.NAME)
+    ids, mask = padded_batch([13, 10], kernel_device, seed=17)
+    windows = []
+    shapes = kernel_mask_shapes(monkeypatch, windows)
+    with torch.no_grad():
+        net(input_ids=ids, attention_mask=mask, use_cache=False)
+    sliding = [kind == "sliding_attention" for kind in net.config.layer_types]
+    assert shapes == [(2, 1, 1, 13)] * len(sliding)
+    assert windows == [(WINDOW - 1, 0) if s else (-1, -1) for s in sliding]
+
+
+def test_packed_sequences_reach_the_kernel_as_varlen_with_their_lengths(kernel_device, monkeypatch):
+    llama = PACKABLE["llama"]
+    ours, _, ids, position_ids = packed(llama[0], llama[1](), kernel_device)
+    square = kernel_mask_shapes(monkeypatch)
+    package = importlib.import_module("kernels.flash_attention")
+    lengths = []
+
+    def recording(q, k, v, cu_seqlens_q, cu_seqlens_k, *args, **kwargs):
+        lengths.append((cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), kwargs["causal"]))
+        return varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *args, **kwargs)
+
+    varlen = package.flash_attn_varlen_func
+    monkeypatch.setattr(package, "flash_attn_varlen_func", recording)
+    with torch.no_grad():
+        ours(input_ids=ids, position_ids=position_ids, use_cache=False)
+    cumulative = [0, 5, 11, 14, 23, 28]
+    assert lengths == [(cumulative, cumulative, True)] * 2 and square == []
+
+
+class Attention(torch.nn.Module):
+    is_causal = True
+
+
+@pytest.mark.parametrize(
+    "arguments, complaint",
+    [
+        (dict(block_table=torch.zeros(1, 1, dtype=torch.int32)), "paged"),
+        (dict(cu_seq_lens_q=torch.tensor([0, 3, 8], dtype=torch.int32)), "cu_seq_lens_q"),
+        (dict(sliding_window=3, is_causal=False), "sliding window"),
+    ],
+)
+def test_arguments_it_cannot_honour_raise_before_anything_runs(arguments, complaint):
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match=complaint):
+        huggingface.attention_forward(Attention(), q, q, q, None, **arguments)
