@@ -60,6 +60,17 @@ def test_launches_triton_compiles_once_are_one_job():
     assert jobs[0] == warm.CompileJob.of(same[0])
 
 
+def _kernel_with_a_constexpr(x_ptr, n, BLOCK: "tl.constexpr"):  # noqa: F821
+    pass
+
+
+def test_a_positional_constexpr_is_kept_by_value():
+    job = warm.CompileJob.of(
+        runtime.Launch(FakeKernel(_kernel_with_a_constexpr), (1,), (torch.empty(2), 48, 48), {})
+    )
+    assert job.args[1:] == (16, 48)  # n by its class, BLOCK by its value
+
+
 def test_a_job_names_its_kernel_and_survives_pickling():
     from kernels.flash_attention.forward import _attn_fwd
 

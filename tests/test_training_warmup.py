@@ -1,4 +1,4 @@
-"""train.py's kernel warm-up and tune cache, on the CPU (transformer/translation/training/warmup.py).
+"""train.py's kernel warm-up and tune cache on the CPU (transformer/translation/training/warmup.py).
 
 On a GPU with ``--attention triton`` a run compiles, before the budget's clock starts, every
 kernel specialisation it will launch. Here, under Triton's interpreter, the same recording runs
@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from training_helpers import TINY_MODEL, FakeClock, logged, tiny_config
 
 from kernels.common import runtime, tuning, warm
+from transformer.decoding import greedy_decode
 from transformer.model import Transformer
+from transformer.translation.tokenizer import BOS_ID
 from transformer.translation.training import loop, train, warmup
 from transformer.translation.training.setup import Process
 
@@ -90,6 +92,21 @@ def test_the_warm_list_covers_a_training_step_at_any_batch_shape(
     assert launches and jobs_of(launches) <= warm_list
 
 
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batch=st.integers(1, 5), src_len=st.integers(1, 40), steps=st.integers(1, 40))
+def test_the_warm_list_covers_decoding_any_source_to_any_length(
+    warm_list, kernel_device, batch, src_len, steps
+):
+    """Greedy decoding (validation's) for ``steps`` tokens: no end-of-sentence id stops it."""
+    model = tiny_triton_model(kernel_device)
+    src = torch.randint(3, 50, (batch, src_len), device=kernel_device)
+    with warm.recording("every") as launches:
+        greedy_decode(model, src, BOS_ID, eos_id=-1, max_len=steps)
+    assert launches and jobs_of(launches) <= warm_list
+
+
 @pytest.mark.slow  # a short run with the kernels under the interpreter: ~1 min on 2 busy cores
 def test_the_warm_list_covers_every_launch_of_a_real_run(corpus, tmp_path, kernel_device):
     """Two training steps, a validation (loss and greedy decoding) and the test split's beam
@@ -107,6 +124,9 @@ def test_the_warm_list_covers_every_launch_of_a_real_run(corpus, tmp_path, kerne
     )  # fmt: skip
     with runtime.hooked(runtime.Hook(record_and_run)):
         result = train(config)
+        # a model this young ends its sentences at once: decode 20 tokens of one more sentence
+        src = torch.randint(3, 50, (1, 7), device=kernel_device)
+        greedy_decode(result.model, src, BOS_ID, eos_id=-1, max_len=20)
     process = Process(torch.device(kernel_device))
     warm_jobs = jobs_of(warmup.record_launches(result.model, process, LOSS))
     assert seen and not jobs_of(seen) - warm_jobs
@@ -214,3 +234,19 @@ def test_a_choice_is_saved_once_and_reused_by_the_next_run(tmp_path, monkeypatch
     saved = json.loads(path.read_text())
     assert [entry["config"] for entry in saved["choices"]] == [vars(CONFIGS[1])]
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left
+
+
+@pytest.mark.slow  # records the base model's shape (one layer each): ~1 min on 2 busy cores
+def test_the_gpu_plan_counts_the_base_models_specialisations(kernel_device):
+    """benchmarks/gpu_plan.py estimates the training step's warm-up from these counts."""
+    from collections import Counter
+
+    from benchmarks import gpu_plan
+    from transformer.config import ModelConfig
+    from transformer.translation.training.config import PRESETS
+
+    shape = {**PRESETS["base"].model, "encoder_layers": 1, "decoder_layers": 1, "d_ff": 64}
+    model = Transformer(ModelConfig(50, 50, **shape, backend="triton")).to(kernel_device)
+    launches = warmup.record_launches(model, Process(torch.device(kernel_device)), LOSS)
+    counts = Counter(job.name for job in jobs_of(launches))
+    assert counts == gpu_plan.TRAIN_WARM_SPECIALISATIONS

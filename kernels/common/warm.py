@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import os
 import sys
 import time
@@ -95,11 +96,14 @@ class CompileJob:
 
     @classmethod
     def of(cls, launch: runtime.Launch) -> CompileJob:
+        """The job of one launch: each positional argument as its :func:`stand_in`, but one the
+        kernel declares ``tl.constexpr`` (compiled in by value) as it is."""
         fn = getattr(launch.kernel, "fn", launch.kernel)  # a JITFunction's (or the interpreter's)
+        constexprs = _constexpr_positions(fn)
         return cls(
             fn.__module__,
             fn.__name__,
-            tuple(stand_in(a) for a in launch.args),
+            tuple(a if i in constexprs else stand_in(a) for i, a in enumerate(launch.args)),
             tuple(sorted(launch.meta.items())),
         )
 
@@ -108,6 +112,12 @@ class CompileJob:
 
     def label(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.meta)})"
+
+
+def _constexpr_positions(fn) -> set[int]:
+    """The positions of ``fn``'s parameters annotated ``tl.constexpr``."""
+    parameters = inspect.signature(fn).parameters.values()
+    return {i for i, p in enumerate(parameters) if "constexpr" in str(p.annotation)}
 
 
 @contextlib.contextmanager

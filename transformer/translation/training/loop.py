@@ -1,4 +1,5 @@
-"""The training loop, top to bottom: :func:`train` sets a run up (:mod:`.setup`), trains until
+"""The training loop, top to bottom: :func:`train` sets a run up (:mod:`.setup`), compiles its
+kernels before the budget's clock starts (:mod:`.warmup`: the triton backend on a GPU), trains until
 the budget or the epochs run out or a stop is requested, validating and checkpointing on the
 way, and finishes it (averaging, the test split). Below it: one step, the learning-rate
 schedule, when to stop (the budget, SIGTERM and SIGINT), validation, the run's end, and
