@@ -8,10 +8,15 @@ The compile itself is a stand-in here (tests/test_kernel_warm.py drives the work
 tests/test_warm_cache.py compiles for real for an sm_90 target).
 """
 
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
+import pickle
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,9 +46,19 @@ def jobs_of(launches) -> set[warm.CompileJob]:
     return set(warm.compile_jobs(launches))
 
 
+COMPILED_DIR = "WARMUP_TEST_COMPILED_DIR"
+
+
+def pickling_compile(job: warm.CompileJob) -> None:
+    """A stand-in compile (run in warm_kernels' worker processes): keeps the job in a file."""
+    (Path(os.environ[COMPILED_DIR]) / f"{uuid.uuid4().hex}.pkl").write_bytes(pickle.dumps(job))
+
+
 @dataclasses.dataclass
-class Recorded:
-    jobs: set[warm.CompileJob]
+class Warmed:
+    compiled: list[warm.CompileJob]  # what the workers were given, one entry a compile
+    done: warmup.KernelWarmup
+    printed: str
     model: Transformer
     weights: dict
     rng_before: torch.Tensor
@@ -51,18 +66,37 @@ class Recorded:
 
 
 @pytest.fixture(scope="module")
-def recorded(kernel_device) -> Recorded:
-    """The warm list of the tiny triton model, and that model's state before the recording."""
+def warmed(kernel_device, tmp_path_factory) -> Warmed:
+    """warm_kernels on the tiny triton model, compiling with a stand-in in its worker
+    processes; and the model's state before."""
+    directory = tmp_path_factory.mktemp("compiled")
     model = tiny_triton_model(kernel_device).train()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    launches = warmup.record_launches(model, Process(torch.device(kernel_device)), LOSS)
-    return Recorded(jobs_of(launches), model, weights, rng, torch.get_rng_state())
+    os.environ[COMPILED_DIR] = str(directory)  # the workers inherit it
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as printed:
+            process = Process(torch.device(kernel_device))
+            done = warmup.warm_kernels(model, process, LOSS, False, compile=pickling_compile)
+    finally:
+        del os.environ[COMPILED_DIR]
+    compiled = [pickle.loads(path.read_bytes()) for path in directory.iterdir()]
+    return Warmed(compiled, done, printed.getvalue(), model, weights, rng, torch.get_rng_state())
 
 
 @pytest.fixture(scope="module")
-def warm_list(recorded) -> set[warm.CompileJob]:
-    return recorded.jobs
+def warm_list(warmed) -> set[warm.CompileJob]:
+    return set(warmed.compiled)
+
+
+def test_warm_kernels_compiles_each_recorded_specialisation_once_and_says_so(warmed):
+    done = warmed.done
+    assert len(warmed.compiled) == len(set(warmed.compiled)) == done.builds
+    assert done.launches > done.builds > 0 and done.failed == 0
+    assert (
+        f"kernel warm-up: {done.builds} kernel builds ({done.launches} launches" in warmed.printed
+    )
+    assert "before the time budget" in warmed.printed
 
 
 def test_the_warm_list_holds_every_pass_of_every_attention(warm_list):
@@ -133,14 +167,14 @@ def test_the_warm_list_covers_every_launch_of_a_real_run(corpus, tmp_path, kerne
     assert len(jobs_of(seen)) < len(warm_jobs)  # the warm list holds more classes
 
 
-def test_recording_leaves_the_model_as_it_was(recorded):
+def test_recording_leaves_the_model_as_it_was(warmed):
     """In training mode (recording switches to evaluation for decoding), with its weights, no
     gradients, and the random number generator's state (dropout drew from it)."""
-    model = recorded.model
+    model = warmed.model
     assert model.training
     assert all(p.grad is None for p in model.parameters())
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in recorded.weights.items())
-    assert torch.equal(recorded.rng_after, recorded.rng_before)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in warmed.weights.items())
+    assert torch.equal(warmed.rng_after, warmed.rng_before)
 
 
 # --- in the run: outside the budget, recorded, and the tune cache ---------------------------------
@@ -224,11 +258,14 @@ def test_a_choice_is_saved_once_and_reused_by_the_next_run(tmp_path, monkeypatch
         if config == CONFIGS[0]:
             raise RuntimeError("out of resources")
 
+    def any_runs(config):
+        runs.append(config)
+
     for _ in range(2):  # two runs, each a fresh process
         monkeypatch.setattr(tuning, "_CHOICES", {})
         monkeypatch.setattr(tuning, "_loaded_from", set())
         with warmup.tune_cache(True) as path:
-            chosen = tuning.pick(key, CONFIGS, first_fails if not runs else runs.append)
+            chosen = tuning.pick(key, CONFIGS, first_fails if not runs else any_runs)
         assert chosen == CONFIGS[1]
     assert runs == [CONFIGS[0], CONFIGS[1], CONFIGS[1]]  # the second run tried nothing else
     saved = json.loads(path.read_text())
