@@ -45,6 +45,14 @@ STOPPING = (
     "valid). Exit status 2: bad options, data or checkpoints, or a checkpoint that could not "
     "be written (the previous one stays valid)."
 )
+KERNELS = (
+    "With --attention triton on a GPU, the run first compiles every kernel specialisation it "
+    "will launch, in parallel on all CPU cores and before the time budget starts (printed, and "
+    "kept in metrics.jsonl and results.json as kernel_warmup_seconds; --no-kernel-warmup skips "
+    "it), and keeps autotuning's choices in FLASH_ATTENTION_TUNE_CACHE if set, else "
+    "~/.cache/flash-transformer/launch_choices.json ($XDG_CACHE_HOME if set): a resumed or "
+    "later run of the same shapes reuses them instead of timing again (docs/training.md)."
+)
 # The option fields of each configuration (their metadata says how they are parsed).
 MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelOptions))
 TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata)
@@ -57,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Transformer encoder-decoder for German→English translation "
         "(Multi30K by default). Writes runs/<name>/ with checkpoints, tokenizer.json, "
         "metrics.jsonl, curves.png and results.json.",
-        epilog=STOPPING,
+        epilog=f"{KERNELS} {STOPPING}",
         formatter_class=HelpFormatter,
     )
     titles = ("run", "data", "model (defaults: the --config preset)", "optimization")

@@ -233,12 +233,14 @@ def run_training(ctx: StepContext) -> dict:
             else []
         )
         train = [r for r in rows if "tokens_per_s" in r]
+        warmed = [r for r in rows if r.get("split") == "kernel_warmup"]  # before the budget
         runs[backend] = {
             "returncode": done.returncode,
             "tail": (done.stdout + done.stderr)[-2000:],
             "steps": [r["step"] for r in train],
             "loss": [r["loss"] for r in train],
             "tokens_per_s": _median([r["tokens_per_s"] for r in train[1:]]),
+            "kernel_warmup_seconds": warmed[-1]["kernel_warmup_seconds"] if warmed else None,
         }
         write_step(ctx.out_dir, "training", {"runs": runs, "partial": True})
     return {"runs": runs, **loss_agreement(runs["triton"], runs["sdpa"])}

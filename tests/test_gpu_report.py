@@ -337,3 +337,27 @@ def test_tflops_measured_by_an_earlier_report_replace_the_assumed_rates(tmp_path
     faster = gpu_plan.make_plan(3600, 16, ["speed"], lambda e, f: 0, rates=rates)
     slower = gpu_plan.make_plan(3600, 16, ["speed"], lambda e, f: 0)
     assert faster.estimates["speed"] < slower.estimates["speed"]
+
+
+def test_the_training_step_keeps_each_runs_kernel_warmup(tmp_path, monkeypatch):
+    """train.py's kernel_warmup line (the triton run's, before its budget) reaches the step's
+    record; a run without one (sdpa) records None. train.py itself is a stand-in here."""
+    from benchmarks import gpu_plan, gpu_steps
+
+    def fake_train(argv, **kwargs):
+        name, backend = argv[argv.index("--name") + 1], argv[argv.index("--attention") + 1]
+        rows = [{"split": "train", "step": 1, "loss": 4.0, "tokens_per_s": 1.0}]
+        if backend == "triton":
+            rows.insert(0, {"split": "kernel_warmup", "step": 0, "kernel_warmup_seconds": 12.5})
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(gpu_steps, "ROOT", tmp_path)
+    monkeypatch.setattr(gpu_steps.subprocess, "run", fake_train)
+    ctx = gpu_steps.StepContext(tmp_path / "out", gpu_plan.Sizes(), "test", ("training",))
+    (tmp_path / "out").mkdir()
+    runs = gpu_steps.run_training(ctx)["runs"]
+    assert runs["triton"]["kernel_warmup_seconds"] == 12.5
+    assert runs["sdpa"]["kernel_warmup_seconds"] is None

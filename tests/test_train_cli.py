@@ -30,15 +30,17 @@ def test_no_options_give_the_configuration_defaults():
 def test_every_option_field_has_an_option_that_fills_it():
     dests = {action.dest for action in train_cli.build_parser()._actions}
     assert set(train_cli.TRAIN_OPTIONS) <= dests
-    assert len(train_cli.TRAIN_OPTIONS) == 33
+    assert len(train_cli.TRAIN_OPTIONS) == 34
+    assert config_of([]).kernel_warmup
     config = config_of(
         ["--lr", "1e-3", "--max-steps", "7", "--eval-every", "3", "--seed", "5"]
         + ["--no-progress", "--no-epoch-eval", "--no-final-test", "--compile"]
+        + ["--no-kernel-warmup"]
         + ["--schedule", "inverse-sqrt", "--label-smoothing", "0.2", "--val-limit", "9"]
     )
     assert (config.lr, config.max_steps, config.eval_every, config.seed) == (1e-3, 7, 3, 5)
     assert not config.progress and not config.eval_at_epoch_end and not config.final_test
-    assert config.compile and config.schedule == "inverse-sqrt"
+    assert config.compile and config.schedule == "inverse-sqrt" and not config.kernel_warmup
     assert (config.label_smoothing, config.val_limit) == (0.2, 9)
 
 

@@ -131,15 +131,13 @@ WORKLOADS: dict[str, Callable[[Case], None]] = {
 def _recording(arch: int, all_configs: bool) -> Iterator[list]:
     """Kernel launches are recorded, not run, as if on a GPU of compute capability ``arch``:
     every configuration the launchers may choose (``all_configs``), or their first choice."""
-    from kernels.common import runtime
+    from kernels.common import runtime, warm
 
     if runtime.INTERPRETED:
         raise RuntimeError(
             "the compile gate needs compiled Triton kernels: run it without TRITON_INTERPRET"
         )
-    launches: list = []
-    hook = runtime.Hook(launches.append, arch=arch, configs="every" if all_configs else "first")
-    with runtime.hooked(hook):
+    with warm.recording("every" if all_configs else "first", arch=arch) as launches:
         yield launches
 
 

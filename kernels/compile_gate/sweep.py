@@ -4,9 +4,9 @@ a config compiles without spills; each distinct build once."""
 from __future__ import annotations
 
 import itertools
-import sys
 from concurrent.futures import ProcessPoolExecutor
 
+from kernels.common.warm import progress_bar, spawn_context
 from kernels.compile_gate.builds import Build, compile_build
 from kernels.compile_gate.capture import plan
 
@@ -29,7 +29,9 @@ def run(cases_every, cases_first, archs_every, archs_first, jobs, progress=True)
                 break
             if progress:
                 print(f"round {round_}: compiling {len(todo)} builds", flush=True)
-            for build in _progress(pool.map(compile_build, todo, chunksize=2), progress, len(todo)):
+            for build in progress_bar(
+                pool.map(compile_build, todo, chunksize=2), progress, len(todo)
+            ):
                 done[build.key()] = build
     return list(done.values())
 
@@ -47,18 +49,3 @@ def _next_choices(builds: list[Build], done: dict[str, Build], round_: int) -> l
         for serves, rank in build.ranks.items()
         if rank == round_ and (build.arch, serves) not in settled
     ]
-
-
-def spawn_context():
-    """Worker processes start fresh (spawn): a forked Triton/torch state is not safe to reuse."""
-    import multiprocessing
-
-    return multiprocessing.get_context("spawn")
-
-
-def _progress(items, enabled, total=None):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, unit="build", file=sys.stderr)

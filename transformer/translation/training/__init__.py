@@ -6,7 +6,9 @@ run out. A reader follows a run top to bottom through :mod:`.config`, :mod:`.loo
    option is a field's metadata there); :mod:`.sizing` is how ``--config auto`` picks a preset;
 2. :mod:`.loop`: ``train(config)``, which does everything ``train.py`` does (tests call it
    in-process): it sets the run up with :mod:`.setup` (device and rank, run directory, corpus and
-   the shared BPE vocabulary, model and AdamW optimizer), then trains with token-count batches
+   the shared BPE vocabulary, model and AdamW optimizer), compiles the attention kernels the run
+   will launch before the budget's clock starts (:mod:`.warmup`, with the triton backend on a
+   GPU; autotuning's choices kept on disk), then trains with token-count batches
    (:mod:`transformer.translation.batching`), label-smoothed cross-entropy, linear warm-up and
    then linear decay to zero at the end of the budget (default) or inverse-square-root decay,
    gradient clipping and bf16 autocast where it pays, until the time or step budget is spent or

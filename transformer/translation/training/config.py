@@ -268,6 +268,17 @@ class TrainConfig:
             action="store_true",
         ),
     )
+    kernel_warmup: bool = field(
+        default=True,
+        metadata=option(
+            "do not compile the attention kernels before the time budget starts (with "
+            "--attention triton on a GPU, the run first compiles every kernel specialisation it "
+            "will launch, on all CPU cores, outside the budget: see docs/training.md)",
+            "run",
+            flag="--no-kernel-warmup",
+            action="store_false",
+        ),
+    )
     sizing: Sizing | None = None  # how --config auto chose the size (None: it did not choose)
     # optimization; "{presets}" in a help text: each preset's value (training_preset_values)
     max_tokens: int = field(
@@ -490,6 +501,7 @@ RESUMABLE = frozenset(
         "device",
         "threads",
         "compile",
+        "kernel_warmup",
         "final_test",
         "checkpoint_every",
         "log_every",

@@ -1,4 +1,5 @@
-"""The training loop, top to bottom: :func:`train` sets a run up (:mod:`.setup`), trains until
+"""The training loop, top to bottom: :func:`train` sets a run up (:mod:`.setup`), compiles its
+kernels before the budget's clock starts (:mod:`.warmup`: the triton backend on a GPU), trains until
 the budget or the epochs run out or a stop is requested, validating and checkpointing on the
 way, and finishes it (averaging, the test split). Below it: one step, the learning-rate
 schedule, when to stop (the budget, SIGTERM and SIGINT), validation, the run's end, and
@@ -7,6 +8,7 @@ progress reports."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -34,6 +36,7 @@ from transformer.translation.data import Corpus, encode_split
 from transformer.translation.devices import autocast
 from transformer.translation.evaluation import evaluate
 from transformer.translation.tokenizer import PAD_ID
+from transformer.translation.training import warmup
 from transformer.translation.training.config import TrainConfig
 from transformer.translation.training.metrics import MetricsLog
 from transformer.translation.training.resume import TrainState, restore_run, save_run
@@ -86,14 +89,28 @@ def train(
             amp=process.amp, device=str(process.device), world_size=process.world_size,
             setup_seconds=time.time() - started,
         )  # fmt: skip
-    # 2. Train, validating and checkpointing on the way.
+    # 2. Before the budget's clock starts (it counts training steps and validations only): with
+    # the triton backend on a GPU, compile every kernel the run launches, and keep autotuning's
+    # choices on disk.
+    kernels = warmup.uses_kernels(config, process)
+    warmed: dict = {}
+    if kernels and config.kernel_warmup:
+        loss = functools.partial(label_smoothed_loss, smoothing=config.label_smoothing)
+        warmed = warmup.warm_kernels(model, process, loss, config.progress).metrics()
+        log.log(split="kernel_warmup", step=state.step, **warmed)
+    # 3. Train, validating and checkpointing on the way.
     stop = stop or StopRequest()
-    losses, stopped = train_loop(config, state, process, data, model, optimizer, log, run_dir, stop)
-    # 3. Finish: average the last checkpoints, score the best on the test split.
-    finish = process.is_main and not stopped
-    metrics = (
-        finish_run(config, state, data, model, log, run_dir, process, started) if finish else {}
-    )
+    with warmup.tune_cache(kernels):
+        losses, stopped = train_loop(
+            config, state, process, data, model, optimizer, log, run_dir, stop
+        )
+        # 4. Finish: average the last checkpoints, score the best on the test split.
+        finish = process.is_main and not stopped
+        metrics = (
+            finish_run(config, state, data, model, log, run_dir, process, started, warmed)
+            if finish
+            else {}
+        )
     if process.distributed:
         dist.barrier()
     loss_values = torch.stack(losses).tolist() if losses else []
@@ -394,10 +411,12 @@ def finish_run(
     run_dir: Path,
     process: Process,
     started: float,
+    warmed: dict | None = None,
 ) -> dict[str, float]:
     """Rank 0: average the last checkpoints (if asked), score the best on the test split, write
-    ``results.json``; the metrics."""
+    ``results.json``; the metrics (with ``warmed``: the kernel warm-up's, outside the budget)."""
     metrics: dict[str, float] = {"train_time": state.train_time, "steps": state.step}
+    metrics.update(warmed or {})
     if config.average_last > 1:
         metrics.update(average_last_checkpoints(config, state, data, model, log, run_dir, process))
     if config.final_test:
