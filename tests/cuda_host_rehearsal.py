@@ -126,7 +126,7 @@ class CudaHostRehearsal:
 
         def pick(key, configs, launch_one, *args, **kwargs):
             # A kernel's own launcher (defined in the kernels package), not a test's stand-in.
-            if getattr(launch_one, "__module__", "").startswith("kernels."):
+            if (getattr(launch_one, "__module__", None) or "").startswith("kernels."):
                 rehearsal.tuning_key_picked(tuning, key, configs, launch_one)
             return real_pick(key, configs, launch_one, *args, **kwargs)
 
