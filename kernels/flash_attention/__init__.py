@@ -70,6 +70,11 @@ Supported
     * A query that sees no key at all (all its keys masked, by a boolean mask, -inf biases or
       causality) gets an output of zeros, zero gradients, and a log-sum-exp of -inf (SDPA's
       math backend gives NaN there).
+    * FlashAttention-2's API: ``flash_attn_func`` on (b, n, h, d) tensors and
+      ``flash_attn_varlen_func`` on packed (total, h, d) sequences with int32 cumulative
+      lengths, no padding: each program reads its sequence's start and length from them
+      (VARLEN; :mod:`kernels.flash_attention.varlen`). See
+      :mod:`kernels.flash_attention.flash_attn_interface` for where it differs from FA2.
     * Runs compiled on a CUDA GPU, or on the CPU under the Triton interpreter
       (``TRITON_INTERPRET=1`` set before triton is first imported).
 
@@ -85,12 +90,13 @@ Caution -- not supported
 
 Layout: ``tiles`` (jitted helpers), ``forward`` and ``backward`` (the kernels), ``configs``
 (launch tables), ``checks`` (input validation), ``options`` (the score options, checked),
-``dropout`` (seeds and the keep-mask for
-tests), ``launcher`` (the host side: buffers, arguments, tuned launches), ``function`` (the
-operators and ``flash_attention``), ``flash_attn_interface`` (FlashAttention-2's API,
-``flash_attn_func``, on the same operators). What it shares with ``additive_attention`` (the delta pass,
-allocation, tuning, the one launch function every launch goes through) is in
-:mod:`kernels.common`.
+``dropout`` (seeds and the keep-mask for tests), ``varlen`` (packed sequences: their
+description, checks and the kernels' views), ``launcher`` (the host side: buffers, arguments,
+tuned launches), ``function`` (the operators and ``flash_attention``),
+``flash_attn_interface`` (FlashAttention-2's API, ``flash_attn_func`` and
+``flash_attn_varlen_func``, on the same operators). What it shares with
+``additive_attention`` (the delta pass, allocation, tuning, the one launch function every
+launch goes through) is in :mod:`kernels.common`.
 """
 
 from kernels.flash_attention.dropout import draw_seed_offset, dropout_keep_mask
