@@ -101,6 +101,16 @@ def test_sdpa_backend_matches_naive_for_every_mask(mask_kind, causal, lengths):
     torch.testing.assert_close(sdpa, naive, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("len_k", [1, 5])
+def test_sdpa_backend_takes_a_one_dimensional_key_mask_even_over_one_key(len_k):
+    q, k, v = random_qkv(len_q=3, len_k=len_k, seed=11)
+    mask = torch.ones(len_k, dtype=torch.bool)
+    mask[len_k // 2 + 1 :] = False
+    naive = attend(q, k, v, attn_mask=mask, backend="naive")
+    sdpa = attend(q, k, v, attn_mask=mask, backend="sdpa")
+    torch.testing.assert_close(sdpa, naive, atol=ATOL, rtol=0)
+
+
 def test_explicit_scale_is_used_by_every_backend():
     q, k, v = random_qkv(seed=5)
     visible = torch.ones(2, 3, 5, 7, dtype=torch.bool)

@@ -130,6 +130,8 @@ def _sdpa(q, k, v, attn_mask, is_causal, scale, dropout_p):
             q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale
         )
     mask = combine_masks(attn_mask, is_causal, len_q, len_k, q.device)
+    if mask.dim() < 2:  # SDPA reads a 1-D mask (len_k,) wrongly when len_k is 1: lift it
+        mask = mask.expand(len_q, len_k)
     has_key = mask.any(dim=-1, keepdim=True)
     # A row with no visible key would give NaN inside SDPA: let it see every key, then zero it.
     out = F.scaled_dot_product_attention(
