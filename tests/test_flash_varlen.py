@@ -198,8 +198,10 @@ def test_each_pass_is_one_launch_over_sequences_heads_and_the_longest_sequences_
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     with runtime.hooked(runtime.Hook(on_launch=record)):
         flash_attn_varlen_func(*leaves, **cu).backward(dout)
+    # Each pass's launch that ran (the last of its kernel's: a CUDA host's tuner, and the default
+    # run's rehearsal of it, may launch a candidate configuration first).
     grids = {launch.kernel.__name__: launch.grid for launch in launches}
-    assert len(launches) == 4  # forward, delta, dK/dV, dQ
+    assert sorted(grids) == ["_attn_bwd_dkdv", "_attn_bwd_dq", "_attn_fwd", "attn_bwd_delta"]
     assert grids["_attn_fwd"] == (4 * 2, 3)  # 130 queries in blocks of 64
     assert grids["_attn_bwd_dq"] == (4 * 2, 3)
     assert grids["_attn_bwd_dkdv"] == (4 * 1, 4)  # 200 keys, one key/value head

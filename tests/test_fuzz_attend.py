@@ -117,7 +117,8 @@ def check_attend_call(call: Call) -> None:
         return
     assert call.error is None, f"{call.says} was not refused"
     q, k, v, m = (call.args[n] for n in ("q", "k", "v", "attn_mask"))
-    kwargs = {n: call.args[n] for n in ("is_causal", "scale")}
+    # attend's causality is bottom-right (a decoder's queries are its cache's last positions).
+    kwargs = {n: call.args[n] for n in ("is_causal", "scale")} | {"alignment": "bottom_right"}
     if call.device == "meta":
         assert got.shape == (*q.shape[:3], v.shape[3]) and got.dtype == q.dtype
         return

@@ -100,10 +100,11 @@ def test_warm_kernels_compiles_each_recorded_specialisation_once_and_says_so(war
 
 
 def test_the_warm_list_holds_every_pass_of_every_attention(warm_list):
+    # Causality is a window bounded on the right (right = 0): WINDOW_RIGHT.
     kinds = {
-        (job.name, dict(job.meta)["IS_CAUSAL"])
+        (job.name, dict(job.meta)["WINDOW_RIGHT"])
         for job in warm_list
-        if "IS_CAUSAL" in dict(job.meta)
+        if "WINDOW_RIGHT" in dict(job.meta)
     }
     passes = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
     assert kinds == {(name, causal) for name in passes for causal in (False, True)}
