@@ -288,9 +288,11 @@ def test_dropout_launches_take_their_spill_free_configs_where_the_plain_table_sp
         with_dropout, plain = (
             fa_configs.candidates_for(kernel, arch, block_d, dtype, p) for p in (True, False)
         )
-        assert spill_free in with_dropout and spill_free not in plain, (kernel, block_d)
+        assert spill_free in with_dropout, (kernel, block_d)
+        # The plain d <= 64 dK/dV table now lists 64x16 w4 s1 too, last (packed sequences with
+        # every score option spilled in its other three); the others still lack theirs.
         if kernel != "dkdv":
-            assert with_dropout[0] == plain[0], (kernel, block_d)
+            assert spill_free not in plain and with_dropout[0] == plain[0], (kernel, block_d)
 
 
 @pytest.mark.parametrize("arch", [80, 86, 89])
