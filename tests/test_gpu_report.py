@@ -87,15 +87,17 @@ def test_summary_and_plot_from_a_report(tmp_path):
 
 
 def test_the_default_plan_fits_nine_minutes_on_16_cores_with_every_step():
-    """With 400 kernel builds to warm (the compile gate's plan counts about 250 for the default
-    steps; see the slow test below), the plan for 9 minutes keeps every step."""
+    """With 350 kernel builds to warm (the compile gate's plan counts 278 for the default steps,
+    see the slow test below: a quarter more), beside the training step's own warm-up, the plan
+    for 9 minutes keeps every step. (At 400 it leaves training out: the margin was 60 % before
+    the training run warmed its own kernels.)"""
     from benchmarks import gpu_plan
 
-    plan = gpu_plan.make_plan(9 * 60, 16, list(gpu_plan.STEPS), lambda every, first: 400)
+    plan = gpu_plan.make_plan(9 * 60, 16, list(gpu_plan.STEPS), lambda every, first: 350)
     assert plan.total_s <= 9 * 60
     assert plan.steps == list(gpu_plan.STEPS) and not plan.dropped
     assert all(plan.limit_s(s) >= plan.estimates[s] for s in plan.steps)
-    assert "warm" in gpu_plan.describe(plan) and "400 kernel builds" in gpu_plan.describe(plan)
+    assert "warm" in gpu_plan.describe(plan) and "350 kernel builds" in gpu_plan.describe(plan)
 
 
 def test_a_small_budget_shrinks_sizes_then_leaves_steps_out():
