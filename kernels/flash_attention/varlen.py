@@ -78,14 +78,24 @@ def check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
         if isinstance(n, bool) or not isinstance(n, numbers.Integral | torch.SymInt) or n < 0:
             raise ValueError(f"{name}: {arg} must be an int >= 0, got {n!r}")
     if not (torch.compiler.is_compiling() or runtime.capturing()):
-        _check_lengths(cu_seqlens_q, q.shape[0], max_seqlen_q, "q", name)
-        _check_lengths(cu_seqlens_k, k.shape[0], max_seqlen_k, "k", name)
+        values_q, values_k = _read_both(cu_seqlens_q, cu_seqlens_k)
+        _check_lengths(values_q, q.shape[0], max_seqlen_q, "q", name)
+        _check_lengths(values_k, k.shape[0], max_seqlen_k, "k", name)
 
 
-def _check_lengths(cu_seqlens, total, max_seqlen, which, name):
-    """cu_seqlens starts at 0, never decreases, ends at the packed total, and no sequence is
-    longer than max_seqlen (the grid covers max_seqlen tokens per sequence)."""
-    values = cu_seqlens.tolist()
+def _read_both(cu_seqlens_q, cu_seqlens_k) -> tuple[list[int], list[int]]:
+    """Both cumulative lengths as Python lists, read back in one transfer (one synchronisation
+    on a GPU, not one each; self-attention usually passes one tensor twice)."""
+    if cu_seqlens_k is cu_seqlens_q:
+        values = cu_seqlens_q.tolist()
+        return values, values
+    values = torch.cat([cu_seqlens_q, cu_seqlens_k]).tolist()
+    return values[: len(cu_seqlens_q)], values[len(cu_seqlens_q) :]
+
+
+def _check_lengths(values, total, max_seqlen, which, name):
+    """Cumulative lengths ``values`` start at 0, never decrease, end at the packed total, and
+    no sequence is longer than max_seqlen (the grid covers max_seqlen tokens per sequence)."""
     arg = f"cu_seqlens_{which}"
     if values[0] != 0:
         raise ValueError(f"{name}: {arg} must start at 0, got {values[0]}")
