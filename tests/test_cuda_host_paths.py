@@ -111,6 +111,51 @@ def test_peak_memory_counts_the_call_not_autotuning_or_do_bench_flush_buffer(mon
     held()
 
 
+class FakeCurrentDevice:
+    """torch.cuda's current device and its ``torch.cuda.device`` context manager, for GPUs that
+    are not there: ``index`` is the current device (0 unless a block makes another current)."""
+
+    def __init__(self, monkeypatch):
+        self.index = 0
+        fake = self
+
+        class device:  # noqa: N801 -- stands in for torch.cuda.device
+            def __init__(self, device):
+                self.idx = torch._utils._get_device_index(device, optional=True)
+
+            def __enter__(self):
+                self.prev, fake.index = fake.index, self.idx
+                return self
+
+            def __exit__(self, *exc):
+                fake.index = self.prev
+
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.index)
+        monkeypatch.setattr(torch.cuda, "device", device)
+
+
+def test_median_ms_times_on_the_tensors_device_not_the_current_one(monkeypatch):
+    """do_bench records its events on the current device's stream: a benchmark of tensors on
+    cuda:1 while cuda:0 is current must make cuda:1 current for it (and for the warm-up)."""
+    import triton.testing
+
+    from benchmarks.common.measure import median_ms
+
+    current = FakeCurrentDevice(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    timed_on, called_on = [], []
+
+    def do_bench(fn, **kwargs):
+        timed_on.append(current.index)
+        fn()
+        return 1.5
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    assert median_ms(lambda: called_on.append(current.index), torch.device("cuda", 1)) == 1.5
+    assert timed_on == [1] and called_on == [1, 1]
+    assert current.index == 0  # the caller's current device, as it was
+
+
 # --- kernels: what a GPU may do that the interpreter does not ----------------------------------
 
 

@@ -19,7 +19,7 @@ from flash_reference import (
 
 from kernels import flash_attention
 from kernels.common import runtime
-from kernels.flash_attention import dropout_keep_mask, flash_attn_varlen_func, function
+from kernels.flash_attention import dropout_keep_mask, flash_attn_varlen_func, function, varlen
 from kernels.flash_attention.dropout import draw_seed_offset
 
 pytestmark = pytest.mark.usefixtures("kernel_device")
@@ -258,6 +258,47 @@ def test_bad_cumulative_lengths_are_refused_naming_the_argument(change, error, m
     (q, k, v, _), cu = packed_inputs([2, 3, 2], [4, 1, 4], 2, 2, 16, torch.float32)
     with pytest.raises(error, match=message):
         flash_attn_varlen_func(q, k, v, **change(cu))
+
+
+def test_cumulative_lengths_are_not_read_back_while_a_cuda_graph_is_captured(monkeypatch):
+    """Reading cu_seqlens back to the host (.tolist(), a synchronisation) is not permitted
+    while a CUDA stream is captured: the checks of their values step aside then, as under
+    torch.compile, and the rest of the checks still run."""
+    (q, k, v, _), cu = packed_inputs([2, 3, 2], [4, 1, 4], 2, 2, 16, torch.float32)
+    lengths = (cu["cu_seqlens_q"], cu["cu_seqlens_k"], cu["max_seqlen_q"], cu["max_seqlen_k"])
+
+    def read_back(tensor):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(runtime, "capturing", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "tolist", read_back)
+    varlen.check_packed(q, k, v, *lengths, "flash_attn_varlen_func")
+    with pytest.raises(TypeError, match="cu_seqlens_q must be int32"):
+        varlen.check_packed(q, k, v, lengths[0].long(), *lengths[1:], "flash_attn_varlen_func")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["q_and_k", "one_for_both"])
+def test_the_cumulative_lengths_are_read_back_in_one_transfer(monkeypatch, shared):
+    """Reading cu_seqlens to check them synchronises a GPU: once per call, whether q and k
+    have their own cumulative lengths or share one tensor (self-attention)."""
+    lens_k = [2, 3, 2] if shared else [4, 1, 4]
+    (q, k, v, _), cu = packed_inputs([2, 3, 2], lens_k, 2, 2, 16, torch.float32)
+    if shared:
+        cu["cu_seqlens_k"] = cu["cu_seqlens_q"]
+    lengths = (cu["cu_seqlens_q"], cu["cu_seqlens_k"], cu["max_seqlen_q"], cu["max_seqlen_k"])
+    reads, tolist = [], torch.Tensor.tolist
+
+    def counted(tensor):
+        reads.append(tuple(tensor.shape))
+        return tolist(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted)
+    varlen.check_packed(q, k, v, *lengths, "flash_attn_varlen_func")
+    assert len(reads) == 1
+    bad = lengths[1].clone()
+    bad[-1] += 1
+    with pytest.raises(ValueError, match="cu_seqlens_k must end at the packed total"):
+        varlen.check_packed(q, k, v, lengths[0], bad, *lengths[2:], "flash_attn_varlen_func")
 
 
 def test_packed_tensors_of_the_wrong_rank_are_refused_with_the_packed_layout():

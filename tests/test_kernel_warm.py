@@ -125,3 +125,36 @@ def test_compile_ahead_compiles_each_distinct_job_once_in_worker_processes(tmp_p
 def test_compile_ahead_with_nothing_to_compile_starts_no_worker():
     report = warm.compile_ahead([], compile=stand_in_compile)
     assert (report.builds, report.failed) == (0, [])
+
+
+def test_compile_ahead_starts_one_worker_per_core_this_process_may_use(tmp_path, monkeypatch):
+    """A batch job or container that holds 2 cores of a 64-core machine (its CPU affinity)
+    gets 2 workers, not 64, each of which would import torch."""
+    from concurrent.futures import Future
+
+    started = []
+
+    class InlinePool:  # stands in for ProcessPoolExecutor: runs each job here, at once
+        def __init__(self, max_workers, mp_context):
+            started.append(max_workers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, job):
+            future = Future()
+            future.set_result(fn(job))
+            return future
+
+    monkeypatch.setenv(DONE_DIR, str(tmp_path))
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(warm, "ProcessPoolExecutor", InlinePool)
+    x = torch.empty(8)
+    jobs = warm.compile_jobs([launch(x, n, BLOCK=b) for n in (16, 3, 1) for b in (64, 128)])
+    report = warm.compile_ahead(jobs, compile=stand_in_compile)
+    assert warm.usable_cores() == 2
+    assert started == [2] and (report.builds, report.processes) == (6, 2)

@@ -193,12 +193,17 @@ def median_ms(
 ) -> float:
     """Median milliseconds of ``fn()`` after warm-up: ``triton.testing.do_bench`` on CUDA
     (which also flushes the L2 cache between runs); on the CPU, one warm-up call then the
-    median of ``cpu_repeats`` wall-clock runs."""
+    median of ``cpu_repeats`` wall-clock runs.
+
+    ``do_bench`` times with events on the *current* device's stream (and synchronizes and
+    allocates its flush buffer there), so ``device`` is made current for it: timing tensors on
+    ``cuda:1`` while ``cuda:0`` is current would otherwise time an idle stream."""
     if device.type == "cuda":
         from triton.testing import do_bench
 
-        fn()  # autotuning at this shape happens here, not in do_bench's estimate of fn's time
-        return float(do_bench(fn, grad_to_none=grad_to_none, return_mode="median"))
+        with torch.cuda.device(device):
+            fn()  # autotuning at this shape happens here, not in do_bench's estimate of fn's time
+            return float(do_bench(fn, grad_to_none=grad_to_none, return_mode="median"))
     fn()
     times = []
     for _ in range(cpu_repeats):

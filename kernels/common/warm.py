@@ -169,12 +169,13 @@ def compile_ahead(
     progress: bool = False,
 ) -> CompileReport:
     """Compile each distinct job once, ``processes`` at a time in worker processes (default:
-    one per CPU core, at most one per job), with a progress bar on stderr if ``progress``.
+    one per CPU core this process may run on, :func:`usable_cores`; at most one per job), with
+    a progress bar on stderr if ``progress``.
 
     ``compile(job)`` compiles one job in a worker (default :func:`compile_job`; it must be
     importable by name from a fresh process). A job that fails is reported, not raised."""
     todo = list(dict.fromkeys(jobs))
-    processes = max(1, min(processes or os.cpu_count() or 1, len(todo) or 1))
+    processes = max(1, min(processes or usable_cores(), len(todo) or 1))
     start, failed = time.perf_counter(), []
     if todo:
         with ProcessPoolExecutor(max_workers=processes, mp_context=spawn_context()) as pool:
@@ -184,6 +185,16 @@ def compile_ahead(
                 if error is not None:
                     failed.append(f"{futures[future].label()}: {type(error).__name__}: {error}")
     return CompileReport(len(todo), processes, time.perf_counter() - start, failed)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity set where the OS has one (a batch
+    job's or container's cores, taskset), else every core. ``os.cpu_count()`` counts the whole
+    machine: on a 128-core node where a job holds 16, it would start 128 workers, each
+    importing torch (hundreds of MB), on 16 cores."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def spawn_context():

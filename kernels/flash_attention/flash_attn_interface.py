@@ -133,7 +133,8 @@ def flash_attn_varlen_func(
         TypeError / ValueError: on a bad input (a cu_seqlens that is not int32, does not start
         at 0, decreases, does not end at the total, or a max_seqlen shorter than a sequence),
         naming it, before anything is launched. The values of cu_seqlens are read to check
-        them (a synchronisation on a GPU), except under torch.compile.
+        them (a synchronisation on a GPU), except under torch.compile and while a CUDA graph
+        is captured.
     """
     name = "flash_attn_varlen_func"
     check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import torch
 
+from kernels.common import runtime
+
 
 class Packed(NamedTuple):
     """Where each sequence lies in the packed tensors: int32 cumulative lengths (batch + 1,)
@@ -45,7 +47,8 @@ def rows_view(packed: torch.Tensor) -> torch.Tensor:
 def check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name):
     """Packed q (total_q, h, d), k and v (total_k, h_k, d|d_v) and their cumulative lengths,
     or a clear error naming the argument. The values of cu_seqlens are read (a device
-    synchronisation on a GPU) except while torch.compile traces."""
+    synchronisation on a GPU) except while torch.compile traces and while a CUDA graph is
+    captured, where reading them back would break the graph or fail the capture."""
     for arg, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
@@ -74,15 +77,25 @@ def check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     for arg, n in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if isinstance(n, bool) or not isinstance(n, numbers.Integral | torch.SymInt) or n < 0:
             raise ValueError(f"{name}: {arg} must be an int >= 0, got {n!r}")
-    if not torch.compiler.is_compiling():
-        _check_lengths(cu_seqlens_q, q.shape[0], max_seqlen_q, "q", name)
-        _check_lengths(cu_seqlens_k, k.shape[0], max_seqlen_k, "k", name)
+    if not (torch.compiler.is_compiling() or runtime.capturing()):
+        values_q, values_k = _read_both(cu_seqlens_q, cu_seqlens_k)
+        _check_lengths(values_q, q.shape[0], max_seqlen_q, "q", name)
+        _check_lengths(values_k, k.shape[0], max_seqlen_k, "k", name)
 
 
-def _check_lengths(cu_seqlens, total, max_seqlen, which, name):
-    """cu_seqlens starts at 0, never decreases, ends at the packed total, and no sequence is
-    longer than max_seqlen (the grid covers max_seqlen tokens per sequence)."""
-    values = cu_seqlens.tolist()
+def _read_both(cu_seqlens_q, cu_seqlens_k) -> tuple[list[int], list[int]]:
+    """Both cumulative lengths as Python lists, read back in one transfer (one synchronisation
+    on a GPU, not one each; self-attention usually passes one tensor twice)."""
+    if cu_seqlens_k is cu_seqlens_q:
+        values = cu_seqlens_q.tolist()
+        return values, values
+    values = torch.cat([cu_seqlens_q, cu_seqlens_k]).tolist()
+    return values[: len(cu_seqlens_q)], values[len(cu_seqlens_q) :]
+
+
+def _check_lengths(values, total, max_seqlen, which, name):
+    """Cumulative lengths ``values`` start at 0, never decrease, end at the packed total, and
+    no sequence is longer than max_seqlen (the grid covers max_seqlen tokens per sequence)."""
     arg = f"cu_seqlens_{which}"
     if values[0] != 0:
         raise ValueError(f"{name}: {arg} must start at 0, got {values[0]}")
