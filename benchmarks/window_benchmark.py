@@ -25,7 +25,6 @@ idle cores; ``--quick`` (tiny sizes, seconds) only checks that it runs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import 
 import torch
 from tqdm import tqdm
 
-from benchmarks.common.environment import device_tag, environment, pick_device
+from benchmarks.common.environment import device_tag, environment, pick_kernel_device
 from benchmarks.common.measure import PASS_FLOP_FACTOR, median_ms
 from benchmarks.common.options import add_output_arguments, benchmark_parser, doubling
 from benchmarks.common.plotting import log_axes, plot_series
@@ -43,6 +42,7 @@ from benchmarks.common.records import (
     format_cell,
     markdown_table,
     read_json,
+    settings_of,
     write_csv,
     write_json,
 )
@@ -361,17 +361,13 @@ def main(argv=None) -> dict:
         payload = read_json(args.replot)
         report(payload, args.replot.with_suffix(""))
         return payload
-    device = pick_device(args.device)
+    device = pick_kernel_device(args.device)
     cuda = device.type == "cuda"
-    if not cuda:  # the kernel runs under the interpreter, chosen when triton is first imported
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     settle(args, cuda)
     torch.set_num_threads(1)
     env = environment(device)
     records = sweep(args, device)
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
-    }
+    settings = settings_of(args)
     payload = {
         "benchmark": "window",
         "environment": env,
