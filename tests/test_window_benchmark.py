@@ -3,7 +3,6 @@ at tiny sizes, in this process, so the kernel launches happen inside the test on
 ``kernel_device`` (docs/testing.md). Nothing here looks at a timing's value."""
 
 import csv
-import os
 
 import pytest
 import torch
@@ -30,18 +29,6 @@ def test_pairs_count_what_a_window_mask_lets_through(seq_len, size, causal):
     if causal:
         keep &= j <= i
     assert window_benchmark.pairs(seq_len, size, causal) == int(keep.sum())
-
-
-@pytest.fixture
-def restores_process_state():
-    """window_benchmark.main sets threads (and TRITON_INTERPRET on the CPU) for the process."""
-    threads, interpret = torch.get_num_threads(), os.environ.get("TRITON_INTERPRET")
-    yield
-    torch.set_num_threads(threads)
-    if interpret is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = interpret
 
 
 def test_quick_run_times_full_and_window_and_writes_json_csv_png_markdown(
