@@ -124,20 +124,7 @@ def measure(variant: str, seq_len: int, pass_: str, args, device: torch.device) 
     return record
 
 
-def window_unavailable() -> dict | None:
-    """The record of every window point when our kernel takes no ``window_size``."""
-    import inspect
-
-    from kernels import flash_attention
-
-    if "window_size" in inspect.signature(flash_attention).parameters:
-        return None
-    note = "kernels.flash_attention takes no window_size keyword in this checkout"
-    return {"status": "unavailable", "note": note}
-
-
 def sweep(args, device: torch.device) -> list[dict]:
-    unavailable = window_unavailable()
     records = []
     progress = tqdm(total=len(args.lengths) * len(VARIANTS) * len(PASSES), desc="window")
     for seq_len in args.lengths:
@@ -145,10 +132,7 @@ def sweep(args, device: torch.device) -> list[dict]:
             for pass_ in PASSES:
                 progress.set_postfix_str(f"{variant} len={seq_len} {pass_}")
                 size = window_size(args) if variant == "window" else (-1, -1)
-                if variant == "window" and unavailable is not None:
-                    record = unavailable
-                else:
-                    record = measure(variant, seq_len, pass_, args, device)
+                record = measure(variant, seq_len, pass_, args, device)
                 records.append(
                     dict(variant=variant, seq_len=seq_len, window_size=list(size),
                          causal=args.causal, **{"pass": pass_}, **record)

@@ -46,18 +46,12 @@ def test_quick_run_times_full_and_window_and_writes_json_csv_png_markdown(
     assert keys == {(v, n, p) for v in ("full", "window") for n in (64, 128)
                     for p in ("forward", "forward_backward")}  # fmt: skip
     assert {r["status"] for r in records if r["variant"] == "full"} == {"ok"}
-    window = {r["status"] for r in records if r["variant"] == "window"}
-    if window == {"unavailable"}:  # the kernel's window keyword is not in this checkout yet
-        assert payload["ratios"] == []
-    else:
-        assert window == {"ok"}
-        assert len(payload["ratios"]) == 4
-        for r in payload["ratios"]:
-            assert r["ratio"] == pytest.approx(r["window_ms"] / r["full_ms"])
-            ideal = window_benchmark.pairs(r["seq_len"], (16, 0), True)
-            assert r["pairs_ratio"] == pytest.approx(
-                ideal / (r["seq_len"] * (r["seq_len"] + 1) / 2)
-            )
+    assert {r["status"] for r in records if r["variant"] == "window"} == {"ok"}
+    assert len(payload["ratios"]) == 4
+    for r in payload["ratios"]:
+        assert r["ratio"] == pytest.approx(r["window_ms"] / r["full_ms"])
+        ideal = window_benchmark.pairs(r["seq_len"], (16, 0), True)
+        assert r["pairs_ratio"] == pytest.approx(ideal / (r["seq_len"] * (r["seq_len"] + 1) / 2))
     assert {tuple(r["window_size"]) for r in records if r["variant"] == "window"} == {(16, 0)}
     with open(tmp_path / "bench.csv") as f:
         rows = list(csv.DictReader(f))
