@@ -79,9 +79,11 @@ def launch_bytes(run) -> int:
 def training_step(q, k, v, mask, causal, packed=None) -> None:
     """The launches of one forward and backward, through the kernel's launchers."""
     scale = q.shape[-1] ** -0.5
-    out, lse = launcher._forward(q, k, v, mask, causal, scale, packed=packed)
+    out, lse = launcher.launch_forward(q, k, v, mask, causal, scale, packed=packed)
     dout = torch.empty_like(out)
-    launcher._backward(q, k, v, mask, causal, scale, out, lse, dout, None, False, packed=packed)
+    launcher.launch_backward(
+        q, k, v, mask, causal, scale, out, lse, dout, None, False, packed=packed
+    )
 
 
 def measure_point(lengths: list[int], args) -> dict:

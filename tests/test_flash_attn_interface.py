@@ -78,13 +78,13 @@ def test_flash_attn_func_runs_code_written_for_flash_attn_unchanged():
 def test_flash_attn_func_reads_the_callers_tensors_without_copying(monkeypatch):
     """The kernel gets (b, h, n, d) views of the caller's (b, n, h, d) storage."""
     seen = []
-    forward = function._forward
+    forward = function.launch_forward
 
     def spy(q, k, v, *args, **kwargs):
         seen.extend(t.data_ptr() for t in (q, k, v))
         return forward(q, k, v, *args, **kwargs)
 
-    monkeypatch.setattr(function, "_forward", spy)
+    monkeypatch.setattr(function, "launch_forward", spy)
     q, k, v, _ = fa2_inputs(1, 2, 5, 6, 16, torch.float32)
     flash_attn_func(q, k, v)
     assert seen == [q.data_ptr(), k.data_ptr(), v.data_ptr()]

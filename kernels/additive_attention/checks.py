@@ -11,7 +11,7 @@ MAX_VALUE_DIM = 128
 MAX_FEATURES = 128
 
 
-def _check_inputs(query_features, key_features, score_weight, v, attn_mask):
+def check_inputs(query_features, key_features, score_weight, v, attn_mask):
     """Validate everything before a launch; returns (BLOCK_A, BLOCK_E), the paddings."""
     check_rank(CALLER, 4, "(batch, heads, len_q, a)", query_features=query_features)
     check_rank(CALLER, 4, "(batch, heads, len_k, a)", key_features=key_features)

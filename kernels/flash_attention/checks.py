@@ -13,7 +13,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REALS = (numbers.Real, torch.SymFloat, torch.SymInt)  # a float, int or NumPy number; traced
 
 
-def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
+def check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
     """Validate everything before a launch (raises on the first problem found)."""
     check_rank("flash_attention", 4, "(batch, heads, len, head_dim)", q=q, k=k, v=v)
     if not (q.dtype == k.dtype == v.dtype):

@@ -33,7 +33,7 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
 import math
 
 from kernels.common.checks import check_flag, check_rank
-from kernels.flash_attention.checks import _check_inputs
+from kernels.flash_attention.checks import check_inputs
 from kernels.flash_attention.dropout import check_dropout_p, draw_seed_offset
 from kernels.flash_attention.function import _forward_op, flash_attention
 from kernels.flash_attention.options import score_options
@@ -124,7 +124,7 @@ def flash_attn_varlen_func(
     name = "flash_attn_varlen_func"
     check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
     dropout_p = check_dropout_p(dropout_p)
-    _check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
+    check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
     packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
     causal, options = score_options(
         packed.view(q), packed.view(k), None, check_flag(causal, "causal"), "bottom_right",
