@@ -1,5 +1,6 @@
 """What the flash-attention kernel's tests share (not a test module: pytest collects only
-tests/test_*.py): the float64 reference, random inputs and masks, and the criterion.
+tests/test_*.py): the float64 reference, random inputs and masks, the criterion, and a spy on
+the pointers the kernel reads.
 
 Criterion (as in flash-attention's own tests): the kernel's largest error against a float64
 computation of the same inputs is at most twice that of naive attention run in the kernel's
@@ -12,6 +13,8 @@ __init__.py, so pytest's default import mode (prepend) puts tests/ on sys.path. 
 that checks with assert_close_as_flash_attention_does also imports the autouse fixture
 report_largest_errors, which prints that module's largest errors with -s.
 """
+
+import importlib
 
 import pytest
 import torch
@@ -232,6 +235,20 @@ def report_largest_errors():
         print("\nlargest kernel error vs float64 reference:")
         for (dtype, name), errs in sorted(ERRORS.items(), key=str):
             print(f"  {str(dtype):15s} {name:3s} {max(errs):.3g}")
+
+
+def kernel_input_pointers(monkeypatch) -> list[int]:
+    """The data pointers of the q, k, v that each flash_attention forward launch gets (the list
+    fills as the kernel runs): the caller's, when nothing is copied."""
+    function = importlib.import_module("kernels.flash_attention.function")
+    seen, launch_forward = [], function.launch_forward
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.extend(t.data_ptr() for t in (q, k, v))
+        return launch_forward(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(function, "launch_forward", spy)
+    return seen
 
 
 # ----------------------------------------------------------------------------- FlashAttention-2
