@@ -21,7 +21,6 @@ defaults are one head and lengths up to 1024.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -31,12 +30,18 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import 
 import torch
 from tqdm import tqdm
 
-from benchmarks.common.environment import device_tag, environment, pick_device
+from benchmarks.common.environment import device_tag, environment, pick_kernel_device
 from benchmarks.common.isolation import run_isolated
 from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_memory
 from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
 from benchmarks.common.plotting import log_axes, plot_series
-from benchmarks.common.records import format_cell, markdown_table, read_json, write_json
+from benchmarks.common.records import (
+    format_cell,
+    markdown_table,
+    read_json,
+    settings_of,
+    write_json,
+)
 from benchmarks.common.statuses import NOT_MEASURABLE_ON_CPU, STATUSES, failure
 
 IMPLEMENTATIONS = ("naive_additive", "fused_additive", "flash_dot")
@@ -323,10 +328,8 @@ def main(argv=None) -> dict:
         payload = read_json(args.replot)
         report(payload, args.replot.with_suffix(""))
         return payload
-    device = pick_device(args.device)
+    device = pick_kernel_device(args.device)
     cuda = device.type == "cuda"
-    if not cuda:  # the kernels run under the interpreter, read when triton is first imported
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     args.min_len = args.min_len or (512 if cuda else 256)
     args.max_len = args.max_len or (16384 if cuda else 1024)
     args.heads = args.heads or (8 if cuda else 1)
@@ -336,9 +339,7 @@ def main(argv=None) -> dict:
     env = environment(device)
     records = sweep(args, device)
     stem = args.tag or f"additive_{device_tag(device)}"
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
-    }
+    settings = settings_of(args)
     payload = {
         "benchmark": "additive",
         "environment": env,

@@ -31,7 +31,6 @@ lengths and the ratios are in ``attention_sweep``, the PNG and markdown in ``att
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -43,9 +42,9 @@ import torch
 from benchmarks.attention_measure import IMPLEMENTATIONS, memory_measure
 from benchmarks.attention_report import report
 from benchmarks.attention_sweep import ratios, sweep
-from benchmarks.common.environment import device_tag, environment, pick_device
+from benchmarks.common.environment import device_tag, environment, pick_kernel_device
 from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
-from benchmarks.common.records import read_json, write_json
+from benchmarks.common.records import read_json, settings_of, write_json
 from benchmarks.common.statuses import STATUSES
 
 
@@ -102,9 +101,7 @@ def parse_args(argv=None):
 def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
     """The results file's content; ``partial``: written after a point, more are to come (a run
     stopped midway leaves its last such file)."""
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
-    }
+    settings = settings_of(args)
     return {
         "benchmark": "attention",
         "partial": partial,
@@ -140,15 +137,13 @@ def main(argv=None) -> dict:
         payload = read_json(args.replot)
         report(payload, args.replot.with_suffix(""))
         return payload
-    device = pick_device(args.device)
+    device = pick_kernel_device(args.device)
     cuda = device.type == "cuda"
     args.max_len = args.max_len or (65536 if cuda else 4096)
     args.batch = args.batch or (2 if cuda else 1)
     args.heads = args.heads or (16 if cuda else 4)
     args.lengths = doubling(args.min_len, args.max_len)
     args.causal_modes = {"both": [False, True], "no": [False], "yes": [True]}[args.causal]
-    if not cuda:  # our kernel runs under the interpreter, chosen when triton is first imported
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     torch.set_num_threads(1)
     env = environment(device)
     stem = args.tag or f"attention_{device_tag(device)}"

@@ -43,7 +43,13 @@ from benchmarks.common.isolation import run_isolated
 from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_memory
 from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
 from benchmarks.common.plotting import log_axes, plot_series
-from benchmarks.common.records import format_cell, markdown_table, read_json, write_json
+from benchmarks.common.records import (
+    format_cell,
+    markdown_table,
+    read_json,
+    settings_of,
+    write_json,
+)
 from benchmarks.common.statuses import NOT_MEASURABLE_ON_CPU, STATUSES, failure
 from transformer.config import ModelConfig
 from transformer.model import Transformer, mark_dynamic_batch
@@ -347,9 +353,7 @@ def report(payload: dict, stem: Path) -> None:
 def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
     """The results file's content; ``partial``: written after a point, more are to come (a run
     stopped midway leaves its last such file)."""
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
-    }
+    settings = settings_of(args)
     return {
         "benchmark": "model",
         "partial": partial,

@@ -34,10 +34,10 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import 
 import torch
 
 from benchmarks.common.environment import environment
-from benchmarks.common.options import RESULTS_DIR, benchmark_parser, doubling
+from benchmarks.common.options import add_output_arguments, benchmark_parser, doubling
 from benchmarks.common.plotting import format_length
-from benchmarks.common.records import read_json, write_json
-from kernels.common import runtime
+from benchmarks.common.records import read_json, settings_of, write_json
+from kernels.common import warm
 from kernels.flash_attention import launcher
 from kernels.flash_attention.varlen import Packed
 
@@ -58,38 +58,32 @@ def parse_args(argv=None):
     )
     parser.add_argument("--max-len", type=int, default=32768, help="up to this longest sequence")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn lengths")
-    parser.add_argument(
-        "--out-dir", type=Path, default=RESULTS_DIR, help="directory for the JSON and PNG"
-    )
-    parser.add_argument(
-        "--replot", type=Path, default=None, metavar="JSON", help="redraw a results file's PNG"
-    )
-    parser.add_argument("--tag", default="varlen_memory", help="file name stem")
+    add_output_arguments(parser, "varlen_memory", per_device=False)
     return parser.parse_args(argv)
 
 
 def launch_bytes(run) -> int:
     """Bytes of the distinct storages the kernel launches made by ``run()`` read or write
     (each counted once however many launches and views share it); nothing is launched."""
-    storages = {}  # id -> storage, kept alive so that no id is reused within the run
-
-    def record(launch: runtime.Launch):
-        for arg in launch.args:
-            if isinstance(arg, torch.Tensor):
-                storage = arg.untyped_storage()
-                storages.setdefault(storage._cdata, storage)
-
-    with runtime.hooked(runtime.Hook(on_launch=record, arch=90, configs="first")):
+    with warm.recording("first", arch=90) as launches:  # the launches hold their tensors
         run()
-    return sum(storage.nbytes() for storage in storages.values())
+    storages = {
+        arg.untyped_storage()._cdata: arg.untyped_storage().nbytes()
+        for launch in launches
+        for arg in launch.args
+        if isinstance(arg, torch.Tensor)
+    }
+    return sum(storages.values())
 
 
 def training_step(q, k, v, mask, causal, packed=None) -> None:
     """The launches of one forward and backward, through the kernel's launchers."""
     scale = q.shape[-1] ** -0.5
-    out, lse = launcher._forward(q, k, v, mask, causal, scale, packed=packed)
+    out, lse = launcher.launch_forward(q, k, v, mask, causal, scale, packed=packed)
     dout = torch.empty_like(out)
-    launcher._backward(q, k, v, mask, causal, scale, out, lse, dout, None, False, packed=packed)
+    launcher.launch_backward(
+        q, k, v, mask, causal, scale, out, lse, dout, None, False, packed=packed
+    )
 
 
 def measure_point(lengths: list[int], args) -> dict:
@@ -170,7 +164,7 @@ def main(argv=None) -> dict:
         plot(payload, args.replot.with_suffix(""))
         return payload
     records = [measure_point(lengths, args) for lengths in draw_lengths(args)]
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = settings_of(args)
     payload = {
         "benchmark": "varlen",
         "environment": environment(torch.device("cpu")),

@@ -25,7 +25,6 @@ idle cores; ``--quick`` (tiny sizes, seconds) only checks that it runs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import 
 import torch
 from tqdm import tqdm
 
-from benchmarks.common.environment import device_tag, environment, pick_device
+from benchmarks.common.environment import device_tag, environment, pick_kernel_device
 from benchmarks.common.measure import PASS_FLOP_FACTOR, median_ms
 from benchmarks.common.options import add_output_arguments, benchmark_parser, doubling
 from benchmarks.common.plotting import log_axes, plot_series
@@ -43,6 +42,7 @@ from benchmarks.common.records import (
     format_cell,
     markdown_table,
     read_json,
+    settings_of,
     write_csv,
     write_json,
 )
@@ -124,20 +124,7 @@ def measure(variant: str, seq_len: int, pass_: str, args, device: torch.device) 
     return record
 
 
-def window_unavailable() -> dict | None:
-    """The record of every window point when our kernel takes no ``window_size``."""
-    import inspect
-
-    from kernels import flash_attention
-
-    if "window_size" in inspect.signature(flash_attention).parameters:
-        return None
-    note = "kernels.flash_attention takes no window_size keyword in this checkout"
-    return {"status": "unavailable", "note": note}
-
-
 def sweep(args, device: torch.device) -> list[dict]:
-    unavailable = window_unavailable()
     records = []
     progress = tqdm(total=len(args.lengths) * len(VARIANTS) * len(PASSES), desc="window")
     for seq_len in args.lengths:
@@ -145,10 +132,7 @@ def sweep(args, device: torch.device) -> list[dict]:
             for pass_ in PASSES:
                 progress.set_postfix_str(f"{variant} len={seq_len} {pass_}")
                 size = window_size(args) if variant == "window" else (-1, -1)
-                if variant == "window" and unavailable is not None:
-                    record = unavailable
-                else:
-                    record = measure(variant, seq_len, pass_, args, device)
+                record = measure(variant, seq_len, pass_, args, device)
                 records.append(
                     dict(variant=variant, seq_len=seq_len, window_size=list(size),
                          causal=args.causal, **{"pass": pass_}, **record)
@@ -361,17 +345,13 @@ def main(argv=None) -> dict:
         payload = read_json(args.replot)
         report(payload, args.replot.with_suffix(""))
         return payload
-    device = pick_device(args.device)
+    device = pick_kernel_device(args.device)
     cuda = device.type == "cuda"
-    if not cuda:  # the kernel runs under the interpreter, chosen when triton is first imported
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     settle(args, cuda)
     torch.set_num_threads(1)
     env = environment(device)
     records = sweep(args, device)
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"
-    }
+    settings = settings_of(args)
     payload = {
         "benchmark": "window",
         "environment": env,

@@ -73,3 +73,16 @@ def corpus(tmp_path_factory) -> Path:
                 lines = [next(f) for _ in range(count)]
             (directory / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
     return directory
+
+
+@pytest.fixture
+def restores_process_state():
+    """A benchmark's main() sets torch's threads (and TRITON_INTERPRET on the CPU) for the whole
+    process: both put back after the test."""
+    threads, interpret = torch.get_num_threads(), os.environ.get("TRITON_INTERPRET")
+    yield
+    torch.set_num_threads(threads)
+    if interpret is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = interpret

@@ -1,5 +1,6 @@
 """What the flash-attention kernel's tests share (not a test module: pytest collects only
-tests/test_*.py): the float64 reference, random inputs and masks, and the criterion.
+tests/test_*.py): the float64 reference, random inputs and masks, the criterion, and a spy on
+the pointers the kernel reads.
 
 Criterion (as in flash-attention's own tests): the kernel's largest error against a float64
 computation of the same inputs is at most twice that of naive attention run in the kernel's
@@ -12,6 +13,8 @@ __init__.py, so pytest's default import mode (prepend) puts tests/ on sys.path. 
 that checks with assert_close_as_flash_attention_does also imports the autouse fixture
 report_largest_errors, which prints that module's largest errors with -s.
 """
+
+import importlib
 
 import pytest
 import torch
@@ -82,12 +85,15 @@ def masked_scores(
 def naive_attention(
     q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *,
     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None, alignment=None,
+    dropout_p=0.0, keep=None,
 ):  # fmt: skip
     """Textbook attention in q's dtype, with flash_attention's arguments and semantics
     (causality and the window anchored top-left unless ``alignment="bottom_right"`` or
     attn_mask is ``causal_lower_right``); a query with no allowed key gets zeros. With
     enable_gqa, k and v are repeated to q's heads (autograd sums their gradients back). Sinks
-    join each row's softmax as one more logit whose value is dropped."""
+    join each row's softmax as one more logit whose value is dropped. ``keep``: with
+    dropout_p, a keep-mask broadcastable to (b, h, len_q, len_k), the kernel's (the kept
+    probabilities are divided by 1 - dropout_p, the others dropped, as SDPA does)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     bottom_right = alignment == "bottom_right"
     if isinstance(attn_mask, CausalBias):
@@ -102,9 +108,11 @@ def naive_attention(
     if sinks is not None:
         sink_column = sinks.to(scores.dtype)[None, :, None, None].expand(*scores.shape[:3], 1)
         probs = torch.softmax(torch.cat([scores, sink_column], dim=-1), dim=-1)[..., :-1]
-        return probs @ v
-    scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # no softmax of all -inf
-    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    else:
+        scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # no softmax of -infs
+        probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+    if keep is not None:
+        probs = probs * keep.to(probs.dtype) / (1.0 - dropout_p)
     return probs @ v
 
 
@@ -229,6 +237,20 @@ def report_largest_errors():
             print(f"  {str(dtype):15s} {name:3s} {max(errs):.3g}")
 
 
+def kernel_input_pointers(monkeypatch) -> list[int]:
+    """The data pointers of the q, k, v that each flash_attention forward launch gets (the list
+    fills as the kernel runs): the caller's, when nothing is copied."""
+    function = importlib.import_module("kernels.flash_attention.function")
+    seen, launch_forward = [], function.launch_forward
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.extend(t.data_ptr() for t in (q, k, v))
+        return launch_forward(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(function, "launch_forward", spy)
+    return seen
+
+
 # ----------------------------------------------------------------------------- FlashAttention-2
 
 
@@ -236,19 +258,14 @@ def fa2_reference(
     q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
     softcap=0.0, alibi_slopes=None, keep=None,
 ):  # fmt: skip
-    """FlashAttention-2's ``flash_attn_func`` computed naively in q's dtype: q (b, n_q, h, d),
-    k and v (b, n_k, h_k, d|d_v), h_k dividing h; out (b, n_q, h, d_v); causality, the window
-    and ALiBi anchored bottom-right. ``keep``: with dropout, the (b, h, n_q, n_k) keep-mask
-    (the probabilities of the kept pairs are divided by 1 - dropout_p, the others dropped)."""
+    """FlashAttention-2's ``flash_attn_func`` computed naively in q's dtype
+    (:func:`naive_attention` on (b, h, n, d) views): q (b, n_q, h, d), k and v (b, n_k, h_k,
+    d|d_v), h_k dividing h; out (b, n_q, h, d_v); causality, the window and ALiBi anchored
+    bottom-right. ``keep``: with dropout, the (b, h, n_q, n_k) keep-mask."""
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
-    scale = query.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-    key, value = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (key, value))
-    scores, allowed = masked_scores(
-        query, key, None, causal, scale, bottom_right=True, window=tuple(window_size),
-        softcap=softcap, alibi_slopes=alibi_slopes,
+    out = naive_attention(
+        query, key, value, is_causal=causal, scale=softmax_scale, enable_gqa=True,
+        window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+        alignment="bottom_right", dropout_p=dropout_p, keep=keep,
     )  # fmt: skip
-    scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
-    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
-    if keep is not None:
-        probs = probs * keep / (1.0 - dropout_p)
-    return (probs @ value).transpose(1, 2)
+    return out.transpose(1, 2)

@@ -7,8 +7,6 @@ launches happen inside the test, on ``kernel_device``, where the tests' set-up s
 (docs/testing.md). Nothing here times anything.
 """
 
-import os
-
 import pytest
 import torch
 
@@ -45,7 +43,7 @@ def test_peak_live_bytes_ignores_frees_of_blocks_allocated_before():
 
 
 @pytest.fixture
-def in_process(monkeypatch):
+def in_process(monkeypatch, restores_process_state):
     """The benchmark's points measured in this process (no child, no memory cap), and what its
     main() sets for the process (threads, TRITON_INTERPRET on the CPU) put back afterwards."""
 
@@ -53,13 +51,6 @@ def in_process(monkeypatch):
         return attention_measure.measure_point(spec)
 
     monkeypatch.setattr(attention_sweep, "run_phase", run_phase)
-    threads, interpret = torch.get_num_threads(), os.environ.get("TRITON_INTERPRET")
-    yield
-    torch.set_num_threads(threads)
-    if interpret is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = interpret
 
 
 def test_kernel_memory_line_is_present_labelled_and_linear_while_naive_is_quadratic(

@@ -5,8 +5,8 @@ line count), over the whole project (``transformer/``, ``kernels/``, ``benchmark
 * the model library (the modules directly in ``transformer/``) imports nothing from the
   translation application (``transformer.translation``) built on it;
 * no import circles anywhere, not even through an ``if TYPE_CHECKING:`` import;
-* no shipped module imports another package's ``_private`` names (what two kernels share lives in
-  ``kernels/common/``, not inside one of them);
+* no shipped module imports another package's ``_private`` names, nor reaches them as a module's
+  attribute (what two kernels share lives in ``kernels/common/``, not inside one of them);
 * no function is over ~80 lines (a screen or two);
 * ``docs/architecture.md`` names every module of the tree and nothing that does not exist.
 """
@@ -209,22 +209,59 @@ def test_no_import_circles_in_the_project():
     assert not gone, f"no longer circles: remove from KNOWN_CIRCLES: {gone}"
 
 
-def private_imports(source: str, module: str, is_package: bool) -> list[str]:
+def private_imports(
+    source: str, module: str, is_package: bool, modules: frozenset[str] = frozenset()
+) -> list[str]:
     """``from X import _name`` where X is outside the importer's own package (its folder):
-    reaching into another package's private names. Dunder names are not private."""
+    reaching into another package's private names; and ``m._name`` where ``m`` names one of the
+    project's ``modules`` outside it (``from X import m``, ``import X.m as m`` or
+    ``m = importlib.import_module("X.m")``), the same reach by attribute. Dunder names are not
+    private."""
     own = module if is_package else module.rpartition(".")[0]
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        origin = import_origin(node, module, is_package)
-        inside = bool(own) and (origin == own or origin.startswith(own + "."))
-        found += [
-            f"{origin}.{alias.name}"
-            for alias in node.names
-            if alias.name.startswith("_") and not alias.name.startswith("__") and not inside
-        ]
+
+    def outside(origin: str) -> bool:
+        return not (own and (origin == own or origin.startswith(own + ".")))
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not name.startswith("__")
+
+    found, module_names = [], {}
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            origin = import_origin(node, module, is_package)
+            for alias in node.names:
+                if private(alias.name) and outside(origin):
+                    found.append(f"{origin}.{alias.name}")
+                if f"{origin}.{alias.name}" in modules:
+                    module_names[alias.asname or alias.name] = f"{origin}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in modules:
+                    module_names[alias.asname] = alias.name
+        elif isinstance(node, ast.Assign) and (name := imported_by_name(node)) in modules:
+            module_names.update({t.id: name for t in node.targets if isinstance(t, ast.Name)})
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in module_names
+            and private(node.attr)
+            and outside(module_names[node.value.id])
+        ):
+            found.append(f"{module_names[node.value.id]}.{node.attr}")
     return found
+
+
+def imported_by_name(node: ast.Assign) -> str | None:
+    """The module of ``m = importlib.import_module("a.b")``, else None."""
+    call = node.value
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+        return None
+    if call.func.attr != "import_module" or not call.args:
+        return None
+    arg = call.args[0]
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
 
 
 def test_the_private_import_check_tells_packages_apart():
@@ -237,12 +274,35 @@ def test_the_private_import_check_tells_packages_apart():
     assert private_imports(own, "kernels.additive_attention", True) == []
 
 
+def test_the_private_import_check_sees_a_private_name_reached_by_attribute():
+    modules = frozenset({"kernels.flash_attention.launcher", "kernels.common.runtime"})
+    by_attribute = (
+        "from kernels.flash_attention import launcher\n"
+        "import kernels.common.runtime as rt\n"
+        "checks = importlib.import_module('kernels.flash_attention.checks')\n"
+        "launcher._forward(q)\nrt._hook\nlauncher.launch_forward(q)\nlauncher.__name__\n"
+        "checks._check_inputs(q)\n"
+    )
+    modules |= {"kernels.flash_attention.checks"}
+    assert sorted(private_imports(by_attribute, "benchmarks.varlen_benchmark", False, modules)) == [
+        "kernels.common.runtime._hook",
+        "kernels.flash_attention.checks._check_inputs",
+        "kernels.flash_attention.launcher._forward",
+    ]
+    assert private_imports(by_attribute, "kernels.flash_attention.function", False, modules) == [
+        "kernels.common.runtime._hook"
+    ]
+
+
 def test_no_shipped_module_imports_another_packages_private_names():
     shipped = [path for path in project_files() if path.relative_to(ROOT).parts[0] != "tests"]
+    modules = frozenset(project_module(path) for path in project_files())
     found = {
         f"{project_module(path)}: {name}"
         for path in shipped
-        for name in private_imports(path.read_text(), project_module(path), path.stem == "__init__")
+        for name in private_imports(
+            path.read_text(), project_module(path), path.stem == "__init__", modules
+        )
     }
     new = sorted(found - KNOWN_PRIVATE_IMPORTS)
     assert not new, f"imports of another package's private names (give them a shared home): {new}"

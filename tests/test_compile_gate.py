@@ -216,15 +216,14 @@ def test_the_ci_subset_compiles_each_score_option_and_the_capture_passes_it_on()
 def test_the_ci_subset_compiles_packed_sequences_in_every_pass():
     """Each varlen case's captured launches (meta tensors, nothing runs) take VARLEN in the
     forward and both backward passes, with the longest sequence's blocks on grid axis 1."""
-    from kernels.common import runtime
+    from kernels.common import warm
     from kernels.compile_gate.capture import WORKLOADS
 
     _, first = compile_gate.ci_cases()
     cases = [c for c in first if "varlen" in c.masking]
     assert cases
     for case in cases:
-        launches = []
-        with runtime.hooked(runtime.Hook(launches.append, arch=90, configs="first")):
+        with warm.recording("first", arch=90) as launches:
             WORKLOADS[case.workload](case)
         packed = {launch.kernel.__name__ for launch in launches if launch.meta.get("VARLEN")}
         assert packed == {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"}, case.label()

@@ -14,11 +14,12 @@ from flash_reference import (
     DTYPES,
     assert_close_as_flash_attention_does,
     fa2_reference,
+    kernel_input_pointers,
     random_inputs,
     report_largest_errors,  # noqa: F401 (autouse: -s prints the largest errors)
 )
 
-from kernels.flash_attention import dropout_keep_mask, flash_attn_func, function
+from kernels.flash_attention import dropout_keep_mask, flash_attn_func
 from kernels.flash_attention.dropout import draw_seed_offset
 
 pytestmark = pytest.mark.usefixtures("kernel_device")
@@ -77,14 +78,7 @@ def test_flash_attn_func_runs_code_written_for_flash_attn_unchanged():
 
 def test_flash_attn_func_reads_the_callers_tensors_without_copying(monkeypatch):
     """The kernel gets (b, h, n, d) views of the caller's (b, n, h, d) storage."""
-    seen = []
-    forward = function._forward
-
-    def spy(q, k, v, *args, **kwargs):
-        seen.extend(t.data_ptr() for t in (q, k, v))
-        return forward(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(function, "_forward", spy)
+    seen = kernel_input_pointers(monkeypatch)
     q, k, v, _ = fa2_inputs(1, 2, 5, 6, 16, torch.float32)
     flash_attn_func(q, k, v)
     assert seen == [q.data_ptr(), k.data_ptr(), v.data_ptr()]

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from flash_reference import FLOOR_F32, masked_scores, max_err, output_and_grads
+from flash_reference import FLOOR_F32, max_err, naive_attention, output_and_grads
 
 from kernels import flash_attention
 from kernels.common import runtime
@@ -34,20 +34,6 @@ def random_inputs(device, shape_q, shape_kv, dtype, seed=0):
     return q, k, v, dout
 
 
-def dropped_attention(
-    q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, keep, dropout_p
-):  # fmt: skip
-    """SDPA's math with a given keep-mask: softmax(scores) * keep / (1 - p) @ v, in q's dtype
-    (a query that sees no key gets zeros; k, v repeated for grouped-query attention)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if enable_gqa:
-        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-    scores, allowed = masked_scores(q, k, attn_mask, is_causal, scale)
-    scores = scores.masked_fill(~allowed.any(-1, keepdim=True), 0.0)
-    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
-    return (probs * keep.to(probs.dtype) / (1.0 - dropout_p)) @ v
-
-
 def next_call_keep_mask(rng_seed, q, k, dropout_p):
     """torch.manual_seed(rng_seed), then the keep-mask the next flash_attention call on q, k
     with this dropout_p uses (the call draws its seed and offset with one torch.randint)."""
@@ -60,11 +46,11 @@ def next_call_keep_mask(rng_seed, q, k, dropout_p):
 
 
 def assert_dropout_within_2x_naive_error(q, k, v, dout, dropout_p, rng_seed=0, **kwargs):
-    """flash_attention with dropout vs dropped_attention fed its keep-mask: out, dq, dk, dv
+    """flash_attention with dropout vs naive_attention fed its keep-mask: out, dq, dk, dv
     (and a float mask's gradient) within 2 x the same-dtype naive error of float64 + floor."""
     dtype = q.dtype
     keep = next_call_keep_mask(rng_seed, q, k, dropout_p)
-    reference = functools.partial(dropped_attention, keep=keep, dropout_p=dropout_p)
+    reference = functools.partial(naive_attention, keep=keep, dropout_p=dropout_p)
     exact = output_and_grads(reference, q, k, v, dout, torch.float64, **kwargs)
     naive = output_and_grads(reference, q, k, v, dout, dtype, **kwargs)
     torch.manual_seed(rng_seed)
@@ -139,7 +125,7 @@ def test_backward_regenerates_the_forwards_mask_whatever_the_generator_did_since
     torch.rand(10)
     out.backward(dout)
     exact = [t.double().requires_grad_() for t in (q, k, v)]
-    dropped_attention(*exact, keep=keep, dropout_p=0.5).backward(dout.double())
+    naive_attention(*exact, keep=keep, dropout_p=0.5).backward(dout.double())
     for ours, ref in zip(leaves, exact, strict=True):
         assert max_err(ours.grad, ref.grad) < 1e-5
 

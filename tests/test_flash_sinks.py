@@ -15,6 +15,7 @@ from flash_reference import (
     assert_close_as_flash_attention_does,
     masked_scores,
     max_err,
+    naive_attention,
     random_inputs,
     random_key_mask,
     random_mask,
@@ -106,11 +107,7 @@ def test_sinks_with_dropout_match_a_reference_with_the_kernels_keep_mask():
         return [t.double() for t in (out, *(x.grad for x in leaves), sinks.grad)]
 
     def reference(q, k, v, sinks):
-        k, v = (t.repeat_interleave(2, dim=1) for t in (k, v))
-        scores = (q @ k.transpose(-2, -1)) * 16**-0.5
-        column = sinks[None, :, None, None].expand(1, 4, 37, 1)
-        probs = torch.softmax(torch.cat([scores, column], -1), -1)[..., :-1]
-        return (probs * keep / (1 - p)) @ v
+        return naive_attention(q, k, v, enable_gqa=True, sinks=sinks, dropout_p=p, keep=keep)
 
     def ours(q, k, v, sinks):
         return flash_attention(q, k, v, dropout_p=p, sinks=sinks, enable_gqa=True)

@@ -14,6 +14,7 @@ from flash_reference import (
     DEVICE,
     assert_close_as_flash_attention_does,
     fa2_reference,
+    kernel_input_pointers,
     report_largest_errors,  # noqa: F401 (autouse: -s prints the largest errors)
 )
 
@@ -209,14 +210,7 @@ def test_each_pass_is_one_launch_over_sequences_heads_and_the_longest_sequences_
 
 
 def test_packed_sequences_are_read_in_place(monkeypatch):
-    seen = []
-    forward = function._forward
-
-    def spy(q, k, v, *args, **kwargs):
-        seen.extend(t.data_ptr() for t in (q, k, v))
-        return forward(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(function, "_forward", spy)
+    seen = kernel_input_pointers(monkeypatch)
     (q, k, v, _), cu = packed_inputs([3, 4], [5, 6], 2, 2, 16, torch.float32)
     flash_attn_varlen_func(q, k, v, **cu)
     assert seen == [q.data_ptr(), k.data_ptr(), v.data_ptr()]

@@ -51,6 +51,17 @@ def spread_sinks(model):
             p.copy_(torch.linspace(-1.5, 1.5, p.numel()))
 
 
+def logits_at_tokens(ids, mask):
+    """run(model) for assert_same_loss_and_gradients: the logits at the tokens that are not
+    padding, and a loss of them."""
+
+    def run(model):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return logits[mask.bool()], (logits[mask.bool()] ** 2).mean()
+
+    return run
+
+
 def logits_everywhere(ids, **inputs):
     def run(model):
         logits = model(input_ids=ids, use_cache=False, **inputs).logits
@@ -93,12 +104,7 @@ def test_gemma2_softcap_and_alternating_sliding_window_match_eager(kernel_device
         transformers.Gemma2ForCausalLM, config, kernel_device, "eager", sharpen_attention
     )
     ids, mask = padded_batch([13, 10], kernel_device, seed=15)
-
-    def run(model):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return logits[mask.bool()], (logits[mask.bool()] ** 2).mean()
-
-    assert_same_loss_and_gradients(ours, eager, run)
+    assert_same_loss_and_gradients(ours, eager, logits_at_tokens(ids, mask))
 
 
 def test_qwen2_sliding_window_shorter_than_the_sequence_matches_eager(kernel_device):
@@ -110,12 +116,7 @@ def test_qwen2_sliding_window_shorter_than_the_sequence_matches_eager(kernel_dev
         transformers.Qwen2ForCausalLM, config, kernel_device, "eager", sharpen_attention
     )
     ids, mask = padded_batch([13, 9], kernel_device, seed=11)
-
-    def run(model):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return logits[mask.bool()], (logits[mask.bool()] ** 2).mean()
-
-    assert_same_loss_and_gradients(ours, eager, run)
+    assert_same_loss_and_gradients(ours, eager, logits_at_tokens(ids, mask))
 
 
 def test_gpt_oss_sinks_and_sliding_window_match_eager_with_the_sinks_gradient(kernel_device):

@@ -91,9 +91,11 @@ def launches():
 
 def flash_forward_and_backward(q, k, v, mask):
     causal, scale = False, q.shape[-1] ** -0.5
-    out, lse = fa._forward(q, k, v, mask, causal, scale)
+    out, lse = fa.launch_forward(q, k, v, mask, causal, scale)
     mask_grad = mask is not None and mask.is_floating_point()
-    fa._backward(q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad)
+    fa.launch_backward(
+        q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad
+    )
 
 
 FLASH_KERNELS = {"_attn_fwd", "attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq"}
@@ -127,8 +129,8 @@ def test_bnhd_views_past_int32_launch_both_kernels_with_int64_offsets(launches):
     assert q.shape == (1, heads, n, 32) and needs_int64_offsets(q)
     flash_forward_and_backward(q, k, v, None)
     w = meta(heads, 32, dtype=torch.float32)
-    out, lse = aa._forward(q, k, w, v, None, True, 32, 32)
-    aa._backward(q, k, w, v, None, True, 32, 32, out, lse, torch.empty_like(out), None)
+    out, lse = aa.launch_forward(q, k, w, v, None, True, 32, 32)
+    aa.launch_backward(q, k, w, v, None, True, 32, 32, out, lse, torch.empty_like(out), None)
     additive = {"_additive_fwd", "_additive_bwd_dq", "_additive_bwd_dkdv"}
     assert {name for name, _ in launches} == FLASH_KERNELS | additive
     assert all(large for _, large in launches), launches

@@ -25,6 +25,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def pick_kernel_device(name: str) -> torch.device:
+    """:func:`pick_device` for a script that runs the Triton kernels: on the CPU they run under
+    Triton's interpreter, which is chosen when triton is first imported (so before that)."""
+    device = pick_device(name)
+    if device.type != "cuda":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return device
+
+
 def _package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)

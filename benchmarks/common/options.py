@@ -39,22 +39,33 @@ def add_cpu_and_output_arguments(
     add_output_arguments(parser, stem)
 
 
-def add_output_arguments(parser: argparse.ArgumentParser, stem: str) -> None:
-    """Where the results go (--out-dir, --tag), and --replot."""
+def add_output_arguments(
+    parser: argparse.ArgumentParser,
+    stem: str,
+    per_device: bool = True,
+) -> None:
+    """Where the results go (--out-dir, --tag), and --replot. The files' stem: ``stem`` followed
+    by the device kind (``per_device``), or ``stem`` itself (results the same on any device)."""
     parser.add_argument(
         "--out-dir",
         type=Path,
         default=RESULTS_DIR,
-        help="directory for the results' JSON, PNG and markdown",
+        help="directory for the results: JSON, and the PNG (and markdown) drawn from it",
     )
     parser.add_argument(
         "--replot",
         type=Path,
         default=None,
         metavar="JSON",
-        help="measure nothing: redraw the PNG and markdown of a results file (e.g. one from a GPU)",
+        help="measure nothing: draw the PNG (and markdown) again from a results file (e.g. "
+        "one from a GPU)",
     )
-    parser.add_argument("--tag", default=None, help=f"file name stem; default {stem}_<device kind>")
+    if per_device:
+        parser.add_argument(
+            "--tag", default=None, help=f"file name stem; default {stem}_<device kind>"
+        )
+    else:
+        parser.add_argument("--tag", default=stem, help="file name stem")
 
 
 def doubling(start: int, stop: int) -> list[int]:

@@ -22,6 +22,12 @@ STATUS_LABELS = {
 }
 
 
+def settings_of(args) -> dict:
+    """A run's command-line settings as its results file keeps them: paths as strings, and
+    without --tag (it names the file)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"}
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

@@ -3,7 +3,7 @@
 import torch
 import triton
 
-from kernels.common.checks import check_runnable, key_mask_strides
+from kernels.common.checks import check_rank, check_runnable, key_mask_strides
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 CALLER = "additive_attention"  # how errors name this kernel
@@ -11,24 +11,12 @@ MAX_VALUE_DIM = 128
 MAX_FEATURES = 128
 
 
-def _check_inputs(query_features, key_features, score_weight, v, attn_mask):
+def check_inputs(query_features, key_features, score_weight, v, attn_mask):
     """Validate everything before a launch; returns (BLOCK_A, BLOCK_E), the paddings."""
-    named = (
-        ("query_features", query_features, 4, "(batch, heads, len_q, a)"),
-        ("key_features", key_features, 4, "(batch, heads, len_k, a)"),
-        ("score_weight", score_weight, 2, "(heads, a)"),
-        ("v", v, 4, "(batch, heads, len_k, value_dim)"),
-    )
-    for name, t, rank, layout in named:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"additive_attention: {name} must be a torch.Tensor, got {type(t).__name__}"
-            )
-        if t.dim() != rank:
-            raise ValueError(
-                f"additive_attention: {name} must have rank {rank} {layout}, "
-                f"got shape {tuple(t.shape)}"
-            )
+    check_rank(CALLER, 4, "(batch, heads, len_q, a)", query_features=query_features)
+    check_rank(CALLER, 4, "(batch, heads, len_k, a)", key_features=key_features)
+    check_rank(CALLER, 2, "(heads, a)", score_weight=score_weight)
+    check_rank(CALLER, 4, "(batch, heads, len_k, value_dim)", v=v)
     qf, kf, w = query_features, key_features, score_weight
     if not (qf.dtype == kf.dtype == v.dtype):
         raise TypeError(

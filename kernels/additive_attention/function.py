@@ -3,19 +3,19 @@
 import torch
 
 from kernels import ops
-from kernels.additive_attention.checks import _blocks, _check_inputs
-from kernels.additive_attention.launcher import _backward, _forward
+from kernels.additive_attention.checks import _blocks, check_inputs
+from kernels.additive_attention.launcher import launch_backward, launch_forward
 from kernels.common.checks import check_flag
 
 
 def _fake_forward(qf, kf, w, v, attn_mask, is_causal):
-    """What _forward returns, as empty tensors: out (b, h, len_q, value_dim), lse (b, h, len_q)."""
+    """What launch_forward returns, as empty tensors: out (b, h, len_q, value_dim), lse (b, h, len_q)."""
     out = v.new_empty((*qf.shape[:3], v.shape[3]))
     return out, qf.new_empty(qf.shape[:3], dtype=torch.float32)
 
 
 def _fake_backward(qf, kf, w, v, attn_mask, is_causal, out, lse, dout, dlse):
-    """What _backward returns, as empty tensors: contiguous dqf, dkf, dw, dv."""
+    """What launch_backward returns, as empty tensors: contiguous dqf, dkf, dw, dv."""
     return (
         qf.new_empty(qf.shape),
         kf.new_empty(kf.shape),
@@ -31,7 +31,9 @@ def _backward_op(
     dout: torch.Tensor, dlse: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     block_a, block_e = _blocks(qf, v)
-    return _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse)
+    return launch_backward(
+        qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse
+    )
 
 
 # The one autograd definition (kernels.ops): gradients of the features, the score vector and
@@ -43,7 +45,7 @@ def _forward_op(
     qf: torch.Tensor, kf: torch.Tensor, w: torch.Tensor, v: torch.Tensor,
     attn_mask: torch.Tensor | None, is_causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    return _forward(qf, kf, w, v, attn_mask, is_causal, *_blocks(qf, v))
+    return launch_forward(qf, kf, w, v, attn_mask, is_causal, *_blocks(qf, v))
 
 
 def additive_attention(
@@ -80,7 +82,7 @@ def additive_attention(
         TypeError / ValueError: on a bad input, naming it, before anything is launched.
         RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
     """
-    _check_inputs(query_features, key_features, score_weight, v, attn_mask)
+    check_inputs(query_features, key_features, score_weight, v, attn_mask)
     out, lse = _forward_op(
         query_features, key_features, score_weight, v, attn_mask, check_flag(is_causal, "is_causal")
     )

@@ -42,7 +42,7 @@ def _meta(attn_mask, is_causal, block_e, dtype):
     )
 
 
-def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
+def launch_forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     b, h, len_q, _ = qf.shape
     len_k, value_dim = v.shape[2], v.shape[3]
     out = runtime.empty((b, h, len_q, value_dim), v.dtype, v.device)
@@ -59,7 +59,7 @@ def _forward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e):
     return out, lse
 
 
-def _backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse):
+def launch_backward(qf, kf, w, v, attn_mask, is_causal, block_a, block_e, out, lse, dout, dlse):
     b, h, len_q, a = qf.shape
     len_k, value_dim = v.shape[2], v.shape[3]
     mask, mask_strides = kernel_key_mask(attn_mask, qf, kf, CALLER)

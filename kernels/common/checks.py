@@ -1,5 +1,6 @@
-"""Input checks both kernels make before anything is launched: a device the kernels can run on,
-and key masks (the additive kernel reads only those; the flash kernel reads any mask)."""
+"""Input checks both kernels make before anything is launched: tensors of the right rank, a
+device the kernels can run on, and key masks (the additive kernel reads only those; the flash
+kernel reads any mask)."""
 
 import torch
 
@@ -14,6 +15,18 @@ def check_flag(value, name: str) -> bool:
     if isinstance(value, bool | torch.SymBool) or is_int or is_numpy_bool:
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+
+
+def check_rank(caller: str, rank: int, layout: str, **tensors) -> None:
+    """Each of ``tensors`` (by argument name) a torch.Tensor of ``rank`` dimensions, or an error
+    naming ``caller``, the argument and the ``layout`` it should have ("(batch, heads, ...)")."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{caller}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != rank:
+            raise ValueError(
+                f"{caller}: {name} must have rank {rank} {layout}, got shape {tuple(t.shape)}"
+            )
 
 
 def check_runnable(device: torch.device, caller: str) -> None:

@@ -32,14 +32,14 @@ def _flash_workload(case: Case) -> None:
     mask = _flash_mask(case, dtype)
     causal, scale = "causal" in case.masking, case.head_dim**-0.5
     dropout = Dropout(*GATE_DROPOUT) if "dropout" in case.masking else NO_DROPOUT
-    checks._check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
+    checks.check_inputs(q, k, v, mask, scale, enable_gqa=case.kv_heads != case.heads)
     options = _flash_options(case)
     packed = _flash_packed(case) if "varlen" in case.masking else None
     if packed is not None:  # the same tensors packed: (batch * len, heads, d)
         q, k, v = (t.transpose(1, 2).reshape(-1, *t.shape[1::2]) for t in (q, k, v))
-    out, lse = fa._forward(q, k, v, mask, causal, scale, dropout, options, packed)
+    out, lse = fa.launch_forward(q, k, v, mask, causal, scale, dropout, options, packed)
     mask_grad = mask is not None and mask.is_floating_point()
-    fa._backward(
+    fa.launch_backward(
         q, k, v, mask, causal, scale, out, lse, torch.empty_like(out), None, mask_grad, dropout,
         options, packed,
     )  # fmt: skip
@@ -114,9 +114,9 @@ def _additive_workload(case: Case) -> None:
     if "key_mask" in case.masking:
         mask = torch.empty(case.batch, 1, 1, case.len_k, device="meta", dtype=torch.bool)
     causal = "causal" in case.masking
-    block_a, block_e = checks._check_inputs(qf, kf, w, v, mask)
-    out, lse = aa._forward(qf, kf, w, v, mask, causal, block_a, block_e)
-    aa._backward(
+    block_a, block_e = checks.check_inputs(qf, kf, w, v, mask)
+    out, lse = aa.launch_forward(qf, kf, w, v, mask, causal, block_a, block_e)
+    aa.launch_backward(
         qf, kf, w, v, mask, causal, block_a, block_e, out, lse, torch.empty_like(out), None
     )
 

@@ -6,25 +6,16 @@ import numbers
 import torch
 import triton
 
-from kernels.common.checks import check_runnable
+from kernels.common.checks import check_rank, check_runnable
 
 MAX_HEAD_DIM = 256  # FlashAttention-2's limit; q/k's and v's head dims each
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REALS = (numbers.Real, torch.SymFloat, torch.SymInt)  # a float, int or NumPy number; traced
 
 
-def _check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
+def check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
     """Validate everything before a launch (raises on the first problem found)."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"flash_attention: {name} must be a torch.Tensor, got {type(t).__name__}"
-            )
-        if t.dim() != 4:
-            raise ValueError(
-                f"flash_attention: {name} must have rank 4 (batch, heads, len, head_dim), "
-                f"got shape {tuple(t.shape)}"
-            )
+    check_rank("flash_attention", 4, "(batch, heads, len, head_dim)", q=q, k=k, v=v)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(
             f"flash_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"

@@ -32,26 +32,12 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
 
 import math
 
-import torch
-
-from kernels.common.checks import check_flag
-from kernels.flash_attention.checks import _check_inputs
+from kernels.common.checks import check_flag, check_rank
+from kernels.flash_attention.checks import check_inputs
 from kernels.flash_attention.dropout import check_dropout_p, draw_seed_offset
 from kernels.flash_attention.function import _forward_op, flash_attention
 from kernels.flash_attention.options import score_options
 from kernels.flash_attention.varlen import Packed, check_packed, rows_view
-
-
-def _check_layout(name, tensors):
-    """Each of ``tensors`` a rank-4 (batch, seqlen, heads, head_dim) tensor, or a clear error."""
-    for arg, t in zip(("q", "k", "v"), tensors, strict=True):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"{name}: {arg} must have rank 4 (batch, seqlen, heads, head_dim), "
-                f"got shape {tuple(t.shape)}"
-            )
 
 
 def flash_attn_func(
@@ -87,7 +73,7 @@ def flash_attn_func(
         seqlen_q) float32, the natural-log log-sum-exp of each row's scaled scores (-inf for a
         row that sees no key). Gradients flow to q, k and v (and through softmax_lse).
     """
-    _check_layout("flash_attn_func", (q, k, v))
+    check_rank("flash_attn_func", 4, "(batch, seqlen, heads, head_dim)", q=q, k=k, v=v)
     # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
     out, lse = flash_attention(
@@ -139,7 +125,7 @@ def flash_attn_varlen_func(
     name = "flash_attn_varlen_func"
     check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
     dropout_p = check_dropout_p(dropout_p)
-    _check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
+    check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
     packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
     causal, options = score_options(
         packed.view(q), packed.view(k), None, check_flag(causal, "causal"), "bottom_right",

@@ -7,9 +7,9 @@ from torch.nn.attention.bias import CausalBias
 
 from kernels import ops
 from kernels.common.checks import check_flag
-from kernels.flash_attention.checks import _check_inputs
+from kernels.flash_attention.checks import check_inputs
 from kernels.flash_attention.dropout import Dropout, check_dropout_p, draw_seed_offset
-from kernels.flash_attention.launcher import _backward, _forward, output_buffer
+from kernels.flash_attention.launcher import launch_backward, launch_forward, output_buffer
 from kernels.flash_attention.options import ScoreOptions, score_options
 from kernels.flash_attention.varlen import Packed
 
@@ -31,7 +31,7 @@ def _fake_forward(
     bottom_right=False, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None,
     sinks=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
 ):  # fmt: skip
-    """What _forward returns, as empty tensors: out (b, h, len_q, d_v) laid out as
+    """What launch_forward returns, as empty tensors: out (b, h, len_q, d_v) laid out as
     launcher.output_buffer lays it out, lse (b, h, len_q); packed: out (total_q, h, d_v)
     contiguous, lse (h, total_q)."""
     if cu_seqlens_q is not None:
@@ -47,7 +47,7 @@ def _fake_backward(
     softcap=0.0, alibi_slopes=None, sinks=None,
     cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0,
 ):  # fmt: skip
-    """What _backward returns, as empty tensors: contiguous dq, dk, dv, dmask (the mask's
+    """What launch_backward returns, as empty tensors: contiguous dq, dk, dv, dmask (the mask's
     shape with mask_grad, else empty) and dsinks (the sinks' shape, else empty); packed: dq,
     dk, dv (total, h, d) views of contiguous (h, total, d) buffers."""
     dmask = q.new_empty(0)
@@ -77,7 +77,7 @@ def _backward_op(
     dropout = Dropout(dropout_p, seed, offset)
     options = _options(bottom_right, window_left, window_right, softcap, alibi_slopes, sinks)
     packed = _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    return _backward(
+    return launch_backward(
         q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout, options,
         packed,
     )  # fmt: skip
@@ -123,7 +123,7 @@ def _forward_op(
     dropout = Dropout(dropout_p, seed, offset)
     options = _options(bottom_right, window_left, window_right, softcap, alibi_slopes, sinks)
     packed = _packed(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    return _forward(q, k, v, attn_mask, is_causal, scale, dropout, options, packed)
+    return launch_forward(q, k, v, attn_mask, is_causal, scale, dropout, options, packed)
 
 
 def flash_attention(
@@ -194,7 +194,7 @@ def flash_attention(
     is_causal = check_flag(is_causal, "is_causal")
     causal_bias = attn_mask if isinstance(attn_mask, CausalBias) else None
     attn_mask = None if causal_bias is not None else attn_mask
-    _check_inputs(q, k, v, attn_mask, scale, enable_gqa)
+    check_inputs(q, k, v, attn_mask, scale, enable_gqa)
     is_causal, options = score_options(
         q, k, causal_bias, is_causal, alignment, window_size, softcap, alibi_slopes, sinks
     )

@@ -98,7 +98,7 @@ def _score_args(q, k, is_causal, options):
     return args, meta
 
 
-def _forward(
+def launch_forward(
     q, k, v, attn_mask, is_causal, scale, dropout=NO_DROPOUT, options=PLAIN, packed=None
 ):  # fmt: skip
     """(out, lse): out (b, h, len_q, d_v) (:func:`output_buffer`), lse (b, h, len_q); with
@@ -125,7 +125,7 @@ def _forward(
     return (out, lse) if packed is None else (packed_out, lse)
 
 
-def _backward(
+def launch_backward(
     q, k, v, attn_mask, is_causal, scale, out, lse, dout, dlse, mask_grad, dropout=NO_DROPOUT,
     options=PLAIN, packed=None,
 ):  # fmt: skip

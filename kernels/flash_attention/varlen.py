@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from kernels.common import runtime
+from kernels.common.checks import check_rank
 
 
 class Packed(NamedTuple):
@@ -49,14 +50,7 @@ def check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     or a clear error naming the argument. The values of cu_seqlens are read (a device
     synchronisation on a GPU) except while torch.compile traces and while a CUDA graph is
     captured, where reading them back would break the graph or fail the capture."""
-    for arg, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 3:
-            raise ValueError(
-                f"{name}: {arg} must have rank 3 (total_tokens, heads, head_dim), "
-                f"got shape {tuple(t.shape)}"
-            )
+    check_rank(name, 3, "(total_tokens, heads, head_dim)", q=q, k=k, v=v)
     for arg, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(cu, torch.Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(cu).__name__}")
