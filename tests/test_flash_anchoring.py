@@ -21,6 +21,7 @@ from flash_reference import (
 from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 
 from kernels import flash_attention
+from kernels.common import warm
 from transformer.attention import attend
 
 pytestmark = pytest.mark.usefixtures("kernel_device")
@@ -91,3 +92,22 @@ def test_bad_causal_arguments_are_refused_naming_them(kwargs, error, words):
     q, k, v, _ = random_inputs(1, 1, 7, 9, 16, torch.float32)
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         flash_attention(q, k, v, **kwargs)
+
+
+def test_an_anchor_nothing_reads_compiles_no_kernel_of_its_own():
+    """Without causality, a window or ALiBi the anchor is unread: a bottom-right call then
+    launches the same kernel (one compile job) at any key-minus-query length, so the training
+    warm-up, which compiles by length classes, covers decoding's cross-attention at every
+    source length. With causality the shift is read, and its value class picks the kernel."""
+
+    def jobs(len_k, **kwargs):
+        q, k, v, _ = random_inputs(1, 2, 1, len_k, 16, torch.float32)
+        with warm.recording("first") as launches:
+            flash_attention(q, k, v, alignment="bottom_right", **kwargs)
+        return set(warm.compile_jobs(launches))
+
+    # len_k - 1 is 1, a multiple of 16, or neither: three classes of Triton's int specialisation
+    unread = [jobs(len_k) for len_k in (2, 17, 20)]
+    assert unread[0] == unread[1] == unread[2]
+    read = [jobs(len_k, is_causal=True) for len_k in (2, 17, 20)]
+    assert len(set.union(*read)) == 3

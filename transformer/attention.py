@@ -26,6 +26,7 @@ from einops.layers.torch import EinMix, Rearrange
 from torch import nn
 
 from .config import BACKENDS, ModelConfig
+from .kernel_package import kernel_function
 from .masks import check_attn_mask, combine_masks, is_key_only_mask, key_padding_to_attn_mask
 
 
@@ -141,7 +142,7 @@ def _sdpa(q, k, v, attn_mask, is_causal, scale, dropout_p):
 
 
 def _triton(q, k, v, attn_mask, is_causal, scale, dropout_p):
-    from kernels import flash_attention
+    flash_attention = kernel_function("flash_attention")
 
     # The kernel reads any mask broadcastable to (b, h, i, j) as SDPA does, in place, and
     # drops probabilities as SDPA does, with its own random numbers (seeded from torch's).
@@ -261,7 +262,7 @@ class AdditiveScore(nn.Module):
                 "backend 'triton' takes key masks only, shaped (batch, 1, 1, len_k); got "
                 f"attn_mask of shape {tuple(attn_mask.shape)}. Pass causality with is_causal=True."
             )
-        from kernels import additive_attention
+        additive_attention = kernel_function("additive_attention")
 
         # Under autocast the features come out of the matmuls in 16 bits but the key bias
         # promotes its sum to float32: the kernel takes one dtype, v's.

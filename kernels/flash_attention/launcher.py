@@ -77,15 +77,20 @@ def _score_args(q, k, is_causal, options):
     """(the kernels' score arguments, their constexprs): the anchor shift and the window's
     edges (causality is right = 0; -1 where unbounded), the softcap in log2 units (0: off),
     the ALiBi slopes with their (batch, head) strides, the sinks (float32). Every pass takes
-    them; the sinks only the forward reads."""
+    them; the sinks only the forward reads. The anchor shift is 0 where nothing reads it (no
+    causality, window or ALiBi): Triton specialises an int argument on its value (1, a multiple
+    of 16, other), so an unread shift of len_k - len_q would compile one more kernel for the
+    same code, one the training warm-up cannot foresee from the lengths alone."""
     len_q, len_k = q.shape[2], k.shape[2]
     left, right = options.edges(len_q, len_k, is_causal)
-    dummy = torch.empty(1, dtype=torch.float32, device=q.device)
     slopes, sinks = options.alibi_slopes, options.sinks
+    anchor_read = left >= 0 or right >= 0 or slopes is not None
+    shift = options.anchor_shift(len_q, len_k) if anchor_read else 0
+    dummy = torch.empty(1, dtype=torch.float32, device=q.device)
     slope_args = (dummy, 0, 0) if slopes is None else (slopes, *slopes.stride())
     sinks = dummy if sinks is None else sinks.detach().to(torch.float32).contiguous()
     args = (
-        options.anchor_shift(len_q, len_k), left, right, options.softcap * LOG2_E.value,
+        shift, left, right, options.softcap * LOG2_E.value,
         *slope_args, sinks,
     )  # fmt: skip
     meta = dict(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from einops import einsum
 
+from transformer.kernel_package import kernel_function
 from transformer.model import Transformer
 from transformer.translation.attention_maps.inputs import capture_attention_inputs
 
@@ -89,7 +90,7 @@ def flash_layer_weights(
     With ``head`` the kernel runs on that head alone and h is 1. On the CPU the kernel needs
     ``TRITON_INTERPRET=1`` set before triton is first imported.
     """
-    from kernels import flash_attention
+    flash_attention = kernel_function("flash_attention")
 
     inputs = capture_attention_inputs(model, src, tgt_in, kind, layer)
     heads = slice(None) if head is None else [head % model.config.heads]
