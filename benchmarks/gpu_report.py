@@ -156,9 +156,10 @@ def run_step(args) -> int:
 
 def plan_for(args) -> gpu_plan.Plan:
     from benchmarks import warm_cache
+    from kernels.common.warm import usable_cores
 
     cores = args.cores or (
-        os.cpu_count() if torch.cuda.is_available() else gpu_plan.GPU_MACHINE_CORES
+        usable_cores() if torch.cuda.is_available() else gpu_plan.GPU_MACHINE_CORES
     )
     arch = gpu_plan.H100_ARCH
     if torch.cuda.is_available() and not args.toy:

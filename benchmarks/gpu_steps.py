@@ -48,12 +48,13 @@ def run_warm(ctx: StepContext) -> dict:
     """Compile every kernel the plan's later steps launch (on a GPU machine), or, with no GPU
     (``--rehearse``), count the builds the compile gate's plan gives for them."""
     from benchmarks import warm_cache
+    from kernels.common.warm import usable_cores
 
     every, first = gpu_plan.warm_cases(list(ctx.steps), ctx.sizes)
     if ctx.sizes.device != "cuda":
         builds = warm_cache.count_builds(every, first, gpu_plan.H100_ARCH)
         return {"cases": len(every) + len(first), "builds_planned": builds, "compiled": 0}
-    return warm_cache.warm(every, first, jobs=ctx.cores or os.cpu_count())
+    return warm_cache.warm(every, first, jobs=ctx.cores or usable_cores())
 
 
 # -------------------------------------------------------------------------------- parity

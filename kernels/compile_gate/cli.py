@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from kernels.common.warm import usable_cores
 from kernels.compile_gate.cases import ARCH_NAMES, Case, ci_cases, full_cases
 from kernels.compile_gate.sweep import run
 from kernels.compile_gate.verdicts import failures, summary, warnings
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(about 1,000 builds per architecture)")  # fmt: skip
     parser.add_argument("--arch", type=int, nargs="+", default=sorted(ARCH_NAMES),
                         help="compute capabilities to build for (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="compiler processes (default: one per core)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=usable_cores(),
+                        help="compiler processes (default: one per core this process may use)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every build's report here")
     parser.add_argument("--cache-dir", type=Path,
                         help="TRITON_CACHE_DIR to compile into (default: a fresh temporary one; "
