@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import shlex
@@ -37,6 +38,8 @@ from transformer.translation.training.config import (
 )
 
 AUTO = "auto"
+# what a write that fails for want of room raises: a full disk, a quota, a file-size limit
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 STOPPING = (
     "SIGTERM (a scheduler's or a preemption's first warning) or SIGINT (Ctrl-C) stops a run "
     "after its current step: it writes a checkpoint, prints the command that resumes it and "
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "very slowly, in Triton's CPU interpreter)"
         )
 
-    from transformer.translation.checkpoint import CheckpointError
+    from transformer.translation.checkpoint import CheckpointError, kept_checkpoint
     from transformer.translation.data import CorpusError
     from transformer.translation.training import train
 
@@ -216,6 +219,16 @@ def main(argv: list[str] | None = None) -> int:
             result = train(config, resume=bool(args.resume), stop=stop)
     except (CheckpointError, CorpusError, FileExistsError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL or err.filename is None:
+            raise
+        written = Path(err.filename)  # metrics.jsonl, results.json, ...: in the run directory
+        print(
+            f"{parser.prog}: error: {written}: not written ({err.strerror}); "
+            f"{kept_checkpoint(written.parent)}",
+            file=sys.stderr,
+        )
         return 2
     if result.stopped:
         if int(os.environ.get("RANK", "0")) == 0:

@@ -182,6 +182,37 @@ def worker_pids(launcher: int) -> dict[int, int]:
     return ranks
 
 
+def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_file_and_the_run_resumes(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """The metrics log's append fails as a write on a full disk fails, naming no file."""
+    from transformer.translation.training import metrics
+
+    run_dir = tmp_path / "run"
+    args = tiny_args(corpus, run_dir, max_steps=4)
+    args[args.index("--checkpoint-every") + 1] = "2"
+    appends = []
+
+    def full_at_the_fourth_step(path, mode="r", *rest, **kwargs):
+        if mode == "a":
+            appends.append(path)
+            if len(appends) == 4:  # --log-every 1: step 4's line
+                no_space()
+        return open(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(metrics, "open", full_at_the_fourth_step, raising=False)
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"{run_dir / 'metrics.jsonl'}: not written (No space left on device)" in last
+    assert "last.json still names the checkpoint of step 2, which is intact" in last
+    monkeypatch.undo()
+    assert train_cli.main(["--resume", str(run_dir)]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if r.get("split") == "train"] == [1, 2, 3, 4]
+
+
 @pytest.mark.slow  # two ranks, each importing torch: ~30 s on 2 shared cores
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks in /proc")
 def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_one_step(corpus, tmp_path):

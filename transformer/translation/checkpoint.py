@@ -68,10 +68,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError:  # e.g. a full disk: the old file stays, the partial one goes
+    except OSError as err:  # e.g. a full disk: the old file stays, the partial one goes
         tmp.unlink(missing_ok=True)
-        raise
+        raise naming_the_file(err, path) from err
     fsync_dir(path.parent)
+
+
+def naming_the_file(err: OSError, path: Path) -> OSError:
+    """``err`` with ``path`` as its file name where it has none (a write or fsync that fails
+    names no file), so a message can say which file was not written."""
+    if err.filename is not None or err.errno is None:
+        return err
+    return type(err)(err.errno, err.strerror, str(path))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -179,16 +187,20 @@ def save_checkpoint(
 def _not_written(run_dir: Path, what: str, err: Exception, pointer: str = "last") -> str:
     """What a failed save says: why, and which checkpoint ``pointer`` still names, checked."""
     reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return f"{run_dir}: the checkpoint of {what} was not written ({reason}); {kept_checkpoint(run_dir, pointer)}"
+
+
+def kept_checkpoint(run_dir: str | os.PathLike, pointer: str = "last") -> str:
+    """What a run that failed to write a file still has: the checkpoint ``pointer`` names,
+    checked, or that there is none."""
     try:
         kept = load_checkpoint(run_dir, pointer)
     except CheckpointError:
-        verdict = f"there is no earlier {pointer} checkpoint"
-    else:
-        verdict = (
-            f"{pointer}.json still names the checkpoint of step {kept.meta['step']}, which is "
-            "intact (checked): free space, then resume from it"
-        )
-    return f"{run_dir}: the checkpoint of {what} was not written ({reason}); {verdict}"
+        return f"there is no earlier {pointer} checkpoint"
+    return (
+        f"{pointer}.json still names the checkpoint of step {kept.meta['step']}, which is "
+        "intact (checked): free space, then resume from it"
+    )
 
 
 def save_weights(

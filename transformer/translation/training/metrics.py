@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformer.translation.checkpoint import naming_the_file
 from transformer.translation.training.config import METRICS_FILE
 
 
@@ -39,8 +40,11 @@ class MetricsLog:
             return
         record["time"] = time.time()
         self.records.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:  # e.g. a full disk: say which file
+            raise naming_the_file(err, self.path) from err
 
     def plot(self) -> None:
         if not self.enabled:
