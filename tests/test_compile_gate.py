@@ -11,6 +11,7 @@ The gate itself is tested here too: it must go red on a kernel that only the int
 accepts, and its verdicts (spills, shared memory, wgmma) must follow from what it measured.
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -305,6 +306,16 @@ def test_full_sweep_compiles_every_case_with_every_config_or_the_launchers_choic
     full = compile_gate.full_cases()
     assert (cases_every, cases_first) == ((full, []) if every_config else ([], full))
     assert (archs_every, archs_first) == (([90], []) if every_config else ([], [90]))
+
+
+def test_the_full_sweep_holds_every_score_option_at_every_head_dim_in_both_16_bit_dtypes():
+    full = {(c.dtype, c.head_dim, c.v_dim, c.masking) for c in compile_gate.full_cases()}
+    dims = [(d, d) for d in compile_gate.HEAD_DIMS] + list(compile_gate.VALUE_HEAD_DIMS)
+    for option in ("window", "softcap", "sinks", "alibi", "bottom_right"):
+        maskings = [m for m in compile_gate.SCORE_OPTION_MASKINGS if option in m.split("+")]
+        assert maskings, option
+        for dtype, (d, d_v), masking in itertools.product(("float16", "bfloat16"), dims, maskings):
+            assert (dtype, d, d_v, masking) in full
 
 
 def test_first_choice_without_full_is_refused(monkeypatch, capsys):

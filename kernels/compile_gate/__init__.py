@@ -40,6 +40,7 @@ from kernels.compile_gate.cases import (
     GATE_DROPOUT,
     HEAD_DIMS,
     MASKINGS,
+    SCORE_OPTION_MASKINGS,
     VALUE_HEAD_DIMS,
     Case,
     ci_cases,
@@ -51,7 +52,8 @@ from kernels.compile_gate.verdicts import WGMMA_KERNELS, failures, problems, sum
 
 __all__ = [
     "ADDITIVE_HEAD_DIMS", "ADDITIVE_MASKINGS", "ARCH_NAMES", "DTYPES", "GATE_DROPOUT",
-    "HEAD_DIMS", "MASKINGS", "VALUE_HEAD_DIMS", "WGMMA_KERNELS", "WORKLOADS",
+    "HEAD_DIMS", "MASKINGS", "SCORE_OPTION_MASKINGS", "VALUE_HEAD_DIMS", "WGMMA_KERNELS",
+    "WORKLOADS",
     "Build", "Case", "ci_cases", "compile_build", "failures", "full_cases", "main", "plan",
     "problems", "run", "spawn_context", "summary", "warnings",
 ]  # fmt: skip

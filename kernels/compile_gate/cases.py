@@ -16,6 +16,10 @@ MASKINGS = ("none", "key_mask", "causal", "causal+key_mask", "full_mask", "causa
             "causal+key_mask+dropout", "causal+bias+dropout",
             "varlen+causal", "varlen+dropout")  # fmt: skip
 ADDITIVE_MASKINGS = MASKINGS[:4]  # the additive kernel reads key masks only, has no dropout
+# The score options as the models combine them (see score_option_cases), in the full sweep in
+# the models' 16-bit dtypes at every head dim: float32 only warns when it spills.
+SCORE_OPTION_MASKINGS = ("causal+window", "causal+window+softcap", "causal+window+sinks",
+                         "causal+key_mask+alibi", "window+bottom_right")  # fmt: skip
 # "varlen": packed sequences (flash_attn_varlen_func): q (batch * len_q, h, d), k and v
 # (batch * len_k, h_kv, d), len_q and len_k the longest sequences (VARLEN=True).
 # A masking with "dropout" runs flash attention with this dropout (any p > 0 compiles the same;
@@ -150,8 +154,16 @@ def full_cases() -> list[Case]:
             DTYPES, [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS), MASKINGS
         )
     ]
+    options = [
+        Case("flash_attention", dtype, d, masking, value_head_dim=d_v)
+        for dtype, (d, d_v), masking in itertools.product(
+            DTYPES[:2],
+            [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS),
+            SCORE_OPTION_MASKINGS,
+        )
+    ]
     additive = [
         Case("additive_attention", dtype, d, masking)
         for dtype, d, masking in itertools.product(DTYPES, ADDITIVE_HEAD_DIMS, ADDITIVE_MASKINGS)
     ]
-    return flash + additive
+    return flash + options + additive

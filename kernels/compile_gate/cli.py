@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         + " Exit status 0 when every build compiles without spills within shared memory.",
     )
     parser.add_argument("--full", action="store_true",
-                        help="every dtype x head dim x masking, each with every config the "
-                        "launcher may pick (slow: about 3,000 builds per architecture, an hour "
-                        "or more per architecture on 2 cores)")  # fmt: skip
+                        help="every dtype x head dim x masking, and the score options in "
+                        "fp16/bf16, each with every config the launcher may pick (slow: about "
+                        "4,000 builds per architecture, hours on 2 cores)")  # fmt: skip
     parser.add_argument("--first-choice", action="store_true",
                         help="with --full: each call in the launcher's order until one config "
                         "compiles without spills, the config it runs with autotuning off "
-                        "(about 1,000 builds per architecture)")  # fmt: skip
+                        "(about 1,500 builds per architecture, 1-1.5 h on 2 cores)")  # fmt: skip
     parser.add_argument("--arch", type=int, nargs="+", default=sorted(ARCH_NAMES),
                         help="compute capabilities to build for (default: %(default)s)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=usable_cores(),
