@@ -148,22 +148,14 @@ def varlen_cases() -> list[Case]:
 
 
 def full_cases() -> list[Case]:
+    dims = [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS)  # (head dim, value head dim)
     flash = [
         Case("flash_attention", dtype, d, masking, value_head_dim=d_v)
-        for dtype, (d, d_v), masking in itertools.product(
-            DTYPES, [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS), MASKINGS
-        )
-    ]
-    options = [
-        Case("flash_attention", dtype, d, masking, value_head_dim=d_v)
-        for dtype, (d, d_v), masking in itertools.product(
-            DTYPES[:2],
-            [(d, None) for d in HEAD_DIMS] + list(VALUE_HEAD_DIMS),
-            SCORE_OPTION_MASKINGS,
-        )
+        for dtypes, maskings in ((DTYPES, MASKINGS), (DTYPES[:2], SCORE_OPTION_MASKINGS))
+        for dtype, (d, d_v), masking in itertools.product(dtypes, dims, maskings)
     ]
     additive = [
         Case("additive_attention", dtype, d, masking)
         for dtype, d, masking in itertools.product(DTYPES, ADDITIVE_HEAD_DIMS, ADDITIVE_MASKINGS)
     ]
-    return flash + options + additive
+    return flash + additive

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=sorted(ARCH_NAMES),
                         help="compute capabilities to build for (default: %(default)s)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=usable_cores(),
-                        help="compiler processes (default: one per core this process may use)")  # fmt: skip
+                        help="compiler processes (default: one per core this process may "
+                        "use)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every build's report here")
     parser.add_argument("--cache-dir", type=Path,
                         help="TRITON_CACHE_DIR to compile into (default: a fresh temporary one; "

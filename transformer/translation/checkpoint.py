@@ -187,7 +187,8 @@ def save_checkpoint(
 def _not_written(run_dir: Path, what: str, err: Exception, pointer: str = "last") -> str:
     """What a failed save says: why, and which checkpoint ``pointer`` still names, checked."""
     reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return f"{run_dir}: the checkpoint of {what} was not written ({reason}); {kept_checkpoint(run_dir, pointer)}"
+    kept = kept_checkpoint(run_dir, pointer)
+    return f"{run_dir}: the checkpoint of {what} was not written ({reason}); {kept}"
 
 
 def kept_checkpoint(run_dir: str | os.PathLike, pointer: str = "last") -> str:
