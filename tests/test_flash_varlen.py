@@ -19,7 +19,7 @@ from flash_reference import (
 )
 
 from kernels import flash_attention
-from kernels.common import runtime
+from kernels.common import runtime, warm
 from kernels.flash_attention import dropout_keep_mask, flash_attn_varlen_func, function, varlen
 from kernels.flash_attention.dropout import draw_seed_offset
 
@@ -207,6 +207,21 @@ def test_each_pass_is_one_launch_over_sequences_heads_and_the_longest_sequences_
     assert grids["_attn_bwd_dq"] == (4 * 2, 3)
     assert grids["_attn_bwd_dkdv"] == (4 * 1, 4)  # 200 keys, one key/value head
     assert grids["attn_bwd_delta"] == (2, 3)  # the packed (h, total_q) rows: 142 of them
+
+
+def test_packed_causal_calls_compile_no_kernel_for_the_totals_unread_anchor_shift():
+    """Each packed program anchors its causality (window, ALiBi) at its own sequence's len_k -
+    len_q, read from the cumulative lengths; the totals' shift is unread, so it does not pick
+    the kernel: totals differing by 1 and by 2 (Triton's int classes "one" and "other", with
+    the totals' own classes equal) launch the same compile jobs."""
+
+    def jobs(lens_k):
+        (q, k, v, _), cu = packed_inputs([16, 16], lens_k, 2, 2, 16, torch.float32)
+        with warm.recording("first") as launches:
+            flash_attn_varlen_func(q, k, v, causal=True, window_size=(8, 0), **cu)
+        return set(warm.compile_jobs(launches))
+
+    assert jobs([16, 17]) == jobs([16, 18])
 
 
 def test_packed_sequences_are_read_in_place(monkeypatch):

@@ -73,18 +73,20 @@ def output_buffer(q, value_dim):
     return runtime.empty((b, h, len_q, value_dim), q.dtype, q.device)
 
 
-def _score_args(q, k, is_causal, options):
+def _score_args(q, k, is_causal, options, packed):
     """(the kernels' score arguments, their constexprs): the anchor shift and the window's
     edges (causality is right = 0; -1 where unbounded), the softcap in log2 units (0: off),
     the ALiBi slopes with their (batch, head) strides, the sinks (float32). Every pass takes
     them; the sinks only the forward reads. The anchor shift is 0 where nothing reads it (no
-    causality, window or ALiBi): Triton specialises an int argument on its value (1, a multiple
-    of 16, other), so an unread shift of len_k - len_q would compile one more kernel for the
-    same code, one the training warm-up cannot foresee from the lengths alone."""
+    causality, window or ALiBi), and with ``packed`` sequences, whose programs take their own
+    sequence's shift from the cumulative lengths: Triton specialises an int argument on its
+    value (1, a multiple of 16, other), so an unread shift of len_k - len_q would compile one
+    more kernel for the same code, one the training warm-up cannot foresee from the lengths
+    alone."""
     len_q, len_k = q.shape[2], k.shape[2]
     left, right = options.edges(len_q, len_k, is_causal)
     slopes, sinks = options.alibi_slopes, options.sinks
-    anchor_read = left >= 0 or right >= 0 or slopes is not None
+    anchor_read = packed is None and (left >= 0 or right >= 0 or slopes is not None)
     shift = options.anchor_shift(len_q, len_k) if anchor_read else 0
     dummy = torch.empty(1, dtype=torch.float32, device=q.device)
     slope_args = (dummy, 0, 0) if slopes is None else (slopes, *slopes.stride())
@@ -118,7 +120,7 @@ def launch_forward(
         lse = runtime.empty(q.shape[:3], torch.float32, q.device)
     d = q.shape[3]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
-    score_args, score_meta = _score_args(q, k, is_causal, options)
+    score_args, score_meta = _score_args(q, k, is_causal, options, packed)
     args = (
         q, k, v, mask, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
@@ -145,7 +147,7 @@ def launch_backward(
     b, h, len_q, d = q.shape
     len_k = k.shape[2]
     mask, mask_strides, mask_meta = _kernel_mask(attn_mask, q, k)
-    score_args, score_meta = _score_args(q, k, is_causal, options)
+    score_args, score_meta = _score_args(q, k, is_causal, options, packed)
     meta = _meta(mask_meta, score_meta, dropout, d, v.shape[3], q.dtype, packed)
     meta["LARGE_OFFSETS"] = needs_int64_offsets(q, k, v, mask, out, dout)
     if dlse is None:
