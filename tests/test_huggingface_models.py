@@ -1,6 +1,7 @@
 """Today's decoder models on our kernel equal the same models on ``"eager"``: sliding windows
 (Qwen2, Gemma 2, GPT-OSS), logit softcapping (Gemma 2), attention sinks (GPT-OSS) and packed
-sequences (Llama, ``position_ids`` that restart).
+sequences (Llama, ``position_ids`` that restart, or the lengths transformers' flattening collator
+gives).
 
 Tiny randomly initialised models built from configs (nothing is downloaded), float32, train
 mode, compared at every position through the logits and every parameter gradient (the sinks'
@@ -221,6 +222,70 @@ def test_packed_sequences_reach_the_kernel_as_varlen_with_their_lengths(kernel_d
     assert lengths == [(cumulative, cumulative, True)] * 2 and square == []
 
 
+def flattening_lengths(position_ids):
+    """What DataCollatorWithFlattening(return_flash_attn_kwargs=True) passes for these packed
+    rows: int32 cumulative lengths over the tokens laid end to end, and the longest."""
+    starts = (position_ids.flatten() == 0).nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([position_ids.numel()])]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+
+
+@pytest.mark.parametrize("model", ["gemma2", "llama"])
+def test_packing_given_by_its_lengths_keeps_the_sequences_apart_as_eager_does(model, kernel_device):
+    """The lengths alone (no position_ids, so transformers' mask is plain causal) separate the
+    sequences exactly as eager's mask from restarting position_ids does: the backend reads them."""
+    model_class, config = PACKABLE[model]
+    ours, eager, ids, position_ids = packed(model_class, config(), kernel_device)
+    lengths = flattening_lengths(position_ids)
+
+    def run(net):
+        inputs = lengths if net is ours else dict(position_ids=position_ids)
+        logits = net(input_ids=ids, use_cache=False, **inputs).logits
+        return logits, (logits**2).mean()
+
+    assert_same_loss_and_gradients(ours, eager, run)
+
+
+def test_packing_given_by_its_lengths_reaches_the_kernel_as_varlen_with_those_lengths(
+    kernel_device, monkeypatch
+):
+    llama = PACKABLE["llama"]
+    ours, _, ids, position_ids = packed(llama[0], llama[1](), kernel_device)
+    square = kernel_mask_shapes(monkeypatch)
+    package = importlib.import_module("kernels.flash_attention")
+    calls = []
+
+    def recording(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, **kwargs):
+        calls.append((cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), max_q, max_k))
+        return varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, **kwargs)
+
+    varlen = package.flash_attn_varlen_func
+    monkeypatch.setattr(package, "flash_attn_varlen_func", recording)
+    with torch.no_grad():
+        ours(input_ids=ids, use_cache=False, **flattening_lengths(position_ids))
+    cumulative = [0, 5, 11, 14, 23, 28]
+    assert calls == [(cumulative, cumulative, 9, 9)] * 2 and square == []
+
+
+@pytest.mark.parametrize(
+    "arguments, complaint",
+    [
+        (dict(s_aux=torch.zeros(2)), "sinks"),
+        (dict(position_bias=torch.zeros(1, 2, 8, 8)), "position bias"),
+        (dict(attention_mask=torch.ones(1, 8, dtype=torch.bool)), "padding"),
+        (dict(attention_mask=torch.zeros(1, 1, 8, 8)), "a mask other than"),
+        (dict(cu_seq_lens_k=None), "without cu_seq_lens_k"),
+    ],
+)
+def test_packing_given_by_its_lengths_refuses_what_varlen_cannot_carry(arguments, complaint):
+    q = torch.randn(1, 2, 8, 4)
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    given = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, attention_mask=None) | arguments
+    with pytest.raises(ValueError, match=complaint):
+        huggingface.attention_forward(Attention(), q, q, q, **given)
+
+
 class Attention(torch.nn.Module):
     is_causal = True
 
@@ -229,7 +294,6 @@ class Attention(torch.nn.Module):
     "arguments, complaint",
     [
         (dict(block_table=torch.zeros(1, 1, dtype=torch.int32)), "paged"),
-        (dict(cu_seq_lens_q=torch.tensor([0, 3, 8], dtype=torch.int32)), "cu_seq_lens_q"),
         (dict(sliding_window=3, is_causal=False), "sliding window"),
     ],
 )

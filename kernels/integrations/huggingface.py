@@ -27,8 +27,12 @@ sinks ``s_aux`` (with their gradient).
 Packed sequences (``position_ids`` that restart, with no padding and no cache: where
 transformers' own masks separate them) run through ``flash_attn_varlen_func`` (window and
 softcap included), or, with sinks (FlashAttention-2's API has none), through the kernel with a
-same-sequence mask. Arguments it cannot honour (a paged cache's ``block_table``, packing given
-as ``cu_seq_lens_q``/``cu_seq_lens_k``) raise a ``ValueError`` naming them.
+same-sequence mask. Packing given by its lengths, as ``DataCollatorWithFlattening(
+return_flash_attn_kwargs=True)`` gives it (``cu_seq_lens_q``/``cu_seq_lens_k``, and
+``max_length_q``/``max_length_k``), runs through ``flash_attn_varlen_func`` with those lengths,
+as transformers' FlashAttention path runs it; with sinks, a position bias or padding it is
+refused. Arguments it cannot honour (a paged cache's ``block_table``) raise a ``ValueError``
+naming them.
 
 Differences from ``"sdpa"``: a query that sees no key (a padding query under a padding mask)
 gets zeros where SDPA averages the values; the outputs at every other position agree. Attention
@@ -71,13 +75,19 @@ def attention_forward(
     ``s_aux``: GPT-OSS's sinks, one logit per head."""
     _refuse_what_it_cannot_honour(kwargs)
     softcap = softcap or 0.0
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    given = _given_packing(kwargs, query.device)
+    if given is not None:
+        _refuse_what_given_packing_cannot_carry(attention_mask, s_aux, position_bias)
+        window = _window_size(sliding_window, bool(causal))
+        out = _varlen(query, key, value, given, bool(causal), dropout, scaling, window, softcap)
+        return out, None
     if _is_packed(attention_mask) and s_aux is None and position_bias is None:
         # FlashAttention-2's varlen API takes no sinks and no bias: those go by a mask below.
-        out = _packed_attention(
-            query, key, value, attention_mask, dropout, scaling, sliding_window, softcap
-        )
+        packing = _packing_of(attention_mask)
+        window = _window_size(sliding_window)
+        out = _varlen(query, key, value, packing, True, dropout, scaling, window, softcap)
         return out, None
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     attention_mask, is_causal, window = _kernel_mask(
         attention_mask, bool(causal), sliding_window, query.shape[2], key.shape[2]
     )
@@ -100,10 +110,13 @@ def attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _window_size(window: int | None) -> tuple[int, int]:
-    """FlashAttention-2's causal (left, right) for transformers' ``sliding_window``: a query
-    sees ``window`` keys, itself one of them (its masks keep kv > q - window)."""
-    return (-1, -1) if window is None else (window - 1, 0)
+def _window_size(window: int | None, causal: bool = True) -> tuple[int, int]:
+    """FlashAttention-2's (left, right) for transformers' ``sliding_window``: a query sees
+    ``window`` keys back, itself one of them (its masks keep kv > q - window), and, without
+    causality, as many ahead (its bidirectional masks keep |q - kv| < window)."""
+    if window is None:
+        return (-1, -1)
+    return (window - 1, 0 if causal else window - 1)
 
 
 def _is_packed(attention_mask) -> bool:
@@ -114,34 +127,70 @@ def _is_packed(attention_mask) -> bool:
     )  # fmt: skip
 
 
-def _packed_attention(query, key, value, sequence_ids, dropout, scaling, window, softcap):
-    """Causal attention within each packed sequence, through ``flash_attn_varlen_func``: the
-    rows' tokens laid end to end, a sequence starting wherever the index changes or a row
-    begins; ``window`` as transformers counts it (None: unbounded). q (b, h, n, d), k and v
-    (b, h_kv, n, d) -> (b, n, h, d_v)."""
-    from kernels.flash_attention import flash_attn_varlen_func  # needs Triton, as the call does
-
+def _packing_of(sequence_ids):
+    """(cu_seqlens, cu_seqlens, longest, longest) of the packed sequences the builder's packed
+    form (each token's sequence index, (b, n)) describes: the rows' tokens laid end to end, a
+    sequence starting wherever the index changes or a row begins."""
     starts = torch.ones_like(sequence_ids, dtype=torch.bool)
     starts[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
     starts = starts.flatten().nonzero().flatten()
     cu_seqlens = torch.cat([starts, starts.new_tensor([sequence_ids.numel()])]).to(torch.int32)
     longest = int(cu_seqlens.diff().max())
+    return cu_seqlens, cu_seqlens, longest, longest
+
+
+def _given_packing(kwargs, device):
+    """(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) from the lengths transformers
+    passes for a packed batch (``cu_seq_lens_q``/``_k``, ``max_length_q``/``_k``), or None; a
+    missing longest length is read from the cumulative ones."""
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is None and cu_k is None:
+        return None
+    if cu_q is None or cu_k is None:
+        missing = "cu_seq_lens_k" if cu_k is None else "cu_seq_lens_q"
+        raise ValueError(f"attention {NAME!r}: packed sequences given without {missing}")
+    cu_q, cu_k = (torch.as_tensor(cu, device=device).to(torch.int32) for cu in (cu_q, cu_k))
+    longest = [kwargs.get("max_length_q"), kwargs.get("max_length_k")]
+    for i, cu in enumerate((cu_q, cu_k)):
+        if longest[i] is None:
+            longest[i] = cu.diff().max() if cu.numel() > 1 else 0
+    return cu_q, cu_k, int(longest[0]), int(longest[1])
+
+
+def _refuse_what_given_packing_cannot_carry(attention_mask, s_aux, position_bias):
+    """Packing given by its lengths goes to ``flash_attn_varlen_func``, which takes no sinks,
+    bias or mask: those are refused (``position_ids`` alone carry them, through a mask)."""
+    what = (
+        "sinks (s_aux)" if s_aux is not None
+        else "a position bias" if position_bias is not None
+        else None if attention_mask is None or _is_packed(attention_mask)
+        else "padding" if attention_mask.dim() == 2
+        else "a mask other than the packed sequences'"
+    )  # fmt: skip
+    if what is not None:
+        raise ValueError(
+            f"attention {NAME!r}: packed sequences given by their lengths (cu_seq_lens_q/k) "
+            f"with {what}: pass position_ids without the lengths instead"
+        )
+
+
+def _varlen(query, key, value, packing, causal, dropout, scaling, window_size, softcap):
+    """Attention within each packed sequence through ``flash_attn_varlen_func``, the rows'
+    tokens laid end to end; ``packing``: (cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+    max_seqlen_k). q (b, h, n, d), k and v (b, h_kv, n, d) -> (b, n, h, d_v)."""
+    from kernels.flash_attention import flash_attn_varlen_func  # needs Triton, as the call does
+
     q, k, v = (rearrange(t, "b h n d -> (b n) h d") for t in (query, key, value))
     out = flash_attn_varlen_func(
-        q, k, v, cu_seqlens, cu_seqlens, longest, longest, dropout_p=dropout,
-        softmax_scale=scaling, causal=True, softcap=softcap,
-        window_size=_window_size(window),
+        q, k, v, *packing, dropout_p=dropout, softmax_scale=scaling, causal=causal,
+        softcap=softcap, window_size=window_size,
     )  # fmt: skip
     return rearrange(out, "(b n) h d -> b n h d", b=query.shape[0])
 
 
 # Arguments transformers may pass that change the result and that the kernel does not take.
 # Everything else it passes (position_ids, use_cache, ...) the mask already accounts for.
-UNSUPPORTED = {
-    "cu_seq_lens_q": "packed sequences given by their lengths (pass position_ids instead)",
-    "cu_seq_lens_k": "packed sequences given by their lengths (pass position_ids instead)",
-    "block_table": "a paged key/value cache",
-}
+UNSUPPORTED = {"block_table": "a paged key/value cache"}
 
 
 def _refuse_what_it_cannot_honour(kwargs):
