@@ -256,16 +256,17 @@ def kernel_input_pointers(monkeypatch) -> list[int]:
 
 def fa2_reference(
     q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-    softcap=0.0, alibi_slopes=None, keep=None,
+    softcap=0.0, alibi_slopes=None, keep=None, sinks=None,
 ):  # fmt: skip
     """FlashAttention-2's ``flash_attn_func`` computed naively in q's dtype
     (:func:`naive_attention` on (b, h, n, d) views): q (b, n_q, h, d), k and v (b, n_k, h_k,
     d|d_v), h_k dividing h; out (b, n_q, h, d_v); causality, the window and ALiBi anchored
-    bottom-right. ``keep``: with dropout, the (b, h, n_q, n_k) keep-mask."""
+    bottom-right. ``keep``: with dropout, the (b, h, n_q, n_k) keep-mask; ``sinks`` (h,):
+    flash_attention's sinks (not FlashAttention-2's)."""
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
     out = naive_attention(
         query, key, value, is_causal=causal, scale=softmax_scale, enable_gqa=True,
         window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-        alignment="bottom_right", dropout_p=dropout_p, keep=keep,
+        alignment="bottom_right", dropout_p=dropout_p, keep=keep, sinks=sinks,
     )  # fmt: skip
     return out.transpose(1, 2)

@@ -216,19 +216,22 @@ def test_the_ci_subset_compiles_each_score_option_and_the_capture_passes_it_on()
 
 def test_the_ci_subset_compiles_packed_sequences_in_every_pass():
     """Each varlen case's captured launches (meta tensors, nothing runs) take VARLEN in the
-    forward and both backward passes, with the longest sequence's blocks on grid axis 1."""
+    forward and both backward passes, with the longest sequence's blocks on grid axis 1; the
+    packed cases hold every score option and dropout, the sinks reaching the forward."""
     from kernels.common import warm
     from kernels.compile_gate.capture import WORKLOADS
 
     _, first = compile_gate.ci_cases()
     cases = [c for c in first if "varlen" in c.masking]
-    assert cases
+    options = ("window", "softcap", "alibi", "sinks", "dropout")
+    assert all(any(option in c.masking for c in cases) for option in options)
     for case in cases:
         with warm.recording("first", arch=90) as launches:
             WORKLOADS[case.workload](case)
         packed = {launch.kernel.__name__ for launch in launches if launch.meta.get("VARLEN")}
         assert packed == {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"}, case.label()
         fwd = next(launch for launch in launches if launch.kernel.__name__ == "_attn_fwd")
+        assert fwd.meta["HAS_SINKS"] == ("sinks" in case.masking), case.label()
         assert fwd.grid[0] == case.batch * case.heads
         assert (
             fwd.grid[1] * fwd.meta["BLOCK_M"]

@@ -102,7 +102,8 @@ def test_flash_attn_func_dropout_matches_the_reference_fed_its_keep_mask():
         torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5)
 
 
-# FlashAttention-2's window, softcap and ALiBi, alone and together, anchored bottom-right
+# FlashAttention-2's window, softcap and ALiBi, alone and together, anchored bottom-right; and
+# the one keyword that is not FlashAttention-2's, the sinks (their gradient compared too)
 OPTIONS = {
     "window": dict(window_size=(5, 3)),
     "causal-window": dict(window_size=(4, 7), causal=True),
@@ -110,11 +111,12 @@ OPTIONS = {
     "alibi": dict(alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625])),
     "alibi-batch-causal": dict(alibi_slopes=torch.rand(2, 4) / 2, causal=True),
     "all": dict(window_size=(6, 2), softcap=3.0, alibi_slopes=torch.full((4,), 0.3)),
+    "sinks-causal": dict(sinks=torch.tensor([-2.0, -0.5, 0.5, 2.0]), causal=True),
 }
 
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
-def test_flash_attn_funcs_window_softcap_and_alibi_match_the_float64_reference(options):
+def test_flash_attn_funcs_window_softcap_alibi_and_sinks_match_the_float64_reference(options):
     q, k, v, dout = fa2_inputs(2, 4, 23, 41, 32, torch.float32, seed=6, heads_kv=2)
     options = {
         name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value

@@ -55,7 +55,7 @@ def packed_inputs(lens_q, lens_k, heads, heads_kv, head_dim, dtype, seed=0, d_v=
 def each_sequence_alone(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-    keeps=None,
+    keeps=None, sinks=None,
 ):  # fmt: skip
     """The reference: FlashAttention-2's attention run on each sequence by itself (a Python
     loop, as the kernel never does), outputs packed again. ``keeps``: per sequence, the
@@ -69,7 +69,7 @@ def each_sequence_alone(
             slopes = slopes[s]
         out = fa2_reference(
             q_s, k_s, v_s, dropout_p, softmax_scale, causal, window_size, softcap, slopes,
-            None if keeps is None else keeps[s],
+            None if keeps is None else keeps[s], sinks,
         )  # fmt: skip
         outs.append(out[0])
     return torch.cat(outs)
@@ -102,11 +102,12 @@ PACKED_OPTIONS = {
     "causal-window": dict(window_size=(3, 9), causal=True),
     "window-softcap": dict(window_size=(20, 2), softcap=1.5),
     "alibi-per-sequence": dict(alibi_slopes=torch.rand(3, 2) / 2, causal=True),
+    "sinks-window": dict(sinks=torch.tensor([-1.5, 1.0]), window_size=(3, 9), causal=True),
 }
 
 
 @pytest.mark.parametrize("options", PACKED_OPTIONS.values(), ids=PACKED_OPTIONS.keys())
-def test_packed_windows_softcap_and_alibi_equal_each_sequence_alone(options):
+def test_packed_windows_softcap_alibi_and_sinks_equal_each_sequence_alone(options):
     (q, k, v, dout), cu = packed_inputs([9, 70, 0], [31, 66, 4], 2, 1, 16, torch.float32, seed=8)
     options = {
         name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value

@@ -142,7 +142,7 @@ PACKABLE = {
             **TINY, query_pre_attn_scalar=8, sliding_window=WINDOW, attn_logit_softcapping=2.0
         ),
     ),
-    "gpt_oss": (  # sinks, which varlen does not take: through a same-sequence mask
+    "gpt_oss": (  # sinks: through flash_attn_varlen_func's sinks keyword (not FA2's)
         transformers.GptOssForCausalLM,
         lambda: transformers.GptOssConfig(
             **TINY, num_local_experts=4, num_experts_per_tok=2, sliding_window=WINDOW
@@ -151,7 +151,13 @@ PACKABLE = {
 }
 
 
-@pytest.mark.parametrize("model", sorted(PACKABLE))
+# The models whose transformers masks read position_ids (and so see packing there). GPT-OSS's
+# do not (transformers <= 5.24 builds them without position_ids): on eager and SDPA, as here, its
+# packed sequences then attend across each other; given their lengths (below), they do not.
+PACKED_BY_POSITIONS = ("gemma2", "llama")
+
+
+@pytest.mark.parametrize("model", PACKED_BY_POSITIONS)
 def test_packed_batches_keep_their_sequences_apart_as_eager_does(model, kernel_device):
     model_class, config = PACKABLE[model]
     ours, eager, ids, position_ids = packed(model_class, config(), kernel_device)
@@ -203,9 +209,14 @@ def test_sliding_windows_reach_the_kernel_as_a_window_not_a_mask(model, kernel_d
     assert windows == [(WINDOW - 1, 0) if s else (-1, -1) for s in sliding]
 
 
-def test_packed_sequences_reach_the_kernel_as_varlen_with_their_lengths(kernel_device, monkeypatch):
-    llama = PACKABLE["llama"]
-    ours, _, ids, position_ids = packed(llama[0], llama[1](), kernel_device)
+@pytest.mark.parametrize("model", PACKED_BY_POSITIONS)
+def test_packed_sequences_reach_the_kernel_as_varlen_with_their_lengths(
+    model, kernel_device, monkeypatch
+):
+    """Restarting position_ids take a packed batch to flash_attn_varlen_func with the packed
+    rows' lengths, never to the kernel with an (n x n) mask."""
+    model_class, config = PACKABLE[model]
+    ours, _, ids, position_ids = packed(model_class, config(), kernel_device)
     square = kernel_mask_shapes(monkeypatch)
     package = importlib.import_module("kernels.flash_attention")
     lengths = []
@@ -231,33 +242,44 @@ def flattening_lengths(position_ids):
     return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
 
 
-@pytest.mark.parametrize("model", ["gemma2", "llama"])
+@pytest.mark.parametrize("model", sorted(PACKABLE))
 def test_packing_given_by_its_lengths_keeps_the_sequences_apart_as_eager_does(model, kernel_device):
-    """The lengths alone (no position_ids, so transformers' mask is plain causal) separate the
-    sequences exactly as eager's mask from restarting position_ids does: the backend reads them."""
+    """The packed batch with its lengths (and restarting position_ids, as the collator gives
+    them) equals eager run on each sequence alone, logits and gradients (GPT-OSS's sinks'
+    included): the backend reads the lengths, for GPT-OSS too, whose masks ignore packing."""
     model_class, config = PACKABLE[model]
     ours, eager, ids, position_ids = packed(model_class, config(), kernel_device)
     lengths = flattening_lengths(position_ids)
+    cu = lengths["cu_seq_lens_q"].tolist()
 
     def run(net):
-        inputs = lengths if net is ours else dict(position_ids=position_ids)
-        logits = net(input_ids=ids, use_cache=False, **inputs).logits
+        if net is ours:
+            logits = net(input_ids=ids, position_ids=position_ids, use_cache=False, **lengths)
+            logits = logits.logits.flatten(0, 1)
+        else:
+            tokens = ids.flatten()
+            alone = [tokens[a:b][None] for a, b in zip(cu[:-1], cu[1:], strict=True)]
+            logits = torch.cat([net(input_ids=t, use_cache=False).logits[0] for t in alone])
         return logits, (logits**2).mean()
 
     assert_same_loss_and_gradients(ours, eager, run)
 
 
+@pytest.mark.parametrize("model", sorted(PACKABLE))
 def test_packing_given_by_its_lengths_reaches_the_kernel_as_varlen_with_those_lengths(
-    kernel_device, monkeypatch
+    model, kernel_device, monkeypatch
 ):
-    llama = PACKABLE["llama"]
-    ours, _, ids, position_ids = packed(llama[0], llama[1](), kernel_device)
+    """Given lengths go to flash_attn_varlen_func as they are, GPT-OSS's sinks with them, and
+    nothing goes to the kernel with an (n x n) mask."""
+    model_class, config = PACKABLE[model]
+    ours, _, ids, position_ids = packed(model_class, config(), kernel_device)
     square = kernel_mask_shapes(monkeypatch)
     package = importlib.import_module("kernels.flash_attention")
     calls = []
 
     def recording(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, **kwargs):
         calls.append((cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), max_q, max_k))
+        assert (kwargs["sinks"] is not None) == (model == "gpt_oss")
         return varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k, **kwargs)
 
     varlen = package.flash_attn_varlen_func
@@ -271,7 +293,6 @@ def test_packing_given_by_its_lengths_reaches_the_kernel_as_varlen_with_those_le
 @pytest.mark.parametrize(
     "arguments, complaint",
     [
-        (dict(s_aux=torch.zeros(2)), "sinks"),
         (dict(position_bias=torch.zeros(1, 2, 8, 8)), "position bias"),
         (dict(attention_mask=torch.ones(1, 8, dtype=torch.bool)), "padding"),
         (dict(attention_mask=torch.zeros(1, 1, 8, 8)), "a mask other than"),

@@ -136,14 +136,16 @@ def large_offset_cases() -> list[Case]:
 
 def varlen_cases() -> list[Case]:
     """Packed sequences (VARLEN), first choices: each kernel with causality per sequence,
-    grouped-query heads and the widest head dims, with dropout (its per-sequence counters), and
-    with FlashAttention-2's window, softcap and ALiBi (anchored in each sequence)."""
+    grouped-query heads and the widest head dims, with dropout (its per-sequence counters),
+    with FlashAttention-2's window, softcap and ALiBi (anchored in each sequence), and with
+    GPT-OSS's window and sinks (the Hugging Face backend's packed batches)."""
     return [
         Case("flash_attention", "bfloat16", 128, "varlen+causal", heads_kv=1),
         Case("flash_attention", "float16", 64, "varlen+dropout"),
         Case("flash_attention", "bfloat16", 256, "varlen+causal"),
         Case("flash_attention", "float32", 64, "varlen+causal"),
         Case("flash_attention", "bfloat16", 64, "varlen+causal+window+softcap+alibi", heads_kv=1),
+        Case("flash_attention", "bfloat16", 64, "varlen+causal+window+sinks", heads_kv=1),
     ]
 
 

@@ -26,6 +26,9 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
       program per key block accumulates dK, dV; one per query block dQ), so it is always
       deterministic. Dropout's random numbers follow ``torch.manual_seed``
       (:mod:`kernels.flash_attention.dropout`), not FlashAttention-2's generator.
+    * Both take one keyword FlashAttention-2 does not: ``sinks``, GPT-OSS's attention sinks
+      (one logit per head that joins each row's softmax denominator), as
+      :func:`kernels.flash_attention.flash_attention` takes them, with their gradient.
     * Some errors name flash_attention's arguments, whose checks they come from (scale for
       softmax_scale; a tensor's (batch, heads, len, head_dim) view).
 """
@@ -42,7 +45,8 @@ from kernels.flash_attention.varlen import Packed, check_packed, rows_view
 
 def flash_attn_func(
     q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False,
+    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False, *,
+    sinks=None,
 ):  # fmt: skip
     """Attention over (batch, seqlen, heads, head_dim) tensors, FlashAttention-2's
     ``flash_attn_func``.
@@ -66,12 +70,14 @@ def flash_attn_func(
             seqlen_q - j| to the scores; no bias tensor is built.
         deterministic: accepted for compatibility; the backward is always deterministic.
         return_attn_probs: also return the log-sum-exp (and None, see the module docstring).
+        sinks: not FlashAttention-2's: (heads,) logits, one per query head, each joining its
+            head's softmax denominators and then dropped (GPT-OSS); their gradient is returned.
 
     Returns:
         out (batch, seqlen_q, heads, head_dim_v) in q's dtype, contiguous; with
         ``return_attn_probs``, ``(out, softmax_lse, None)``, softmax_lse (batch, heads,
         seqlen_q) float32, the natural-log log-sum-exp of each row's scaled scores (-inf for a
-        row that sees no key). Gradients flow to q, k and v (and through softmax_lse).
+        row that sees no key). Gradients flow to q, k and v (and sinks; and through softmax_lse).
     """
     check_rank("flash_attn_func", 4, "(batch, seqlen, heads, head_dim)", q=q, k=k, v=v)
     # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
@@ -79,7 +85,7 @@ def flash_attn_func(
     out, lse = flash_attention(
         query, key, value, dropout_p=dropout_p, is_causal=check_flag(causal, "causal"),
         scale=softmax_scale, enable_gqa=True, return_lse=True, window_size=window_size,
-        softcap=softcap, alibi_slopes=alibi_slopes, alignment="bottom_right",
+        softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, alignment="bottom_right",
     )  # fmt: skip
     out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), contiguous (output_buffer)
     return (out, lse, None) if return_attn_probs else out
@@ -88,7 +94,7 @@ def flash_attn_func(
 def flash_attn_varlen_func(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-    deterministic=False, return_attn_probs=False,
+    deterministic=False, return_attn_probs=False, *, sinks=None,
 ):  # fmt: skip
     """Attention over packed sequences, FlashAttention-2's ``flash_attn_varlen_func``.
 
@@ -109,11 +115,13 @@ def flash_attn_varlen_func(
         alibi_slopes: float32 (heads,) or (batch, heads), one row per sequence; distances
             anchored as the window.
         return_attn_probs: also return the log-sum-exp (and None).
+        sinks: as in :func:`flash_attn_func` (not FlashAttention-2's), the same in every
+            sequence.
 
     Returns:
         out (total_q, heads, head_dim_v), contiguous; with ``return_attn_probs``,
         ``(out, softmax_lse, None)``, softmax_lse (heads, total_q) float32, as
-        FlashAttention-2's varlen log-sum-exp. Gradients flow to q, k and v.
+        FlashAttention-2's varlen log-sum-exp. Gradients flow to q, k and v (and sinks).
 
     Raises:
         TypeError / ValueError: on a bad input (a cu_seqlens that is not int32, does not start
@@ -129,12 +137,12 @@ def flash_attn_varlen_func(
     packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
     causal, options = score_options(
         packed.view(q), packed.view(k), None, check_flag(causal, "causal"), "bottom_right",
-        window_size, softcap, alibi_slopes, None,
+        window_size, softcap, alibi_slopes, sinks,
     )  # fmt: skip
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
     out, lse = _forward_op(
         q, k, v, None, causal, scale, dropout_p, seed, offset, True, *options.window,
-        options.softcap, options.alibi_slopes, None, *packed,
+        options.softcap, options.alibi_slopes, options.sinks, *packed,
     )  # fmt: skip
     return (out, lse, None) if return_attn_probs else out

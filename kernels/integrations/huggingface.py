@@ -26,12 +26,11 @@ and skips the key blocks outside it), Gemma 2's logit ``softcap`` and GPT-OSS's 
 sinks ``s_aux`` (with their gradient).
 Packed sequences (``position_ids`` that restart, with no padding and no cache: where
 transformers' own masks separate them) run through ``flash_attn_varlen_func`` (window and
-softcap included), or, with sinks (FlashAttention-2's API has none), through the kernel with a
+softcap and sinks included), or, with T5's position bias, through the kernel with a
 same-sequence mask. Packing given by its lengths, as ``DataCollatorWithFlattening(
 return_flash_attn_kwargs=True)`` gives it (``cu_seq_lens_q``/``cu_seq_lens_k``, and
 ``max_length_q``/``max_length_k``), runs through ``flash_attn_varlen_func`` with those lengths,
-as transformers' FlashAttention path runs it; with sinks, a position bias or padding it is
-refused. Arguments it cannot honour (a paged cache's ``block_table``) raise a ``ValueError``
+as transformers' FlashAttention path runs it; with a position bias or padding it is refused. Arguments it cannot honour (a paged cache's ``block_table``) raise a ``ValueError``
 naming them.
 
 Differences from ``"sdpa"``: a query that sees no key (a padding query under a padding mask)
@@ -78,15 +77,16 @@ def attention_forward(
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     given = _given_packing(kwargs, query.device)
     if given is not None:
-        _refuse_what_given_packing_cannot_carry(attention_mask, s_aux, position_bias)
+        _refuse_what_given_packing_cannot_carry(attention_mask, position_bias)
         window = _window_size(sliding_window, bool(causal))
-        out = _varlen(query, key, value, given, bool(causal), dropout, scaling, window, softcap)
+        out = _varlen(query, key, value, given, bool(causal), dropout, scaling, window, softcap,
+                      s_aux)  # fmt: skip
         return out, None
-    if _is_packed(attention_mask) and s_aux is None and position_bias is None:
-        # FlashAttention-2's varlen API takes no sinks and no bias: those go by a mask below.
+    if _is_packed(attention_mask) and position_bias is None:
+        # flash_attn_varlen_func takes no bias: T5's goes by a same-sequence mask below.
         packing = _packing_of(attention_mask)
         window = _window_size(sliding_window)
-        out = _varlen(query, key, value, packing, True, dropout, scaling, window, softcap)
+        out = _varlen(query, key, value, packing, True, dropout, scaling, window, softcap, s_aux)
         return out, None
     attention_mask, is_causal, window = _kernel_mask(
         attention_mask, bool(causal), sliding_window, query.shape[2], key.shape[2]
@@ -157,12 +157,11 @@ def _given_packing(kwargs, device):
     return cu_q, cu_k, int(longest[0]), int(longest[1])
 
 
-def _refuse_what_given_packing_cannot_carry(attention_mask, s_aux, position_bias):
-    """Packing given by its lengths goes to ``flash_attn_varlen_func``, which takes no sinks,
-    bias or mask: those are refused (``position_ids`` alone carry them, through a mask)."""
+def _refuse_what_given_packing_cannot_carry(attention_mask, position_bias):
+    """Packing given by its lengths goes to ``flash_attn_varlen_func``, which takes no bias or
+    mask: those are refused (``position_ids`` alone carry a bias, through a mask)."""
     what = (
-        "sinks (s_aux)" if s_aux is not None
-        else "a position bias" if position_bias is not None
+        "a position bias" if position_bias is not None
         else None if attention_mask is None or _is_packed(attention_mask)
         else "padding" if attention_mask.dim() == 2
         else "a mask other than the packed sequences'"
@@ -174,16 +173,17 @@ def _refuse_what_given_packing_cannot_carry(attention_mask, s_aux, position_bias
         )
 
 
-def _varlen(query, key, value, packing, causal, dropout, scaling, window_size, softcap):
+def _varlen(query, key, value, packing, causal, dropout, scaling, window_size, softcap, sinks):
     """Attention within each packed sequence through ``flash_attn_varlen_func``, the rows'
     tokens laid end to end; ``packing``: (cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-    max_seqlen_k). q (b, h, n, d), k and v (b, h_kv, n, d) -> (b, n, h, d_v)."""
+    max_seqlen_k); ``sinks``: GPT-OSS's (its keyword, not FlashAttention-2's), or None.
+    q (b, h, n, d), k and v (b, h_kv, n, d) -> (b, n, h, d_v)."""
     from kernels.flash_attention import flash_attn_varlen_func  # needs Triton, as the call does
 
     q, k, v = (rearrange(t, "b h n d -> (b n) h d") for t in (query, key, value))
     out = flash_attn_varlen_func(
         q, k, v, *packing, dropout_p=dropout, softmax_scale=scaling, causal=causal,
-        softcap=softcap, window_size=window_size,
+        softcap=softcap, window_size=window_size, sinks=sinks,
     )  # fmt: skip
     return rearrange(out, "(b n) h d -> b n h d", b=query.shape[0])
 
