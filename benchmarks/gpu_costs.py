@@ -72,6 +72,25 @@ def attention_point_s(batch, heads, length, head_dim, causal, impl, rates) -> fl
     return memory + timing + tuning
 
 
+def window_point_s(batch, heads, length, head_dim, window, rates) -> float:
+    """One length of the window benchmark on CUDA (benchmarks.window_benchmark): full causal
+    attention, then a causal window of ``window`` keys, each a forward and a forward + backward
+    call timed by ``median_ms`` (one call, then ``do_bench``); the first call of each autotunes
+    our three kernels at the length. The window's calls cost its (query, key) pairs:
+    ``length * (window + 1)`` against the full causal ``length**2 / 2``."""
+    full_fwd, full_bwd = attention_call_s(batch, heads, length, head_dim, True, "triton", rates)
+    share = min(1.0, length * (window + 1) / (length * length / 2))
+    overhead = ASSUMED["call_overhead_s"]
+    total = 0.0
+    for fraction in (1.0, share):
+        fwd = overhead + (full_fwd - overhead) * fraction
+        bwd = overhead + (full_bwd - overhead) * fraction
+        both = fwd + bwd
+        timing = (fwd + do_bench_s(fwd)) + (both + do_bench_s(both))
+        total += timing + tune_s([fwd, 0.6 * bwd, 0.4 * bwd])
+    return total
+
+
 def model_step_s(length: int) -> float:
     """One training step of the model benchmark's model (batch 8, d_model 256, 3 + 3 layers,
     vocabulary 8000): 6 x parameters x tokens for the weights, plus attention's 4 b n^2 d per

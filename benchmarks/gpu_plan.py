@@ -27,6 +27,7 @@ from benchmarks.gpu_costs import (
     do_bench_s,
     model_step_s,
     tune_s,
+    window_point_s,
 )
 from kernels.compile_gate import Case
 
@@ -82,6 +83,13 @@ class Sizes:
     memory_max_len: int = 131072
     memory_heads: int = 16
     memory_head_dim: int = 128
+    # the window benchmark's CUDA defaults: a causal window of 64 keys against causal full
+    # attention, batch 1, 16 heads of 64, bf16
+    window_min_len: int = 1024
+    window_max_len: int = 32768
+    window_heads: int = 16
+    window_head_dim: int = 64
+    window: int = 64
     model_min_len: int = 256
     model_max_len: int = 8192
     train_minutes: float = 3.0
@@ -89,6 +97,7 @@ class Sizes:
     # further options of the steps' scripts (the rehearsal's toy model and CPU settings)
     speed_options: tuple[str, ...] = ()
     memory_options: tuple[str, ...] = ()
+    window_options: tuple[str, ...] = ()
     model_options: tuple[str, ...] = ()
 
     @property
@@ -109,10 +118,12 @@ class Sizes:
 REHEARSAL = Sizes(
     speed_min_len=16, speed_max_len=16, speed_tokens=64, speed_hidden=32, speed_head_dims=(16,),
     memory_min_len=16, memory_max_len=16, memory_heads=2, memory_head_dim=16,
+    window_min_len=32, window_max_len=32, window_heads=1, window_head_dim=16, window=8,
     model_min_len=16, model_max_len=16, train_minutes=0.2, device="cpu",
     speed_options=("--cpu-repeats", "1", "--causal", "yes", "--impls", "naive", "sdpa_flash",
                    "triton"),
     memory_options=("--cpu-repeats", "1"),
+    window_options=("--cpu-repeats", "1"),
     model_options=("--batch", "2", "--vocab", "64", "--d-model", "32", "--heads", "2",
                    "--layers", "1", "--d-ff", "64", "--cpu-repeats", "1"),
 )  # fmt: skip
@@ -120,14 +131,17 @@ REHEARSAL = Sizes(
 # The rehearsal's toy steps on the CPU (measured here: 2 cores shared with other sessions), and
 # with a margin: they are limits too, and only the step it cuts on purpose may reach its own.
 REHEARSAL_ESTIMATES_S = {
-    "warm": 25.0, "parity": 40.0, "speed": 30.0, "memory": 30.0, "model": 30.0, "training": 5.0,
+    "warm": 25.0, "parity": 40.0, "speed": 30.0, "memory": 30.0, "window": 20.0, "model": 30.0,
+    "training": 5.0,
 }  # fmt: skip
 
 # What gives way first when the plan is over budget: the training runs' minutes (tokens/s
-# settles within a minute), the longest memory lengths (a full do_bench of a second-long call),
-# the model's lengths, and last the speed sweep's (its 16k is FlashAttention's headline).
+# settles within a minute), the window sweep's longest lengths (4096 already shows O(n·w)
+# against O(n²)), the longest memory lengths (a full do_bench of a second-long call), the
+# model's lengths, and last the speed sweep's (its 16k is FlashAttention's headline).
 SHRINK_ORDER = (
     ("train_minutes", (3.0, 2.0, 1.5, 1.0, 0.5)),
+    ("window_max_len", (32768, 16384, 8192, 4096)),
     ("memory_max_len", (131072, 65536, 32768)),
     ("model_max_len", (8192, 4096, 2048, 1024)),
     ("speed_max_len", (16384, 8192, 4096, 2048)),
@@ -155,6 +169,18 @@ def memory_cases(sizes: Sizes) -> list[Case]:
     return [
         Case("flash_attention", "bfloat16", sizes.memory_head_dim, "causal", n, n, 1,
              sizes.memory_heads)
+    ]  # fmt: skip
+
+
+def window_cases(sizes: Sizes) -> list[Case]:
+    """The window benchmark's two calls (batch 1, every length a multiple of 16): causal full
+    attention and a causal window, as the compile gate's "causal+window" (64 keys left: the
+    same integer class as any window that is a multiple of 16)."""
+    n = sizes.window_min_len
+    return [
+        Case("flash_attention", "bfloat16", sizes.window_head_dim, masking, n, n, 1,
+             sizes.window_heads)
+        for masking in ("causal", "causal+window")
     ]  # fmt: skip
 
 
@@ -198,6 +224,7 @@ CASES = {
     "parity": parity_cases,
     "speed": speed_cases,
     "memory": memory_cases,
+    "window": window_cases,
     "model": model_cases,
 }  # training: train.py compiles what its model launches itself, before its budget (below)
 
@@ -226,6 +253,14 @@ def estimate_memory(sizes: Sizes, rates: dict) -> float:
         for impl in MEMORY_IMPLS:
             h, d = sizes.memory_heads, sizes.memory_head_dim
             total += attention_point_s(1, h, n, d, True, impl, rates)
+    return total
+
+
+def estimate_window(sizes: Sizes, rates: dict) -> float:
+    total = ASSUMED["process_start_s"]
+    for n in doubling(sizes.window_min_len, sizes.window_max_len):
+        h, d = sizes.window_heads, sizes.window_head_dim
+        total += window_point_s(1, h, n, d, sizes.window, rates)
     return total
 
 
@@ -280,10 +315,13 @@ ESTIMATES = {
     "parity": estimate_parity,
     "speed": estimate_speed,
     "memory": estimate_memory,
+    "window": estimate_window,
     "model": estimate_model,
     "training": estimate_training,
 }
-STEPS = ("warm", "parity", "speed", "memory", "model", "training")
+# In the order they run; a plan over budget leaves them out from the end: the window benchmark
+# (the newest measure, on a kernel path the speed step's full attention shares) goes first.
+STEPS = ("warm", "parity", "speed", "memory", "model", "training", "window")
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -386,6 +424,11 @@ def describe(plan: Plan) -> str:
             )
         elif step == "memory":
             detail = f"lengths {plan.sizes.memory_min_len} to {plan.sizes.memory_max_len}"
+        elif step == "window":
+            detail = (
+                f"a causal window of {plan.sizes.window} against causal full attention, lengths "
+                f"{plan.sizes.window_min_len} to {plan.sizes.window_max_len}"
+            )
         elif step == "model":
             detail = f"lengths {plan.sizes.model_min_len} to {plan.sizes.model_max_len}"
         elif step == "training":

@@ -108,7 +108,7 @@ def checks(out_dir: Path, marker: str, returncode: int | None) -> list[tuple[str
     test_lines = TEST_LINE.findall(log.read_text()) if log.exists() else []
     training = steps.get("training", {})
     skipped = sorted(s for s, r in steps.items() if isinstance(r.get("skipped"), str))
-    others = [s for s in ("warm", "speed", "memory", "model") if s in steps]
+    others = [s for s in ("warm", "speed", "memory", "window", "model") if s in steps]
     unfinished = [s for s in others if "error" in steps[s] or steps[s].get("partial")]
     summary = out_dir / "gpu_report.md"
     summary_text = summary.read_text() if summary.exists() else ""
@@ -131,6 +131,6 @@ def checks(out_dir: Path, marker: str, returncode: int | None) -> list[tuple[str
          and cut.get("passed", 0) >= 1, f"{counts}"),
         ("the summary reads the partial results",
          f"{CUT_STEP}: stopped early, kept" in summary_text, ""),
-        ("every other step finished", len(others) == 4 and not unfinished,
+        ("every other step finished", len(others) == 5 and not unfinished,
          f"ran {others}, unfinished {unfinished}"),
     ]  # fmt: skip

@@ -21,6 +21,9 @@ started, at its time limit: :mod:`benchmarks.gpu_steps` holds them):
 4. ``model``: the whole-model training benchmark (tokens/s and step memory per backend).
 5. ``training``: ``train.py --config base`` for a few minutes with ``--attention triton``,
    then ``sdpa``: tokens/s and whether the loss curves agree.
+6. ``window``: a causal sliding window of 64 keys against causal full attention, ours, at
+   growing lengths (batch 1, 16 heads of 64, bf16): O(n·w) against O(n²). The first step
+   left out when the plan does not fit.
 
 Each step writes ``<out-dir>/gpu_<step>.json`` the moment it ends (a session cut short keeps
 every finished step), and its scripts write their results as they go (a step stopped at its
@@ -76,6 +79,7 @@ NEEDS = {
     "parity": ("pytest", "hypothesis"),
     "speed": ("einops", "tqdm", "matplotlib"),
     "memory": ("einops", "tqdm", "matplotlib"),
+    "window": ("tqdm", "matplotlib"),
     "model": ("einops", "tqdm", "matplotlib"),
     "training": ("datasets", "tokenizers", "sacrebleu", "safetensors", "einops", "tqdm"),
 }

@@ -37,7 +37,8 @@ class StepContext:
 
 def results_path(ctx: StepContext, step: str, suffix: str = "json") -> Path:
     """The file a step's script writes as it goes (its points, its tests' lines)."""
-    name = {"speed": "attention", "memory": "memory", "model": "model", "parity": "parity"}[step]
+    name = {"speed": "attention", "memory": "memory", "window": "window", "model": "model",
+            "parity": "parity"}[step]  # fmt: skip
     return ctx.out_dir / f"gpu_{name}_{ctx.tag}.{suffix}"
 
 
@@ -181,11 +182,32 @@ def memory_ratios(records: list[dict]) -> list[dict]:
     return out
 
 
+def run_window(ctx: StepContext) -> dict:
+    """The window benchmark: a causal sliding window against causal full attention, ours
+    (:mod:`benchmarks.window_benchmark`), forward and forward + backward at growing lengths."""
+    from benchmarks import window_benchmark
+
+    s = ctx.sizes
+    payload = window_benchmark.main([
+        "--device", s.device, "--window", str(s.window), "--causal", "yes",
+        "--heads", str(s.window_heads), "--head-dim", str(s.window_head_dim),
+        "--min-len", str(s.window_min_len), "--max-len", str(s.window_max_len),
+        "--out-dir", str(ctx.out_dir), "--tag", results_path(ctx, "window").stem,
+        *s.window_options,
+    ])  # fmt: skip
+    return window_result(ctx, payload)
+
+
+def window_result(ctx: StepContext, payload: dict) -> dict:
+    return {"files": f"{results_path(ctx, 'window').stem}.*", "ratios": payload["ratios"],
+            "points": _points(payload)}  # fmt: skip
+
+
 def _points(payload: dict) -> int:
     """How many points the results hold (a point: one implementation at one length)."""
     keys = {
-        (r.get("implementation") or r.get("backend"), r.get("compiled"), r.get("head_dim"),
-         r.get("causal"), r["seq_len"])
+        (r.get("implementation") or r.get("backend") or r.get("variant"), r.get("compiled"),
+         r.get("head_dim"), r.get("causal"), r["seq_len"])
         for r in payload["records"]
     }  # fmt: skip
     return len(keys)
@@ -268,10 +290,16 @@ RUNNERS = {
     "parity": run_parity,
     "speed": run_speed,
     "memory": run_memory,
+    "window": run_window,
     "model": run_model,
     "training": run_training,
 }
-RESULTS = {"speed": speed_result, "memory": memory_result, "model": model_result}
+RESULTS = {
+    "speed": speed_result,
+    "memory": memory_result,
+    "window": window_result,
+    "model": model_result,
+}
 
 
 def partial_result(step: str, ctx: StepContext) -> dict:

@@ -86,6 +86,10 @@ def summary_rows(results: dict) -> list[list[str]]:
     ]
     if naive_fails:
         rows.append(["naive fwd+bwd first fails at length", str(min(naive_fails))])
+    window = results.get("window", {}).get("ratios", [])
+    for r in [r for r in window if r["pass"] == "forward_backward"][-1:]:
+        rows.append([f"window {r['window']} / full, causal, fwd+bwd, len {r['seq_len']}",
+                     f"{r['ratio']:.3f} (pairs {r['pairs_ratio']:.3f})"])  # fmt: skip
     training = results.get("training", {})
     for backend, run in training.get("runs", {}).items():
         rows.append([f"base training tokens/s, {backend}", _number(run["tokens_per_s"], ",.0f")])

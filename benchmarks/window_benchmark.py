@@ -124,7 +124,9 @@ def measure(variant: str, seq_len: int, pass_: str, args, device: torch.device) 
     return record
 
 
-def sweep(args, device: torch.device) -> list[dict]:
+def sweep(args, device: torch.device, on_point=None) -> list[dict]:
+    """Every point's record; ``on_point(records so far)`` after each point (the benchmark
+    writes its results file then, so a run stopped midway keeps every finished point)."""
     records = []
     progress = tqdm(total=len(args.lengths) * len(VARIANTS) * len(PASSES), desc="window")
     for seq_len in args.lengths:
@@ -138,6 +140,8 @@ def sweep(args, device: torch.device) -> list[dict]:
                          causal=args.causal, **{"pass": pass_}, **record)
                 )  # fmt: skip
                 progress.update()
+                if on_point is not None:
+                    on_point(records)
     progress.close()
     return records
 
@@ -339,21 +343,13 @@ def settle(args, cuda: bool) -> None:
     args.lengths = doubling(args.min_len, args.max_len)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.replot is not None:
-        payload = read_json(args.replot)
-        report(payload, args.replot.with_suffix(""))
-        return payload
-    device = pick_kernel_device(args.device)
-    cuda = device.type == "cuda"
-    settle(args, cuda)
-    torch.set_num_threads(1)
-    env = environment(device)
-    records = sweep(args, device)
+def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
+    """The results file's content; ``partial``: written after a point, more are to come (a run
+    stopped midway leaves its last such file)."""
     settings = settings_of(args)
-    payload = {
+    return {
         "benchmark": "window",
+        "partial": partial,
         "environment": env,
         "settings": settings,
         "conventions": {
@@ -372,8 +368,28 @@ def main(argv=None) -> dict:
         "records": records,
         "ratios": ratios(records, args),
     }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.replot is not None:
+        payload = read_json(args.replot)
+        report(payload, args.replot.with_suffix(""))
+        return payload
+    device = pick_kernel_device(args.device)
+    cuda = device.type == "cuda"
+    settle(args, cuda)
+    torch.set_num_threads(1)
+    env = environment(device)
     stem = args.out_dir / (args.tag or f"window_{device_tag(device)}")
-    write_json(Path(f"{stem}.json"), payload)
+
+    def save(records: list[dict], partial: bool) -> dict:
+        payload = results_payload(args, env, records, partial)
+        write_json(Path(f"{stem}.json"), payload)
+        return payload
+
+    records = sweep(args, device, on_point=lambda records: save(records, partial=True))
+    payload = save(records, partial=False)
     report(payload, stem)
     return payload
 

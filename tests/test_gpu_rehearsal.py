@@ -148,6 +148,35 @@ def test_the_attention_benchmark_writes_its_results_after_every_point(tmp_path, 
     assert all(r["point_seconds"] >= 0 for r in payload["records"])
 
 
+def test_the_window_benchmark_writes_its_results_after_every_point(tmp_path, monkeypatch):
+    """The window step's script too: a run stopped midway leaves every finished point, marked
+    partial, and the step reads them back (its points and ratios)."""
+    from benchmarks import gpu_plan, gpu_steps, window_benchmark
+
+    seen = []
+
+    def one_point(variant, seq_len, pass_, args, device):
+        path = tmp_path / "window_cpu.json"
+        if path.exists():  # what a stop at this moment would leave
+            payload = json.loads(path.read_text())
+            seen.append((payload["partial"], len(payload["records"])))
+        return {"status": "ok", "median_ms": 2.0 if variant == "full" else 1.0}
+
+    monkeypatch.setattr(window_benchmark, "measure", one_point)
+    monkeypatch.setattr(window_benchmark, "report", lambda payload, stem: None)
+    payload = window_benchmark.main([
+        "--device", "cpu", "--window", "8", "--min-len", "16", "--max-len", "32",
+        "--out-dir", str(tmp_path),
+    ])  # fmt: skip
+    assert payload["partial"] is False and len(payload["records"]) == 8
+    assert seen == [(True, n) for n in range(1, 8)]
+    assert [r["ratio"] for r in payload["ratios"]] == [0.5] * 4
+    ctx = gpu_steps.StepContext(tmp_path, gpu_plan.REHEARSAL, "cpu", ("window",))
+    (tmp_path / "window_cpu.json").rename(gpu_steps.results_path(ctx, "window"))
+    kept = gpu_steps.partial_result("window", ctx)
+    assert kept["points"] == 4 and len(kept["ratios"]) == 4
+
+
 # --- the rehearsal --------------------------------------------------------------------------------
 
 
@@ -162,6 +191,7 @@ def rehearsed_folder(out_dir: Path, **changes) -> None:
         "memory": {"records": [], "points": 3, "left_running": 0},
         "model": {"records": [], "points": 3, "left_running": 0},
         "training": {"skipped": "missing ['datasets']"},
+        "window": {"ratios": [], "points": 2, "left_running": 0},
         **changes,
     }  # fmt: skip
     for step, record in steps.items():
