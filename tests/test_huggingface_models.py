@@ -290,6 +290,41 @@ def test_packing_given_by_its_lengths_reaches_the_kernel_as_varlen_with_those_le
     assert calls == [(cumulative, cumulative, 9, 9)] * 2 and square == []
 
 
+def test_packing_given_by_its_lengths_with_a_bidirectional_window_sees_both_ways_in_each_sequence(
+    kernel_device,
+):
+    """An encoder's packed batch (is_causal False) with a sliding window of w: each query sees
+    the keys of its own sequence within |i - j| < w on both sides, as transformers'
+    bidirectional window masks keep them, against a float64 reference per sequence (float32
+    kernel, 1e-5); grouped-query heads, sequences shorter and longer than the window."""
+    window, lengths = 4, [3, 9, 6]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    generator = torch.Generator().manual_seed(21)
+    total = int(cu[-1])
+    q = torch.randn(1, 4, total, 16, generator=generator)
+    k, v = (torch.randn(1, 2, total, 16, generator=generator) for _ in range(2))
+
+    class Encoder(torch.nn.Module):
+        is_causal = False
+
+    given = dict(cu_seq_lens_q=cu.to(kernel_device), cu_seq_lens_k=cu.to(kernel_device),
+                 max_length_q=max(lengths), max_length_k=max(lengths))  # fmt: skip
+    out, _ = huggingface.attention_forward(
+        Encoder(), *(t.to(kernel_device) for t in (q, k, v)), attention_mask=None,
+        scaling=0.25, sliding_window=window, **given,
+    )  # fmt: skip
+    expected = []
+    for start, stop in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        qs, ks, vs = (t[0, :, start:stop].double() for t in (q, k, v))
+        ks, vs = ks.repeat_interleave(2, dim=0), vs.repeat_interleave(2, dim=0)
+        i = torch.arange(stop - start)
+        seen = (i[:, None] - i[None, :]).abs() < window
+        scores = (qs @ ks.transpose(-1, -2) * 0.25).masked_fill(~seen, float("-inf"))
+        expected.append((scores.softmax(-1) @ vs).transpose(0, 1))  # (n, h, d)
+    expected = torch.cat(expected)[None]
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "arguments, complaint",
     [
