@@ -8,10 +8,13 @@ q, k, v. For each length (doubling) it measures peak memory of the forward (unde
 ``torch.no_grad``) and of forward + backward, above the inputs and parameters, and the median
 time of both.
 
-On a machine without a GPU every memory point runs in a fresh process (see
-``benchmarks/common/isolation.py``) and the Triton kernels run under Triton's interpreter
-(``TRITON_INTERPRET=1``): their memory is what the call allocates, which is meaningful, but
-their time is not (recorded as ``not_measurable``). The interpreter is slow, so the CPU
+Memory is torch's allocations above the inputs
+(:func:`benchmarks.common.measure.peak_allocated`), as in the attention benchmark. On a machine
+without a GPU every memory point runs in a fresh process (see ``benchmarks/common/isolation.py``)
+and the Triton kernels run under Triton's interpreter (``TRITON_INTERPRET=1``): what they
+allocate through torch (outputs, log-sum-exp, buffers) is what they allocate on a GPU, and is
+counted; the interpreter's own numpy arrays are not. Their time is not meaningful (recorded as
+``not_measurable``). The interpreter is slow, so the CPU
 defaults are one head and lengths up to 1024.
 
     python -m benchmarks.additive_benchmark             # defaults for this machine
@@ -32,7 +35,7 @@ from tqdm import tqdm
 
 from benchmarks.common.environment import device_tag, environment, pick_kernel_device
 from benchmarks.common.isolation import run_isolated
-from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_memory
+from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_allocated
 from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
 from benchmarks.common.plotting import log_axes, plot_series
 from benchmarks.common.records import (
@@ -123,7 +126,7 @@ def measure_point(spec: dict, memory_cap_bytes: int | None = None) -> dict:
     try:
         fn = _pass_fn(call, q, k, v, dout, spec["pass"])
         if spec["measure"] == "memory":
-            return {"status": "ok", "peak_bytes": peak_memory(fn, device)}
+            return {"status": "ok", "peak_bytes": peak_allocated(fn, device)}
         ms = median_ms(fn, device, [q, k, v], spec["cpu_repeats"])
         return {"status": "ok", "median_ms": ms}
     except Exception as err:  # noqa: BLE001
@@ -229,7 +232,8 @@ def plot(records: list[dict], args, env: dict, path: Path) -> None:
     )  # fmt: skip
     cpu = env["device_type"] == "cpu"
     note = (
-        "CPU: Triton kernels run under the interpreter, so their time is not measured; "
+        "CPU: memory is torch allocations (the Triton kernels' under the interpreter); "
+        "their time is not measured; "
         f"out of memory = over a {args.cpu_memory_cap_mib} MiB cap per point"
         if cpu
         else ""
@@ -254,7 +258,7 @@ def markdown(records: list[dict], args) -> str:
     for measure in ("memory", "time"):
         for pass_ in PASSES:
             if measure == "memory":
-                title = f"Peak memory above the inputs (MiB), {PASS_LABELS[pass_]}"
+                title = f"Peak torch allocations above the inputs (MiB), {PASS_LABELS[pass_]}"
             else:
                 title = f"Median time (ms), {PASS_LABELS[pass_]}"
             header = ["length", *(LABELS[i] for i in args.impls)]
@@ -345,8 +349,11 @@ def main(argv=None) -> dict:
         "environment": env,
         "settings": settings,
         "conventions": {
-            "memory": "peak bytes above the inputs (q, k, v, the output gradient and the score "
-            "module's parameters) during the call; forward runs under torch.no_grad",
+            "memory": "peak bytes torch allocated above the inputs (q, k, v, the output gradient "
+            "and the score module's parameters) during the call: torch.cuda.max_memory_allocated "
+            "on CUDA, the CPU allocator's blocks read from torch.profiler on the CPU (under the "
+            "interpreter, not the interpreter's own numpy arrays); forward runs under "
+            "torch.no_grad",
             "time": "median milliseconds after warm-up (triton.testing.do_bench on CUDA, "
             "wall clock on the CPU)",
             "statuses": list(STATUSES),

@@ -1,4 +1,5 @@
-"""The attention benchmark's memory measure and our kernel's line on its memory plot.
+"""The benchmarks' memory measure and our kernels' lines on their memory plots (the attention
+benchmark's flash kernel, the additive benchmark's fused kernel).
 
 Memory is torch's allocations above the inputs, one measure for every implementation; on the
 CPU our kernel runs under Triton's interpreter and its line is labelled so. The benchmark runs
@@ -109,3 +110,46 @@ def test_kernel_memory_on_the_cpu_stops_at_the_interpreter_length_limit(tmp_path
     text = (tmp_path / "bench.md").read_text()
     assert "ours (Triton): skipped at every point" not in text  # two reasons, two lines
     assert "ours (Triton) memory: skipped at every point" in text
+
+
+@pytest.fixture
+def additive_in_process(monkeypatch, restores_process_state):
+    """The additive benchmark's points measured in this process (no child, no memory cap)."""
+    from benchmarks import additive_benchmark
+
+    monkeypatch.setattr(
+        additive_benchmark,
+        "run_point",
+        lambda spec, device, cap: additive_benchmark.measure_point(spec),
+    )
+    return additive_benchmark
+
+
+def test_additive_benchmark_memory_is_torch_allocations_linear_for_the_fused_kernel_quadratic_for_naive(
+    kernel_device, tmp_path, additive_in_process
+):
+    # The naive path builds (b, h, i, j, a) features: 4x per doubling of the length; the fused
+    # kernel keeps the features on chip and allocates O(length) through torch (under the
+    # interpreter on the CPU too: its numpy arrays are not torch's and are not counted).
+    payload = additive_in_process.main([
+        "--device", kernel_device.type, "--impls", "naive_additive", "fused_additive",
+        "--head-dim", "16", "--heads", "1", "--min-len", "128", "--max-len", "256",
+        "--dtype", "float32", "--cpu-repeats", "1", "--out-dir", str(tmp_path), "--tag", "add",
+    ])  # fmt: skip
+    records = {
+        (r["implementation"], r["seq_len"], r["measure"], r["pass"]): r for r in payload["records"]
+    }
+
+    def peak(impl, seq_len, pass_):
+        record = records[impl, seq_len, "memory", pass_]
+        assert record["status"] == "ok", record
+        return record["peak_bytes"]
+
+    for pass_ in ("forward", "forward_backward"):
+        fused = peak("fused_additive", 256, pass_) / peak("fused_additive", 128, pass_)
+        naive = peak("naive_additive", 256, pass_) / peak("naive_additive", 128, pass_)
+        assert 1.5 <= fused <= 2.5, (pass_, fused)
+        assert naive >= 3.0, (pass_, naive)
+        assert peak("fused_additive", 256, pass_) * 8 <= peak("naive_additive", 256, pass_)
+    assert "torch allocated" in payload["conventions"]["memory"]
+    assert "Peak torch allocations above the inputs" in (tmp_path / "add.md").read_text()
