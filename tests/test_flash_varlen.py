@@ -232,6 +232,39 @@ def test_packed_sequences_are_read_in_place(monkeypatch):
     assert seen == [q.data_ptr(), k.data_ptr(), v.data_ptr()]
 
 
+def strided(cu, junk):
+    """The same cumulative lengths as a strided view (every other element of a longer tensor,
+    ``junk`` in between): what the kernel would read as the lengths if it ignored the stride."""
+    interleaved = torch.stack([cu, torch.full_like(cu, junk)], dim=1).flatten()[:-1]
+    view = interleaved[::2]
+    assert not view.is_contiguous() and torch.equal(view, cu)
+    return view
+
+
+def test_strided_cumulative_lengths_are_read_by_value_as_each_sequence_alone():
+    # Read ignoring their stride, [0, 1, 5, 1] (junk 1 between the values) would give
+    # sequences of 1, 4 and -4 queries: wrong rows, not an error.
+    (q, k, v, dout), cu = packed_inputs([5, 1, 30], [5, 1, 30], 2, 2, 16, torch.float32)
+    cu["cu_seqlens_q"] = strided(cu["cu_seqlens_q"], junk=1)
+    cu["cu_seqlens_k"] = strided(cu["cu_seqlens_k"], junk=2)
+    assert_close_as_flash_attention_does(
+        q, k, v, dout, reference=each_sequence_alone, kernel=flash_attn_varlen_func,
+        causal=True, **cu,
+    )  # fmt: skip
+
+
+def test_a_paged_cache_block_table_is_refused_and_none_is_flash_attns_default():
+    (q, k, v, _), cu = packed_inputs([2, 3], [4, 1], 2, 2, 16, torch.float32)
+    lengths = (cu["cu_seqlens_q"], cu["cu_seqlens_k"], cu["max_seqlen_q"], cu["max_seqlen_k"])
+    # FlashAttention-2's full positional order, block_table last.
+    out = flash_attn_varlen_func(q, k, v, *lengths, 0.0, None, True, (-1, -1), 0.0, None,
+                                 False, False, None)  # fmt: skip
+    torch.testing.assert_close(out, flash_attn_varlen_func(q, k, v, *lengths, causal=True))
+    table = torch.zeros(2, 1, dtype=torch.int32, device=q.device)
+    with pytest.raises(ValueError, match="block_table \\(a paged key/value cache\\)"):
+        flash_attn_varlen_func(q, k, v, *lengths, causal=True, block_table=table)
+
+
 def _bad(cu, **changes):
     return {**cu, **changes}
 

@@ -29,6 +29,12 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
     * Both take one keyword FlashAttention-2 does not: ``sinks``, GPT-OSS's attention sinks
       (one logit per head that joins each row's softmax denominator), as
       :func:`kernels.flash_attention.flash_attention` takes them, with their gradient.
+    * ``softmax_lse`` is -inf for a row that sees no key (the log of an empty sum);
+      FlashAttention-2's kernel writes +inf there. Its output, 0, is the same.
+    * ``flash_attn_varlen_func`` takes ``block_table`` (FlashAttention-2's paged cache) only
+      as None. The packed-projection variants (``flash_attn_qkvpacked_func``,
+      ``flash_attn_kvpacked_func`` and their varlen forms) and ``flash_attn_with_kvcache``
+      are not provided: pass q, k and v (views of a packed tensor are read in place).
     * Some errors name flash_attention's arguments, whose checks they come from (scale for
       softmax_scale; a tensor's (batch, heads, len, head_dim) view).
 """
@@ -94,7 +100,7 @@ def flash_attn_func(
 def flash_attn_varlen_func(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
     softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-    deterministic=False, return_attn_probs=False, *, sinks=None,
+    deterministic=False, return_attn_probs=False, block_table=None, *, sinks=None,
 ):  # fmt: skip
     """Attention over packed sequences, FlashAttention-2's ``flash_attn_varlen_func``.
 
@@ -105,7 +111,8 @@ def flash_attn_varlen_func(
         cu_seqlens_q, cu_seqlens_k: (batch + 1,) int32 on q's device, cumulative lengths:
             sequence s is queries cu_seqlens_q[s]:cu_seqlens_q[s + 1] and keys
             cu_seqlens_k[s]:cu_seqlens_k[s + 1]; from 0, never decreasing, ending at
-            total_q and total_k. A sequence may be empty.
+            total_q and total_k. A sequence may be empty. Any strides (a strided view is
+            read by value: copied when it is not contiguous).
         max_seqlen_q, max_seqlen_k: ints at least the longest sequence's lengths (the grid).
         dropout_p, softmax_scale, deterministic: as in :func:`flash_attn_func`.
         causal: per sequence, anchored bottom-right: its query i sees its keys
@@ -115,6 +122,8 @@ def flash_attn_varlen_func(
         alibi_slopes: float32 (heads,) or (batch, heads), one row per sequence; distances
             anchored as the window.
         return_attn_probs: also return the log-sum-exp (and None).
+        block_table: FlashAttention-2's paged key/value cache: only None (no paging) is
+            taken; anything else raises a ValueError.
         sinks: as in :func:`flash_attn_func` (not FlashAttention-2's), the same in every
             sequence.
 
@@ -131,7 +140,14 @@ def flash_attn_varlen_func(
         is captured.
     """
     name = "flash_attn_varlen_func"
+    if block_table is not None:
+        raise ValueError(
+            f"{name}: block_table (a paged key/value cache) is not supported; pass k and v "
+            "packed, (total_k, heads_k, head_dim), with cu_seqlens_k"
+        )
     check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
+    # The kernels read the cumulative lengths as one contiguous int32 row each.
+    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     dropout_p = check_dropout_p(dropout_p)
     check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
     packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
