@@ -57,6 +57,7 @@ def _bad_inputs():
         ("scale-nan", (q, k, v), {"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
         ("scale-inf", (q, k, v), {"scale": float("inf")}, ValueError, "scale must be finite, got inf"),
         ("scale-tensor-inf", (q, k, v), {"scale": torch.tensor(-float("inf"))}, ValueError, "scale must be finite"),
+        ("scale-tensor-grad", (q, k, v), {"scale": torch.tensor(0.5, requires_grad=True)}, TypeError, "scale gets no gradient"),
         *_bad_score_options(q, k, v),
     ]  # fmt: skip
 

@@ -68,8 +68,8 @@ Supported
       ``torch.library.custom_op`` (see :mod:`kernels.ops` for why not ``triton_op``); a compiled
       graph calls them as opaque nodes, with fake implementations giving their output shapes.
     * A query that sees no key at all (all its keys masked, by a boolean mask, -inf biases or
-      causality) gets an output of zeros, zero gradients, and a log-sum-exp of -inf (SDPA's
-      math backend gives NaN there).
+      causality) gets an output of zeros, zero gradients, and a log-sum-exp of -inf (as SDPA
+      does in torch 2.13; older torch's math backend gave NaN there).
     * FlashAttention-2's API: ``flash_attn_func`` on (b, n, h, d) tensors and
       ``flash_attn_varlen_func`` on packed (total, h, d) sequences with int32 cumulative
       lengths, no padding: each program reads its sequence's start and length from them

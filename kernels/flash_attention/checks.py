@@ -62,6 +62,11 @@ def check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
                 "flash_attention: scale must be a real number (or a one-element real tensor) or "
                 f"None, got {type(scale).__name__} {scale!r:.40}"
             )
+        if isinstance(scale, torch.Tensor) and scale.requires_grad:
+            raise TypeError(
+                "flash_attention: scale gets no gradient (it is read as a float, as SDPA's); "
+                "pass a float or a detached tensor"
+            )
         if not math.isfinite(float(scale)):
             raise ValueError(f"flash_attention: scale must be finite, got {scale}")
     if attn_mask is not None:
