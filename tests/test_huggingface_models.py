@@ -351,6 +351,7 @@ class Attention(torch.nn.Module):
     [
         (dict(block_table=torch.zeros(1, 1, dtype=torch.int32)), "paged"),
         (dict(sliding_window=3, is_causal=False), "sliding window"),
+        (dict(output_attentions=True), "no attention weights"),
     ],
 )
 def test_arguments_it_cannot_honour_raise_before_anything_runs(arguments, complaint):

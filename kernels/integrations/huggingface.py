@@ -30,8 +30,8 @@ softcap and sinks included), or, with T5's position bias, through the kernel wit
 same-sequence mask. Packing given by its lengths, as ``DataCollatorWithFlattening(
 return_flash_attn_kwargs=True)`` gives it (``cu_seq_lens_q``/``cu_seq_lens_k``, and
 ``max_length_q``/``max_length_k``), runs through ``flash_attn_varlen_func`` with those lengths,
-as transformers' FlashAttention path runs it; with a position bias or padding it is refused. Arguments it cannot honour (a paged cache's ``block_table``) raise a ``ValueError``
-naming them.
+as transformers' FlashAttention path runs it; with a position bias or padding it is refused. Arguments it cannot honour (a paged cache's ``block_table``, ``output_attentions=True``)
+raise a ``ValueError`` naming them.
 
 Differences from ``"sdpa"``: a query that sees no key (a padding query under a padding mask)
 gets zeros where SDPA averages the values; the outputs at every other position agree. Attention
@@ -197,6 +197,13 @@ def _refuse_what_it_cannot_honour(kwargs):
     for name, what in UNSUPPORTED.items():
         if kwargs.get(name) is not None:
             raise ValueError(f"attention {NAME!r} does not support {what} ({name}): use 'eager'")
+    if kwargs.get("output_attentions"):
+        # The kernel never forms the weights; transformers' own "sdpa" returns None with a
+        # logged warning, which leaves the model's ``attentions`` silently empty.
+        raise ValueError(
+            f"attention {NAME!r} returns no attention weights (output_attentions=True): use "
+            "'eager' for them"
+        )
 
 
 def _kernel_mask(attention_mask, causal, sliding_window, len_q, len_k):
