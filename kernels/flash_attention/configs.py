@@ -79,9 +79,17 @@ CONFIGS_DROPOUT_16BIT |= {
     ("dq_bias", 256, True): [C(64, 16, 8, 2), C(64, 32, 8, 2), C(64, 16, 4, 2)],
 }
 # The same dQ pass on sm_80-89: 32-row and 16-row tiles at width 128; at width 256 on sm_86/89
-# (99 KB, which drops 64x32 w8 s2) tiles of 32x16 and 16x16.
+# (99 KB, which drops 64x32 w8 s2) tiles of 32x16 and 16x16. On sm_80 at d = 160-192 the first
+# two spill; 16x32 w8 s2 is the one that spills on neither triton 3.9 nor 3.6 (16x16 w4 s2
+# spills 8 B on 3.6).
 CONFIGS_DROPOUT_16BIT["dq_bias", 256, False] = [
-    C(64, 32, 8, 2), C(32, 16, 8, 2), C(64, 16, 8, 2), C(16, 16, 4, 2),
+    C(64, 32, 8, 2), C(32, 16, 8, 2), C(16, 32, 8, 2), C(16, 16, 4, 2),
+]  # fmt: skip
+# The dK/dV pass with dropout at width 256 on sm_80-89: the plain list's first choice, then tiles
+# that spill on neither triton 3.9 nor 3.6 (on sm_86 with triton 3.6 the plain 16x16 w4 s2 spills
+# 16 B for d = 40 with d_v = 256 and a float bias, and the rest of the plain list 160-360 B).
+CONFIGS_DROPOUT_16BIT["dkdv", 256, False] = [
+    C(16, 16, 4, 2), C(16, 32, 8, 2), C(16, 16, 8, 2), C(16, 16, 4, 1),
 ]  # fmt: skip
 CONFIGS_DROPOUT_16BIT["dq_bias", 128, False] = [
     C(32, 32, 8, 2), C(32, 32, 4, 2), C(16, 64, 4, 2), C(16, 32, 4, 2),
