@@ -43,6 +43,20 @@ def test_peak_live_bytes_ignores_frees_of_blocks_allocated_before():
     assert peak_live_bytes(events) == 150
 
 
+def records_by_key(payload: dict) -> dict:
+    """A benchmark's records by (implementation, length, measure, pass)."""
+    return {
+        (r["implementation"], r["seq_len"], r["measure"], r["pass"]): r for r in payload["records"]
+    }
+
+
+def peak_bytes(records: dict, impl: str, seq_len: int, pass_: str) -> int:
+    """One implementation's measured peak memory at one length and pass (it must be measured)."""
+    record = records[impl, seq_len, "memory", pass_]
+    assert record["status"] == "ok", record
+    return record["peak_bytes"]
+
+
 @pytest.fixture
 def in_process(monkeypatch, restores_process_state):
     """The benchmark's points measured in this process (no child, no memory cap), and what its
@@ -62,14 +76,10 @@ def test_kernel_memory_line_is_present_labelled_and_linear_while_naive_is_quadra
         "--causal", "no", "--heads", "1", "--min-len", "256", "--max-len", "512",
         "--cpu-repeats", "1", "--out-dir", str(tmp_path), "--tag", "bench",
     ])  # fmt: skip
-    records = {
-        (r["implementation"], r["seq_len"], r["measure"], r["pass"]): r for r in payload["records"]
-    }
+    records = records_by_key(payload)
 
     def peak(impl, seq_len, pass_):
-        record = records[impl, seq_len, "memory", pass_]
-        assert record["status"] == "ok", record
-        return record["peak_bytes"]
+        return peak_bytes(records, impl, seq_len, pass_)
 
     for pass_ in ("forward", "forward_backward"):
         # Every buffer of the kernel is O(length): 2x per doubling (exactly, on the CPU).
@@ -136,14 +146,10 @@ def test_additive_benchmark_memory_is_torch_allocations_linear_for_the_fused_ker
         "--head-dim", "16", "--heads", "1", "--min-len", "128", "--max-len", "256",
         "--dtype", "float32", "--cpu-repeats", "1", "--out-dir", str(tmp_path), "--tag", "add",
     ])  # fmt: skip
-    records = {
-        (r["implementation"], r["seq_len"], r["measure"], r["pass"]): r for r in payload["records"]
-    }
+    records = records_by_key(payload)
 
     def peak(impl, seq_len, pass_):
-        record = records[impl, seq_len, "memory", pass_]
-        assert record["status"] == "ok", record
-        return record["peak_bytes"]
+        return peak_bytes(records, impl, seq_len, pass_)
 
     for pass_ in ("forward", "forward_backward"):
         fused = peak("fused_additive", 256, pass_) / peak("fused_additive", 128, pass_)
