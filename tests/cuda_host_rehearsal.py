@@ -13,7 +13,7 @@ that does it:
   Face backend, the attention maps, the README example), is checked here: the test that
   launches must have requested ``kernel_device`` (itself or through its fixtures).
 * **launch counts.** On a GPU the first launch for a tuning key may launch candidate
-  configurations before the call's own launch (``kernels.launch.pick`` compiles, checks and
+  configurations before the call's own launch (``kernels.common.tuning.pick`` compiles, checks and
   times them). Here the first ``pick`` of each key in each test launches the first candidate
   once more before the call's own launch, so a test that counts launches must count what it
   means, not assume one. A test marked ``pick_launch_count`` (it counts the tuner's own
@@ -50,12 +50,7 @@ def tuning_module():
     """The module of the kernels' ``pick(key, configs, launch)`` and ``autotune_enabled()``."""
     import importlib
 
-    for name in ("kernels.common.tuning", "kernels.launch"):  # its home, then its old one
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-    raise RuntimeError(f"{SAYS}: found no kernels module with pick and autotune_enabled")
+    return importlib.import_module("kernels.common.tuning")
 
 
 def choosing_as_on_a_gpu(tuning) -> bool:

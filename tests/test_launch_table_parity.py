@@ -5,10 +5,12 @@ picks, so each entry of the 16-bit tables (``kernels/*/configs.py``: every (kern
 width) list, Hopper's and the others', with dropout's) is forced in turn -- the tuning choice
 (``kernels.common.tuning.pick``) returns it for its pass, the other passes take their first choice --
 and the call is checked against the float64 reference with the criterion of
-``tests/flash_reference.py``: bfloat16, head dims 64 and 128, each masking the pass runs with.
+``tests/flash_reference.py``: bfloat16, one head dim per width class of the flash tables (64,
+128, 256; the additive tables have no width class: 64 and 128), each masking the pass runs
+with.
 A config over the GPU's shared memory (one the launcher drops there) is skipped.
 
-About 250 calls, each compiling a specialisation of its own: ``cuda`` and ``slow`` (on a GPU,
+About 400 calls, each compiling a specialisation of its own: ``cuda`` and ``slow`` (on a GPU,
 ``python -m pytest -m "cuda and slow" tests/test_launch_table_parity.py``).
 """
 
@@ -31,7 +33,8 @@ from kernels.common import runtime, tuning
 fa_configs = importlib.import_module("kernels.flash_attention.configs")
 aa_configs = importlib.import_module("kernels.additive_attention.configs")
 
-HEAD_DIMS = (64, 128)
+FLASH_HEAD_DIMS = (64, 128, 256)  # one per width class of the flash tables (configs._width)
+ADDITIVE_HEAD_DIMS = (64, 128)
 FLASH_MASKINGS = ("none", "key_mask", "causal", "bool_mask", "float_bias_grad", "dropout")
 ADDITIVE_MASKINGS = ("none", "key_mask", "causal")
 # Two whole query tiles of 128 rows and a partial one, and a causal shift of more than a key
@@ -67,7 +70,7 @@ def config_id(config):
 
 FLASH_CASES = [
     pytest.param(masking, name, d, config, id=f"{masking}-{name}-d{d}-{config_id(config)}")
-    for d in HEAD_DIMS
+    for d in FLASH_HEAD_DIMS
     for masking in FLASH_MASKINGS
     for name in passes(masking)
     for config in flash_table_entries(name, d)
@@ -75,7 +78,7 @@ FLASH_CASES = [
 ADDITIVE_NAMES = ("_additive_fwd", "_additive_bwd_dq", "_additive_bwd_dkdv")
 ADDITIVE_CASES = [
     pytest.param(masking, name, d, config, id=f"{masking}-{name}-d{d}-{config_id(config)}")
-    for d in HEAD_DIMS
+    for d in ADDITIVE_HEAD_DIMS
     for masking in ADDITIVE_MASKINGS
     for name in ADDITIVE_NAMES
     for config in additive_table_entries(name)
@@ -143,11 +146,17 @@ def test_every_additive_table_config_matches_the_float64_reference(
     assert name in asked, f"the launcher never chose a config for {name}: {asked}"
 
 
-def test_the_sweep_covers_every_16bit_table_entry_at_head_dims_64_and_128():
-    """Every config listed for a (pass, width 64 or 128) is forced with every masking of its
-    pass, and every additive one with each of its maskings."""
+def test_the_sweep_covers_every_16bit_table_entry_at_every_width():
+    """Every config listed for a (pass, width) is forced with every masking of its pass, at
+    every width the flash tables list, and every additive one with each of its maskings."""
+    widths = {
+        width
+        for table in (fa_configs.CONFIGS_16BIT, fa_configs.CONFIGS_DROPOUT_16BIT)
+        for (_, width, _) in table
+    }
+    assert widths == {fa_configs._width(d) for d in FLASH_HEAD_DIMS} == set(FLASH_HEAD_DIMS)
     for name in ("fwd", "dkdv", "dq", "dq_bias"):
-        for d in HEAD_DIMS:
+        for d in FLASH_HEAD_DIMS:
             listed = {
                 c
                 for table in (fa_configs.CONFIGS_16BIT, fa_configs.CONFIGS_DROPOUT_16BIT)
