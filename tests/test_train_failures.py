@@ -273,6 +273,37 @@ def test_bad_data_is_one_line_naming_file_and_line_before_training(
     assert not (tmp_path / "run").exists()  # nothing started
 
 
+def test_a_corpus_with_no_pair_within_max_length_is_refused_instead_of_spinning(corpus, tmp_path):
+    """Every pair longer than --max-length: before, the loop ran epochs of no batch forever,
+    never reading its budget or a stop request (a subprocess, so that a regression fails on the
+    timeout instead of hanging the run)."""
+    args = tiny_args(corpus, tmp_path / "run") + ["--max-length", "1"]
+    done = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    error = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert len(error) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "none of the 64 training pairs" in error[0] and "--max-length 1" in error[0], error
+    assert not (tmp_path / "run" / "last.json").exists()  # no checkpoint: the name can be reused
+
+
+def test_a_rank_without_a_batch_is_refused_instead_of_spinning(tmp_path):
+    """More data-parallel processes than batches: every rank would get none."""
+    from training_helpers import tiny_config
+
+    from transformer.translation.data import Corpus, CorpusError
+    from transformer.translation.training.loop import epoch_batches
+    from transformer.translation.training.setup import Process
+
+    one_pair = Corpus([[5, 6, 7]], [[1, 8, 9, 2]], ["a b"])
+    config = tiny_config(tmp_path, tmp_path / "run")
+    assert epoch_batches(one_pair, config, 0, Process(torch.device("cpu")))  # one rank: a batch
+    with pytest.raises(CorpusError, match="1 training pairs make 1 batches .* 4 processes"):
+        epoch_batches(one_pair, config, 0, Process(torch.device("cpu"), rank=1, world_size=4))
+
+
 def small_model() -> Transformer:
     torch.manual_seed(0)
     return Transformer(

@@ -32,7 +32,7 @@ from transformer.translation.checkpoint import (
     load_recent,
     point,
 )
-from transformer.translation.data import Corpus, encode_split
+from transformer.translation.data import Corpus, CorpusError, encode_split
 from transformer.translation.devices import autocast
 from transformer.translation.evaluation import evaluate
 from transformer.translation.tokenizer import PAD_ID
@@ -236,9 +236,17 @@ def label_smoothed_loss(
 def epoch_batches(
     corpus: Corpus, config: TrainConfig, epoch: int, process: Process
 ) -> list[list[int]]:
-    """This rank's batches of ``epoch`` (a function of seed and epoch)."""
+    """This rank's batches of ``epoch`` (a function of seed and epoch); a CorpusError when it
+    gets none."""
     batches = batch_indices(corpus.lengths(), config.max_tokens, config.seed, epoch)
-    return shard(batches, process.rank, process.world_size)
+    mine = shard(batches, process.rank, process.world_size)
+    if not mine:  # the loop would spin without a step, never reading the budget or a stop
+        raise CorpusError(
+            f"{len(corpus.src)} training pairs make {len(batches)} batches of at most "
+            f"{config.max_tokens} tokens, none for each of {process.world_size} processes: "
+            "nothing to train on"
+        )
+    return mine
 
 
 # --- the learning rate ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from transformer.model import Transformer
 from transformer.translation.checkpoint import CheckpointError, atomic_write_json
-from transformer.translation.data import Corpus, encode_split, load_split
+from transformer.translation.data import Corpus, CorpusError, encode_split, load_split
 from transformer.translation.devices import pick_device, use_amp
 from transformer.translation.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from transformer.translation.training.config import CONFIG_FILE, TOKENIZER_FILE, TrainConfig
@@ -148,12 +148,14 @@ def prepare_data(
         dist.barrier()
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
     langs = (config.src_lang, config.tgt_lang)
-    return Data(
-        tokenizer,
-        encode_split(tokenizer, train, *langs, config.train_limit, config.max_length),
-        encode_split(tokenizer, val, *langs, config.val_limit),
-        test,
-    )
+    train_ids = encode_split(tokenizer, train, *langs, config.train_limit, config.max_length)
+    if not train_ids.src:
+        read = len(train) if config.train_limit is None else min(config.train_limit, len(train))
+        raise CorpusError(
+            f"{config.data}: none of the {read} training pairs has both sides within "
+            f"--max-length {config.max_length} tokens: nothing to train on"
+        )
+    return Data(tokenizer, train_ids, encode_split(tokenizer, val, *langs, config.val_limit), test)
 
 
 # --- what it trains ----------------------------------------------------------------------------
