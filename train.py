@@ -154,6 +154,22 @@ def resumed_config(args: argparse.Namespace, given: set[str], flags: dict[str, s
     return dataclasses.replace(saved, run_dir=str(args.resume), **changes)
 
 
+# Flags that fix an option's value: given with that option set otherwise, they contradict it.
+FIXING_FLAGS = {
+    "greedy": {"beam_size": 1, "val_beam_size": 1},
+    "no_time_budget": {"time_budget": None},
+}
+
+
+def contradiction(args: argparse.Namespace, given: set[str], flags: dict[str, str]) -> str | None:
+    """What a flag given beside an option it fixes to another value says, or None."""
+    for flag, fixed in FIXING_FLAGS.items():
+        for dest, value in fixed.items():
+            if flag in given and dest in given and getattr(args, dest) != value:
+                return f"{flags[flag]} contradicts {flags[dest]} {getattr(args, dest)}"
+    return None
+
+
 def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
     """Destinations of the options typed on the command line (not defaulted)."""
     probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
@@ -192,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = given_options(parser, argv)
     flags = {action.dest: action.option_strings[0] for action in parser._actions}
+    problem = contradiction(args, given, flags)
+    if problem:
+        parser.error(problem)
     try:
         if args.resume:
             config = resumed_config(args, given, flags)

@@ -220,8 +220,20 @@ def test_model_refuses_token_ids_outside_the_vocabulary():
     model = tiny_model()
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model(torch.tensor([[3, 31]]), torch.tensor([[3]]))
-    with pytest.raises(TypeError, match="integer token ids"):
-        model(torch.rand(1, 3), torch.tensor([[3]]))
+    for not_ids in (torch.rand(1, 3), torch.tensor([[3, 4]], dtype=torch.int16)):
+        with pytest.raises(TypeError, match="int64 or int32 token ids, got torch"):
+            model(not_ids, torch.tensor([[3]]))
+
+
+def test_model_config_refuses_sizes_that_are_not_ints():
+    """heads=2.0 was accepted (and reached einops as h=2.0); a string vocabulary size failed
+    with a bare comparison TypeError."""
+    from transformer.config import ModelConfig
+
+    for bad in (dict(heads=2.0), dict(src_vocab_size="50"), dict(d_model=True)):
+        name, value = next(iter(bad.items()))
+        with pytest.raises(TypeError, match=f"{name} must be an int, got {value!r}"):
+            ModelConfig(**{"src_vocab_size": 50, "tgt_vocab_size": 50, **bad})
 
 
 def reference_beam_search(model, src, beam_size, alpha, max_len):

@@ -101,6 +101,39 @@ def test_preset_values_come_from_the_one_preset_table():
         assert {k: getattr(config, k) for k in preset.training} == preset.training
 
 
+def test_the_additive_score_takes_naive_attention_where_a_preset_picks_sdpa(monkeypatch, capsys):
+    """cpu-small's backend is SDPA, which cannot compute the additive score: before, --score
+    additive failed on any machine auto-sizing sent to cpu-small, naming no option of its own."""
+    from transformer.translation.training import sizing
+
+    monkeypatch.setattr(sizing, "measure_gflops", lambda dtype: sizing.FAST_GFLOPS / 2)
+    assert config_of([]).sizing.preset == "cpu-small"  # this machine, as the test makes it
+    config = config_of(["--score", "additive"])
+    assert config.sizing.preset == "cpu-small" and config.model.backend == "naive"
+    assert config_of(["--config", "cpu-small", "--score", "additive"]).model.backend == "naive"
+    assert config_of(["--config", "cpu-small", "--score", "dot"]).model.backend == "sdpa"
+    with pytest.raises(ValueError, match="SDPA cannot compute"):  # asked for: refused
+        config_of(["--config", "cpu-small", "--score", "additive", "--attention", "sdpa"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--greedy", "--beam-size", "4"], "--greedy contradicts --beam-size 4"),
+        (["--val-beam-size", "3", "--greedy"], "--greedy contradicts --val-beam-size 3"),
+        (["--no-time-budget", "--time-budget", "5"], "--no-time-budget contradicts --time-budget"),
+    ],
+)
+def test_a_flag_beside_an_option_it_contradicts_is_refused(argv, message, tmp_path, capsys):
+    """Before, the flag won silently (--greedy --beam-size 4 decoded with beam 1)."""
+    with pytest.raises(SystemExit) as exit_:
+        # no --data directory either: without the check this is refused at once, never trains
+        train_cli.main(["--config", "cpu", "--data", str(tmp_path / "none"), *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    agreeing = config_of(["--config", "cpu", "--greedy", "--beam-size", "1"])
+    assert agreeing.beam_size == agreeing.val_beam_size == 1
+
+
 def test_resume_refuses_a_model_option_by_its_flag(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SystemExit):

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass
 
 BACKENDS = ("naive", "sdpa", "triton")
 SCORES = ("scaled_dot", "dot", "general", "additive")
+INT_FIELDS = (
+    "src_vocab_size", "tgt_vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers",
+    "d_ff", "pad_id",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class ModelConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "heads", "d_ff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

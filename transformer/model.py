@@ -84,7 +84,7 @@ class Transformer(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"{name} must be (batch, length) token ids, got {tuple(tokens.shape)}")
         if tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"{name} must hold integer token ids, got {tokens.dtype}")
+            raise TypeError(f"{name} must hold int64 or int32 token ids, got {tokens.dtype}")
         message = f"{name} holds ids outside the vocabulary [0, {vocab_size})"
         if torch.compiler.is_compiling():
             # Branching on values would break the graph; an assertion node compiles instead and

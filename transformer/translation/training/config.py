@@ -513,9 +513,15 @@ def config_from_preset(
     preset: str, model_options: dict[str, Any], options: dict[str, Any]
 ) -> TrainConfig:
     """The TrainConfig of ``preset``: its model and training values, then the explicit
-    ``model_options`` (ModelConfig fields) and ``options`` (TrainConfig fields) over them."""
+    ``model_options`` (ModelConfig fields) and ``options`` (TrainConfig fields) over them. A
+    preset's SDPA backend gives way to naive attention under the additive score, which SDPA
+    cannot compute (an explicit backend is kept, and refused there by ModelConfig)."""
     chosen = PRESETS[preset]
     kwargs = {**chosen.training, **options}
     vocab = kwargs.get("vocab_size", DEFAULT_VOCAB_SIZE)
-    model = ModelConfig(vocab, vocab, **{**chosen.model, **model_options})
+    model_values = {**chosen.model, **model_options}
+    preset_sdpa = model_values.get("backend") == "sdpa" and "backend" not in model_options
+    if preset_sdpa and model_values.get("score") == "additive":
+        model_values["backend"] = "naive"  # SDPA cannot compute the additive score
+    model = ModelConfig(vocab, vocab, **model_values)
     return TrainConfig(model=model, **kwargs)
