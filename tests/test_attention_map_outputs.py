@@ -92,6 +92,9 @@ def test_command_writes_png_json_and_csv(tmp_path, run_dir, capsys):
         (["--head", "-9"], "head -9 is out of range"),
         (["--sentence", " "], "--sentence is empty"),
         (["--beam-size", "0"], "--beam-size must be >= 1"),
+        # before: a matplotlib traceback after the work; without an extension it wrote x.png
+        (["--output", "x.txt"], "'.txt' is not an image format; use one of"),
+        (["--output", "x"], "x: no file extension; use one of"),
     ],
 )
 def test_command_rejects_bad_values_with_a_clear_message(tmp_path, run_dir, capsys, extra, message):
@@ -108,6 +111,13 @@ def test_command_rejects_bad_values_with_a_clear_message(tmp_path, run_dir, caps
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_command_writes_the_format_its_extension_names(tmp_path, run_dir, capsys):
+    main(["--checkpoint", str(run_dir), "--sentence", "Ein Hund.", "--output",
+          str(tmp_path / "m.svg")])  # fmt: skip
+    assert (tmp_path / "m.svg").read_text().lstrip().startswith("<?xml")
+    assert f"wrote {tmp_path / 'm.svg'}" in capsys.readouterr().err
 
 
 def test_command_makes_the_directories_of_its_outputs(tmp_path, run_dir):

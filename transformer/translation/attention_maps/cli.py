@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from transformer.translation.attention_maps.drawing import plot_map
+from transformer.translation.attention_maps.drawing import output_problem, plot_map
 from transformer.translation.attention_maps.inputs import KINDS, check_layer_head
 from transformer.translation.attention_maps.sentence import sentence_map, write_csv, write_json
 from transformer.translation.attention_maps.weights import METHODS
@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sentence", required=True, help="the source (German) sentence")
     parser.add_argument(
-        "--output", default="attention.png", help="PNG to write (default: %(default)s)"
+        "--output",
+        default="attention.png",
+        help="the heat map's file; its extension picks the format: .png, .pdf, .svg, ... "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--kind",
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--max-length must be >= 1, got {args.max_length}")
     if args.dpi < 1:
         parser.error(f"--dpi must be >= 1, got {args.dpi}")
+    problem = output_problem(args.output)
+    if problem:
+        parser.error(f"--output {problem}")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")

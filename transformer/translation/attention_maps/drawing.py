@@ -87,6 +87,26 @@ def draw_map(sentence_map: SentenceMap, dpi: int = 100):
     return fig
 
 
+def image_formats() -> dict[str, str]:
+    """The file extensions matplotlib can write a figure as (png, pdf, svg, ...), with names."""
+    from matplotlib.figure import Figure
+
+    return Figure().canvas.get_supported_filetypes()
+
+
+def output_problem(path: str | os.PathLike) -> str | None:
+    """Why a figure cannot be written to ``path`` in the format its extension names, or None
+    (matplotlib would add ``.png`` to a name without one, and write elsewhere than asked)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    formats = image_formats()
+    if suffix in formats:
+        return None
+    names = ", ".join(f".{extension}" for extension in sorted(formats))
+    what = f"'.{suffix}' is not an image format" if suffix else "no file extension"
+    return f"{path}: {what}; use one of {names}"
+
+
 def plot_map(sentence_map: SentenceMap, path: str | os.PathLike, dpi: int = 100) -> None:
-    """Write the heat map(s) as a PNG of exactly :func:`figure_size` inches times ``dpi``."""
+    """Write the heat map(s) in the format of ``path``'s extension (see :func:`output_problem`),
+    exactly :func:`figure_size` inches times ``dpi``."""
     draw_map(sentence_map, dpi).savefig(path, dpi=dpi)
