@@ -269,8 +269,23 @@ def test_mask_of_the_wrong_shape_is_refused_with_a_clear_error():
         check_attn_mask(torch.ones(3, 1, 1, 7, dtype=torch.bool), 2, 3, 5, 7)
 
 
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_a_key_mask_of_the_wrong_length_is_refused_clearly_by_every_score_and_path(
+    score, need_weights
+):
+    """Before, the additive score and the need_weights path failed deep in a broadcast."""
+    attention = MultiHeadAttention(small_config(score))
+    x = torch.randn(2, 7, 32)
+    short = torch.ones(2, 6, dtype=torch.bool)
+    with pytest.raises(ValueError, match="its len_k dim is 6, expected 1 or 7"):
+        attention(x, key_mask=short, need_weights=need_weights)
+
+
 def test_rank_dtype_and_device_mismatches_are_refused():
     q, k, v = random_qkv()
+    with pytest.raises(TypeError, match="floating point, got torch.int64"):
+        attend(q.long(), k.long(), v.long())
     with pytest.raises(ValueError, match="batch, heads, len, head_dim"):
         attend(q[0], k, v)
     with pytest.raises(TypeError, match="one dtype"):
