@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import socket
 import sys
@@ -82,6 +83,20 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(corpus, tmp_path):
         whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("asked", [5, 60000])
+def test_config_json_records_the_vocabulary_the_run_uses(corpus, tmp_path, capsys, asked):
+    """Before, config.json kept the placeholder sizes: a model built from it had the wrong
+    shapes. BPE never goes below its alphabet (5) nor past what 64 pairs hold (60000)."""
+    run_dir = tmp_path / "run"
+    result = train(tiny_config(corpus, run_dir, vocab_size=asked, max_steps=1, val_limit=2))
+    used = load_tokenizer(run_dir / "tokenizer.json").get_vocab_size()
+    assert used != asked and result.model.config.src_vocab_size == used
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["model"]["src_vocab_size"] == saved["model"]["tgt_vocab_size"] == used
+    assert saved["vocab_size"] == asked  # what was asked stays recorded
+    assert f"vocabulary: {used} tokens (--vocab-size asked for {asked})" in capsys.readouterr().err
 
 
 def test_truncated_or_mismatched_checkpoint_is_refused(corpus, tmp_path):

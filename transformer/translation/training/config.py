@@ -188,7 +188,8 @@ class TrainConfig:
     """Everything a training run needs; saved as ``run_dir/config.json``.
 
     ``model``'s vocabulary sizes are placeholders until the tokenizer is trained: the run uses
-    the tokenizer's actual size (at most ``vocab_size``).
+    the tokenizer's actual size (about ``vocab_size``: fewer on a small corpus, never fewer
+    than the tokenizer's alphabet), which the run's ``config.json`` records.
     """
 
     model: ModelConfig = field(default_factory=default_model)

@@ -47,6 +47,7 @@ from transformer.translation.training.setup import (
     open_run_dir,
     prepare_data,
     read_splits,
+    record_vocabulary,
     run_directory,
     setup_process,
     training_module,
@@ -79,6 +80,8 @@ def train(
     if process.is_main:
         open_run_dir(run_dir, config, resume)
     data = prepare_data(config, splits, run_dir, process, resume)
+    if process.is_main and not resume:
+        record_vocabulary(run_dir, config, data.tokenizer.get_vocab_size())
     model, optimizer = build_model(config, data.tokenizer.get_vocab_size(), process.device)
     state = restore_run(run_dir, model, optimizer) if resume else TrainState()
     log = MetricsLog(run_dir, process.is_main, state.step if resume else None, config.schedule)

@@ -104,6 +104,20 @@ def open_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
         print(f"size: {config.sizing.preset} ({config.sizing.reason})", file=sys.stderr)
 
 
+def record_vocabulary(run_dir: Path, config: TrainConfig, vocab_size: int) -> None:
+    """Rank 0 of a new run, once the tokenizer is trained: ``config.json``'s model takes the
+    tokenizer's real vocabulary size in place of the placeholder, and a size other than
+    ``--vocab-size`` asked for is said (BPE stops short of it on a small corpus, and never
+    goes below its alphabet)."""
+    model = replace(config.model, src_vocab_size=vocab_size, tgt_vocab_size=vocab_size)
+    atomic_write_json(run_dir / CONFIG_FILE, replace(config, model=model).to_dict())
+    if vocab_size != config.vocab_size:
+        print(
+            f"vocabulary: {vocab_size} tokens (--vocab-size asked for {config.vocab_size})",
+            file=sys.stderr,
+        )
+
+
 # --- what it reads -----------------------------------------------------------------------------
 
 
