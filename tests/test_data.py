@@ -32,6 +32,12 @@ def test_reads_plain_and_gzip_files_alike(tmp_path):
         assert read_lines(tmp_path / name) == ["Ein Hund.", "Zwei Katzen."]
 
 
+def test_a_byte_order_mark_at_the_start_is_not_part_of_the_first_sentence(tmp_path):
+    for name in ("b.de", "b.de.gz"):
+        write(tmp_path / name, "\ufeffEin Hund.\n\ufeffZwei Katzen.\n")  # only the first is a BOM
+        assert read_lines(tmp_path / name) == ["Ein Hund.", "\ufeffZwei Katzen."]
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(CorpusError, match=r"nothere\.de: no such file"):
         read_lines(tmp_path / "nothere.de")

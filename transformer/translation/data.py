@@ -43,7 +43,8 @@ class CorpusError(ValueError):
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Read one sentence per line from a UTF-8 text file, gzip-compressed if named ``*.gz``.
 
-    Line endings (``\\n`` or ``\\r\\n``) and surrounding whitespace are stripped.
+    Line endings (``\\n`` or ``\\r\\n``), surrounding whitespace and a UTF-8 byte order mark
+    at the start are stripped.
 
     Raises:
         CorpusError: the file is missing or empty, a line is not valid UTF-8 (1-based line number
@@ -57,8 +58,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     try:
         with opener(path, "rb") as f:
             for number, raw in enumerate(f, start=1):
-                try:
-                    text = raw.decode("utf-8")
+                try:  # a byte order mark (editors on Windows write one) is not a character
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as err:
                     raise CorpusError(
                         f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})"
