@@ -81,6 +81,8 @@ def test_training_averages_its_last_checkpoints_and_keeps_the_better_as_best(ave
         torch.testing.assert_close(tensor, expected.to(tensor.dtype), msg=name)
     results = json.loads((averaged_run / "results.json").read_text())
     assert {"average_val_bleu", "average_val_chrf", "test_chrf", "val_chrf"} <= set(results)
+    assert isinstance(results["average_is_best"], bool)  # was written as 0.0 / 1.0
+    assert results["best_val_bleu"] == max(results["val_bleu"], results["average_val_bleu"])
     if results["average_is_best"]:
         assert best.directory == averaged.directory
         assert results["val_bleu"] == results["average_val_bleu"]

@@ -97,6 +97,8 @@ def test_config_json_records_the_vocabulary_the_run_uses(corpus, tmp_path, capsy
     assert saved["model"]["src_vocab_size"] == saved["model"]["tgt_vocab_size"] == used
     assert saved["vocab_size"] == asked  # what was asked stays recorded
     assert f"vocabulary: {used} tokens (--vocab-size asked for {asked})" in capsys.readouterr().err
+    results = json.loads((run_dir / "results.json").read_text())  # no test split scored:
+    assert results["best_val_bleu"] >= 0  # still the best validation score
 
 
 def test_truncated_or_mismatched_checkpoint_is_refused(corpus, tmp_path):

@@ -62,7 +62,7 @@ class TrainResult:
     model: Transformer
     step: int
     losses: list[float]
-    metrics: dict[str, float]
+    metrics: dict[str, float | bool]
     stopped: bool = False  # by a stop request: the run is checkpointed, not finished
 
 
@@ -423,13 +423,14 @@ def finish_run(
     process: Process,
     started: float,
     warmed: dict | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | bool]:
     """Rank 0: average the last checkpoints (if asked), score the best on the test split, write
     ``results.json``; the metrics (with ``warmed``: the kernel warm-up's, outside the budget)."""
-    metrics: dict[str, float] = {"train_time": state.train_time, "steps": state.step}
+    metrics: dict[str, float | bool] = {"train_time": state.train_time, "steps": state.step}
     metrics.update(warmed or {})
     if config.average_last > 1:
         metrics.update(average_last_checkpoints(config, state, data, model, log, run_dir, process))
+    metrics["best_val_bleu"] = state.best_bleu  # the best checkpoint's (or the average's)
     if config.final_test:
         metrics.update(score_best_on_test(config, state, data, model, log, run_dir, process))
     metrics["wall_seconds"] = time.time() - started
@@ -446,7 +447,7 @@ def average_last_checkpoints(
     log: MetricsLog,
     run_dir: Path,
     process: Process,
-) -> dict[str, float]:
+) -> dict[str, float | bool]:
     """Average the weights of the last ``average_last`` checkpoints, validate the average, and
     point ``best.json`` at it when it beats the best checkpoint's BLEU."""
     checkpoints = load_recent(run_dir, config.average_last)
@@ -469,7 +470,7 @@ def average_last_checkpoints(
         tqdm.write(
             f"average of steps {steps}: val BLEU {val['bleu']:.2f} chrF {val['chrf']:.2f}, {verdict}"
         )
-    return {**{f"average_val_{k}": v for k, v in val.items()}, "average_is_best": float(is_best)}
+    return {**{f"average_val_{k}": v for k, v in val.items()}, "average_is_best": is_best}
 
 
 def score_best_on_test(
