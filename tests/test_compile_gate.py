@@ -330,6 +330,24 @@ def test_first_choice_without_full_is_refused(monkeypatch, capsys):
     assert "--first-choice goes with --full" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "8"], "--arch [8]: the gate builds for [80, 86, 89, 90] only"),
+        (["--arch", "80", "200"], "--arch [200]"),
+        (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    ],
+)
+def test_an_unknown_arch_or_no_jobs_is_refused_before_compiling(monkeypatch, capsys, argv, message):
+    """Before, --arch 8 reached the compiler: eleven LLVM errors and a BrokenProcessPool."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(cli, "run", lambda *args: pytest.fail("compiled anyway"))
+    with pytest.raises(SystemExit) as exit_info:
+        compile_gate.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_main_refuses_to_run_under_the_interpreter(monkeypatch, capsys):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(cli, "run", lambda *args: pytest.fail("compiled anyway"))

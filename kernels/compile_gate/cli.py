@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
                         "--only 'additive_attention float16 d=16' for a quick check; labels "
                         "read 'flash_attention bfloat16 d=64 causal+key_mask (200x333)'")  # fmt: skip
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.arch) - set(ARCH_NAMES))
+    if unknown:
+        parser.error(f"--arch {unknown}: the gate builds for {sorted(ARCH_NAMES)} only")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.first_choice and not args.full:
         parser.error("--first-choice goes with --full (the CI subset chooses per case)")
     if args.only and not _chosen(ci_cases()[0] + ci_cases()[1] + full_cases(), args.only):
