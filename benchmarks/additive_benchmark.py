@@ -36,16 +36,24 @@ from tqdm import tqdm
 from benchmarks.common.environment import device_tag, environment, pick_kernel_device
 from benchmarks.common.isolation import run_isolated
 from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_allocated
-from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
+from benchmarks.common.options import (
+    add_cpu_and_output_arguments,
+    benchmark_parser,
+    length_range,
+    replot_payload,
+    results_stem,
+)
 from benchmarks.common.plotting import log_axes, plot_series
 from benchmarks.common.records import (
     format_cell,
     markdown_table,
-    read_json,
     settings_of,
     write_json,
+    write_markdown,
+    wrote,
 )
 from benchmarks.common.statuses import NOT_MEASURABLE_ON_CPU, STATUSES, failure
+from transformer.translation.cli import positive_int
 
 IMPLEMENTATIONS = ("naive_additive", "fused_additive", "flash_dot")
 LABELS = {
@@ -289,24 +297,32 @@ def markdown(records: list[dict], args) -> str:
 # --- command line -----------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
         help="implementations to compare",
     )  # fmt: skip
     parser.add_argument(
-        "--head-dim", type=int, default=64, help="head dim, also the additive feature size a"
+        "--head-dim",
+        type=positive_int,
+        default=64,
+        help="head dim, also the additive feature size a",
     )
     parser.add_argument("--causal", action="store_true", help="causal attention")
     parser.add_argument(
-        "--min-len", type=int, default=None, help="shortest length; default 256 on the CPU, 512"
+        "--min-len",
+        type=positive_int,
+        default=None,
+        help="shortest length, doubled up to --max-len; default: 512 on CUDA, 256 on the CPU",
     )
     parser.add_argument(
-        "--max-len", type=int, default=None, help="default: 16384 on CUDA, 1024 on the CPU"
+        "--max-len", type=positive_int, default=None, help="default: 16384 on CUDA, 1024 on the CPU"
     )
-    parser.add_argument("--batch", type=int, default=1, help="batch size")
-    parser.add_argument("--heads", type=int, default=None, help="default: 8 on CUDA, 1 on CPU")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size")
+    parser.add_argument(
+        "--heads", type=positive_int, default=None, help="default: 8 on CUDA, 1 on CPU"
+    )
     parser.add_argument(
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="default: bfloat16 on CUDA, float32 on the CPU",
@@ -314,23 +330,28 @@ def parse_args(argv=None):
     add_cpu_and_output_arguments(
         parser, "additive", 6144, "timed runs per point on the CPU (median)"
     )
-    return parser.parse_args(argv)
+    return parser
 
 
-def report(payload: dict, stem: Path) -> None:
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None):
+    return (parser or build_parser()).parse_args(argv)
+
+
+def report(payload: dict, stem: Path, wrote_json: bool = True) -> None:
+    """Write ``stem``.png and ``stem``.md from a results payload and print the markdown; then
+    what was written (``wrote_json``: ``stem``.json too)."""
     args = argparse.Namespace(**payload["settings"])
     plot(payload["records"], args, payload["environment"], Path(f"{stem}.png"))
-    text = markdown(payload["records"], args)
-    Path(f"{stem}.md").write_text(text + "\n")
-    print(text)
-    print(f"\nwrote {stem}.json, .png and .md")
+    write_markdown(stem, payload["environment"], markdown(payload["records"], args))
+    print("\n" + wrote(stem, [".json"] * wrote_json + [".png", ".md"]))
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parse_args(argv, parser)
     if args.replot is not None:
-        payload = read_json(args.replot)
-        report(payload, args.replot.with_suffix(""))
+        payload, stem, copied = replot_payload(parser, args, "additive")
+        report(payload, stem, wrote_json=copied)
         return payload
     device = pick_kernel_device(args.device)
     cuda = device.type == "cuda"
@@ -338,11 +359,11 @@ def main(argv=None) -> dict:
     args.max_len = args.max_len or (16384 if cuda else 1024)
     args.heads = args.heads or (8 if cuda else 1)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.lengths = doubling(args.min_len, args.max_len)
+    args.lengths = length_range(parser, args)
+    stem = results_stem(args, f"additive_{device_tag(device)}")
     torch.set_num_threads(1)
     env = environment(device)
     records = sweep(args, device)
-    stem = args.tag or f"additive_{device_tag(device)}"
     settings = settings_of(args)
     payload = {
         "benchmark": "additive",
@@ -363,8 +384,8 @@ def main(argv=None) -> dict:
             str(n): ratios_at(records, n) for n in args.lengths if ratios_at(records, n)
         },
     }
-    write_json(args.out_dir / f"{stem}.json", payload)
-    report(payload, args.out_dir / stem)
+    write_json(Path(f"{stem}.json"), payload)
+    report(payload, stem)
     return payload
 
 

@@ -31,6 +31,7 @@ lengths and the ratios are in ``attention_sweep``, the PNG and markdown in ``att
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -43,12 +44,19 @@ from benchmarks.attention_measure import IMPLEMENTATIONS, memory_measure
 from benchmarks.attention_report import report
 from benchmarks.attention_sweep import ratios, sweep
 from benchmarks.common.environment import device_tag, environment, pick_kernel_device
-from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
-from benchmarks.common.records import read_json, settings_of, write_json
+from benchmarks.common.options import (
+    add_cpu_and_output_arguments,
+    benchmark_parser,
+    length_range,
+    replot_payload,
+    results_stem,
+)
+from benchmarks.common.records import settings_of, write_json
 from benchmarks.common.statuses import STATUSES
+from transformer.translation.cli import nonnegative_int, positive_int
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--impls",
@@ -58,35 +66,46 @@ def parse_args(argv=None):
         help="implementations to compare",
     )
     parser.add_argument(
-        "--head-dims", nargs="+", type=int, default=[64, 128], help="head dimensions to measure"
+        "--head-dims",
+        nargs="+",
+        type=positive_int,
+        default=[64, 128],
+        help="head dimensions to measure",
     )
     parser.add_argument(
         "--causal", default="both", choices=("both", "no", "yes"), help="causal attention"
     )
     parser.add_argument(
-        "--min-len", type=int, default=128, help="shortest sequence length; doubled up to --max-len"
+        "--min-len",
+        type=positive_int,
+        default=128,
+        help="shortest sequence length; doubled up to --max-len",
     )
     parser.add_argument(
-        "--max-len", type=int, default=None, help="default: 65536 on CUDA, 4096 on the CPU"
+        "--max-len", type=positive_int, default=None, help="default: 65536 on CUDA, 4096 on the CPU"
     )
-    parser.add_argument("--batch", type=int, default=None, help="default: 2 on CUDA, 1 on CPU")
-    parser.add_argument("--heads", type=int, default=None, help="default: 16 on CUDA, 4 on CPU")
+    parser.add_argument(
+        "--batch", type=positive_int, default=None, help="default: 2 on CUDA, 1 on CPU"
+    )
+    parser.add_argument(
+        "--heads", type=positive_int, default=None, help="default: 16 on CUDA, 4 on CPU"
+    )
     parser.add_argument(
         "--tokens",
-        type=int,
+        type=positive_int,
         default=None,
         help="FlashAttention's setting: batch = TOKENS // length at each length (e.g. 16384), "
         "so every length does about the same work; overrides --batch",
     )
     parser.add_argument(
         "--hidden",
-        type=int,
+        type=positive_int,
         default=None,
         help="FlashAttention's setting: heads = HIDDEN // head_dim (e.g. 2048); overrides --heads",
     )
     parser.add_argument(
         "--interpreter-max-len",
-        type=int,
+        type=nonnegative_int,
         default=512,
         help="on the CPU, the longest length at which our kernel's memory is measured under "
         "Triton's (slow) interpreter; longer points are recorded as skipped",
@@ -94,8 +113,11 @@ def parse_args(argv=None):
     add_cpu_and_output_arguments(
         parser, "attention", 512, "timed runs per point on the CPU (median)"
     )
-    args = parser.parse_args(argv)
-    return args
+    return parser
+
+
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None):
+    return (parser or build_parser()).parse_args(argv)
 
 
 def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
@@ -132,30 +154,31 @@ def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parse_args(argv, parser)
     if args.replot is not None:
-        payload = read_json(args.replot)
-        report(payload, args.replot.with_suffix(""))
+        payload, stem, copied = replot_payload(parser, args, "attention")
+        report(payload, stem, wrote_json=copied)
         return payload
     device = pick_kernel_device(args.device)
     cuda = device.type == "cuda"
     args.max_len = args.max_len or (65536 if cuda else 4096)
     args.batch = args.batch or (2 if cuda else 1)
     args.heads = args.heads or (16 if cuda else 4)
-    args.lengths = doubling(args.min_len, args.max_len)
+    args.lengths = length_range(parser, args)
     args.causal_modes = {"both": [False, True], "no": [False], "yes": [True]}[args.causal]
+    stem = results_stem(args, f"attention_{device_tag(device)}")
     torch.set_num_threads(1)
     env = environment(device)
-    stem = args.tag or f"attention_{device_tag(device)}"
 
     def save(records: list[dict], partial: bool) -> dict:
         payload = results_payload(args, env, records, partial)
-        write_json(args.out_dir / f"{stem}.json", payload)
+        write_json(Path(f"{stem}.json"), payload)
         return payload
 
     records = sweep(args, device, on_point=lambda records: save(records, partial=True))
     payload = save(records, partial=False)
-    report(payload, args.out_dir / stem)
+    report(payload, stem)
     return payload
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from benchmarks.attention_measure import INTERPRETED_MEMORY_MEASURE, MEMORY_PASSES, PASSES
 from benchmarks.common.measure import MIB
 from benchmarks.common.plotting import log_axes, plot_series
-from benchmarks.common.records import format_cell, markdown_table
+from benchmarks.common.records import format_cell, markdown_table, write_markdown, wrote
 
 LABELS = {
     "naive": "naive (einops)",
@@ -234,11 +234,11 @@ def markdown(records: list[dict], ratio_records: list[dict], args, env: dict) ->
     return "\n\n".join(sections)
 
 
-def report(payload: dict, stem: Path) -> None:
-    """Write ``stem``.png and ``stem``.md from a results payload and print the markdown."""
+def report(payload: dict, stem: Path, wrote_json: bool = True) -> None:
+    """Write ``stem``.png and ``stem``.md from a results payload and print the markdown; then
+    what was written (``wrote_json``: ``stem``.json too)."""
     args = argparse.Namespace(**payload["settings"])
-    plot(payload["records"], args, payload["environment"], Path(f"{stem}.png"))
-    text = markdown(payload["records"], payload["ratios"], args, payload["environment"])
-    Path(f"{stem}.md").write_text(text + "\n")
-    print(text)
-    print(f"\nwrote {stem}.json, .png and .md")
+    env = payload["environment"]
+    plot(payload["records"], args, env, Path(f"{stem}.png"))
+    write_markdown(stem, env, markdown(payload["records"], payload["ratios"], args, env))
+    print("\n" + wrote(stem, [".json"] * wrote_json + [".png", ".md"]))

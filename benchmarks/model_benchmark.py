@@ -41,18 +41,26 @@ from tqdm import tqdm
 from benchmarks.common.environment import device_tag, environment, pick_device
 from benchmarks.common.isolation import run_isolated
 from benchmarks.common.measure import MIB, cap_address_space, median_ms, peak_memory
-from benchmarks.common.options import add_cpu_and_output_arguments, benchmark_parser, doubling
+from benchmarks.common.options import (
+    add_cpu_and_output_arguments,
+    benchmark_parser,
+    doubling,
+    replot_payload,
+    results_stem,
+)
 from benchmarks.common.plotting import log_axes, plot_series
 from benchmarks.common.records import (
     format_cell,
     markdown_table,
-    read_json,
     settings_of,
     write_json,
+    write_markdown,
+    wrote,
 )
 from benchmarks.common.statuses import NOT_MEASURABLE_ON_CPU, STATUSES, failure
 from transformer.config import ModelConfig
 from transformer.model import Transformer, mark_dynamic_batch
+from transformer.translation.cli import positive_int
 
 BACKENDS = ("naive", "sdpa", "triton")
 LABELS = {"naive": "naive (einops)", "sdpa": "PyTorch SDPA", "triton": "ours (Triton)"}
@@ -308,7 +316,7 @@ def markdown(records: list[dict], args) -> str:
     return text
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--backends",
@@ -320,16 +328,22 @@ def parse_args(argv=None):
     parser.add_argument(
         "--lengths",
         nargs="+",
-        type=int,
+        type=positive_int,
         default=None,
         help="default: 256 ... 8192 on CUDA, 64 ... 2048 on the CPU (doubling)",
     )
-    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CUDA, 2 on CPU")
-    parser.add_argument("--vocab", type=int, default=8000, help="source and target vocabulary size")
-    parser.add_argument("--d-model", type=int, default=256, help="model width")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads")
-    parser.add_argument("--layers", type=int, default=3, help="encoder and decoder layers each")
-    parser.add_argument("--d-ff", type=int, default=1024, help="feed-forward width")
+    parser.add_argument(
+        "--batch", type=positive_int, default=None, help="default: 8 on CUDA, 2 on CPU"
+    )
+    parser.add_argument(
+        "--vocab", type=positive_int, default=8000, help="source and target vocabulary size"
+    )
+    parser.add_argument("--d-model", type=positive_int, default=256, help="model width")
+    parser.add_argument("--heads", type=positive_int, default=4, help="attention heads")
+    parser.add_argument(
+        "--layers", type=positive_int, default=3, help="encoder and decoder layers each"
+    )
+    parser.add_argument("--d-ff", type=positive_int, default=1024, help="feed-forward width")
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -337,17 +351,20 @@ def parse_args(argv=None):
         "(compile) time and the training tokens it takes to pay for it",
     )
     add_cpu_and_output_arguments(parser, "model", 2048, "timed steps per CPU point")
-    return parser.parse_args(argv)
+    return parser
 
 
-def report(payload: dict, stem: Path) -> None:
-    """Write ``stem``.png and ``stem``.md from a results payload and print the markdown."""
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None):
+    return (parser or build_parser()).parse_args(argv)
+
+
+def report(payload: dict, stem: Path, wrote_json: bool = True) -> None:
+    """Write ``stem``.png and ``stem``.md from a results payload and print the markdown; then
+    what was written (``wrote_json``: ``stem``.json too)."""
     args = argparse.Namespace(**payload["settings"])
     plot(payload["records"], args, payload["environment"], Path(f"{stem}.png"))
-    text = markdown(payload["records"], args)
-    Path(f"{stem}.md").write_text(text + "\n")
-    print(text)
-    print(f"\nwrote {stem}.json, .png and .md")
+    write_markdown(stem, payload["environment"], markdown(payload["records"], args))
+    print("\n" + wrote(stem, [".json"] * wrote_json + [".png", ".md"]))
 
 
 def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
@@ -375,27 +392,28 @@ def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parse_args(argv, parser)
     if args.replot is not None:
-        payload = read_json(args.replot)
-        report(payload, args.replot.with_suffix(""))
+        payload, stem, copied = replot_payload(parser, args, "model")
+        report(payload, stem, wrote_json=copied)
         return payload
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     args.lengths = args.lengths or (doubling(256, 8192) if cuda else doubling(64, 2048))
     args.batch = args.batch or (8 if cuda else 2)
+    stem = results_stem(args, f"model_{device_tag(device)}")
     torch.set_num_threads(1)
     env = environment(device)
-    stem = args.tag or f"model_{device_tag(device)}"
 
     def save(records: list[dict], partial: bool) -> dict:
         payload = results_payload(args, env, records, partial)
-        write_json(args.out_dir / f"{stem}.json", payload)
+        write_json(Path(f"{stem}.json"), payload)
         return payload
 
     records = sweep(args, device, on_point=lambda records: save(records, partial=True))
     payload = save(records, partial=False)
-    report(payload, args.out_dir / stem)
+    report(payload, stem)
     return payload
 
 

@@ -25,6 +25,7 @@ the caching allocator's rounding.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -34,32 +35,50 @@ if __package__ in (None, ""):  # run as a file (python benchmarks/x.py): import 
 import torch
 
 from benchmarks.common.environment import environment
-from benchmarks.common.options import add_output_arguments, benchmark_parser, doubling
+from benchmarks.common.options import (
+    add_output_arguments,
+    benchmark_parser,
+    length_range,
+    replot_payload,
+    results_stem,
+)
 from benchmarks.common.plotting import format_length
-from benchmarks.common.records import read_json, settings_of, write_json
+from benchmarks.common.records import provenance, settings_of, write_json, wrote
 from kernels.common import warm
 from kernels.flash_attention import launcher
 from kernels.flash_attention.varlen import Packed
+from transformer.translation.cli import positive_int
 
 MIB = 2**20
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--batch", type=int, default=16, help="sequences per batch")
-    parser.add_argument("--heads", type=int, default=16, help="attention heads (q, k and v)")
-    parser.add_argument("--head-dim", type=int, default=64, help="head dimension")
+    parser.add_argument("--batch", type=positive_int, default=16, help="sequences per batch")
+    parser.add_argument(
+        "--heads", type=positive_int, default=16, help="attention heads (q, k and v)"
+    )
+    parser.add_argument("--head-dim", type=positive_int, default=64, help="head dimension")
     parser.add_argument(
         "--dtype", default="bfloat16", choices=("float16", "bfloat16", "float32"), help="q, k, v"
     )
     parser.add_argument("--causal", action="store_true", help="causal attention")
     parser.add_argument(
-        "--min-len", type=int, default=128, help="longest sequence of the first batch; doubled"
+        "--min-len",
+        type=positive_int,
+        default=128,
+        help="longest sequence of the first batch; doubled",
     )
-    parser.add_argument("--max-len", type=int, default=32768, help="up to this longest sequence")
+    parser.add_argument(
+        "--max-len", type=positive_int, default=32768, help="up to this longest sequence"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn lengths")
     add_output_arguments(parser, "varlen_memory", per_device=False)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None):
+    return (parser or build_parser()).parse_args(argv)
 
 
 def launch_bytes(run) -> int:
@@ -112,16 +131,17 @@ def measure_point(lengths: list[int], args) -> dict:
 
 
 def draw_lengths(args) -> list[list[int]]:
-    """For each longest length L: ``--batch`` lengths uniform in [1, L], the last one L."""
+    """For each longest length L (``args.lengths``): ``--batch`` lengths uniform in [1, L], the
+    last one L."""
     gen = torch.Generator().manual_seed(args.seed)
     batches = []
-    for longest in doubling(args.min_len, args.max_len):
+    for longest in args.lengths:
         lengths = torch.randint(1, longest + 1, (args.batch - 1,), generator=gen).tolist()
         batches.append([*lengths, longest])
     return batches
 
 
-def plot(payload: dict, path: Path) -> None:
+def plot(payload: dict, stem: Path) -> None:
     """Bytes against the packed total length, packed and padded, on log-log axes."""
     import matplotlib
 
@@ -147,7 +167,7 @@ def plot(payload: dict, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=120)
+    fig.savefig(f"{stem}.png", dpi=120)
     plt.close(fig)
 
 
@@ -157,12 +177,29 @@ def format_length_formatter():
     return FuncFormatter(format_length)
 
 
+def report(payload: dict, stem: Path, wrote_json: bool = True) -> None:
+    """Write ``stem``.png from a results payload and print its figures; then what was written
+    (``wrote_json``: ``stem``.json too)."""
+    plot(payload, stem)
+    print(provenance(payload["environment"]) + "\n")
+    for r in payload["records"]:
+        print(
+            f"max_len {r['max_len']:6d} tokens {r['total_tokens']:7d}: packed "
+            f"{r['packed_bytes'] / MIB:9.1f} MiB, padded {r['padded_bytes'] / MIB:9.1f} MiB "
+            f"({r['padded_over_packed']:.2f}x)"
+        )
+    print("\n" + wrote(stem, [".json"] * wrote_json + [".png"]))
+
+
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parse_args(argv, parser)
     if args.replot is not None:
-        payload = read_json(args.replot)
-        plot(payload, args.replot.with_suffix(""))
+        payload, stem, copied = replot_payload(parser, args, "varlen")
+        report(payload, stem, wrote_json=copied)
         return payload
+    args.lengths = length_range(parser, args)
+    stem = results_stem(args, "varlen_memory")
     records = [measure_point(lengths, args) for lengths in draw_lengths(args)]
     settings = settings_of(args)
     payload = {
@@ -176,15 +213,8 @@ def main(argv=None) -> dict:
         },
         "records": records,
     }
-    stem = args.out_dir / args.tag
-    write_json(stem.with_suffix(".json"), payload)
-    plot(payload, stem)
-    for r in records:
-        print(
-            f"max_len {r['max_len']:6d} tokens {r['total_tokens']:7d}: packed "
-            f"{r['packed_bytes'] / MIB:9.1f} MiB, padded {r['padded_bytes'] / MIB:9.1f} MiB "
-            f"({r['padded_over_packed']:.2f}x)"
-        )
+    write_json(Path(f"{stem}.json"), payload)
+    report(payload, stem)
     return payload
 
 

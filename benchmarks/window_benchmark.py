@@ -36,15 +36,22 @@ from tqdm import tqdm
 
 from benchmarks.common.environment import device_tag, environment, pick_kernel_device
 from benchmarks.common.measure import PASS_FLOP_FACTOR, median_ms
-from benchmarks.common.options import add_output_arguments, benchmark_parser, doubling
+from benchmarks.common.options import (
+    add_output_arguments,
+    benchmark_parser,
+    length_range,
+    replot_payload,
+    results_stem,
+)
 from benchmarks.common.plotting import log_axes, plot_series
 from benchmarks.common.records import (
     format_cell,
     markdown_table,
-    read_json,
     settings_of,
     write_csv,
     write_json,
+    write_markdown,
+    wrote,
 )
 from benchmarks.common.statuses import STATUSES, failure
 from transformer.translation.cli import positive_int
@@ -273,21 +280,20 @@ def csv_rows(payload: dict, args) -> list[dict]:
     return [{**row, **stamp} for row in table_rows(payload, args)]
 
 
-def report(payload: dict, stem: Path) -> None:
-    """Write ``stem``.png, .md and .csv from a results payload and print the markdown."""
+def report(payload: dict, stem: Path, wrote_json: bool = True) -> None:
+    """Write ``stem``.png, .md and .csv from a results payload and print the markdown; then
+    what was written (``wrote_json``: ``stem``.json too)."""
     args = argparse.Namespace(**payload["settings"])
     plot(payload, args, Path(f"{stem}.png"))
-    text = markdown(payload, args)
-    Path(f"{stem}.md").write_text(text + "\n")
+    write_markdown(stem, payload["environment"], markdown(payload, args))
     write_csv(Path(f"{stem}.csv"), csv_rows(payload, args))
-    print(text)
-    print(f"\nwrote {stem}.json, .csv, .png and .md")
+    print("\n" + wrote(stem, [".json"] * wrote_json + [".csv", ".png", ".md"]))
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--window", type=positive_int, default=None, help="keys left of each query (w); default 64"
@@ -319,15 +325,20 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick", action="store_true",
         help="tiny sizes (lengths 64 and 128, window 16, head dim 16, one head, one repeat): "
-        "checks the script runs, in seconds; numbers mean nothing",
+        "checks the script runs, in seconds; numbers mean nothing. Its files' default stem "
+        "ends in _quick (not the full run's)",
     )  # fmt: skip
     add_output_arguments(parser, "window")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None, parser: argparse.ArgumentParser | None = None):
+    args = (parser or build_parser()).parse_args(argv)
     args.causal = args.causal == "yes"
     return args
 
 
-def settle(args, cuda: bool) -> None:
+def settle(parser: argparse.ArgumentParser, args, cuda: bool) -> None:
     """Fill what the command line left to the device (or to --quick)."""
     defaults = dict(window=64, head_dim=64, batch=1, cpu_repeats=3)
     if cuda:
@@ -340,7 +351,7 @@ def settle(args, cuda: bool) -> None:
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.lengths = doubling(args.min_len, args.max_len)
+    args.lengths = length_range(parser, args)
 
 
 def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
@@ -371,17 +382,18 @@ def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parse_args(argv, parser)
     if args.replot is not None:
-        payload = read_json(args.replot)
-        report(payload, args.replot.with_suffix(""))
+        payload, stem, copied = replot_payload(parser, args, "window")
+        report(payload, stem, wrote_json=copied)
         return payload
     device = pick_kernel_device(args.device)
     cuda = device.type == "cuda"
-    settle(args, cuda)
+    settle(parser, args, cuda)
+    stem = results_stem(args, f"window_{device_tag(device)}")
     torch.set_num_threads(1)
     env = environment(device)
-    stem = args.out_dir / (args.tag or f"window_{device_tag(device)}")
 
     def save(records: list[dict], partial: bool) -> dict:
         payload = results_payload(args, env, records, partial)

@@ -28,23 +28,76 @@ def settings_of(args) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "tag"}
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def read_results(parser, path: Path, benchmark: str) -> dict:
+    """The results file ``path`` of the benchmark ``benchmark`` (its "benchmark" field), or
+    ``parser.error`` (one line, exit status 2) naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        parser.error(f"{path}: no such file")
+    except OSError as err:
+        parser.error(f"{path}: cannot be read ({err.strerror or err})")
+    except ValueError as err:  # not JSON (json.JSONDecodeError), or not text at all
+        parser.error(f"{path}: not a JSON results file ({err})")
+    if not isinstance(payload, dict):
+        parser.error(f"{path}: not a results file (a JSON {type(payload).__name__}, no fields)")
+    if payload.get("benchmark") != benchmark:
+        parser.error(
+            f"{path}: not a {benchmark} results file (its benchmark is "
+            f"{payload.get('benchmark')!r})"
+        )
+    return payload
+
+
+def provenance(env: dict) -> str:
+    """One line on the run behind a results file, from its payload's "environment": device,
+    library versions, date and command (whichever of them it has)."""
+    device = env.get("device_name") or env.get("device_type")
+    parts = [f"Measured on {device}" if device else "Measured"]
+    names = {"driver": "driver", "torch": "torch", "triton": "triton", "python": "Python"}
+    parts += [f"{name} {env[key]}" for key, name in names.items() if env.get(key)]
+    if env.get("date"):
+        parts.append(env["date"])
+    line = ", ".join(parts)
+    return line + (f", with `{env['command']}`" if env.get("command") else "") + "."
+
+
+def write_markdown(stem: Path, env: dict, text: str) -> None:
+    """``stem``.md: the run's :func:`provenance`, then ``text``; printed too."""
+    text = f"{provenance(env)}\n\n{text}"
+    Path(f"{stem}.md").write_text(text + "\n")
+    print(text)
+
+
+def wrote(stem: Path, suffixes: list[str]) -> str:
+    """What a script wrote, e.g. ``wrote x.json, .png and .md``."""
+    *head, last = suffixes
+    return f"wrote {stem}" + (", ".join(head) + " and " if head else "") + last
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """``path`` holds either its old content or ``text``, never a part (a process stopped while
-    writing leaves the old file): written beside it, then renamed over it."""
+    writing leaves the old file): written beside it, then renamed over it. Its mode is the one
+    ``open()`` would give a new file (0o666 less the umask), not ``mkstemp``'s 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, payload: dict) -> None:
