@@ -68,6 +68,7 @@ from benchmarks.gpu_summary import (  # noqa: F401 - the report's results, as te
     write_step,
     write_summary,
 )
+from transformer.translation.cli import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT_DIR = ROOT / "benchmarks" / "results" / "gpu"
@@ -85,6 +86,17 @@ NEEDS = {
 }
 
 
+def positive_minutes(text: str) -> float:
+    """A budget in minutes: a finite number above 0."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
+    if not 0 < minutes < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0 minutes, got {text}")
+    return minutes
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_report",
@@ -93,8 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--budget-minutes", type=float, default=9.0, help="wall-clock budget (default 9)"
-    )
+        "--budget-minutes", type=positive_minutes, default=9.0,
+        help="wall-clock budget (default 9)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument(
         "--rehearse", action="store_true",
@@ -105,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--skip", nargs="+", default=[], choices=STEPS, help="steps to leave out")
     parser.add_argument(
-        "--cores", type=int, default=None, help="compiler processes for warm (default: all "
+        "--cores", type=positive_int, default=None, help="compiler processes for warm (default: all "
         f"cores; a dry run on a machine other than the GPU one assumes {gpu_plan.GPU_MACHINE_CORES})"
     )  # fmt: skip
     parser.add_argument(

@@ -26,6 +26,22 @@ def memory_record(impl, seq_len, status="ok", peak=None):
     return {**record, "pass": "forward_backward"}
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--budget-minutes", "-3"],
+        ["--budget-minutes", "nan"],
+        ["--budget-minutes", "0"],
+        ["--cores", "0"],
+    ],
+)
+def test_a_budget_or_core_count_that_is_not_positive_is_refused(argv, capsys):
+    """Before, --dry-run --budget-minutes -3 planned a "-3.0-minute budget"."""
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_report.parse_args(["--dry-run", *argv])
+    assert exit_info.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
 def test_memory_ratios_divide_ours_by_sdpa_flash_and_mark_naive_failures():
     records = [
         memory_record("triton", 1024, peak=110),
