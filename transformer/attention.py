@@ -289,7 +289,6 @@ class AdditiveScore(nn.Module):
             raise ValueError(
                 f"the additive score runs on backend 'naive' or 'triton', not {backend!r}"
             )
-        check_attn_mask(attn_mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         mask = combine_masks(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
         return weigh_values(self.logits(q, k), v, mask, dropout_p)[0]
 
@@ -371,7 +370,7 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.to_q(x))
         kv = self.project_kv(x) if kv is None else kv
         attn_mask = None if key_mask is None else key_padding_to_attn_mask(key_mask)
-        check_attn_mask(attn_mask, q.shape[0], q.shape[1], q.shape[2], kv.length)  # every path
+        check_attn_mask(attn_mask, q.shape[0], q.shape[1], q.shape[2], kv.length)  # here, not per path
         dropout_p = self.attention_dropout if self.training else 0.0
         weights = None
         if need_weights:
