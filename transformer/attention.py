@@ -370,7 +370,8 @@ class MultiHeadAttention(nn.Module):
         q = self.split_heads(self.to_q(x))
         kv = self.project_kv(x) if kv is None else kv
         attn_mask = None if key_mask is None else key_padding_to_attn_mask(key_mask)
-        check_attn_mask(attn_mask, q.shape[0], q.shape[1], q.shape[2], kv.length)  # here, not per path
+        # checked here, once, not on each score's path
+        check_attn_mask(attn_mask, q.shape[0], q.shape[1], q.shape[2], kv.length)
         dropout_p = self.attention_dropout if self.training else 0.0
         weights = None
         if need_weights:
