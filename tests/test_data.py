@@ -79,6 +79,14 @@ def test_directory_split_missing_file(tmp_path):
         load_split(tmp_path, "train")
 
 
+def test_a_split_in_both_plain_and_gzip_form_is_refused_as_ambiguous(tmp_path):
+    write(tmp_path / "train.de", "Ein Hund.\n")
+    write(tmp_path / "train.de.gz", "Eine Katze.\n")
+    write(tmp_path / "train.en", "A dog.\n")
+    with pytest.raises(CorpusError, match=r"both train\.de and train\.de\.gz exist"):
+        load_split(tmp_path, "train")
+
+
 def test_saved_datasets_directory(tmp_path):
     good = datasets.Dataset.from_dict(
         {"de": ["Hallo Welt.", "Ja."], "en": ["Hello world.", "Yes."]}

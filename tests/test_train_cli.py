@@ -71,6 +71,15 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--src-lang", "en"], "both 'en'"), (["--tgt-lang", " "], "must name a language")],
+)
+def test_a_language_pair_that_is_not_two_languages_is_refused(argv, message):
+    with pytest.raises(ValueError, match=message):
+        config_of(argv)
+
+
 def test_model_options_are_fields_that_fill_the_model_config():
     from transformer.config import ModelConfig
     from transformer.translation.training.config import ModelOptions

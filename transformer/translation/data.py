@@ -92,9 +92,15 @@ def read_parallel(
 
 
 def _text_file(data_dir: Path, split: str, lang: str) -> Path:
-    """The file of one split and language; prefers ``name`` over ``name.gz``."""
+    """The file of one split and language: ``name`` or ``name.gz``, never both."""
     for name in SPLIT_ALIASES.get(split, (split,)):
-        for candidate in (data_dir / f"{name}.{lang}", data_dir / f"{name}.{lang}.gz"):
+        plain, packed = data_dir / f"{name}.{lang}", data_dir / f"{name}.{lang}.gz"
+        if plain.is_file() and packed.is_file():
+            raise CorpusError(
+                f"{data_dir}: both {plain.name} and {packed.name} exist and may differ; "
+                "keep one of them"
+            )
+        for candidate in (plain, packed):
             if candidate.is_file():
                 return candidate
     raise CorpusError(

@@ -469,6 +469,14 @@ class TrainConfig:
                 torch.device(self.device)
             except RuntimeError as err:
                 raise ValueError(f"bad device {self.device!r}: {err}") from None
+        for name in ("src_lang", "tgt_lang"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must name a language, got {getattr(self, name)!r}")
+        if self.src_lang == self.tgt_lang:
+            raise ValueError(
+                f"src_lang and tgt_lang are both {self.src_lang!r}: that would train a model "
+                "to copy its input; give two different languages"
+            )
         if self.max_tokens < self.max_length:
             raise ValueError(
                 f"max_tokens ({self.max_tokens}) must be >= max_length ({self.max_length})"
