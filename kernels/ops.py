@@ -69,6 +69,8 @@ def kernel_op(
         op.register_fake(fake)
         if backward is not None:
             _register_autograd(op, list(inspect.signature(fn).parameters), backward, wrt)
+        else:
+            _refuse_autograd(op, f"{NAMESPACE}::{name}")
         return op
 
     return register
@@ -86,6 +88,23 @@ def device_guard(*args) -> contextlib.AbstractContextManager:
         if isinstance(device, torch.device) and device.type == "cuda":
             return torch.cuda.device(device)
     return contextlib.nullcontext()
+
+
+def _refuse_autograd(op: torch.library.CustomOpDef, qualname: str) -> None:
+    """An operator without a derivative (a backward kernel) says so when differentiated.
+
+    Differentiating a backward kernel means a second derivative: ``torch.autograd.grad(...,
+    create_graph=True)`` through one of our kernels, then a backward through that gradient.
+    """
+
+    def refuse(ctx, *grads):
+        raise RuntimeError(
+            f"{qualname} has no derivative: our kernels compute first derivatives only, so "
+            "a second derivative (double backward, e.g. a gradient penalty) through them is "
+            "not supported; use naive attention (or SDPA's math backend) for it"
+        )
+
+    op.register_autograd(refuse, setup_context=lambda ctx, inputs, output: None)
 
 
 def _register_autograd(

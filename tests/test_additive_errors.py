@@ -68,3 +68,13 @@ def test_mixed_devices_raise_on_gpu():
     qf, kf, w, v, _ = random_inputs(1, 1, 4, 4, 8, 16, torch.float32)
     with pytest.raises(ValueError, match="one device"):
         additive_attention(qf, kf, w.cpu(), v)
+
+
+def test_a_second_derivative_is_refused_naming_the_kernel_not_torch_internals():
+    qf, kf, w, v, dout = random_inputs(1, 2, 5, 7, 8, 16, torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (qf, kf, w, v)]
+    out = additive_attention(*leaves)
+    grads = torch.autograd.grad((out * dout).sum(), leaves, create_graph=True)
+    assert all(g.requires_grad for g in grads)  # a first derivative with create_graph works
+    with pytest.raises(RuntimeError, match="additive_attention_backward has no derivative"):
+        sum(g.square().sum() for g in grads).backward()

@@ -132,3 +132,12 @@ else:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr + done.stdout
+
+
+def test_a_second_derivative_is_refused_naming_the_kernel_not_torch_internals():
+    q, k, v, dout = random_inputs(1, 2, 5, 7, 16, torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    grads = torch.autograd.grad((flash_attention(*leaves) * dout).sum(), leaves, create_graph=True)
+    assert all(g.requires_grad for g in grads)  # a first derivative with create_graph works
+    with pytest.raises(RuntimeError, match="flash_attention_backward has no derivative"):
+        sum(g.square().sum() for g in grads).backward()
