@@ -187,6 +187,22 @@ def test_a_build_that_does_not_compile_fails():
     assert any("does not compile" in f for f in compile_gate.failures([broken]))
 
 
+def test_the_summary_table_counts_per_kernel_and_explains_every_column():
+    from kernels.compile_gate.verdicts import summary
+
+    table = summary([build(arch=90, local=64, wgmma=3), build(arch=90, shared=200_000, wgmma=0)])
+    header, row, *legend = table.splitlines()
+    columns = header.replace("max smem", "max_smem").replace("max regs", "max_regs").split()
+    assert row.split()[2:] == ["2", "200000", str(tuning.shared_memory_limit(90)), "128"] + [
+        "1",
+        "1",
+        "1",
+    ]  # builds, max smem, limit, max regs, spills, wgmma, failed (the second is over the limit)
+    explained = " ".join(legend)
+    for column in columns[3:]:  # arch, kernel and builds need no words
+        assert f"{column.replace('_', ' ')}:" in explained, column
+
+
 def test_the_ci_subset_compiles_both_kernels_in_every_dtype():
     every, first = compile_gate.ci_cases()
     cases = every + first

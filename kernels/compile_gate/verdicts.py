@@ -102,7 +102,8 @@ def warnings(builds: list[Build]) -> list[str]:
 
 
 def summary(builds: list[Build]) -> str:
-    """A table per architecture and kernel: builds, worst shared memory, registers, failures."""
+    """A table per architecture and kernel (builds, worst shared memory, registers, failures)
+    with a legend of its columns."""
     lines = [f"{'arch':7s} {'kernel':18s} {'builds':>6s} {'max smem':>10s} {'limit':>8s} "
              f"{'max regs':>8s} {'spills':>6s} {'wgmma':>6s} {'failed':>6s}"]  # fmt: skip
     from kernels.common.tuning import shared_memory_limit
@@ -118,4 +119,13 @@ def summary(builds: list[Build]) -> str:
             f"{sum(b.local_bytes > 0 for b in done):6d} "
             f"{sum(b.wgmma > 0 for b in done):6d} {sum(bool(problems(b)) for b in group):6d}"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *SUMMARY_LEGEND])
+
+
+SUMMARY_LEGEND = (
+    "max smem: the most shared memory one build of the kernel takes (bytes); limit: what one",
+    "  block may take on that architecture; max regs: the most registers per thread; spills:",
+    "  builds that spill registers to local memory (the launcher passes over such a config",
+    "  when another compiles without); wgmma: builds whose products are Hopper wgmma",
+    "  instructions (on sm_90 every 16-bit build must be); failed: builds the gate fails.",
+)
