@@ -250,3 +250,26 @@ def test_an_unset_out_dir_is_none_so_a_replot_can_tell_it_was_not_given():
         assert args.out_dir is None and args.tag is None, benchmark
     args = argparse.Namespace(replot=Path("a/b.json"), out_dir=None, tag=None)
     assert options.replot_stem(args) == Path("a/b")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[1133, 1484, 1613, 1657, 1327, 912], [1300, 2500, 3600, 900], [1, 10, 100, 1000, 10_000]],
+    ids=["under-2x", "within-a-decade", "four-decades"],
+)
+def test_a_log_axis_labels_at_least_three_ticks_whatever_its_range(values):
+    """model_cpu.png's tokens/s panel (912 to 1,657) used to carry one label, 1000."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.common.plotting import log_axes
+
+    fig, ax = plt.subplots()
+    ax.plot(range(1, len(values) + 1), values)
+    log_axes(ax, True)
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    labels = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+    plt.close(fig)
+    assert len([label for label in labels if label]) >= 3, labels

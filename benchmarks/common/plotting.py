@@ -32,7 +32,7 @@ def plot_series(
 def log_axes(ax, any_data: bool) -> None:
     """Log-scaled axes with plain tick labels, lengths on x in base 2, and head-room at the top
     for the out-of-memory crosses (y stays linear on a panel with no data)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(format_length))
@@ -42,7 +42,9 @@ def log_axes(ax, any_data: bool) -> None:
     ax.set_yscale("log")
     low, high = ax.get_ylim()
     ax.set_ylim(low, high * (high / low) ** 0.2)
-    if high / low < 100:  # within a decade or two, ticks at 1, 2, 3, 5 of each decade
+    if high / low < 4:  # too narrow for 1, 2, 3, 5 to give two ticks: evenly spaced ones
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    elif high / low < 100:  # within a decade or two, ticks at 1, 2, 3, 5 of each decade
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(_plain_number))
     ax.yaxis.set_minor_formatter(NullFormatter())
