@@ -29,7 +29,7 @@ def _bad_inputs():
         ("w-rank", (qf, kf, w[0], v), {}, ValueError, "score_weight must have rank 2"),
         ("batch", (qf, kf[:1], w, v[:1]), {}, ValueError, "batch, heads"),
         ("kv-len", (qf, kf, w, v[:, :, :5]), {}, ValueError, "same length"),
-        ("causal-tensor", (qf, kf, w, v), {"is_causal": torch.ones(2, dtype=torch.bool)}, TypeError, "is_causal must be True or False"),
+        ("causal-tensor", (qf, kf, w, v), {"is_causal": torch.ones(2, dtype=torch.bool)}, TypeError, "additive_attention: is_causal must be True or False"),
         ("feature-size", (qf, kf[..., :4], w, v), {}, ValueError, "feature sizes differ"),
         ("w-shape", (qf, kf, w[:1], v), {}, ValueError, r"\(heads, a\)"),
         ("too-wide", (qf, kf, w, torch.zeros(2, 2, 6, 256, device=DEVICE)), {}, ValueError, "value head dim 256"),
@@ -43,6 +43,7 @@ def _bad_inputs():
         ("mask-batch", (qf, kf, w, v), {"attn_mask": torch.ones(3, 1, 1, 6, dtype=torch.bool, device=DEVICE)}, ValueError, "key mask"),
         ("mask-full", (qf, kf, w, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE)}, ValueError, r"Full \(len_q x len_k\)"),
         ("mask-2d", (qf, kf, w, v), {"attn_mask": mask[:, 0, 0]}, ValueError, "key mask"),
+        ("mask-1d", (qf, kf, w, v), {"attn_mask": mask[0, 0, 0]}, ValueError, r"got \(6,\)\.$"),
         ("mask-list", (qf, kf, w, v), {"attn_mask": mask.tolist()}, TypeError, "additive_attention: attn_mask must be a torch.Tensor"),
     ] + [
         # flash_attention's score options: the additive kernel takes none of them

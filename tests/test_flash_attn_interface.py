@@ -131,3 +131,25 @@ def test_flash_attn_func_names_the_layout_when_a_tensor_has_the_wrong_rank():
     q, k, v, _ = fa2_inputs(1, 2, 5, 5, 16, torch.float32)
     with pytest.raises(ValueError, match=r"k must have rank 4 \(batch, seqlen, heads"):
         flash_attn_func(q, k[0], v)
+
+
+def test_flash_attn_func_gives_slopes_that_require_a_gradient_none_as_flash_attn_does():
+    q, k, v, _ = fa2_inputs(1, 2, 5, 6, 16, torch.float32)
+    slopes = torch.tensor([0.5, 0.25], device=DEVICE, requires_grad=True)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attn_func(*leaves, alibi_slopes=slopes)
+    constant = flash_attn_func(q, k, v, alibi_slopes=slopes.detach())
+    torch.testing.assert_close(out, constant, rtol=0, atol=0)
+    out.sum().backward()
+    assert slopes.grad is None and all(t.grad is not None for t in leaves)
+
+
+def test_flash_attn_funcs_output_follows_qs_memory_order():
+    """As FlashAttention-2's empty_like(q): contiguous for a contiguous q, q's strides for a
+    (b, h, n, d) tensor viewed as (b, n, h, d)."""
+    q, k, v, _ = fa2_inputs(2, 4, 5, 6, 8, torch.float32)
+    assert flash_attn_func(q, k, v).is_contiguous()
+    q_bhnd = q.transpose(1, 2).contiguous().transpose(1, 2)
+    out = flash_attn_func(q_bhnd, k, v)
+    assert out.stride() == q_bhnd.stride()
+    torch.testing.assert_close(out, flash_attn_func(q, k, v), rtol=0, atol=0)

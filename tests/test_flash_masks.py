@@ -163,6 +163,22 @@ def test_rows_a_float_mask_hides_entirely_get_zeros_minus_inf_lse_and_zero_grads
         assert torch.isfinite(leaf.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_bias_at_finfo_min_hides_its_key_as_minus_inf_does_as_documented(dtype):
+    """docs/sdpa.md: below about -2.36e38 a bias times log2 e overflows to -inf in the kernel's
+    base-2 arithmetic, so finfo.min hides a key; a row of nothing else sees no key."""
+    q, k, v, _ = random_inputs(1, 2, 9, 20, 16, torch.float32)
+    bias = torch.randn(1, 2, 9, 20, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    hidden = bias.clone()
+    bias[0, 0, :, 4], hidden[0, 0, :, 4] = torch.finfo(dtype).min, float("-inf")
+    bias[0, 1, 2], hidden[0, 1, 2] = torch.finfo(dtype).min, float("-inf")
+    out, lse = flash_attention(q, k, v, attn_mask=bias.to(dtype), return_lse=True)
+    want, want_lse = flash_attention(q, k, v, attn_mask=hidden.to(dtype), return_lse=True)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    torch.testing.assert_close(lse, want_lse, rtol=0, atol=0)
+    assert (out[0, 1, 2] == 0).all() and lse[0, 1, 2] == float("-inf")
+
+
 def test_a_broadcast_mask_is_read_in_place_with_zero_strides():
     """Nothing of len_q x len_k is built: every launch of the forward kernel gets the caller's
     mask and stride 0 on the axes it broadcasts over (a key mask stays one value per key). On

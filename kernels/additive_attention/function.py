@@ -83,7 +83,6 @@ def additive_attention(
         RuntimeError: for CPU tensors when Triton was imported without TRITON_INTERPRET=1.
     """
     check_inputs(query_features, key_features, score_weight, v, attn_mask)
-    out, lse = _forward_op(
-        query_features, key_features, score_weight, v, attn_mask, check_flag(is_causal, "is_causal")
-    )
+    is_causal = check_flag(is_causal, "is_causal", "additive_attention")
+    out, lse = _forward_op(query_features, key_features, score_weight, v, attn_mask, is_causal)
     return (out, lse) if return_lse else out

@@ -7,14 +7,15 @@ import torch
 from kernels.common.runtime import INTERPRETED
 
 
-def check_flag(value, name: str) -> bool:
-    """A yes/no argument such as ``is_causal``: a bool (or NumPy's, or the int 0 or 1), never
-    a tensor, whose truth would be read from its data (a GPU sync, or torch's "ambiguous")."""
+def check_flag(value, name: str, caller: str) -> bool:
+    """A yes/no argument such as ``is_causal`` of ``caller``: a bool (or NumPy's, or the int 0
+    or 1), never a tensor, whose truth would be read from its data (a GPU sync, or torch's
+    "ambiguous")."""
     is_int = isinstance(value, int) and value in (0, 1)
     is_numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
     if isinstance(value, bool | torch.SymBool) or is_int or is_numpy_bool:
         return bool(value)
-    raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    raise TypeError(f"{caller}: {name} must be True or False, got {type(value).__name__}")
 
 
 def check_rank(caller: str, rank: int, layout: str, **tensors) -> None:
@@ -62,9 +63,8 @@ def key_mask_strides(attn_mask, q, k, caller: str) -> tuple[int, int, int]:
     ):
         raise ValueError(
             f"{caller}: attn_mask must be a key mask shaped (batch or 1, heads or 1, 1, "
-            f"len_k) = ({b}|1, {h}|1, 1, {len_k}); got {tuple(attn_mask.shape)}. "
-            + _MASK_HINTS.get(attn_mask.dim(), "")
-            + ("" if attn_mask.dim() != 4 or shape[2] == 1 else _MASK_HINTS["full"])
+            f"len_k) = ({b}|1, {h}|1, 1, {len_k}); got {tuple(attn_mask.shape)}."
+            + "".join(f" {hint}" for hint in _mask_hints(attn_mask.dim(), shape))
         )
     # A dimension of size 1 broadcasts: stride 0 makes every batch/head read the same row.
     return (
@@ -89,3 +89,11 @@ _MASK_HINTS = {
     "full": "Full (len_q x len_k) masks are not supported: the kernel reads key masks only; "
     "pass causality with is_causal=True.",
 }
+
+
+def _mask_hints(rank: int, shape: tuple[int, ...]) -> list[str]:
+    """The hints that explain why a key mask of this rank and shape is refused (maybe none)."""
+    hints = [_MASK_HINTS[rank]] if rank in _MASK_HINTS else []
+    if rank == 4 and shape[2] != 1:
+        hints.append(_MASK_HINTS["full"])
+    return hints

@@ -82,7 +82,17 @@ Caution -- not supported
     * Head dims above 256, float64.
     * Dropout's random numbers are not SDPA's (the same seed gives another mask), and drawing
       a call's seed reads a tensor in Python: ``torch.compile(fullgraph=True)`` of a call with
-      dropout_p > 0 breaks the graph there (calls without dropout draw nothing).
+      dropout_p > 0 breaks the graph there (calls without dropout draw nothing). So does a
+      ``scale`` given as a tensor, read as a float: pass a Python float under fullgraph.
+    * A float-mask bias below about -2.36e38 (``torch.finfo(torch.float32).min``, bf16's) is
+      -inf to the kernel, whose base-2 arithmetic multiplies it by log2(e): a row of such
+      biases sees no key (zeros) where SDPA averages v. A row whose every bias is huge (about
+      -1e9 or below) is ill-conditioned in float32, SDPA's too, and our gradients there are
+      further off than SDPA's (rebuilt from the float32 log-sum-exp). Mask with booleans or
+      -inf.
+    * ``kernels.flash_attention`` is this function once ``kernels`` is imported (the package
+      exports it under its subpackage's name): import the rest with ``from
+      kernels.flash_attention import flash_attn_func, dropout_keep_mask``.
     * float32 on a GPU multiplies as three TF32 products ("tf32x3", about float32 accuracy) in
       small tiles whose backward spills registers at head dims >= 64: correct, not fast. Use
       bfloat16 or float16 for speed.

@@ -41,6 +41,8 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
 
 import math
 
+import torch
+
 from kernels.common.checks import check_flag, check_rank
 from kernels.flash_attention.checks import check_inputs
 from kernels.flash_attention.dropout import check_dropout_p, draw_seed_offset
@@ -73,14 +75,17 @@ def flash_attn_func(
             causal, right is 0). Key blocks outside the window are never visited.
         softcap: 0.0 (off) or c > 0: scores become c * tanh(scores / c) (after the scale).
         alibi_slopes: float32 (heads,) or (batch, heads): adds -slope * |i + seqlen_k -
-            seqlen_q - j| to the scores; no bias tensor is built.
+            seqlen_q - j| to the scores; no bias tensor is built. They get no gradient: as
+            FlashAttention-2 does, slopes that require one are read as constants (where
+            :func:`~kernels.flash_attention.flash_attention` refuses them).
         deterministic: accepted for compatibility; the backward is always deterministic.
         return_attn_probs: also return the log-sum-exp (and None, see the module docstring).
         sinks: not FlashAttention-2's: (heads,) logits, one per query head, each joining its
             head's softmax denominators and then dropped (GPT-OSS); their gradient is returned.
 
     Returns:
-        out (batch, seqlen_q, heads, head_dim_v) in q's dtype, contiguous; with
+        out (batch, seqlen_q, heads, head_dim_v) in q's dtype, laid out in q's memory order
+            (contiguous when q is, as FlashAttention-2's ``empty_like(q)``); with
         ``return_attn_probs``, ``(out, softmax_lse, None)``, softmax_lse (batch, heads,
         seqlen_q) float32, the natural-log log-sum-exp of each row's scaled scores (-inf for a
         row that sees no key). Gradients flow to q, k and v (and sinks; and through softmax_lse).
@@ -88,12 +93,14 @@ def flash_attn_func(
     check_rank("flash_attn_func", 4, "(batch, seqlen, heads, head_dim)", q=q, k=k, v=v)
     # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
+    causal = check_flag(causal, "causal", "flash_attn_func")
     out, lse = flash_attention(
-        query, key, value, dropout_p=dropout_p, is_causal=check_flag(causal, "causal"),
+        query, key, value, dropout_p=dropout_p, is_causal=causal,
         scale=softmax_scale, enable_gqa=True, return_lse=True, window_size=window_size,
-        softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, alignment="bottom_right",
+        softcap=softcap, alibi_slopes=_constant(alibi_slopes), sinks=sinks,
+        alignment="bottom_right",
     )  # fmt: skip
-    out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), contiguous (output_buffer)
+    out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), in q's memory order
     return (out, lse, None) if return_attn_probs else out
 
 
@@ -120,7 +127,7 @@ def flash_attn_varlen_func(
         window_size, softcap: as in :func:`flash_attn_func`, each sequence's window anchored
             bottom-right in it.
         alibi_slopes: float32 (heads,) or (batch, heads), one row per sequence; distances
-            anchored as the window.
+            anchored as the window; no gradient, as in :func:`flash_attn_func`.
         return_attn_probs: also return the log-sum-exp (and None).
         block_table: FlashAttention-2's paged key/value cache: only None (no paging) is
             taken; anything else raises a ValueError.
@@ -152,8 +159,8 @@ def flash_attn_varlen_func(
     check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
     packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
     causal, options = score_options(
-        packed.view(q), packed.view(k), None, check_flag(causal, "causal"), "bottom_right",
-        window_size, softcap, alibi_slopes, sinks,
+        packed.view(q), packed.view(k), None, check_flag(causal, "causal", name), "bottom_right",
+        window_size, softcap, _constant(alibi_slopes), sinks,
     )  # fmt: skip
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
@@ -162,3 +169,8 @@ def flash_attn_varlen_func(
         options.softcap, options.alibi_slopes, options.sinks, *packed,
     )  # fmt: skip
     return (out, lse, None) if return_attn_probs else out
+
+
+def _constant(alibi_slopes):
+    """FlashAttention-2 gives ALiBi slopes no gradient and takes slopes that require one."""
+    return alibi_slopes.detach() if isinstance(alibi_slopes, torch.Tensor) else alibi_slopes

@@ -191,7 +191,7 @@ def flash_attention(
     """
     q, k, v = query, key, value
     dropout_p = check_dropout_p(dropout_p)
-    is_causal = check_flag(is_causal, "is_causal")
+    is_causal = check_flag(is_causal, "is_causal", "flash_attention")
     causal_bias = attn_mask if isinstance(attn_mask, CausalBias) else None
     attn_mask = None if causal_bias is not None else attn_mask
     check_inputs(q, k, v, attn_mask, scale, enable_gqa)

@@ -172,6 +172,7 @@ def _check_small_tensor(t, name, q, dtypes) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"flash_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
-        raise TypeError(f"flash_attention: {name} must be one of {dtypes}, got {t.dtype}")
+        allowed = " or ".join(dict.fromkeys(str(d) for d in dtypes))  # float32 once, not twice
+        raise TypeError(f"flash_attention: {name} must be {allowed}, got {t.dtype}")
     if t.device != q.device:
         raise ValueError(f"flash_attention: {name} is on {t.device}, the inputs on {q.device}")
