@@ -170,6 +170,17 @@ def contradiction(args: argparse.Namespace, given: set[str], flags: dict[str, st
     return None
 
 
+def empty_path(args: argparse.Namespace, given: set[str], flags: dict[str, str]) -> str | None:
+    """What an empty --resume, --run-dir or --name says (read as not given, an empty --resume
+    started a new run), or None."""
+    for dest in ("resume", "run_dir", "name"):
+        if dest in given and not getattr(args, dest).strip():
+            return f"{flags[dest]} is empty: give a run directory" + (
+                " name" if dest == "name" else ""
+            )
+    return None
+
+
 def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
     """Destinations of the options typed on the command line (not defaulted)."""
     probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = given_options(parser, argv)
     flags = {action.dest: action.option_strings[0] for action in parser._actions}
-    problem = contradiction(args, given, flags)
+    problem = contradiction(args, given, flags) or empty_path(args, given, flags)
     if problem:
         parser.error(problem)
     try:

@@ -93,3 +93,44 @@ def test_a_decoding_that_raises_still_restores_training_mode(decode):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         decode(model, torch.full((1, 3), VOCAB + 5), max_len=3)
     assert model.training
+
+
+@pytest.mark.parametrize("decode", DECODERS.values(), ids=DECODERS.keys())
+def test_a_sentence_decodes_the_same_alone_and_beside_a_longer_padded_one(decode):
+    """The default length cap is each row's own (1.5x its unpadded length + 10), not the
+    batch's padded width's: without eos, the short row stops at 1.5 * 4 + 10 = 16 tokens."""
+    model = favouring(tiny_model(), 7)  # eos never comes
+    short, long = random_tokens(1, 4, seed=1), random_tokens(1, 30, seed=2)
+    batch = torch.full((2, 30), PAD)
+    batch[0, :4], batch[1] = short[0], long[0]
+    alone = decode(model, short)
+    together = decode(model, batch)
+    assert alone == [[7] * 16] and together[0] == alone[0]
+    assert together[1] == decode(model, long)[0] == [7] * 55
+
+
+@pytest.mark.parametrize("decode", DECODERS.values(), ids=DECODERS.keys())
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_len": -1}, "max_len must be >= 0"),
+        ({"max_len": 2.5}, "max_len must be an int"),
+    ],
+)
+def test_a_bad_max_len_is_refused(decode, options, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        decode(tiny_model(), random_tokens(1, 3), **options)
+
+
+@pytest.mark.parametrize("eos_id", [VOCAB, -1, 2.0])
+def test_an_eos_outside_the_target_vocabulary_is_refused(eos_id):
+    model, src = tiny_model(), random_tokens(1, 3)
+    for decode in (greedy_decode, beam_search):
+        with pytest.raises(ValueError, match=r"eos_id must be a target token id in \[0, 30\)"):
+            decode(model, src, BOS, eos_id)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
+def test_a_length_penalty_that_is_not_finite_is_refused(alpha):
+    with pytest.raises(ValueError, match="length_penalty_alpha must be a finite number"):
+        beam_search(tiny_model(), random_tokens(1, 3), BOS, EOS, length_penalty_alpha=alpha)

@@ -80,6 +80,31 @@ def test_a_language_pair_that_is_not_two_languages_is_refused(argv, message):
         config_of(argv)
 
 
+@pytest.mark.parametrize("flag", ["--resume", "--run-dir", "--name"])
+def test_an_empty_path_option_is_refused_not_read_as_absent(flag, tmp_path, capsys, monkeypatch):
+    """An empty --resume used to start a new full run in runs/<timestamp>."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main([flag, "", "--max-steps", "1"])
+    assert exit_info.value.code == 2 and f"{flag} is empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--lr", "inf"],
+        ["--weight-decay", "nan"],
+        ["--length-penalty", "nan"],
+        ["--clip-norm", "inf"],
+    ],
+)
+def test_an_option_that_is_not_a_finite_number_is_refused(argv):
+    """nan and inf passed every comparison check: --lr inf trained to a NaN loss, exit 0."""
+    with pytest.raises(ValueError, match="must be a finite number"):
+        config_of(argv)
+
+
 def test_model_options_are_fields_that_fill_the_model_config():
     from transformer.config import ModelConfig
     from transformer.translation.training.config import ModelOptions

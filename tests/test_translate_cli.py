@@ -70,6 +70,14 @@ def test_translate_refuses_an_unusable_device_before_loading(tmp_path, capsys, m
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("alpha", ["nan", "inf", "-inf"])
+def test_translate_refuses_a_length_penalty_that_is_not_finite(alpha, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        translate.main(["--checkpoint", str(tmp_path), f"--length-penalty={alpha}"])
+    assert exit_info.value.code == 2
+    assert "--length-penalty must be a finite number" in capsys.readouterr().err
+
+
 def test_translate_help_shows_each_default_once():
     text = " ".join(translate.build_parser().format_help().split())  # unwrapped
     assert "(default: None)" not in text

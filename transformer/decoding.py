@@ -5,6 +5,7 @@ Both return, per source row, the generated token ids without the leading bos and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,8 +15,24 @@ from .layers import DecoderCache
 from .model import Transformer
 
 
-def _default_max_len(src: torch.Tensor) -> int:
-    return int(src.shape[1] * 1.5) + 10
+def _length_caps(src: torch.Tensor, pad_id: int, max_len: int | None) -> torch.Tensor:
+    """How many tokens each source row may generate, (b,): ``max_len``, or by default 1.5x the
+    row's own length (its tokens that are not padding) + 10, so that a sentence decodes the
+    same whatever else is in its batch."""
+    if max_len is not None:
+        return torch.full((src.shape[0],), max_len, dtype=torch.long, device=src.device)
+    lengths = (src != pad_id).sum(dim=1)
+    return (lengths * 3) // 2 + 10
+
+
+def _check_decoding(model: Transformer, eos_id: int, max_len: int | None) -> None:
+    vocab_size = model.config.tgt_vocab_size
+    if isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos_id must be a target token id in [0, {vocab_size}), got {eos_id!r}")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):
+        raise TypeError(f"max_len must be an int or None, got {type(max_len).__name__}")
+    if max_len is not None and max_len < 0:
+        raise ValueError(f"max_len must be >= 0, got {max_len}")
 
 
 def _never_generate(logits: torch.Tensor, model: Transformer, bos_id: int) -> torch.Tensor:
@@ -51,7 +68,10 @@ def greedy_decode(
     eos_id: int,
     max_len: int | None = None,
 ) -> list[list[int]]:
-    """Pick the most likely next token until eos or ``max_len`` tokens; ``src`` is (b, s)."""
+    """Pick the most likely next token until eos or ``max_len`` tokens; ``src`` is (b, s).
+    Without ``max_len``, each row may generate 1.5x its own length (not counting padding) + 10
+    tokens."""
+    _check_decoding(model, eos_id, max_len)
     with _eval_mode(model):
         return _greedy(model, src, bos_id, eos_id, max_len)
 
@@ -59,17 +79,18 @@ def greedy_decode(
 def _greedy(
     model: Transformer, src: torch.Tensor, bos_id: int, eos_id: int, max_len: int | None
 ) -> list[list[int]]:
-    max_len = _default_max_len(src) if max_len is None else max_len
+    caps = _length_caps(src, model.config.pad_id, max_len)
     memory, src_key_mask = model.encode(src)
     batch = src.shape[0]
     tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=src.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
     cache = DecoderCache()
     generated = []
-    for _ in range(max_len):
+    for step in range(int(caps.max()) if batch else 0):
         logits, cache = model.decode(tokens, memory, src_key_mask, cache)
         next_token = _never_generate(logits[:, -1].float(), model, bos_id).argmax(dim=-1)
-        next_token = next_token.masked_fill(finished, eos_id)
+        # A row past its cap ends here: the eos is stripped, its tokens are the cap's.
+        next_token = next_token.masked_fill(finished | (step >= caps), eos_id)
         generated.append(next_token)
         finished |= next_token == eos_id
         if finished.all():
@@ -104,6 +125,11 @@ def beam_search(
     (the translation application uses its own default)."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not math.isfinite(length_penalty_alpha):
+        raise ValueError(
+            f"length_penalty_alpha must be a finite number, got {length_penalty_alpha}"
+        )
+    _check_decoding(model, eos_id, max_len)
     with _eval_mode(model):
         return _beam_search(model, src, bos_id, eos_id, beam_size, length_penalty_alpha, max_len)
 
@@ -117,7 +143,7 @@ def _beam_search(
     length_penalty_alpha: float,
     max_len: int | None,
 ) -> list[list[int]]:
-    max_len = _default_max_len(src) if max_len is None else max_len
+    caps = _length_caps(src, model.config.pad_id, max_len).repeat_interleave(beam_size)
     batch, device = src.shape[0], src.device
     memory, src_key_mask = model.encode(src)
     memory = memory.repeat_interleave(beam_size, dim=0)
@@ -132,14 +158,16 @@ def _beam_search(
     history = torch.full((rows, 0), eos_id, dtype=torch.long, device=device)
     tokens = torch.full((rows, 1), bos_id, dtype=torch.long, device=device)
     cache = DecoderCache()
-    for _ in range(max_len):
+    for step in range(int(caps.max()) if batch else 0):
         logits, cache = model.decode(tokens, memory, src_key_mask, cache)
         log_probs = _never_generate(logits[:, -1].float(), model, bos_id).log_softmax(dim=-1)
         vocab = log_probs.shape[-1]
-        # A finished hypothesis may only repeat eos, at no cost and no added length.
-        log_probs[finished] = float("-inf")
-        log_probs[finished, eos_id] = 0.0
-        new_lengths = lengths[:, None] + (~finished).float()[:, None]
+        # A finished hypothesis, or one of a row past its cap, may only repeat eos, at no cost
+        # and no added length: its score and length stay as they were at the cap.
+        done = finished | (step >= caps)
+        log_probs[done] = float("-inf")
+        log_probs[done, eos_id] = 0.0
+        new_lengths = lengths[:, None] + (~done).float()[:, None]
         candidates = scores[:, None] + log_probs  # (rows, vocab)
         ranked = candidates / length_penalty(new_lengths, length_penalty_alpha)
         best, flat_index = ranked.view(batch, beam_size * vocab).topk(beam_size, dim=-1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -303,6 +304,8 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not math.isfinite(args.length_penalty):
+        parser.error(f"--length-penalty must be a finite number, got {args.length_penalty}")
     problem = device_problem(args.device)
     if problem:
         parser.error(problem)

@@ -10,6 +10,7 @@ from them."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,6 +426,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # nan and inf pass every comparison check below
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         positive = (
             "vocab_size",
             "max_length",
