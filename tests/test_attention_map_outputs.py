@@ -90,7 +90,6 @@ def test_command_writes_png_json_and_csv(tmp_path, run_dir, capsys):
     [
         (["--layer", "5"], "layer 5 is out of range"),
         (["--head", "-9"], "head -9 is out of range"),
-        (["--sentence", " "], "--sentence is empty"),
         (["--beam-size", "0"], "--beam-size must be >= 1"),
         # before: a matplotlib traceback after the work; without an extension it wrote x.png
         (["--output", "x.txt"], "'.txt' is not an image format; use one of"),
@@ -111,6 +110,53 @@ def test_command_rejects_bad_values_with_a_clear_message(tmp_path, run_dir, caps
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("option", ["--sentence", "--translation"])
+@pytest.mark.parametrize(
+    "text", ["", " ", "\x01", "\x00\x01"], ids=["empty", "blank", "ctrl", "ctrls"]
+)
+def test_blank_or_control_character_text_is_refused_as_empty_with_status_1_before_loading(
+    tmp_path, capsys, option, text
+):
+    """The documented status for a text that cannot be used is 1; an empty or blank one gave 2
+    while one of control characters only (read as spaces) gave 1."""
+    argv = ["--checkpoint", str(tmp_path / "nowhere"), "--sentence", "Ein Hund.", option, text]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].endswith(f"error: {option} is empty")  # not the missing checkpoint
+    assert all("warning" in line for line in lines[:-1])  # control characters are said to be
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        ({"--output": "m.png", "--json": "m.png", "--csv": "m.png"},
+         "--output m.png and --json m.png are the same file"),
+        ({"--output": "m.png", "--json": "m.json", "--csv": "d/../m.json"},
+         "--json m.json and --csv d/../m.json are the same file"),
+        ({"--output": "m.png", "--csv": "ABSOLUTE/m.png"},
+         "--output m.png and --csv ABSOLUTE/m.png are the same file"),
+    ],
+    ids=["all-three", "through-a-parent", "relative-and-absolute"],
+)  # fmt: skip
+def test_outputs_naming_the_same_file_are_a_usage_error_before_any_work(
+    tmp_path, capsys, monkeypatch, outputs, message
+):
+    """They overwrote each other, and the command said it wrote each of them."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--checkpoint", str(tmp_path / "nowhere"), "--sentence", "Ein Hund."]
+    for option, path in outputs.items():
+        argv += [option, path.replace("ABSOLUTE", str(tmp_path))]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("error: " + message.replace("ABSOLUTE", str(tmp_path))), last
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_command_writes_the_format_its_extension_names(tmp_path, run_dir, capsys):

@@ -123,6 +123,42 @@ def test_replot_of_a_missing_corrupt_or_foreign_file_is_a_one_line_usage_error_n
     assert list(tmp_path.iterdir()) == ([] if case == "missing" else [path])
 
 
+@pytest.mark.parametrize("under", [False, True], ids=["a-file", "under-a-file"])
+@pytest.mark.parametrize("benchmark", sorted(SOURCES))
+def test_an_out_dir_that_is_a_file_or_under_one_is_a_one_line_usage_error_before_measuring(
+    benchmark, under, tmp_path, capsys
+):
+    """It was a FileExistsError traceback (exit 1) after the whole measurement. parse_args is
+    the scripts' first step, so a refusal there comes before anything is measured."""
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    out_dir, named = (
+        (taken / "results", f"{taken / 'results'}: {taken}") if under else (taken, taken)
+    )
+    with pytest.raises(SystemExit) as exit_:
+        script(benchmark).parse_args(["--device", "cpu", "--out-dir", str(out_dir)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.endswith(f"error: argument --out-dir: {named} is a file, not a directory"), last
+    new = tmp_path / "new" / "dir"  # a directory still to be made is fine
+    assert script(benchmark).parse_args(["--out-dir", str(new)]).out_dir == new
+
+
+def test_a_replot_to_an_out_dir_that_is_a_file_is_a_usage_error_and_leaves_the_file(
+    tmp_path, capsys
+):
+    src = source("window", tmp_path / "src")
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    with pytest.raises(SystemExit) as exit_:
+        script("window").main(["--replot", str(src), "--out-dir", str(taken)])
+    assert exit_.value.code == 2
+    assert "is a file, not a directory" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert taken.read_text() == "mine\n" and set(tmp_path.iterdir()) == {src.parent, taken}
+
+
 SIZE_OPTIONS = [
     *(("attention", o) for o in ("--min-len", "--max-len", "--batch", "--heads", "--tokens",
                                  "--hidden", "--head-dims", "--cpu-repeats",

@@ -4,6 +4,7 @@ lengths it sweeps."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from benchmarks.common.records import read_results, write_json
@@ -40,6 +41,19 @@ def add_cpu_and_output_arguments(
     add_output_arguments(parser, stem)
 
 
+def directory(text: str) -> Path:
+    """--out-dir's value as a path, or a usage error (before anything is measured) when it, or
+    the nearest of its ancestors that exists, is not a directory: no results could go there."""
+    path = Path(text)
+    for part in (path, *path.parents):
+        if os.path.exists(part):
+            if os.path.isdir(part):
+                return path
+            where = "" if part == path else f": {part}"
+            raise argparse.ArgumentTypeError(f"{text}{where} is a file, not a directory")
+    return path
+
+
 def add_output_arguments(
     parser: argparse.ArgumentParser,
     stem: str,
@@ -49,7 +63,7 @@ def add_output_arguments(
     by the device kind (``per_device``), or ``stem`` itself (results the same on any device)."""
     parser.add_argument(
         "--out-dir",
-        type=Path,
+        type=directory,
         default=None,
         help="directory for the results: JSON, and the PNG (and markdown) drawn from it; "
         f"default {RESULTS_DIR.parent.name}/{RESULTS_DIR.name}, or with --replot the JSON's own",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -20,14 +21,10 @@ from transformer.translation.tokenizer import decode
 from transformer.translation.translate import Translator
 
 
-def checked_text(
-    parser: argparse.ArgumentParser, translator: Translator, value: str, option: str, errors: str
-) -> str:
-    """The argument ``value`` of ``option`` as text the model can read, or exit with status 1
-    naming the problem: not UTF-8 (unless ``errors`` is replace), or blank. A text longer than
-    the model's ``max_length`` tokens is cut to the first part :meth:`Translator.encode` makes of
-    it (at most ``max_length`` tokens, ending at a word boundary), with a warning.
-    """
+def usable_text(parser: argparse.ArgumentParser, value: str, option: str, errors: str) -> str:
+    """The argument ``value`` of ``option`` as text, or exit with status 1 (the text could not
+    be used) naming the problem: not UTF-8 (unless ``errors`` is replace), or blank, control
+    characters included (they are read as spaces). Checked before the checkpoint is loaded."""
     try:
         text, notes = argument_text(value, option, errors)
     except BadInput as err:
@@ -36,6 +33,15 @@ def checked_text(
         print(f"{parser.prog}: warning: {option}: {note}", file=sys.stderr)
     if not text.strip():
         parser.exit(1, f"{parser.prog}: error: {option} is empty\n")
+    return text
+
+
+def fitted_text(
+    parser: argparse.ArgumentParser, translator: Translator, text: str, option: str
+) -> str:
+    """``text``, or, when it is longer than the model's ``max_length`` tokens, the first part
+    :meth:`Translator.encode` makes of it (at most ``max_length`` tokens, ending at a word
+    boundary), with a warning."""
     (parts,) = translator.encode([text])
     if len(parts) <= 1:
         return text
@@ -47,6 +53,21 @@ def checked_text(
         file=sys.stderr,
     )
     return kept
+
+
+def same_file_outputs(args: argparse.Namespace) -> str | None:
+    """Which two of --output, --json and --csv name the same file (one would overwrite the
+    other), or None."""
+    seen = {}
+    for option in ("output", "json", "csv"):
+        path = getattr(args, option)
+        if not path:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            return f"{seen[resolved]} and --{option} {path} are the same file"
+        seen[resolved] = f"--{option} {path}"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,10 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.sentence.strip():
-        parser.error("--sentence is empty")
-    if args.translation is not None and not args.translation.strip():
-        parser.error("--translation is empty")
     if args.beam_size < 1:
         parser.error(f"--beam-size must be >= 1, got {args.beam_size}")
     if args.max_length is not None and args.max_length < 1:
@@ -180,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     problem = output_problem(args.output)
     if problem:
         parser.error(f"--output {problem}")
+    problem = same_file_outputs(args)
+    if problem:
+        parser.error(problem)
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
@@ -191,16 +211,19 @@ def main(argv: list[str] | None = None) -> None:
         # The flash method, or a model trained with backend "triton", runs the kernel; on the
         # CPU only under the interpreter, which triton reads when it is first imported.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    sentence = usable_text(parser, args.sentence, "--sentence", args.errors)
+    translation = args.translation
+    if translation is not None:
+        translation = usable_text(parser, translation, "--translation", args.errors)
 
     try:
         translator = Translator(args.checkpoint, args.which, args.device, args.max_length)
     except (CheckpointError, ValueError, OSError) as err:
         parser.exit(1, f"{parser.prog}: error: cannot load --checkpoint {args.checkpoint}: {err}\n")
     model, tokenizer = translator.model, translator.tokenizer
-    sentence = checked_text(parser, translator, args.sentence, "--sentence", args.errors)
-    translation = args.translation and checked_text(
-        parser, translator, args.translation, "--translation", args.errors
-    )
+    sentence = fitted_text(parser, translator, sentence, "--sentence")
+    if translation is not None:
+        translation = fitted_text(parser, translator, translation, "--translation")
     try:
         check_layer_head(model, args.kind, args.layer, args.head)
         result = sentence_map(
