@@ -87,6 +87,24 @@ def test_a_split_in_both_plain_and_gzip_form_is_refused_as_ambiguous(tmp_path):
         load_split(tmp_path, "train")
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: (d / "dataset_dict.json").write_text("{bad"),
+        lambda d: (d / "dataset_dict.json").write_text('{"splits": ["train", "gone"]}'),
+        lambda d: [p.write_bytes(p.read_bytes()[:40]) for p in d.glob("*/*.arrow")],
+    ],
+    ids=["corrupt-json", "missing-split-directory", "truncated-arrow"],
+)
+def test_an_unreadable_saved_dataset_is_one_corpus_error_naming_the_directory(tmp_path, damage):
+    """load_from_disk's JSONDecodeError, FileNotFoundError and ArrowInvalid were tracebacks."""
+    good = datasets.Dataset.from_dict({"de": ["Hallo Welt."] * 50, "en": ["Hello world."] * 50})
+    datasets.DatasetDict({"train": good}).save_to_disk(str(tmp_path / "saved"))
+    damage(tmp_path / "saved")
+    with pytest.raises(CorpusError, match=r"saved: not a readable datasets save_to_disk directory"):
+        load_split(tmp_path / "saved", "train")
+
+
 def test_saved_datasets_directory(tmp_path):
     good = datasets.Dataset.from_dict(
         {"de": ["Hallo Welt.", "Ja."], "en": ["Hello world.", "Yes."]}

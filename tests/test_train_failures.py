@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -421,3 +422,88 @@ def test_sigterm_to_torchrun_and_its_ranks_stops_them_with_one_checkpoint(corpus
     assert "torchrun --nproc_per_node=2 train.py --resume" in err
     stopped_at = load_checkpoint(run_dir).meta["step"]
     assert 3 <= stopped_at < 400 and f"stopped at step {stopped_at}," in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(corpus, tmp_path_factory) -> Path:
+    """A tiny run of 2 steps, to damage copies of."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    assert train_cli.main(tiny_args(corpus, run_dir, max_steps=2)) == 0
+    return run_dir
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(data)))
+
+
+RUN_DAMAGES = {
+    "tokenizer-missing": (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json"),
+    "tokenizer-garbled": (
+        lambda d: (d / "tokenizer.json").write_text("{garbled"),
+        r"tokenizer\.json: not a readable",
+    ),
+    "pointer-without-step": (
+        lambda d: _edit_json(
+            d / "last.json", lambda m: {k: v for k, v in m.items() if k != "step"}
+        ),
+        r"last\.json: corrupt checkpoint pointer",
+    ),
+    "pointer-step-not-a-number": (
+        lambda d: _edit_json(d / "last.json", lambda m: {**m, "step": "x"}),
+        r"last\.json: corrupt checkpoint pointer",
+    ),
+    "pointer-without-model-config": (
+        lambda d: _edit_json(
+            d / "last.json", lambda m: {k: v for k, v in m.items() if k != "model_config"}
+        ),
+        "records no model configuration",
+    ),
+    "pointer-without-epoch": (
+        lambda d: _edit_json(
+            d / "last.json", lambda m: {k: v for k, v in m.items() if k != "epoch"}
+        ),
+        r"last\.json: corrupt checkpoint pointer \(epoch",
+    ),
+    "config-model-not-an-object": (
+        lambda d: _edit_json(d / "config.json", lambda c: {**c, "model": 5}),
+        "model must be an object, got int",
+    ),
+    "config-a-list": (
+        lambda d: (d / "config.json").write_text("[]"),
+        "a TrainConfig is a JSON object, got list",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage, message", RUN_DAMAGES.values(), ids=RUN_DAMAGES.keys())
+def test_resuming_a_damaged_run_is_one_line_naming_what_is_wrong(
+    finished_run, tmp_path, capsys, damage, message
+):
+    """Each used to end in a traceback (KeyError, AttributeError, ValueError), or, for a
+    config.json holding a list, in a run of default settings."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    damage(run_dir)
+    try:
+        status = train_cli.main(["--resume", str(run_dir), "--max-steps", "3"])
+    except SystemExit as exited:  # a usage error: argparse's exit
+        status = exited.code
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    error = [line for line in err.splitlines() if "error" in line]
+    assert len(error) == 1 and re.search(message, error[0]), err
+
+
+def test_translate_refuses_a_pointer_without_its_tokenizer_in_one_line(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    _edit_json(run_dir / "last.json", lambda m: {k: v for k, v in m.items() if k != "tokenizer"})
+    done = subprocess.run(
+        [sys.executable, "-m", "transformer.translation.translate", "--checkpoint", str(run_dir),
+         "--which", "last"],
+        cwd=REPO, input="Ein Hund.\n", capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "corrupt checkpoint pointer last.json (tokenizer: None)" in done.stderr

@@ -109,7 +109,13 @@ class Checkpoint:
 
     @property
     def model_config(self) -> dict[str, Any]:
-        return self.meta["model_config"]
+        config = self.meta.get("model_config")
+        if not isinstance(config, dict):
+            raise CheckpointError(
+                f"{self.directory}: its pointer records no model configuration "
+                f"(model_config: {config!r})"
+            )
+        return config
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Load the weights into ``model`` (strict: every parameter, matching shapes)."""
@@ -317,6 +323,9 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
         meta = json.loads(pointer_path.read_text())
         directory = run_dir / meta["directory"]
         files = meta["files"]
+        step = meta["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise TypeError(f"step must be a whole number, got {step!r}")
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{pointer_path}: corrupt checkpoint pointer ({err!r})") from None
     if meta.get("format") != FORMAT_VERSION:

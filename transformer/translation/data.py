@@ -145,7 +145,14 @@ def load_split(
     if not data_dir.is_dir():
         raise CorpusError(f"{data_dir}: no such directory")
     if _is_saved_dataset(data_dir):
-        saved = datasets.load_from_disk(str(data_dir))
+        try:
+            saved = datasets.load_from_disk(str(data_dir))
+        except (OSError, ValueError, KeyError, TypeError) as err:  # JSON, Arrow, missing files
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CorpusError(
+                f"{data_dir}: not a readable datasets save_to_disk directory "
+                f"({type(err).__name__}: {reason})"
+            ) from None
         if isinstance(saved, datasets.Dataset):
             if split != "train":
                 raise CorpusError(f"{data_dir}: a single saved Dataset has no split {split!r}")

@@ -92,7 +92,12 @@ class Translator:
             raise CheckpointError(
                 f"{run_dir}: incompatible model config in {which}.json ({err})"
             ) from None
-        tokenizer_path = run_dir / checkpoint.meta["tokenizer"]
+        tokenizer_name = checkpoint.meta.get("tokenizer")
+        if not isinstance(tokenizer_name, str) or not tokenizer_name:
+            raise CheckpointError(
+                f"{run_dir}: corrupt checkpoint pointer {which}.json (tokenizer: {tokenizer_name!r})"
+            )
+        tokenizer_path = run_dir / tokenizer_name
         if not tokenizer_path.is_file():
             raise CheckpointError(
                 f"{run_dir}: no tokenizer ({tokenizer_path.name} is missing; train.py writes it "

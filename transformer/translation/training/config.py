@@ -493,6 +493,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict`; raises ``ValueError`` on unknown or invalid fields."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a TrainConfig is a JSON object, got {type(d).__name__}")
+        for name, kind in (("model", ModelConfig), ("sizing", Sizing)):
+            value = d.get(name)
+            if value is not None and not isinstance(value, dict | kind):
+                raise ValueError(f"{name} must be an object, got {type(value).__name__}")
         d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names

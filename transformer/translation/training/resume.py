@@ -81,6 +81,13 @@ def restore_run(run_dir: Path, model: Transformer, optimizer: torch.optim.Optimi
             f"{checkpoint.directory}: optimizer state does not fit ({err})"
         ) from None
     meta = checkpoint.meta
+    position = {"epoch": int, "next_batch": int, "train_time": float, "best_bleu": float}
+    for name, kind in position.items():
+        value = meta.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | kind):
+            raise CheckpointError(
+                f"{run_dir / 'last.json'}: corrupt checkpoint pointer ({name}: {value!r})"
+            )
     return TrainState(
         step=meta["step"],
         epoch=meta["epoch"],

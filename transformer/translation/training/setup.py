@@ -160,7 +160,11 @@ def prepare_data(
         save_tokenizer(tokenizer, path)
     if process.distributed:
         dist.barrier()
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path)
+    if tokenizer is None:
+        try:
+            tokenizer = load_tokenizer(path)
+        except ValueError as err:  # a resumed run whose tokenizer.json is missing or garbled
+            raise CheckpointError(str(err)) from None
     langs = (config.src_lang, config.tgt_lang)
     train_ids = encode_split(tokenizer, train, *langs, config.train_limit, config.max_length)
     if not train_ids.src:
