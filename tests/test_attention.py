@@ -246,6 +246,22 @@ def test_module_weights_are_the_ones_its_output_uses(score):
     assert torch.equal(weights[1, :, :, 3:], torch.zeros_like(weights[1, :, :, 3:]))
 
 
+def test_attention_dropout_applies_in_training_whether_or_not_weights_are_asked_for():
+    """need_weights=True used to skip attention dropout: training ran as in eval mode."""
+    config = dataclasses.replace(small_config("scaled_dot"), attention_dropout=0.5)
+    attention = MultiHeadAttention(config).train()
+    x = torch.randn(2, 9, 32)
+    for need_weights in (False, True):
+        torch.manual_seed(0)
+        first, weights = attention(x, need_weights=need_weights)
+        torch.manual_seed(1)
+        second, _ = attention(x, need_weights=need_weights)
+        assert not torch.allclose(first, second), need_weights  # a different dropout draw
+    attention.eval()
+    _, eval_weights = attention(x, need_weights=True)
+    torch.testing.assert_close(weights, eval_weights)  # the weights are the ones before dropout
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 
@@ -259,6 +275,22 @@ def test_mask_of_the_wrong_dtype_is_refused_with_a_clear_error():
     q, k, v = random_qkv()
     with pytest.raises(TypeError, match="torch.bool"):
         attend(q, k, v, attn_mask=torch.zeros(2, 1, 1, 7))
+
+
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        (lambda q, k: (q, k, torch.ones(2, 1, 1, 7, dtype=torch.int64)), TypeError, "torch.bool"),
+        (lambda q, k: (q, k[..., :4]), ValueError, "head dims differ"),
+        (lambda q, k: (q[0], k), ValueError, r"q must have shape \(batch, heads, len, head_dim\)"),
+    ],
+    ids=["int-mask", "head-dims", "rank"],
+)
+def test_attention_weights_refuses_what_attend_refuses(args, error, message):
+    """attention_weights, exported beside attend, checked nothing (torch's own errors)."""
+    q, k, _ = random_qkv()
+    with pytest.raises(error, match=message):
+        attention_weights(*args(q, k))
 
 
 def test_mask_of_the_wrong_shape_is_refused_with_a_clear_error():

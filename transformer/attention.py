@@ -109,7 +109,19 @@ def attention_weights(
     (b, h, i, j), True = the key takes part; ``is_causal`` aligns bottom-right. Rows sum to one,
     or to zero where every key is hidden.
     """
+    _check_inputs(q, k, k, attn_mask, scale)  # k stands in for v: the weights read none
     return masked_softmax(*dot_product_logits(q, k, attn_mask, is_causal, scale))
+
+
+def _check_inputs(q, k, v, attn_mask, scale) -> None:
+    """What :func:`attend` and :func:`attention_weights` refuse: q, k, v (ranks, dtypes, devices,
+    head dims, lengths), a mask that is not boolean or broadcastable, and a bad scale."""
+    _check_qkv(q, k, v)
+    batch, heads, len_q, _ = q.shape
+    check_attn_mask(attn_mask, batch, heads, len_q, k.shape[-2])
+    if attn_mask is not None and attn_mask.device != q.device:
+        raise ValueError(f"attn_mask is on {attn_mask.device}, but q, k, v are on {q.device}")
+    _check_scale(scale)
 
 
 def dot_product_logits(
@@ -178,12 +190,7 @@ def attend(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    _check_qkv(q, k, v)
-    batch, heads, len_q, _ = q.shape
-    check_attn_mask(attn_mask, batch, heads, len_q, k.shape[-2])
-    if attn_mask is not None and attn_mask.device != q.device:
-        raise ValueError(f"attn_mask is on {attn_mask.device}, but q, k, v are on {q.device}")
-    _check_scale(scale)
+    _check_inputs(q, k, v, attn_mask, scale)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if backend == "sdpa":
@@ -365,7 +372,8 @@ class MultiHeadAttention(nn.Module):
         """Attend from ``x`` (b, i, d_model) to ``kv`` (self-attention over ``x`` when None).
 
         ``key_mask``: boolean (b, j), True = real key. Returns the output (b, i, d_model) and,
-        when ``need_weights``, the weights (b, h, i, j) the output was computed from.
+        when ``need_weights``, the weights (b, h, i, j) the output was computed from, before
+        attention dropout (which, in training, applies on this path as on the other).
         """
         q = self.split_heads(self.to_q(x))
         kv = self.project_kv(x) if kv is None else kv
@@ -376,7 +384,7 @@ class MultiHeadAttention(nn.Module):
         weights = None
         if need_weights:
             mask = combine_masks(attn_mask, is_causal, q.shape[-2], kv.length, q.device)
-            out, weights = weigh_values(self.score.logits(q, kv.k), kv.v, mask)
+            out, weights = weigh_values(self.score.logits(q, kv.k), kv.v, mask, dropout_p)
         else:
             out = self.score(q, kv.k, kv.v, attn_mask, is_causal, self.backend, dropout_p)
         return self.to_out(self.merge_heads(out)), weights
