@@ -138,7 +138,7 @@ def test_the_warm_list_covers_decoding_any_source_to_any_length(
     model = tiny_triton_model(kernel_device)
     src = torch.randint(3, 50, (batch, src_len), device=kernel_device)
     with warm.recording("every") as launches:
-        greedy_decode(model, src, BOS_ID, eos_id=-1, max_len=steps)
+        greedy_decode(model, src, BOS_ID, eos_id=model.config.pad_id, max_len=steps)  # never made
     assert launches and jobs_of(launches) <= warm_list
 
 
@@ -161,7 +161,7 @@ def test_the_warm_list_covers_every_launch_of_a_real_run(corpus, tmp_path, kerne
         result = train(config)
         # a model this young ends its sentences at once: decode 20 tokens of one more sentence
         src = torch.randint(3, 50, (1, 7), device=kernel_device)
-        greedy_decode(result.model, src, BOS_ID, eos_id=-1, max_len=20)
+        greedy_decode(result.model, src, BOS_ID, eos_id=result.model.config.pad_id, max_len=20)
     process = Process(torch.device(kernel_device))
     warm_jobs = jobs_of(warmup.record_launches(result.model, process, LOSS))
     assert seen and not jobs_of(seen) - warm_jobs
