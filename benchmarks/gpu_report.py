@@ -50,7 +50,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/gpu_report.py
 import torch
 
 from benchmarks import gpu_costs, gpu_plan
-from benchmarks.common import triton_cache
+from benchmarks.common import options, triton_cache
 from benchmarks.common.environment import device_tag, environment
 from benchmarks.common.process_group import run_limited
 from benchmarks.gpu_steps import (  # noqa: F401 - the report's results, as tests read them
@@ -122,7 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"cores; a dry run on a machine other than the GPU one assumes {gpu_plan.GPU_MACHINE_CORES})"
     )  # fmt: skip
     parser.add_argument(
-        "--out-dir", type=Path, default=None,
+        "--out-dir", type=options.directory, default=None,
         help=f"where each step's results go (default {DEFAULT_OUT_DIR.relative_to(ROOT)}; "
         "with --rehearse, a fresh temporary folder)",
     )  # fmt: skip

@@ -33,9 +33,10 @@ def memory_record(impl, seq_len, status="ok", peak=None):
         ["--budget-minutes", "nan"],
         ["--budget-minutes", "0"],
         ["--cores", "0"],
+        ["--out-dir", __file__],  # a file: no step could write there
     ],
 )
-def test_a_budget_or_core_count_that_is_not_positive_is_refused(argv, capsys):
+def test_a_budget_or_core_count_not_positive_or_an_out_dir_that_is_a_file_is_refused(argv, capsys):
     """Before, --dry-run --budget-minutes -3 planned a "-3.0-minute budget"."""
     with pytest.raises(SystemExit) as exit_info:
         gpu_report.parse_args(["--dry-run", *argv])
