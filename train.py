@@ -175,9 +175,8 @@ def empty_path(args: argparse.Namespace, given: set[str], flags: dict[str, str])
     started a new run), or None."""
     for dest in ("resume", "run_dir", "name"):
         if dest in given and not getattr(args, dest).strip():
-            return f"{flags[dest]} is empty: give a run directory" + (
-                " name" if dest == "name" else ""
-            )
+            what = "a run name" if dest == "name" else "a run directory"
+            return f"{flags[dest]} is empty: give {what}"
     return None
 
 
