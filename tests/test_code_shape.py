@@ -14,6 +14,8 @@ line count), over the whole project (``transformer/``, ``kernels/``, ``benchmark
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "transformer"
 PROJECT_DIRS = ("transformer", "kernels", "benchmarks", "tests")
@@ -358,6 +360,10 @@ def tree_paths(markdown: str) -> list[str]:
             continue
         depth = (len(line) - len(line.lstrip(" "))) // 2
         name = line.split()[0]
+        assert depth <= len(folders), (
+            f"the tree's line {line.strip()!r} is indented deeper than a folder's entries:"
+            " one entry per line, descriptions never wrapped onto a line of their own"
+        )
         folders = folders[:depth]
         path = "".join(folders) + name
         paths.append(path.rstrip("/"))
@@ -369,6 +375,12 @@ def tree_paths(markdown: str) -> list[str]:
 def test_the_tree_reader_nests_by_indent():
     markdown = "## The tree\n```\na/   x\n  b.py  y\n  c/\n    d.py\ne.py\n```\n"
     assert tree_paths(markdown) == ["a", "a/b.py", "a/c", "a/c/d.py", "e.py"]
+
+
+def test_the_tree_reader_refuses_a_description_wrapped_onto_its_own_line():
+    markdown = "## The tree\n```\na/   x\n  b.py  a long\n        description\n```\n"
+    with pytest.raises(AssertionError, match="indented deeper"):
+        tree_paths(markdown)
 
 
 def test_the_architecture_map_matches_the_tree():
