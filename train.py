@@ -9,13 +9,26 @@ command that resumes it (see ``STOPPING``).
 
 from __future__ import annotations
 
+import signal
+import sys
+
+
+def _interrupted_before_training(signum, frame):
+    """Ctrl-C before the run's own handlers are in place (importing torch alone takes a second
+    or two): nothing has been written, so exit as the shell would, without a traceback."""
+    print("train.py: interrupted before training started; nothing written", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _interrupted_before_training)
+
 import argparse
 import dataclasses
 import errno
 import json
 import os
 import shlex
-import sys
 from pathlib import Path
 
 import torch

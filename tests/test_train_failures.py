@@ -144,6 +144,26 @@ def test_a_second_signal_exits_at_once_leaving_the_last_checkpoint_valid(corpus,
     load_checkpoint(run_dir)  # whatever step it holds, it is whole
 
 
+def wait_until_importing_torch(process: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until the process has mapped torch's library: it is importing torch (Linux /proc)."""
+    deadline = time.monotonic() + timeout
+    maps = Path(f"/proc/{process.pid}/maps")
+    while "libtorch" not in maps.read_text():
+        assert process.poll() is None, finish(process)
+        assert time.monotonic() < deadline, "train.py never started importing torch"
+        time.sleep(0.005)
+
+
+def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start([sys.executable, "train.py", *tiny_args(corpus, run_dir)])
+    wait_until_importing_torch(process)
+    status, err, _ = stop_with(process, signal.SIGINT)
+    assert status == 130, err
+    assert "Traceback" not in err and "interrupted before training started" in err, err
+    assert not run_dir.exists()
+
+
 def test_the_stop_handler_asks_once_then_exits(monkeypatch):
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)
