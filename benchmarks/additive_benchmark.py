@@ -48,7 +48,7 @@ from benchmarks.common.records import (
     format_cell,
     markdown_table,
     settings_of,
-    write_json,
+    sweep_saving_each_point,
     write_markdown,
     wrote,
 )
@@ -152,7 +152,9 @@ def run_point(spec: dict, device: torch.device, memory_cap_bytes: int | None) ->
 # --- the sweep --------------------------------------------------------------------------------
 
 
-def sweep(args, device: torch.device) -> list[dict]:
+def sweep(args, device: torch.device, on_point=None) -> list[dict]:
+    """Every point's records; ``on_point(records so far)`` after each point (the benchmark
+    writes its results file then, so a run stopped midway keeps every finished point)."""
     cap = None if device.type == "cuda" else args.cpu_memory_cap_mib * MIB
     records = []
     progress = tqdm(total=len(args.impls) * len(args.lengths), desc="additive")
@@ -182,6 +184,8 @@ def sweep(args, device: torch.device) -> list[dict]:
                     if record["status"] == "oom":
                         out_of_memory.add(key)
                     records.append({**base, "measure": measure, "pass": pass_, **record})
+            if on_point is not None:
+                on_point(records)
             progress.update()
     progress.close()
     return records
@@ -346,27 +350,13 @@ def report(payload: dict, stem: Path, wrote_json: bool = True) -> None:
     print("\n" + wrote(stem, [".json"] * wrote_json + [".png", ".md"]))
 
 
-def main(argv=None) -> dict:
-    parser = build_parser()
-    args = parse_args(argv, parser)
-    if args.replot is not None:
-        payload, stem, copied = replot_payload(parser, args, "additive")
-        report(payload, stem, wrote_json=copied)
-        return payload
-    device = pick_kernel_device(args.device)
-    cuda = device.type == "cuda"
-    args.min_len = args.min_len or (512 if cuda else 256)
-    args.max_len = args.max_len or (16384 if cuda else 1024)
-    args.heads = args.heads or (8 if cuda else 1)
-    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    args.lengths = length_range(parser, args)
-    stem = results_stem(args, f"additive_{device_tag(device)}")
-    torch.set_num_threads(1)
-    env = environment(device)
-    records = sweep(args, device)
+def results_payload(args, env: dict, records: list[dict], partial: bool) -> dict:
+    """The results file's content; ``partial``: written after a point, more are to come (a run
+    stopped midway leaves its last such file)."""
     settings = settings_of(args)
-    payload = {
+    return {
         "benchmark": "additive",
+        "partial": partial,
         "environment": env,
         "settings": settings,
         "conventions": {
@@ -384,7 +374,30 @@ def main(argv=None) -> dict:
             str(n): ratios_at(records, n) for n in args.lengths if ratios_at(records, n)
         },
     }
-    write_json(Path(f"{stem}.json"), payload)
+
+
+def main(argv=None) -> dict:
+    parser = build_parser()
+    args = parse_args(argv, parser)
+    if args.replot is not None:
+        payload, stem, copied = replot_payload(parser, args, "additive")
+        report(payload, stem, wrote_json=copied)
+        return payload
+    device = pick_kernel_device(args.device)
+    cuda = device.type == "cuda"
+    args.min_len = args.min_len or (512 if cuda else 256)
+    args.max_len = args.max_len or (16384 if cuda else 1024)
+    args.heads = args.heads or (8 if cuda else 1)
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.lengths = length_range(parser, args)
+    stem = results_stem(args, f"additive_{device_tag(device)}")
+    torch.set_num_threads(1)
+    env = environment(device)
+    payload = sweep_saving_each_point(
+        stem,
+        lambda on_point: sweep(args, device, on_point),
+        lambda records, partial: results_payload(args, env, records, partial),
+    )
     report(payload, stem)
     return payload
 

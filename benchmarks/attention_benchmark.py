@@ -51,7 +51,7 @@ from benchmarks.common.options import (
     replot_payload,
     results_stem,
 )
-from benchmarks.common.records import settings_of, write_json
+from benchmarks.common.records import settings_of, sweep_saving_each_point
 from benchmarks.common.statuses import STATUSES
 from transformer.translation.cli import nonnegative_int, positive_int
 
@@ -170,14 +170,11 @@ def main(argv=None) -> dict:
     stem = results_stem(args, f"attention_{device_tag(device)}")
     torch.set_num_threads(1)
     env = environment(device)
-
-    def save(records: list[dict], partial: bool) -> dict:
-        payload = results_payload(args, env, records, partial)
-        write_json(Path(f"{stem}.json"), payload)
-        return payload
-
-    records = sweep(args, device, on_point=lambda records: save(records, partial=True))
-    payload = save(records, partial=False)
+    payload = sweep_saving_each_point(
+        stem,
+        lambda on_point: sweep(args, device, on_point),
+        lambda records, partial: results_payload(args, env, records, partial),
+    )
     report(payload, stem)
     return payload
 

@@ -48,8 +48,8 @@ from benchmarks.common.records import (
     format_cell,
     markdown_table,
     settings_of,
+    sweep_saving_each_point,
     write_csv,
-    write_json,
     write_markdown,
     wrote,
 )
@@ -394,14 +394,11 @@ def main(argv=None) -> dict:
     stem = results_stem(args, f"window_{device_tag(device)}")
     torch.set_num_threads(1)
     env = environment(device)
-
-    def save(records: list[dict], partial: bool) -> dict:
-        payload = results_payload(args, env, records, partial)
-        write_json(Path(f"{stem}.json"), payload)
-        return payload
-
-    records = sweep(args, device, on_point=lambda records: save(records, partial=True))
-    payload = save(records, partial=False)
+    payload = sweep_saving_each_point(
+        stem,
+        lambda on_point: sweep(args, device, on_point),
+        lambda records, partial: results_payload(args, env, records, partial),
+    )
     report(payload, stem)
     return payload
 

@@ -309,3 +309,42 @@ def test_a_log_axis_labels_at_least_three_ticks_whatever_its_range(values):
     labels = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
     plt.close(fig)
     assert len([label for label in labels if label]) >= 3, labels
+
+
+def _crashing_at_the_second_length(record_of):
+    """A stand-in for a script's point measurement: ``record_of(*args)`` at the first sequence
+    length, a crash at the next (every point at the first length finishes)."""
+    lengths = []
+
+    def measure(*args):
+        spec = next((arg for arg in args if isinstance(arg, dict)), None)
+        lengths.append(spec["seq_len"] if spec else args[1])  # window's: (variant, length, ...)
+        if lengths[-1] != lengths[0]:
+            raise RuntimeError("the second length crashed")
+        return record_of(*args)
+
+    return measure
+
+
+@pytest.mark.parametrize("benchmark", ["additive", "attention", "model", "window"])
+def test_a_run_that_crashes_midway_keeps_its_finished_points_in_a_partial_results_file(
+    benchmark, tmp_path, monkeypatch, restores_process_state
+):
+    done = {"status": "unavailable", "note": "a stand-in point"}
+    if benchmark == "attention":
+        sweep = importlib.import_module("benchmarks.attention_sweep")
+        records_of = lambda *args: {key: dict(done) for key in sweep.KEYS}  # noqa: E731
+        monkeypatch.setattr(sweep, "point_records", _crashing_at_the_second_length(records_of))
+    else:
+        name = {"additive": "run_point", "model": "run_isolated", "window": "measure"}[benchmark]
+        measure = _crashing_at_the_second_length(lambda *args: dict(done))
+        monkeypatch.setattr(script(benchmark), name, measure)
+    # Every point is a stand-in: the default lengths cost nothing (window's --quick: fewer).
+    argv = ["--device", "cpu", "--out-dir", str(tmp_path)] + ["--quick"] * (benchmark == "window")
+    with pytest.raises(RuntimeError, match="the second length crashed"):
+        script(benchmark).main(argv)
+    (results,) = tmp_path.glob("*.json")
+    payload = json.loads(results.read_text())
+    assert payload["benchmark"] == benchmark and payload["partial"] is True
+    kept = [r for r in payload["records"] if r.get("note") == "a stand-in point"]
+    assert kept, payload["records"]

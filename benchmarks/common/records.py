@@ -9,6 +9,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # How each non-ok status (benchmarks.common.statuses) is written in tables.
@@ -102,6 +103,25 @@ def _umask() -> int:
 
 def write_json(path: Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
+# sweep(on_point): every point's records, calling on_point(records so far) after each point.
+Sweep = Callable[[Callable[[list[dict]], None]], list[dict]]
+
+
+def sweep_saving_each_point(
+    stem: Path, sweep: Sweep, payload_of: Callable[[list[dict], bool], dict]
+) -> dict:
+    """Runs ``sweep`` and writes ``stem``.json after every point, ``payload_of(records,
+    partial=True)``, so that a run stopped or crashed midway keeps each point it finished; then
+    the whole run's ``payload_of(records, partial=False)``, which it returns."""
+
+    def save(records: list[dict], partial: bool) -> dict:
+        payload = payload_of(records, partial)
+        write_json(Path(f"{stem}.json"), payload)
+        return payload
+
+    return save(sweep(lambda records: save(records, partial=True)), partial=False)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
