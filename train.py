@@ -57,8 +57,8 @@ STOPPING = (
     "SIGTERM (a scheduler's or a preemption's first warning) or SIGINT (Ctrl-C) stops a run "
     "after its current step: it writes a checkpoint, prints the command that resumes it and "
     "exits with status 143 (SIGTERM) or 130 (SIGINT); every torchrun rank stops at the same "
-    "step. A second signal exits at once with the same status (the checkpoint before stays "
-    "valid). Exit status 2: bad options, data or checkpoints, or a checkpoint that could not "
+    "step. A second signal (the same one again after a second, or the other one) exits at "
+    "once with its own status, 143 or 130 (the checkpoint before stays valid). Exit status 2: bad options, data or checkpoints, or a checkpoint that could not "
     "be written (the previous one stays valid)."
 )
 KERNELS = (

@@ -182,6 +182,27 @@ def test_unusable_input_or_run_directory_is_one_line_and_status_1(
     assert not (tmp_path / "out.en").exists()
 
 
+@pytest.mark.parametrize("spelling", ["same", "symlink", "hard link"])
+def test_output_naming_the_input_file_is_refused_before_any_work_and_the_input_kept(
+    spelling, run_dir, tmp_path, capsys
+):
+    source = tmp_path / "in.de"
+    data = "".join(f"Ein Haus {n}.\n" for n in range(60)).encode()
+    source.write_bytes(data)
+    target = source
+    if spelling == "symlink":
+        target = tmp_path / "link.en"
+        target.symlink_to(source)
+    if spelling == "hard link":
+        target = tmp_path / "link.en"
+        target.hardlink_to(source)
+    argv = ["--checkpoint", str(run_dir), "--input", str(source), "--output", str(target)]
+    with pytest.raises(SystemExit) as exit_info:  # small windows: written while still reading
+        translate.main([*argv, "--beam-size", "1", "--max-tokens", "8"])
+    assert exit_info.value.code == 2
+    assert "--output" in capsys.readouterr().err and source.read_bytes() == data
+
+
 def test_empty_stdin_is_one_line_and_status_1(run_dir, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO()))
     assert translate.main(["--checkpoint", str(run_dir)]) == 1

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or train.py --average-last)",
     )
     p.add_argument("--input", help="file of source sentences (default: stdin)")
-    p.add_argument("--output", help="file for the translations (default: stdout)")
+    p.add_argument("--output", help="file for the translations, not --input's (default: stdout)")
     p.add_argument("--errors", choices=ERRORS, default="strict", help=ERRORS_HELP)
     p.add_argument(
         "--max-length",
@@ -314,6 +314,20 @@ def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     problem = device_problem(args.device)
     if problem:
         parser.error(problem)
+    if args.input and args.output and same_file(args.input, args.output):
+        # Opening --output truncates it while --input is still being read, window by window.
+        parser.error(
+            f"--output {args.output} is --input {args.input}: the translations would overwrite "
+            "the sentences before they are read; write them to another file"
+        )
+
+
+def same_file(first: str, second: str) -> bool:
+    """Whether two paths name one file (through a link too)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return Path(first).resolve() == Path(second).resolve()
 
 
 def open_input(path: str | None) -> BinaryIO:
