@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-len", type=positive_int, default=32768, help="up to this longest sequence"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn lengths")
-    add_output_arguments(parser, "varlen_memory", per_device=False)
+    add_output_arguments(parser, "varlen_memory", per_device=False, drawn="the PNG")
     return parser
 
 

@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checks the script runs, in seconds; numbers mean nothing. Its files' default stem "
         "ends in _quick (not the full run's)",
     )  # fmt: skip
-    add_output_arguments(parser, "window")
+    add_output_arguments(parser, "window", drawn="the CSV, PNG and markdown")
     return parser
 
 

@@ -178,7 +178,11 @@ def test_unusable_input_or_run_directory_is_one_line_and_status_1(
     status = translate.main([*argv, "--output", str(tmp_path / "out.en")])
     err = capsys.readouterr().err.splitlines()
     assert status == 1
-    assert len(err) == 1 and said in err[0] and err[0].startswith(f"{translate.PROG}: error:")
+    assert (
+        len(err) == 1
+        and said in err[0]
+        and err[0].startswith(f"{translate.program_name()}: error:")
+    )
     assert not (tmp_path / "out.en").exists()
 
 

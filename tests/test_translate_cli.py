@@ -78,6 +78,15 @@ def test_translate_refuses_a_length_penalty_that_is_not_finite(alpha, tmp_path, 
     assert "--length-penalty must be a finite number" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("started_as", ["/usr/bin/flash-transformer-translate", "translate.py"])
+def test_translate_names_itself_as_it_was_started(started_as, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [started_as])
+    with pytest.raises(SystemExit):
+        translate.main(["--bogus"])
+    command = Path(started_as).name if "flash" in started_as else translate.MODULE_COMMAND
+    assert capsys.readouterr().err.startswith(f"usage: {command} ")
+
+
 def test_translate_help_shows_each_default_once():
     text = " ".join(translate.build_parser().format_help().split())  # unwrapped
     assert "(default: None)" not in text

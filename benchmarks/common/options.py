@@ -58,14 +58,16 @@ def add_output_arguments(
     parser: argparse.ArgumentParser,
     stem: str,
     per_device: bool = True,
+    drawn: str = "the PNG and markdown",
 ) -> None:
     """Where the results go (--out-dir, --tag), and --replot. The files' stem: ``stem`` followed
-    by the device kind (``per_device``), or ``stem`` itself (results the same on any device)."""
+    by the device kind (``per_device``), or ``stem`` itself (results the same on any device);
+    ``drawn``: what the script draws from its JSON, as its help says it."""
     parser.add_argument(
         "--out-dir",
         type=directory,
         default=None,
-        help="directory for the results: JSON, and the PNG (and markdown) drawn from it; "
+        help=f"directory for the results: JSON, and {drawn} drawn from it; "
         f"default {RESULTS_DIR.parent.name}/{RESULTS_DIR.name}, or with --replot the JSON's own",
     )
     parser.add_argument(
@@ -73,7 +75,7 @@ def add_output_arguments(
         type=Path,
         default=None,
         metavar="JSON",
-        help="measure nothing: draw the PNG (and markdown) again from a results file (e.g. "
+        help=f"measure nothing: draw {drawn} again from a results file (e.g. "
         "one from a GPU), as --out-dir/--tag (default: beside it, under its name), with a copy "
         "of the JSON there when that is another file",
     )

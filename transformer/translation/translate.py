@@ -35,7 +35,16 @@ from transformer.translation.evaluation import DEFAULT_LENGTH_PENALTY, translate
 from transformer.translation.text_input import ERRORS, ERRORS_HELP, BadInput, Line, read_lines
 from transformer.translation.tokenizer import WORD_MARK, decode, encode, load_tokenizer
 
-PROG = "python -m transformer.translation.translate"
+MODULE_COMMAND = "python -m transformer.translation.translate"
+SCRIPT = "flash-transformer-translate"  # the console script pyproject.toml installs
+
+
+def program_name() -> str:
+    """The command as it was started, for usage lines and messages: the installed console
+    script's name, else ``python -m ...``."""
+    return SCRIPT if Path(sys.argv[0]).name == SCRIPT else MODULE_COMMAND
+
+
 WINDOW_BATCHES = 4  # a window holds about this many full batches of source tokens
 RUN_CONFIG_FILE = "config.json"  # training's CONFIG_FILE, named here so as not to import training
 
@@ -250,7 +259,7 @@ def translate_window(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG,
+        prog=program_name(),
         description=(
             "Translate sentences, one a line, with a run directory written by train.py. Lines "
             "in = lines out: a blank or whitespace-only line gives an empty line; the input is "
@@ -373,10 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (BadInput, CheckpointError, TranslationFailed, ValueError, OSError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{program_name()}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the lines written so far are complete", file=sys.stderr)
+        print(
+            f"{program_name()}: interrupted; the lines written so far are complete", file=sys.stderr
+        )
         return 130
 
 
@@ -408,7 +419,7 @@ def translate_file(args: argparse.Namespace) -> int:
 
 
 def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+    print(f"{program_name()}: warning: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ autocast, else float32) and with the thread count it will train with, and picks:
 The threshold lies between the two machines the presets were measured on: a 2-core AVX2 CPU
 training in float32 (88 GFLOP/s matmul rate, ~4,700 tokens/s with the default model: the
 default scores 29.6 there) and the 2-core CPU with bf16 units (its default run sustains
-~150 GFLOP/s in the whole training step, so its matmul rate is higher still).
+~131 GFLOP/s in the whole training step, ~9,350 tokens/s at ~14 MFLOP a token, so its matmul
+rate is higher still; docs/cpu_sizing.md).
 
 On a GPU, and in a torchrun run (whose ranks must agree without talking yet), there is no probe:
 the choice is ``cpu``, as before. The choice and the measured rate are saved in the run's
