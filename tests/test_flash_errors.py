@@ -1,10 +1,13 @@
 """Bad input to the flash-attention kernel raises a clear error before any launch: wrong ranks,
 shapes, dtypes, devices, masks and scales, the score options (window, softcap, ALiBi slopes,
 sinks, alignment); and without Triton, or on the CPU without Triton's
-interpreter, a RuntimeError that says so.
+interpreter, a RuntimeError that says so. FlashAttention-2's API (``flash_attn_func``,
+``flash_attn_varlen_func``): its errors name the function called, its own argument names and
+the shapes as the caller laid them out.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ from flash_reference import (
 
 from kernels import flash_attention
 from kernels.common import runtime
+from kernels.flash_attention import flash_attn_func, flash_attn_varlen_func
 
 # The reference helpers build their inputs on the kernel_device fixture's device (devices.py).
 pytestmark = pytest.mark.usefixtures("kernel_device")
@@ -141,3 +145,90 @@ def test_a_second_derivative_is_refused_naming_the_kernel_not_torch_internals():
     assert all(g.requires_grad for g in grads)  # a first derivative with create_graph works
     with pytest.raises(RuntimeError, match="flash_attention_backward has no derivative"):
         sum(g.square().sum() for g in grads).backward()
+
+
+# ----------------------------------------------------------------------------- FA2 API
+# Bad input to FlashAttention-2's API (``flash_attn_func``, ``flash_attn_varlen_func``) is
+# refused before any launch with an error that names the function called, not the
+# ``flash_attention`` it calls, names the argument by FlashAttention-2's name (``softmax_scale``,
+# ``causal``), and shows shapes as the caller laid them out ((batch, seqlen, heads, head_dim) or
+# (total, heads, head_dim)), never as the kernel's transposed view.
+
+
+def _dense():
+    """q (2, 5, 4, 8), k and v (2, 6, 2, 8): FlashAttention-2's (batch, seqlen, heads, d)."""
+    q = torch.randn(2, 5, 4, 8, device=DEVICE)
+    k, v = (torch.randn(2, 6, 2, 8, device=DEVICE) for _ in range(2))
+    return q, k, v
+
+
+def _dense_cases():
+    q, k, v = _dense()
+    ones = torch.ones(4, device=DEVICE)
+    return [
+        ("batch", (q, k[:1], v[:1]), {}, ValueError,
+         r"batch.*q \(2, 5, 4, 8\), k \(1, 6, 2, 8\), v \(1, 6, 2, 8\)"),
+        ("kv-seqlen", (q, k, v[:, :5]), {}, ValueError, r"seqlen.*k \(2, 6, 2, 8\), v \(2, 5, 2, 8\)"),
+        ("kv-heads", (q, k, v[:, :, :1]), {}, ValueError, r"heads.*k \(2, 6, 2, 8\), v \(2, 6, 1, 8\)"),
+        ("heads-not-dividing", (q, *(torch.randn(2, 6, 3, 8, device=DEVICE),) * 2), {}, ValueError,
+         r"heads_k = 3.*divide.*heads = 4"),
+        ("head-dim", (q, k[..., :4], v), {}, ValueError, r"head_dim.*q \(2, 5, 4, 8\), k \(2, 6, 2, 4\)"),
+        ("dtype", (q.half(), k, v), {}, TypeError, "dtype"),
+        ("float64", (q.double(), k.double(), v.double()), {}, TypeError, "float64"),
+        ("too-wide", [torch.zeros(1, 2, 1, 300, device=DEVICE)] * 3, {}, ValueError, "head dim 300"),
+        ("softmax-scale", (q, k, v), {"softmax_scale": float("nan")}, ValueError,
+         "softmax_scale must be finite"),
+        ("softmax-scale-type", (q, k, v), {"softmax_scale": "0.5"}, TypeError, "softmax_scale must be"),
+        ("dropout", (q, k, v), {"dropout_p": 1.5}, ValueError, r"dropout_p must be in \[0, 1\]"),
+        ("softcap", (q, k, v), {"softcap": -1.0}, ValueError, "softcap must be finite and >= 0"),
+        ("window", (q, k, v), {"window_size": (-2, 0)}, ValueError, "window_size entries"),
+        ("window-int", (q, k, v), {"window_size": 3}, TypeError, "window_size must be a pair"),
+        ("alibi", (q, k, v), {"alibi_slopes": torch.ones(3, device=DEVICE)}, ValueError,
+         "alibi_slopes must be"),
+        ("alibi-dtype", (q, k, v), {"alibi_slopes": ones.half()}, TypeError, "alibi_slopes must be"),
+        ("sinks", (q, k, v), {"sinks": ones[:2]}, ValueError, "sinks must be one logit"),
+    ]  # fmt: skip
+
+
+def _packed_cases():
+    q = torch.randn(7, 4, 8, device=DEVICE)
+    k, v = (torch.randn(7, 2, 8, device=DEVICE) for _ in range(2))
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32, device=DEVICE)
+    lengths = (cu, cu, 4, 4)
+    return [
+        ("kv-total", (q, k, v[:6], *lengths), {}, ValueError, r"total.*k \(7, 2, 8\), v \(6, 2, 8\)"),
+        ("kv-heads", (q, k, v[:, :1], *lengths), {}, ValueError, r"heads.*k \(7, 2, 8\), v \(7, 1, 8\)"),
+        ("heads-not-dividing", (q, *(torch.randn(7, 3, 8, device=DEVICE),) * 2, *lengths), {},
+         ValueError, r"heads_k = 3.*divide.*heads = 4"),
+        ("head-dim", (q, k[..., :4], v, *lengths), {}, ValueError, r"head_dim.*q \(7, 4, 8\), k \(7, 2, 4\)"),
+        ("dtype", (q.half(), k, v, *lengths), {}, TypeError, "dtype"),
+        ("softmax-scale", (q, k, v, *lengths), {"softmax_scale": float("inf")}, ValueError,
+         "softmax_scale must be finite"),
+        ("dropout", (q, k, v, *lengths), {"dropout_p": -0.1}, ValueError, r"dropout_p must be in"),
+        ("softcap", (q, k, v, *lengths), {"softcap": -1.0}, ValueError, "softcap must be finite"),
+        ("window", (q, k, v, *lengths), {"window_size": (1,)}, TypeError, "window_size must be a pair"),
+        ("alibi", (q, k, v, *lengths), {"alibi_slopes": torch.ones(3, 4, device=DEVICE)},
+         ValueError, "alibi_slopes must be"),
+    ]  # fmt: skip
+
+
+def _refused(function, args, kwargs, error, message):
+    def no_launch(launch):
+        raise AssertionError(f"{launch.kernel} was launched")
+
+    with runtime.hooked(runtime.Hook(no_launch)), pytest.raises(error) as raised:
+        function(*args, **kwargs)
+    text = str(raised.value)
+    assert text.startswith(f"{function.__name__}: "), text
+    assert not text.startswith("flash_attention"), text
+    assert re.search(message, text), (message, text)
+
+
+@pytest.mark.parametrize("case", _dense_cases(), ids=lambda c: c[0])
+def test_flash_attn_func_errors_name_it_its_arguments_and_the_callers_shapes(case):
+    _refused(flash_attn_func, *case[1:])
+
+
+@pytest.mark.parametrize("case", _packed_cases(), ids=lambda c: c[0])
+def test_flash_attn_varlen_func_errors_name_it_its_arguments_and_the_callers_shapes(case):
+    _refused(flash_attn_varlen_func, *case[1:])

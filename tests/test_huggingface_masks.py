@@ -14,12 +14,14 @@ transformers = pytest.importorskip("transformers")
 
 from transformers import masking_utils as mu  # noqa: E402
 
-from kernels.integrations.huggingface_masks import build_mask  # noqa: E402
+from kernels.integrations.huggingface_masks import build_mask, mask_window  # noqa: E402
 
 
-def expand(compact, batch, len_q, len_k, causal, window):
-    """The (b, 1, len_q, len_k) boolean mask a compact form stands for, given the causality
-    and the window (a query sees the ``window`` latest keys, itself included) of the call."""
+def expand(compact, batch, len_q, len_k, causal):
+    """The (b, 1, len_q, len_k) boolean mask a compact form stands for, given the causality of
+    the call, as the backend reads it: the window (a query sees the ``window`` latest keys,
+    itself included) is the one the compact form carries, never the attention call's."""
+    compact, window = mask_window(compact)
     rows = torch.arange(len_q)[:, None]
     keys = torch.arange(len_k)[None, :]
     seen = torch.ones(len_q, len_k, dtype=torch.bool)
@@ -63,9 +65,10 @@ def test_causal_and_sliding_masks_come_compact_and_mean_sdpas_mask(window, lengt
     padding = None if lengths is None else right_padding(lengths, 11)
     compact, full = both(function, padding, local_size=window)
     assert compact is None or compact.shape == (2, 11)
+    assert mask_window(compact)[1] == window  # carried: some models pass no sliding_window
     if lengths is None:
-        assert compact is None
-    assert torch.equal(expand(compact, 2, 11, 11, True, window), full)
+        assert mask_window(compact)[0] is None
+    assert torch.equal(expand(compact, 2, 11, 11, True), full)
 
 
 @pytest.mark.parametrize("window", [None, 3])
@@ -83,7 +86,8 @@ def test_packed_sequences_come_as_sequence_indices_and_mean_sdpas_mask(window):
     )
     compact, full = both(function, n=12, skip=False, local_size=window)  # as transformers
     assert compact.dtype != torch.bool and compact.shape == (2, 12)
-    assert torch.equal(expand(compact, 2, 12, 12, True, window), full)
+    assert mask_window(compact)[1] == window
+    assert torch.equal(expand(compact, 2, 12, 12, True), full)
 
 
 @pytest.mark.parametrize("lengths", [None, [11, 6]])
@@ -93,7 +97,23 @@ def test_bidirectional_masks_come_as_key_padding(lengths):
         mu.bidirectional_mask_function, padding, skip=False, allow_is_bidirectional_skip=True
     )
     assert compact is None or compact.shape == (2, 1, 1, 11)
-    assert torch.equal(expand(compact, 2, 11, 11, False, None), full)
+    assert torch.equal(expand(compact, 2, 11, 11, False), full)
+
+
+def test_a_windowed_mask_is_marked_on_a_new_tensor_never_on_transformers_own():
+    padding = right_padding([11, 6], 11)
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]] * 2)
+    packed = mu.find_packed_sequence_indices(position_ids)
+    function = mu.and_masks(
+        mu.remap_positions_for_packed_sequence(
+            mu.sliding_window_causal_mask_function(3), position_ids
+        ),
+        mu.packed_sequence_mask_function(packed),
+    )
+    windowed = both(mu.sliding_window_causal_mask_function(3), padding, local_size=3)[0]
+    assert mask_window(windowed)[1] == 3 and mask_window(padding) == (padding, None)
+    assert mask_window(both(function, skip=False)[0])[1] == 3
+    assert mask_window(packed) == (packed, None)
 
 
 def test_patterns_it_does_not_know_get_sdpas_own_mask():

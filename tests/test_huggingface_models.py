@@ -134,6 +134,77 @@ def test_gpt_oss_sinks_and_sliding_window_match_eager_with_the_sinks_gradient(ke
     assert sinks.grad is not None and sinks.grad.abs().min() > 0
 
 
+# Models whose sliding layers build transformers' sliding-window mask but pass no
+# ``sliding_window`` to the attention call: the window must come from the mask.
+WINDOW_ONLY_IN_THE_MASK = {
+    "phimoe": lambda: (
+        transformers.PhimoeForCausalLM,
+        transformers.PhimoeConfig(
+            **{k: v for k, v in TINY.items() if k != "head_dim"},
+            sliding_window=WINDOW,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+    ),
+    "qwen2_moe": lambda: (
+        transformers.Qwen2MoeForCausalLM,
+        transformers.Qwen2MoeConfig(
+            **TINY,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "model, lengths", [("phimoe", [13, 10]), ("qwen2_moe", [13, 10]), ("qwen2_moe", [13, 13])]
+)
+def test_a_window_only_the_mask_carries_is_applied_as_eager_applies_it(
+    model, lengths, kernel_device
+):
+    """PhiMoE and Qwen2-MoE pass no sliding_window to the attention call; their masks hide the
+    keys outside the window, and so must the backend (with padding and without): logits and
+    every gradient against eager, atol 2e-5, rtol 1e-4, sequences three times the window."""
+    model_class, config = WINDOW_ONLY_IN_THE_MASK[model]()
+    assert config.sliding_window == WINDOW
+    ours, eager = twin_models(model_class, config, kernel_device, "eager", sharpen_attention)
+    ours.eval(), eager.eval()  # PhiMoE's router samples in train mode (no attention dropout)
+    ids, mask = padded_batch(lengths, kernel_device, seed=18)
+    assert_same_loss_and_gradients(ours, eager, logits_at_tokens(ids, mask))
+
+
+@pytest.mark.parametrize("given", ["position_ids", "lengths"])
+def test_a_window_only_the_mask_carries_holds_in_packed_sequences_as_in_eager(given, kernel_device):
+    """PhiMoE packed by restarting position_ids (against eager's packed batch) or by the
+    flattening collator's lengths without position_ids (against eager on each sequence alone):
+    the window its masks carry applies in each sequence; atol 2e-5, rtol 1e-4."""
+    model_class, config = WINDOW_ONLY_IN_THE_MASK["phimoe"]()
+    ours, eager, ids, position_ids = packed(model_class, config, kernel_device)
+    ours.eval(), eager.eval()  # its router samples in train mode; gradients flow in eval too
+    if given == "position_ids":
+        run = logits_everywhere(ids, position_ids=position_ids)
+    else:
+        lengths = flattening_lengths(position_ids)
+        cu = lengths["cu_seq_lens_q"].tolist()
+
+        def run(net):
+            if net is ours:
+                logits = net(input_ids=ids, use_cache=False, **lengths).logits.flatten(0, 1)
+            else:
+                tokens = ids.flatten()
+                alone = [tokens[a:b][None] for a, b in zip(cu[:-1], cu[1:], strict=True)]
+                logits = torch.cat([net(input_ids=t, use_cache=False).logits[0] for t in alone])
+            return logits, (logits**2).mean()
+
+    assert_same_loss_and_gradients(ours, eager, run)
+
+
 PACKABLE = {
     "llama": (transformers.LlamaForCausalLM, lambda: transformers.LlamaConfig(**TINY)),
     "gemma2": (  # softcap and a window: through flash_attn_varlen_func

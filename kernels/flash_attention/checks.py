@@ -13,65 +13,69 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REALS = (numbers.Real, torch.SymFloat, torch.SymInt)  # a float, int or NumPy number; traced
 
 
-def check_inputs(q, k, v, attn_mask, scale, enable_gqa=False):
-    """Validate everything before a launch (raises on the first problem found)."""
-    check_rank("flash_attention", 4, "(batch, heads, len, head_dim)", q=q, k=k, v=v)
+def check_inputs(
+    q, k, v, attn_mask, scale, enable_gqa=False, *, caller="flash_attention", scale_name="scale"
+):
+    """Validate everything before a launch (raises on the first problem found). ``caller``
+    and ``scale_name``: the function and the scale's argument name the errors give (the FA2
+    API checks its own layout first: the shape errors here speak of (b, h, len, d))."""
+    check_rank(caller, 4, "(batch, heads, len, head_dim)", q=q, k=k, v=v)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(
-            f"flash_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+            f"{caller}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
         )
     if q.dtype not in _DTYPES:
-        raise TypeError(f"flash_attention: dtype {q.dtype} is not supported; use one of {_DTYPES}")
+        raise TypeError(f"{caller}: dtype {q.dtype} is not supported; use one of {_DTYPES}")
     if not (q.device == k.device == v.device):
         raise ValueError(
-            f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
+            f"{caller}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
         )
     b, h, _, d = q.shape
     h_kv = k.shape[1]
     if k.shape[0] != b or v.shape[0] != b or v.shape[1] != h_kv:
         raise ValueError(
-            "flash_attention: q, k, v must share the batch, and k, v the heads; got "
+            f"{caller}: q, k, v must share the batch, and k, v the heads; got "
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if h_kv != h and not enable_gqa:
         raise ValueError(
-            f"flash_attention: q has {h} heads and k, v have {h_kv}; pass enable_gqa=True for "
+            f"{caller}: q has {h} heads and k, v have {h_kv}; pass enable_gqa=True for "
             "grouped-query attention"
         )
     if h_kv != h and (h_kv == 0 or h % h_kv):
         raise ValueError(
-            f"flash_attention: grouped-query attention needs the k/v heads ({h_kv}) to divide "
+            f"{caller}: grouped-query attention needs the k/v heads ({h_kv}) to divide "
             f"the query heads ({h})"
         )
     if k.shape[2] != v.shape[2]:
         raise ValueError(
-            f"flash_attention: k and v must have the same length, got {k.shape[2]} and {v.shape[2]}"
+            f"{caller}: k and v must have the same length, got {k.shape[2]} and {v.shape[2]}"
         )
     if k.shape[3] != d:
-        raise ValueError(f"flash_attention: q and k head dims differ ({d} vs {k.shape[3]})")
+        raise ValueError(f"{caller}: q and k head dims differ ({d} vs {k.shape[3]})")
     for name, n in (("q/k head dim", d), ("v head dim", v.shape[3])):
         if not 1 <= n <= MAX_HEAD_DIM:
             raise ValueError(
-                f"flash_attention: {name} {n} is not supported (1 to {MAX_HEAD_DIM}; v's may "
+                f"{caller}: {name} {n} is not supported (1 to {MAX_HEAD_DIM}; v's may "
                 "differ from q's and k's)"
             )
     if scale is not None:
         real = isinstance(scale, _REALS) and not isinstance(scale, bool)
         if not (real or _is_real_scalar_tensor(scale)):
             raise TypeError(
-                "flash_attention: scale must be a real number (or a one-element real tensor) or "
+                f"{caller}: {scale_name} must be a real number (or a one-element real tensor) or "
                 f"None, got {type(scale).__name__} {scale!r:.40}"
             )
         if isinstance(scale, torch.Tensor) and scale.requires_grad:
             raise TypeError(
-                "flash_attention: scale gets no gradient (it is read as a float, as SDPA's); "
+                f"{caller}: {scale_name} gets no gradient (it is read as a float, as SDPA's); "
                 "pass a float or a detached tensor"
             )
         if not math.isfinite(float(scale)):
-            raise ValueError(f"flash_attention: scale must be finite, got {scale}")
+            raise ValueError(f"{caller}: {scale_name} must be finite, got {scale}")
     if attn_mask is not None:
         _mask_layout(attn_mask, q, k)  # raises on a bad mask
-    check_runnable(q.device, "flash_attention")
+    check_runnable(q.device, caller)
 
 
 def _is_real_scalar_tensor(scale):

@@ -54,16 +54,16 @@ def draw_seed_offset() -> tuple[int, int]:
     return seed, offset
 
 
-def check_dropout_p(dropout_p) -> float:
-    """dropout_p as a float in [0, 1], or a clear error. (1 is allowed, as SDPA allows it:
-    every probability is dropped and the output is zeros.)"""
+def check_dropout_p(dropout_p, caller="flash_attention") -> float:
+    """dropout_p as a float in [0, 1], or a clear error naming ``caller``. (1 is allowed, as
+    SDPA allows it: every probability is dropped and the output is zeros.)"""
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, int | float):
         raise TypeError(
-            f"flash_attention: dropout_p must be a float in [0, 1], got {type(dropout_p).__name__}"
+            f"{caller}: dropout_p must be a float in [0, 1], got {type(dropout_p).__name__}"
         )
     dropout_p = float(dropout_p)
     if not (math.isfinite(dropout_p) and 0.0 <= dropout_p <= 1.0):
-        raise ValueError(f"flash_attention: dropout_p must be in [0, 1], got {dropout_p}")
+        raise ValueError(f"{caller}: dropout_p must be in [0, 1], got {dropout_p}")
     return dropout_p
 
 

@@ -35,8 +35,8 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
       as None. The packed-projection variants (``flash_attn_qkvpacked_func``,
       ``flash_attn_kvpacked_func`` and their varlen forms) and ``flash_attn_with_kvcache``
       are not provided: pass q, k and v (views of a packed tensor are read in place).
-    * Some errors name flash_attention's arguments, whose checks they come from (scale for
-      softmax_scale; a tensor's (batch, heads, len, head_dim) view).
+    * Errors name the function called and FlashAttention-2's argument names
+      (``softmax_scale``, ``causal``), and show shapes as the caller laid them out.
 """
 
 import math
@@ -90,10 +90,21 @@ def flash_attn_func(
         seqlen_q) float32, the natural-log log-sum-exp of each row's scaled scores (-inf for a
         row that sees no key). Gradients flow to q, k and v (and sinks; and through softmax_lse).
     """
-    check_rank("flash_attn_func", 4, "(batch, seqlen, heads, head_dim)", q=q, k=k, v=v)
+    name = "flash_attn_func"
+    check_rank(name, 4, "(batch, seqlen, heads, head_dim)", q=q, k=k, v=v)
+    _check_layout(name, q, k, v, "batch", "seqlen_k")
     # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
-    causal = check_flag(causal, "causal", "flash_attn_func")
+    causal = check_flag(causal, "causal", name)
+    # What flash_attention would check, checked here first so that the errors name this
+    # function and its arguments.
+    check_dropout_p(dropout_p, name)
+    check_inputs(query, key, value, None, softmax_scale, True, caller=name,
+                 scale_name="softmax_scale")  # fmt: skip
+    score_options(
+        query, key, None, causal, "bottom_right", window_size, softcap, _constant(alibi_slopes),
+        sinks, caller=name,
+    )  # fmt: skip
     out, lse = flash_attention(
         query, key, value, dropout_p=dropout_p, is_causal=causal,
         scale=softmax_scale, enable_gqa=True, return_lse=True, window_size=window_size,
@@ -152,15 +163,18 @@ def flash_attn_varlen_func(
             f"{name}: block_table (a paged key/value cache) is not supported; pass k and v "
             "packed, (total_k, heads_k, head_dim), with cu_seqlens_k"
         )
+    check_rank(name, 3, "(total_tokens, heads, head_dim)", q=q, k=k, v=v)
+    _check_layout(name, q, k, v, None, "total_k")
     check_packed(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, name)
     # The kernels read the cumulative lengths as one contiguous int32 row each.
     cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
-    dropout_p = check_dropout_p(dropout_p)
-    check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True)
+    dropout_p = check_dropout_p(dropout_p, name)
+    check_inputs(rows_view(q), rows_view(k), rows_view(v), None, softmax_scale, True,
+                 caller=name, scale_name="softmax_scale")  # fmt: skip
     packed = Packed(cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k))
     causal, options = score_options(
         packed.view(q), packed.view(k), None, check_flag(causal, "causal", name), "bottom_right",
-        window_size, softcap, _constant(alibi_slopes), sinks,
+        window_size, softcap, _constant(alibi_slopes), sinks, caller=name,
     )  # fmt: skip
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
@@ -169,6 +183,37 @@ def flash_attn_varlen_func(
         options.softcap, options.alibi_slopes, options.sinks, *packed,
     )  # fmt: skip
     return (out, lse, None) if return_attn_probs else out
+
+
+def _check_layout(name, q, k, v, batch, length):
+    """q, k and v agree in FlashAttention-2's layout, (batch, seqlen, heads, head_dim) or
+    packed (total, heads, head_dim), or an error naming ``name`` and showing the shapes as
+    given (``batch``: the leading axis's name, None when packed; ``length``: k's and v's
+    length axis's name). The rest (dtypes, devices, head dims' range) flash_attention checks."""
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if batch is not None and not q.shape[0] == k.shape[0] == v.shape[0]:
+        raise ValueError(f"{name}: q, k and v must have the same {batch} size, got {shapes}")
+    if k.shape[-3] != v.shape[-3]:
+        raise ValueError(
+            f"{name}: k and v must have the same {length}, got k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}"
+        )
+    heads, heads_k = q.shape[-2], k.shape[-2]
+    if v.shape[-2] != heads_k:
+        raise ValueError(
+            f"{name}: k and v must have the same number of heads, got k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}"
+        )
+    if heads_k == 0 or heads % heads_k:
+        raise ValueError(
+            f"{name}: heads_k = {heads_k} (k's and v's heads) must divide q's heads = {heads} "
+            f"(multi-query and grouped-query attention), got {shapes}"
+        )
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"{name}: q and k must have the same head_dim, got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}"
+        )
 
 
 def _constant(alibi_slopes):

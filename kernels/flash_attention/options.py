@@ -52,11 +52,13 @@ PLAIN = ScoreOptions()
 
 
 def score_options(
-    q, k, causal_bias, is_causal, alignment, window_size, softcap, alibi_slopes, sinks
-) -> tuple[bool, ScoreOptions]:
+    q, k, causal_bias, is_causal, alignment, window_size, softcap, alibi_slopes, sinks,
+    caller="flash_attention",
+) -> tuple[bool, ScoreOptions]:  # fmt: skip
     """(is_causal, the checked options) of one flash_attention call (after q, k, v are
     checked). ``causal_bias``: a ``torch.nn.attention.bias.CausalBias`` passed as attn_mask,
-    read without materialising it: causal, anchored as its variant says."""
+    read without materialising it: causal, anchored as its variant says. ``caller``: the
+    function the errors name."""
     bottom_right = check_alignment(alignment)
     if causal_bias is not None:
         if is_causal:
@@ -73,10 +75,10 @@ def score_options(
         is_causal, bottom_right = True, lower_right
     options = ScoreOptions(
         bottom_right=bool(bottom_right),
-        window=check_window(window_size),
-        softcap=check_softcap(softcap),
-        alibi_slopes=check_alibi_slopes(alibi_slopes, q),
-        sinks=check_sinks(sinks, q),
+        window=check_window(window_size, caller),
+        softcap=check_softcap(softcap, caller),
+        alibi_slopes=check_alibi_slopes(alibi_slopes, q, caller),
+        sinks=check_sinks(sinks, q, caller),
     )
     return is_causal, options
 
@@ -105,74 +107,70 @@ def check_alignment(alignment) -> bool | None:
     return alignment == "bottom_right"
 
 
-def check_window(window_size) -> tuple[int, int]:
+def check_window(window_size, caller="flash_attention") -> tuple[int, int]:
     """window_size as (left, right) ints >= -1."""
     if not (isinstance(window_size, tuple | list) and len(window_size) == 2):
         raise TypeError(
-            "flash_attention: window_size must be a pair (left, right) of ints >= -1 "
+            f"{caller}: window_size must be a pair (left, right) of ints >= -1 "
             f"(-1: unbounded), got {window_size!r:.60}"
         )
     for n in window_size:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-            raise TypeError(f"flash_attention: window_size must hold ints, got {window_size!r:.60}")
+            raise TypeError(f"{caller}: window_size must hold ints, got {window_size!r:.60}")
         if n < -1:
             raise ValueError(
-                f"flash_attention: window_size entries must be >= -1 (-1: unbounded), got "
+                f"{caller}: window_size entries must be >= -1 (-1: unbounded), got "
                 f"{tuple(window_size)}"
             )
     return int(window_size[0]), int(window_size[1])
 
 
-def check_softcap(softcap) -> float:
+def check_softcap(softcap, caller="flash_attention") -> float:
     """softcap as a finite float >= 0 (0: off)."""
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
-        raise TypeError(
-            f"flash_attention: softcap must be a float >= 0, got {type(softcap).__name__}"
-        )
+        raise TypeError(f"{caller}: softcap must be a float >= 0, got {type(softcap).__name__}")
     softcap = float(softcap)
     if not (math.isfinite(softcap) and softcap >= 0.0):
-        raise ValueError(
-            f"flash_attention: softcap must be finite and >= 0 (0: off), got {softcap}"
-        )
+        raise ValueError(f"{caller}: softcap must be finite and >= 0 (0: off), got {softcap}")
     return softcap
 
 
-def check_alibi_slopes(slopes, q) -> torch.Tensor | None:
+def check_alibi_slopes(slopes, q, caller="flash_attention") -> torch.Tensor | None:
     """ALiBi slopes as a float32 (b|1, h) view (stride 0 over the batch for (h,))."""
     if slopes is None:
         return None
     b, h = q.shape[:2]
-    _check_small_tensor(slopes, "alibi_slopes", q, (torch.float32,))
+    _check_small_tensor(slopes, "alibi_slopes", q, (torch.float32,), caller)
     if tuple(slopes.shape) not in ((h,), (b, h)):
         raise ValueError(
-            f"flash_attention: alibi_slopes must be ({h},) or ({b}, {h}) (heads, or batch and "
+            f"{caller}: alibi_slopes must be ({h},) or ({b}, {h}) (heads, or batch and "
             f"heads), got {tuple(slopes.shape)}"
         )
     if slopes.requires_grad:
         raise ValueError(
-            "flash_attention: alibi_slopes get no gradient (as in FlashAttention-2); detach them"
+            f"{caller}: alibi_slopes get no gradient (as in FlashAttention-2); detach them"
         )
     return slopes.expand(b, h) if slopes.dim() == 1 else slopes
 
 
-def check_sinks(sinks, q) -> torch.Tensor | None:
+def check_sinks(sinks, q, caller="flash_attention") -> torch.Tensor | None:
     """Sinks: (h,) logits, float32 or q's dtype."""
     if sinks is None:
         return None
-    _check_small_tensor(sinks, "sinks", q, (torch.float32, q.dtype))
+    _check_small_tensor(sinks, "sinks", q, (torch.float32, q.dtype), caller)
     if tuple(sinks.shape) != (q.shape[1],):
         raise ValueError(
-            f"flash_attention: sinks must be one logit per query head, ({q.shape[1]},), got "
+            f"{caller}: sinks must be one logit per query head, ({q.shape[1]},), got "
             f"{tuple(sinks.shape)}"
         )
     return sinks
 
 
-def _check_small_tensor(t, name, q, dtypes) -> None:
+def _check_small_tensor(t, name, q, dtypes, caller) -> None:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"flash_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"{caller}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
         allowed = " or ".join(dict.fromkeys(str(d) for d in dtypes))  # float32 once, not twice
-        raise TypeError(f"flash_attention: {name} must be {allowed}, got {t.dtype}")
+        raise TypeError(f"{caller}: {name} must be {allowed}, got {t.dtype}")
     if t.device != q.device:
-        raise ValueError(f"flash_attention: {name} is on {t.device}, the inputs on {q.device}")
+        raise ValueError(f"{caller}: {name} is on {t.device}, the inputs on {q.device}")

@@ -22,8 +22,9 @@ this module does not need it, registering does.
 
 Beyond SDPA, it takes what today's decoders pass: the layer's ``sliding_window`` (a query sees
 that many keys, itself included, so the kernel gets ``window_size=(sliding_window - 1, 0)``
-and skips the key blocks outside it), Gemma 2's logit ``softcap`` and GPT-OSS's attention
-sinks ``s_aux`` (with their gradient).
+and skips the key blocks outside it; the window a compact mask carries wins, for models that
+build a sliding-window mask without passing it, PhiMoE and Qwen2-MoE), Gemma 2's logit
+``softcap`` and GPT-OSS's attention sinks ``s_aux`` (with their gradient).
 Packed sequences (``position_ids`` that restart, with no padding and no cache: where
 transformers' own masks separate them) run through ``flash_attn_varlen_func`` (window and
 softcap and sinks included), or, with T5's position bias, through the kernel with a
@@ -45,7 +46,7 @@ import torch
 from einops import rearrange
 
 from kernels import flash_attention
-from kernels.integrations.huggingface_masks import build_mask
+from kernels.integrations.huggingface_masks import build_mask, mask_window
 
 # Not "flash_transformer": transformers treats every implementation whose name contains
 # "flash" as a FlashAttention kernel (unpadded, variable-length inputs; utils.generic's
@@ -73,6 +74,11 @@ def attention_forward(
     keys, itself included (transformers' convention); ``softcap``: Gemma 2's logit cap;
     ``s_aux``: GPT-OSS's sinks, one logit per head."""
     _refuse_what_it_cannot_honour(kwargs)
+    # The window of a sliding-window mask the builder made compact: what eager and SDPA apply,
+    # whether or not the model passes sliding_window (PhiMoE and Qwen2-MoE do not).
+    attention_mask, carried_window = mask_window(attention_mask)
+    if carried_window is not None:
+        sliding_window = carried_window
     softcap = softcap or 0.0
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     given = _given_packing(kwargs, query.device)

@@ -7,15 +7,22 @@ function* (which (query, key) pairs take part) and the 2-D padding mask. SDPA's 
 boolean mask. :func:`build_mask` recognises the patterns the kernel computes from flags
 instead, and returns a compact form (read by :mod:`kernels.integrations.huggingface`):
 
-* ``None``: no padding; causality comes from the model's attention call (``is_causal`` or
-  the module's, as for ``"sdpa"``) and so does the window (its ``sliding_window``, as for
-  ``"flash_attention_2"``).
+* ``None``: no padding and no window; causality comes from the model's attention call
+  (``is_causal`` or the module's, as for ``"sdpa"``).
 * a (b, len_k) boolean tensor (True = a token): causal attention over keys that are not
-  padding (and the window, as above); only when len_q == len_k with no cache offset.
+  padding; only when len_q == len_k with no cache offset.
 * a (b, 1, 1, len_k) boolean tensor: bidirectional attention over keys that are not padding,
   an ordinary SDPA mask with stride 0 over queries.
 * a (b, n) integer tensor: packed sequences (``position_ids`` that restart, no padding, no
   cache), each token's sequence index in its row; causal within each sequence.
+
+A causal pattern with a sliding window carries its size on the compact tensor (read with
+:func:`mask_window`; a window without padding comes as an all-True (b, len_k) tensor marked as
+holding no padding): the mask is what ``"eager"`` and ``"sdpa"`` apply, and some models
+(PhiMoE, Qwen2-MoE in transformers 5.24) build a sliding-window mask without passing
+``sliding_window`` to the attention call. The mark is a Python attribute of that tensor
+object: a copy of the mask (``.to()`` another device) loses it, and the window then comes from
+the attention call's ``sliding_window`` alone, as before; the padding it holds stays right.
 
 A pattern it does not recognise gets SDPA's full mask, so correctness never depends on the
 recognition: the model's own mask functions are matched by their code objects and captured
@@ -37,11 +44,40 @@ import torch
 
 
 class CausalPattern(NamedTuple):
-    """A causal mask function the kernel computes from flags (a sliding window among them: the
-    model passes its size to the attention call), and, for packed sequences, each token's
-    sequence index (b, n)."""
+    """A causal mask function the kernel computes from flags: for packed sequences, each
+    token's sequence index (b, n); ``window``: its sliding window (transformers' count: a query
+    sees that many keys, itself included), or None."""
 
     packed: torch.Tensor | None = None
+    window: int | None = None
+
+
+# The attribute of a compact mask that holds its sliding window: (window, holds_padding).
+_WINDOW_ATTRIBUTE = "triton_transformer_sliding_window"
+
+
+def mask_window(attention_mask):
+    """(the mask the kernel reads, the sliding window the mask carries or None) for a mask
+    :func:`build_mask` made: a windowed mask marked as holding no padding reads as None."""
+    mark = getattr(attention_mask, _WINDOW_ATTRIBUTE, None)
+    if mark is None:
+        return attention_mask, None
+    window, holds_padding = mark
+    return (attention_mask if holds_padding else None), window
+
+
+def _carrying(compact, window, batch_size, kv_length, device):
+    """``compact`` (a tensor, or None for no padding) marked with the pattern's window; a new
+    tensor object (a view), so that transformers' own tensors are never marked."""
+    if window is None:
+        return compact
+    holds_padding = compact is not None
+    if compact is None:
+        compact = torch.ones(batch_size, kv_length, dtype=torch.bool, device=device)
+    else:
+        compact = compact.view_as(compact)
+    setattr(compact, _WINDOW_ATTRIBUTE, (int(window), holds_padding))
+    return compact
 
 
 def _captured(fn, template) -> dict | None:
@@ -68,7 +104,7 @@ def causal_pattern(mask_function) -> CausalPattern | None:
     first, second = parts["mask_functions"]
     overlay = _captured(first, mu.sliding_window_overlay(1))
     if overlay is not None and second is mu.causal_mask_function:
-        return CausalPattern()
+        return CausalPattern(window=overlay["sliding_window"])
     remapped = _captured(
         first, mu.remap_positions_for_packed_sequence(mu.causal_mask_function, None)
     )
@@ -80,7 +116,7 @@ def causal_pattern(mask_function) -> CausalPattern | None:
         return None
     # Within one packed sequence the positions are consecutive (a new sequence starts wherever
     # they are not), so windows over positions are windows over indices.
-    return CausalPattern(packed=packed["packed_sequence_mask"])
+    return CausalPattern(packed=packed["packed_sequence_mask"], window=inner.window)
 
 
 def build_mask(
@@ -112,11 +148,14 @@ def build_mask(
     pattern = causal_pattern(mask_function)
     if pattern is None or (pattern.packed is not None and padding is not None):
         return sdpa()
+    device = attention_mask.device if attention_mask is not None else kwargs.get("device", "cpu")
     if pattern.packed is not None:
         # transformers clears allow_is_causal_skip for every packed batch (SDPA cannot skip
         # their mask), so here it does not say that the caller needs the full mask.
-        return pattern.packed
-    return padding if allow_is_causal_skip else sdpa()
+        return _carrying(pattern.packed, pattern.window, batch_size, kv_length, device)
+    if not allow_is_causal_skip:
+        return sdpa()
+    return _carrying(padding, pattern.window, batch_size, kv_length, device)
 
 
 def _padding(attention_mask, batch_size, kv_length, kv_offset):
