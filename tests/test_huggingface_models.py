@@ -236,6 +236,35 @@ def test_packed_batches_keep_their_sequences_apart_as_eager_does(model, kernel_d
     assert_same_loss_and_gradients(ours, eager, run)
 
 
+@pytest.mark.parametrize("model", PACKED_BY_POSITIONS)
+def test_a_packed_batch_is_measured_once_per_forward_not_once_per_layer(
+    model, kernel_device, monkeypatch
+):
+    """Finding the packed sequences reads the device back twice: the mask builder does it once
+    per mask it builds (Gemma 2: one for its full layers, one for its windowed ones) and every
+    layer reuses it."""
+    model_class, config = PACKABLE[model]
+    config = config()
+    config.num_hidden_layers = 4
+    layer_types = ["full_attention"] * 4
+    if model == "gemma2":
+        layer_types = config.layer_types = ["sliding_attention", "full_attention"] * 2
+    ours, _, ids, position_ids = packed(model_class, config, kernel_device)
+    masks = importlib.import_module("kernels.integrations.huggingface_masks")
+    calls = []
+
+    def counting(sequence_ids):
+        calls.append(tuple(sequence_ids.shape))
+        return packing_of(sequence_ids)
+
+    packing_of = masks.packing_of
+    monkeypatch.setattr(masks, "packing_of", counting)
+    monkeypatch.setattr(huggingface, "packing_of", counting)
+    with torch.no_grad():
+        ours(input_ids=ids, position_ids=position_ids, use_cache=False)
+    assert len(calls) == len(set(layer_types)), calls
+
+
 def test_padding_reaches_the_kernel_as_one_value_per_key(kernel_device, monkeypatch):
     config = transformers.LlamaConfig(**TINY, max_position_embeddings=64)
     ours, _ = twin_models(transformers.LlamaForCausalLM, config, kernel_device, "eager")

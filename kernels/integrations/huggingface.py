@@ -46,7 +46,7 @@ import torch
 from einops import rearrange
 
 from kernels import flash_attention
-from kernels.integrations.huggingface_masks import build_mask, mask_window
+from kernels.integrations.huggingface_masks import build_mask, mask_packing, mask_window, packing_of
 
 # Not "flash_transformer": transformers treats every implementation whose name contains
 # "flash" as a FlashAttention kernel (unpadded, variable-length inputs; utils.generic's
@@ -90,7 +90,7 @@ def attention_forward(
         return out, None
     if _is_packed(attention_mask) and position_bias is None:
         # flash_attn_varlen_func takes no bias: T5's goes by a same-sequence mask below.
-        packing = _packing_of(attention_mask)
+        packing = mask_packing(attention_mask) or packing_of(attention_mask)
         window = _window_size(sliding_window)
         out = _varlen(query, key, value, packing, True, dropout, scaling, window, softcap, s_aux)
         return out, None
@@ -131,18 +131,6 @@ def _is_packed(attention_mask) -> bool:
         attention_mask is not None and attention_mask.dim() == 2
         and not attention_mask.dtype.is_floating_point and attention_mask.dtype != torch.bool
     )  # fmt: skip
-
-
-def _packing_of(sequence_ids):
-    """(cu_seqlens, cu_seqlens, longest, longest) of the packed sequences the builder's packed
-    form (each token's sequence index, (b, n)) describes: the rows' tokens laid end to end, a
-    sequence starting wherever the index changes or a row begins."""
-    starts = torch.ones_like(sequence_ids, dtype=torch.bool)
-    starts[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
-    starts = starts.flatten().nonzero().flatten()
-    cu_seqlens = torch.cat([starts, starts.new_tensor([sequence_ids.numel()])]).to(torch.int32)
-    longest = int(cu_seqlens.diff().max())
-    return cu_seqlens, cu_seqlens, longest, longest
 
 
 def _given_packing(kwargs, device):

@@ -52,31 +52,63 @@ class CausalPattern(NamedTuple):
     window: int | None = None
 
 
-# The attribute of a compact mask that holds its sliding window: (window, holds_padding).
-_WINDOW_ATTRIBUTE = "triton_transformer_sliding_window"
+class Mark(NamedTuple):
+    """What a compact mask carries beyond its values: its sliding window (or None), whether it
+    holds padding (an all-True stand-in when it holds only the window), and, for packed
+    sequences, their packing, read once per forward here rather than once per layer."""
+
+    window: int | None
+    holds_padding: bool
+    packing: tuple | None = None
+
+
+# The attribute of a compact mask that holds its Mark.
+_MARK_ATTRIBUTE = "triton_transformer_mark"
 
 
 def mask_window(attention_mask):
     """(the mask the kernel reads, the sliding window the mask carries or None) for a mask
     :func:`build_mask` made: a windowed mask marked as holding no padding reads as None."""
-    mark = getattr(attention_mask, _WINDOW_ATTRIBUTE, None)
-    if mark is None:
+    mark = getattr(attention_mask, _MARK_ATTRIBUTE, None)
+    if mark is None or mark.window is None:
         return attention_mask, None
-    window, holds_padding = mark
-    return (attention_mask if holds_padding else None), window
+    return (attention_mask if mark.holds_padding else None), mark.window
 
 
-def _carrying(compact, window, batch_size, kv_length, device):
-    """``compact`` (a tensor, or None for no padding) marked with the pattern's window; a new
-    tensor object (a view), so that transformers' own tensors are never marked."""
-    if window is None:
+def mask_packing(attention_mask) -> tuple | None:
+    """The packing a packed mask :func:`build_mask` made carries, :func:`packing_of` it, or
+    None (a copy of the mask, ``.to()`` another device, loses it: read it again)."""
+    mark = getattr(attention_mask, _MARK_ATTRIBUTE, None)
+    return None if mark is None else mark.packing
+
+
+def packing_of(sequence_ids):
+    """(cu_seqlens, cu_seqlens, longest, longest) of the packed sequences the packed form
+    (each token's sequence index, (b, n)) describes: the rows' tokens laid end to end, a
+    sequence starting wherever the index changes or a row begins. Reads back from the device
+    twice (the starts, the longest)."""
+    starts = torch.ones_like(sequence_ids, dtype=torch.bool)
+    starts[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
+    starts = starts.flatten().nonzero().flatten()
+    cu_seqlens = torch.cat([starts, starts.new_tensor([sequence_ids.numel()])]).to(torch.int32)
+    longest = int(cu_seqlens.diff().max())
+    return cu_seqlens, cu_seqlens, longest, longest
+
+
+def _carrying(compact, window, batch_size, kv_length, device, packed=False):
+    """``compact`` (a tensor, or None for no padding) marked with the pattern's window and, for
+    packed sequences (``packed``), their packing; a new tensor object (a view), so that
+    transformers' own tensors are never marked."""
+    if window is None and not packed:
         return compact
     holds_padding = compact is not None
     if compact is None:
         compact = torch.ones(batch_size, kv_length, dtype=torch.bool, device=device)
     else:
         compact = compact.view_as(compact)
-    setattr(compact, _WINDOW_ATTRIBUTE, (int(window), holds_padding))
+    packing = packing_of(compact) if packed else None
+    window = None if window is None else int(window)
+    setattr(compact, _MARK_ATTRIBUTE, Mark(window, holds_padding, packing))
     return compact
 
 
@@ -152,7 +184,7 @@ def build_mask(
     if pattern.packed is not None:
         # transformers clears allow_is_causal_skip for every packed batch (SDPA cannot skip
         # their mask), so here it does not say that the caller needs the full mask.
-        return _carrying(pattern.packed, pattern.window, batch_size, kv_length, device)
+        return _carrying(pattern.packed, pattern.window, batch_size, kv_length, device, True)
     if not allow_is_causal_skip:
         return sdpa()
     return _carrying(padding, pattern.window, batch_size, kv_length, device)
