@@ -331,6 +331,38 @@ def test_rank_dtype_and_device_mismatches_are_refused():
         attend(q, k, v.to("meta"), backend="sdpa")
 
 
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1, 1, 1, 1)], ids=["0-dim", "1", "1x1x1x1x1"])
+def test_a_one_element_scale_tensor_is_used_by_every_backend_as_its_number(backend, shape):
+    """attend accepts a one-element tensor scale; before, a (1,) float64 one failed in the naive
+    einsum (Double/Float), one of rank 5 broadcast the scores to rank 5, and SDPA refused both."""
+    q, k, v = random_qkv(seed=17)
+    expected = reference_attention(q, k, v, torch.ones(2, 3, 5, 7, dtype=torch.bool), scale=0.3)
+    got = attend(q, k, v, scale=torch.full(shape, 0.3, dtype=torch.float64), backend=backend)
+    assert got.dtype == q.dtype
+    torch.testing.assert_close(got.double(), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"is_causal": None}, "is_causal must be True or False, got None"),
+        ({"is_causal": 1}, "is_causal must be True or False, got 1"),
+        ({"dropout_p": None}, r"dropout_p must be a number in \[0, 1\), got None"),
+        ({"dropout_p": "0.1"}, r"dropout_p must be a number in \[0, 1\), got '0.1'"),
+    ],
+)
+def test_an_is_causal_or_dropout_p_of_the_wrong_type_is_refused_naming_it(
+    backend, options, message
+):
+    """Before, naive read is_causal=None as False while SDPA refused it in its own words, and
+    dropout_p=None failed comparing None with a float."""
+    q, k, v = random_qkv()
+    with pytest.raises(TypeError, match=message):
+        attend(q, k, v, backend=backend, **options)
+
+
 def test_unknown_backend_or_score_is_refused_with_a_clear_error():
     q, k, v = random_qkv()
     with pytest.raises(ValueError, match="unknown attention backend 'flash2'"):

@@ -54,19 +54,21 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in (batch, heads)")
 
 
-def _check_scale(scale) -> None:
+def _checked_scale(scale):
     """``scale``: None (1/√d) or a real number: a Python or NumPy number, a traced one under
-    ``torch.compile``, or a one-element real tensor, as SDPA takes."""
+    ``torch.compile``, or a one-element real tensor, returned 0-dim (as SDPA takes it, and so
+    that it neither promotes nor broadcasts the scores)."""
     if scale is None:
-        return
+        return None
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1 or scale.dtype.is_complex or scale.dtype == torch.bool:
             raise TypeError(
                 f"scale must be a real number, got a {scale.dtype} tensor {scale.shape}"
             )
-        return
+        return scale.reshape(())
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real | torch.SymFloat):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    return scale
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -109,19 +111,22 @@ def attention_weights(
     (b, h, i, j), True = the key takes part; ``is_causal`` aligns bottom-right. Rows sum to one,
     or to zero where every key is hidden.
     """
-    _check_inputs(q, k, k, attn_mask, scale)  # k stands in for v: the weights read none
+    scale = _check_inputs(q, k, k, attn_mask, is_causal, scale)  # k stands in for v
     return masked_softmax(*dot_product_logits(q, k, attn_mask, is_causal, scale))
 
 
-def _check_inputs(q, k, v, attn_mask, scale) -> None:
+def _check_inputs(q, k, v, attn_mask, is_causal, scale):
     """What :func:`attend` and :func:`attention_weights` refuse: q, k, v (ranks, dtypes, devices,
-    head dims, lengths), a mask that is not boolean or broadcastable, and a bad scale."""
+    head dims, lengths), a mask that is not boolean or broadcastable, an ``is_causal`` that is
+    not a bool and a bad scale. Returns the scale, a one-element tensor made 0-dim."""
     _check_qkv(q, k, v)
     batch, heads, len_q, _ = q.shape
     check_attn_mask(attn_mask, batch, heads, len_q, k.shape[-2])
     if attn_mask is not None and attn_mask.device != q.device:
         raise ValueError(f"attn_mask is on {attn_mask.device}, but q, k, v are on {q.device}")
-    _check_scale(scale)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be True or False, got {is_causal!r}")
+    return _checked_scale(scale)
 
 
 def dot_product_logits(
@@ -190,7 +195,9 @@ def attend(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    _check_inputs(q, k, v, attn_mask, scale)
+    scale = _check_inputs(q, k, v, attn_mask, is_causal, scale)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real | torch.SymFloat):
+        raise TypeError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if backend == "sdpa":
