@@ -354,6 +354,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d_model = config.d_model
+        self.d_model, self.heads, self.head_dim = d_model, config.heads, config.head_dim
         self.backend = config.backend
         self.attention_dropout = config.attention_dropout
         self.to_q = nn.Linear(d_model, d_model)
@@ -363,6 +364,39 @@ class MultiHeadAttention(nn.Module):
         self.merge_heads = Rearrange("b h n d -> b n (h d)")
         self.to_out = nn.Linear(d_model, d_model)
         self.score = build_score(config)
+
+    def _check_inputs(self, x, kv, key_mask) -> None:
+        """Refuse, naming the argument, an ``x`` that is not (batch, len, d_model), a ``kv``
+        that is not this module's heads for x's batch, and a ``key_mask`` that does not fit."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be (batch, len, d_model) = (*, *, {self.d_model}), got {got}")
+        batch, len_k = x.shape[0], x.shape[1]
+        if kv is not None:
+            if not isinstance(kv, KeyValue):
+                raise TypeError(
+                    f"kv must be a KeyValue (from project_kv) or None, got {type(kv).__name__}"
+                )
+            want = (batch, self.heads, kv.length, self.head_dim)
+            for name, t in (("kv.k", kv.k), ("kv.v", kv.v)):
+                if tuple(t.shape) != want:
+                    raise ValueError(
+                        f"{name} of shape {tuple(t.shape)} must be (batch, heads, len_k, "
+                        f"head_dim) = ({batch}, {self.heads}, *, {self.head_dim}), from "
+                        "project_kv of a (batch, len_k, d_model) context with x's batch"
+                    )
+            len_k = kv.length
+        if isinstance(key_mask, torch.Tensor) and key_mask.dim() == 2:
+            sizes = zip(key_mask.shape, (batch, len_k), ("batch", "len_k"), strict=True)
+            for size, want, name in sizes:
+                if size not in (1, want):
+                    raise ValueError(
+                        f"key_mask of shape {tuple(key_mask.shape)} does not fit (batch, len_k) "
+                        f"= ({batch}, {len_k}): its {name} dim is {size}, expected "
+                        + (f"1 or {want}" if want != 1 else "1")
+                    )
+            if key_mask.device != x.device:
+                raise ValueError(f"key_mask is on {key_mask.device}, but x is on {x.device}")
 
     def project_kv(self, context: torch.Tensor) -> KeyValue:
         """Keys and values of ``context`` (b, j, d_model), split into heads."""
@@ -382,10 +416,10 @@ class MultiHeadAttention(nn.Module):
         when ``need_weights``, the weights (b, h, i, j) the output was computed from, before
         attention dropout (which, in training, applies on this path as on the other).
         """
+        self._check_inputs(x, kv, key_mask)  # here, once, not on each score's path
         q = self.split_heads(self.to_q(x))
         kv = self.project_kv(x) if kv is None else kv
         attn_mask = None if key_mask is None else key_padding_to_attn_mask(key_mask)
-        # checked here, once, not on each score's path
         check_attn_mask(attn_mask, q.shape[0], q.shape[1], q.shape[2], kv.length)
         dropout_p = self.attention_dropout if self.training else 0.0
         weights = None
