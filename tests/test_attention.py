@@ -314,6 +314,62 @@ def test_a_key_mask_of_the_wrong_length_is_refused_clearly_by_every_score_and_pa
         attention(x, key_mask=short, need_weights=need_weights)
 
 
+def _memory_of_batch_3(attention, x):
+    return attention.project_kv(torch.randn(3, 7, 32))
+
+
+MODULE_BREAKS = {
+    "x of rank 2": (lambda a, x: dict(x=x[0]), ValueError, r"x must be \(batch, len, d_model\)"),
+    "x too narrow": (
+        lambda a, x: dict(x=x[..., :16]),
+        ValueError,
+        r"x must be \(batch, len, d_model\) = \(\*, \*, 32\), got \(2, 5, 16\)",
+    ),
+    "kv of another batch": (
+        lambda a, x: dict(x=x, kv=_memory_of_batch_3(a, x)),
+        ValueError,
+        r"kv\.k of shape \(3, 4, 7, 8\) must be \(batch, heads, len_k, head_dim\) = \(2, 4, \*, 8\)",
+    ),
+    "kv of batch 2 for x of batch 1": (
+        lambda a, x: dict(x=x[:1], kv=a.project_kv(torch.randn(2, 7, 32))),
+        ValueError,
+        r"kv\.k of shape \(2, 4, 7, 8\) must be \(batch, heads, len_k, head_dim\) = \(1, 4, \*, 8\)",
+    ),
+    "kv a tensor": (
+        lambda a, x: dict(x=x, kv=torch.randn(2, 4, 7, 8)),
+        TypeError,
+        r"kv must be a KeyValue \(from project_kv\) or None, got Tensor",
+    ),
+    "key_mask of another batch": (
+        lambda a, x: dict(x=x, key_mask=torch.ones(3, 5, dtype=torch.bool)),
+        ValueError,
+        r"key_mask of shape \(3, 5\) does not fit \(batch, len_k\) = \(2, 5\): its batch dim is 3",
+    ),
+    "key_mask elsewhere": (
+        lambda a, x: dict(x=x, key_mask=torch.ones(2, 5, dtype=torch.bool, device="meta")),
+        ValueError,
+        "key_mask is on meta, but x is on cpu",
+    ),
+}
+
+
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("breaking", MODULE_BREAKS)
+def test_multi_head_attention_refuses_bad_x_kv_or_key_mask_naming_it_on_every_path(
+    score, need_weights, breaking
+):
+    """Before, these failed in torch's or einops' words (KeyError 2, an einsum's subscript, a
+    broadcast), differently on each score and path, or named q, k and attn_mask, which the
+    caller never passed; keys of batch 2 for queries of batch 1 were silently broadcast into an
+    output of batch 2 by the additive score and by the need_weights path."""
+    attention = MultiHeadAttention(small_config(score))
+    x = torch.randn(2, 5, 32)
+    arguments, error, message = MODULE_BREAKS[breaking]
+    with pytest.raises(error, match=message):
+        attention(**arguments(attention, x), need_weights=need_weights)
+
+
 def test_rank_dtype_and_device_mismatches_are_refused():
     q, k, v = random_qkv()
     with pytest.raises(TypeError, match="floating point, got torch.int64"):
@@ -329,6 +385,38 @@ def test_rank_dtype_and_device_mismatches_are_refused():
         attend(q, k.to("meta"), v)
     with pytest.raises(ValueError, match="one device, got cpu, cpu, meta"):
         attend(q, k, v.to("meta"), backend="sdpa")
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1, 1, 1, 1)], ids=["0-dim", "1", "1x1x1x1x1"])
+def test_a_one_element_scale_tensor_is_used_by_every_backend_as_its_number(backend, shape):
+    """attend accepts a one-element tensor scale; before, a (1,) float64 one failed in the naive
+    einsum (Double/Float), one of rank 5 broadcast the scores to rank 5, and SDPA refused both."""
+    q, k, v = random_qkv(seed=17)
+    expected = reference_attention(q, k, v, torch.ones(2, 3, 5, 7, dtype=torch.bool), scale=0.3)
+    got = attend(q, k, v, scale=torch.full(shape, 0.3, dtype=torch.float64), backend=backend)
+    assert got.dtype == q.dtype
+    torch.testing.assert_close(got.double(), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"is_causal": None}, "is_causal must be True or False, got None"),
+        ({"is_causal": 1}, "is_causal must be True or False, got 1"),
+        ({"dropout_p": None}, r"dropout_p must be a number in \[0, 1\), got None"),
+        ({"dropout_p": "0.1"}, r"dropout_p must be a number in \[0, 1\), got '0.1'"),
+    ],
+)
+def test_an_is_causal_or_dropout_p_of_the_wrong_type_is_refused_naming_it(
+    backend, options, message
+):
+    """Before, naive read is_causal=None as False while SDPA refused it in its own words, and
+    dropout_p=None failed comparing None with a float."""
+    q, k, v = random_qkv()
+    with pytest.raises(TypeError, match=message):
+        attend(q, k, v, backend=backend, **options)
 
 
 def test_unknown_backend_or_score_is_refused_with_a_clear_error():

@@ -134,3 +134,19 @@ def test_an_eos_outside_the_target_vocabulary_is_refused(eos_id):
 def test_a_length_penalty_that_is_not_finite_is_refused(alpha):
     with pytest.raises(ValueError, match="length_penalty_alpha must be a finite number"):
         beam_search(tiny_model(), random_tokens(1, 3), BOS, EOS, length_penalty_alpha=alpha)
+
+
+@pytest.mark.parametrize("bos_id", [VOCAB, -1, 2.0, True])
+def test_a_bos_id_outside_the_target_vocabulary_or_not_an_int_is_refused_naming_it(bos_id):
+    """bos_id was never checked: True (read as an index) hid every logit, so decoding emitted
+    padding; an id out of range was refused as 'tgt_in holds ids outside the vocabulary'."""
+    model, src = tiny_model(), random_tokens(1, 3)
+    for decode in (greedy_decode, beam_search):
+        with pytest.raises(ValueError, match=r"bos_id must be a target token id in \[0, 30\)"):
+            decode(model, src, bos_id, EOS, max_len=3)
+
+
+@pytest.mark.parametrize("beam_size", [2.0, True, None])
+def test_a_beam_size_that_is_not_an_int_is_refused_naming_it(beam_size):
+    with pytest.raises(TypeError, match="beam_size must be an int"):
+        beam_search(tiny_model(), random_tokens(1, 3), BOS, EOS, beam_size=beam_size, max_len=3)

@@ -59,3 +59,9 @@ def test_masks_of_rank_below_4_broadcast_from_the_right():
     with pytest.raises(ValueError, match="its len_q dim is 2"):
         check_attn_mask(torch.ones(2, 4, dtype=torch.bool), 2, 3, 5, 4)
     check_attn_mask(None, 2, 3, 5, 4)  # no mask is always fine
+
+
+def test_a_mask_dim_that_must_be_1_says_expected_1_not_1_or_1():
+    """A (2, 1, 1, 7) mask for a batch of one said 'its batch dim is 2, expected 1 or 1'."""
+    with pytest.raises(ValueError, match=r"its batch dim is 2, expected 1$"):
+        check_attn_mask(torch.ones(2, 1, 1, 7, dtype=torch.bool), 1, 3, 5, 7)

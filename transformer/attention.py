@@ -54,19 +54,21 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in (batch, heads)")
 
 
-def _check_scale(scale) -> None:
+def _checked_scale(scale):
     """``scale``: None (1/√d) or a real number: a Python or NumPy number, a traced one under
-    ``torch.compile``, or a one-element real tensor, as SDPA takes."""
+    ``torch.compile``, or a one-element real tensor, returned 0-dim (as SDPA takes it, and so
+    that it neither promotes nor broadcasts the scores)."""
     if scale is None:
-        return
+        return None
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1 or scale.dtype.is_complex or scale.dtype == torch.bool:
             raise TypeError(
                 f"scale must be a real number, got a {scale.dtype} tensor {scale.shape}"
             )
-        return
+        return scale.reshape(())
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real | torch.SymFloat):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    return scale
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -109,19 +111,22 @@ def attention_weights(
     (b, h, i, j), True = the key takes part; ``is_causal`` aligns bottom-right. Rows sum to one,
     or to zero where every key is hidden.
     """
-    _check_inputs(q, k, k, attn_mask, scale)  # k stands in for v: the weights read none
+    scale = _check_inputs(q, k, k, attn_mask, is_causal, scale)  # k stands in for v
     return masked_softmax(*dot_product_logits(q, k, attn_mask, is_causal, scale))
 
 
-def _check_inputs(q, k, v, attn_mask, scale) -> None:
+def _check_inputs(q, k, v, attn_mask, is_causal, scale):
     """What :func:`attend` and :func:`attention_weights` refuse: q, k, v (ranks, dtypes, devices,
-    head dims, lengths), a mask that is not boolean or broadcastable, and a bad scale."""
+    head dims, lengths), a mask that is not boolean or broadcastable, an ``is_causal`` that is
+    not a bool and a bad scale. Returns the scale, a one-element tensor made 0-dim."""
     _check_qkv(q, k, v)
     batch, heads, len_q, _ = q.shape
     check_attn_mask(attn_mask, batch, heads, len_q, k.shape[-2])
     if attn_mask is not None and attn_mask.device != q.device:
         raise ValueError(f"attn_mask is on {attn_mask.device}, but q, k, v are on {q.device}")
-    _check_scale(scale)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be True or False, got {is_causal!r}")
+    return _checked_scale(scale)
 
 
 def dot_product_logits(
@@ -190,7 +195,9 @@ def attend(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    _check_inputs(q, k, v, attn_mask, scale)
+    scale = _check_inputs(q, k, v, attn_mask, is_causal, scale)
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real | torch.SymFloat):
+        raise TypeError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if backend == "sdpa":
@@ -347,6 +354,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d_model = config.d_model
+        self.d_model, self.heads, self.head_dim = d_model, config.heads, config.head_dim
         self.backend = config.backend
         self.attention_dropout = config.attention_dropout
         self.to_q = nn.Linear(d_model, d_model)
@@ -356,6 +364,39 @@ class MultiHeadAttention(nn.Module):
         self.merge_heads = Rearrange("b h n d -> b n (h d)")
         self.to_out = nn.Linear(d_model, d_model)
         self.score = build_score(config)
+
+    def _check_inputs(self, x, kv, key_mask) -> None:
+        """Refuse, naming the argument, an ``x`` that is not (batch, len, d_model), a ``kv``
+        that is not this module's heads for x's batch, and a ``key_mask`` that does not fit."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be (batch, len, d_model) = (*, *, {self.d_model}), got {got}")
+        batch, len_k = x.shape[0], x.shape[1]
+        if kv is not None:
+            if not isinstance(kv, KeyValue):
+                raise TypeError(
+                    f"kv must be a KeyValue (from project_kv) or None, got {type(kv).__name__}"
+                )
+            want = (batch, self.heads, kv.length, self.head_dim)
+            for name, t in (("kv.k", kv.k), ("kv.v", kv.v)):
+                if tuple(t.shape) != want:
+                    raise ValueError(
+                        f"{name} of shape {tuple(t.shape)} must be (batch, heads, len_k, "
+                        f"head_dim) = ({batch}, {self.heads}, *, {self.head_dim}), from "
+                        "project_kv of a (batch, len_k, d_model) context with x's batch"
+                    )
+            len_k = kv.length
+        if isinstance(key_mask, torch.Tensor) and key_mask.dim() == 2:
+            sizes = zip(key_mask.shape, (batch, len_k), ("batch", "len_k"), strict=True)
+            for size, want, name in sizes:
+                if size not in (1, want):
+                    raise ValueError(
+                        f"key_mask of shape {tuple(key_mask.shape)} does not fit (batch, len_k) "
+                        f"= ({batch}, {len_k}): its {name} dim is {size}, expected "
+                        + (f"1 or {want}" if want != 1 else "1")
+                    )
+            if key_mask.device != x.device:
+                raise ValueError(f"key_mask is on {key_mask.device}, but x is on {x.device}")
 
     def project_kv(self, context: torch.Tensor) -> KeyValue:
         """Keys and values of ``context`` (b, j, d_model), split into heads."""
@@ -375,10 +416,10 @@ class MultiHeadAttention(nn.Module):
         when ``need_weights``, the weights (b, h, i, j) the output was computed from, before
         attention dropout (which, in training, applies on this path as on the other).
         """
+        self._check_inputs(x, kv, key_mask)  # here, once, not on each score's path
         q = self.split_heads(self.to_q(x))
         kv = self.project_kv(x) if kv is None else kv
         attn_mask = None if key_mask is None else key_padding_to_attn_mask(key_mask)
-        # checked here, once, not on each score's path
         check_attn_mask(attn_mask, q.shape[0], q.shape[1], q.shape[2], kv.length)
         dropout_p = self.attention_dropout if self.training else 0.0
         weights = None

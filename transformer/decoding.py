@@ -25,10 +25,17 @@ def _length_caps(src: torch.Tensor, pad_id: int, max_len: int | None) -> torch.T
     return (lengths * 3) // 2 + 10
 
 
-def _check_decoding(model: Transformer, eos_id: int, max_len: int | None) -> None:
+def _check_decoding(model: Transformer, bos_id: int, eos_id: int, max_len: int | None) -> None:
     vocab_size = model.config.tgt_vocab_size
-    if isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < vocab_size:
-        raise ValueError(f"eos_id must be a target token id in [0, {vocab_size}), got {eos_id!r}")
+    for name, token_id in (("bos_id", bos_id), ("eos_id", eos_id)):
+        if (
+            isinstance(token_id, bool)
+            or not isinstance(token_id, int)
+            or not 0 <= token_id < vocab_size
+        ):
+            raise ValueError(
+                f"{name} must be a target token id in [0, {vocab_size}), got {token_id!r}"
+            )
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):
         raise TypeError(f"max_len must be an int or None, got {type(max_len).__name__}")
     if max_len is not None and max_len < 0:
@@ -71,7 +78,7 @@ def greedy_decode(
     """Pick the most likely next token until eos or ``max_len`` tokens; ``src`` is (b, s).
     Without ``max_len``, each row may generate 1.5x its own length (not counting padding) + 10
     tokens."""
-    _check_decoding(model, eos_id, max_len)
+    _check_decoding(model, bos_id, eos_id, max_len)
     with _eval_mode(model):
         return _greedy(model, src, bos_id, eos_id, max_len)
 
@@ -123,13 +130,15 @@ def beam_search(
     ``length_penalty_alpha``: GNMT's alpha (:func:`length_penalty`); 0, the default, ranks by
     log-probability alone. The best value depends on the corpus: tune it on validation data
     (the translation application uses its own default)."""
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int):
+        raise TypeError(f"beam_size must be an int, got {beam_size!r}")
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     if not math.isfinite(length_penalty_alpha):
         raise ValueError(
             f"length_penalty_alpha must be a finite number, got {length_penalty_alpha}"
         )
-    _check_decoding(model, eos_id, max_len)
+    _check_decoding(model, bos_id, eos_id, max_len)
     with _eval_mode(model):
         return _beam_search(model, src, bos_id, eos_id, beam_size, length_penalty_alpha, max_len)
 

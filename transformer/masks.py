@@ -62,7 +62,7 @@ def check_attn_mask(
             raise ValueError(
                 f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
                 f"(batch, heads, len_q, len_k) = {target}: its {name} dim is {size}, "
-                f"expected 1 or {want}"
+                "expected " + (f"1 or {want}" if want != 1 else "1")
             )
 
 
