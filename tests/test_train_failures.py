@@ -191,6 +191,29 @@ def test_the_same_signal_forwarded_by_a_launcher_is_one_request(monkeypatch):
     assert exits == [143]
 
 
+def test_a_second_train_py_into_a_running_run_is_refused_and_the_run_goes_on(
+    corpus, tmp_path, capsys
+):
+    """A scheduler that requeues a job while the old one is still in its grace period: the
+    second process used to train into the same directory, and both runs broke (one removed the
+    other's checkpoint files, metrics.jsonl held every step twice)."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(corpus, run_dir, max_steps=400)
+    args[args.index("--checkpoint-every") + 1] = "2"
+    process = start([sys.executable, "train.py", *args])
+    wait_for_step(run_dir, 3, process)
+    assert train_cli.main(["--resume", str(run_dir), "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"{run_dir} is in use by another training process (pid {process.pid})" in last, err
+    status, err, _ = stop_with(process, signal.SIGTERM)
+    assert status == 143 and "Traceback" not in err, err
+    stopped_at = load_checkpoint(run_dir).meta["step"]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert steps[1:] == list(range(1, stopped_at + 1))  # after the setup line: each step once
+
+
 def worker_pids(launcher: int) -> dict[int, int]:
     """rank -> pid of the processes torchrun started (Linux /proc)."""
     pids = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
