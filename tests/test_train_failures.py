@@ -280,6 +280,29 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_one_step(corpus
     assert f"stopped at step {stopped_at}," in err
 
 
+@pytest.mark.slow  # two ranks, each importing torch: ~30 s on 2 shared cores
+def test_a_run_of_two_ranks_resumed_by_one_process_is_refused_naming_the_command(
+    corpus, tmp_path, capsys
+):
+    """Each rank's place in the epoch is an index into its own half of the batches: one process
+    used to go on from that index into all of them, training again what the ranks had trained."""
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "train.py", *tiny_args(corpus, run_dir, max_steps=3),
+    ]  # fmt: skip
+    process = start(command)
+    finish(process, timeout=300)
+    assert process.returncode == 0 and load_checkpoint(run_dir).meta["step"] == 3
+    before = (run_dir / "last.json").read_bytes()
+    assert train_cli.main(["--resume", str(run_dir), "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "written by 2 data-parallel processes, this run has 1" in last, err
+    assert f"torchrun --nproc_per_node=2 train.py --resume {run_dir}" in last
+    assert (run_dir / "last.json").read_bytes() == before
+
+
 def copy_corpus(corpus: Path, to: Path) -> Path:
     to.mkdir()
     for path in corpus.iterdir():

@@ -24,7 +24,7 @@ SMALL = ModelConfig(40, 40, d_model=16, heads=2, encoder_layers=1, decoder_layer
 POSITION = dict(step=7, epoch=1, next_batch=3, train_time=12.5, best_bleu=4.25)
 
 
-def saved_run(run_dir: Path, config: ModelConfig = SMALL, state=None) -> Transformer:
+def saved_run(run_dir: Path, config: ModelConfig = SMALL, state=None, **meta) -> Transformer:
     """A run directory whose last checkpoint holds a model after one AdamW step."""
     torch.manual_seed(0)
     model = Transformer(config)
@@ -32,7 +32,7 @@ def saved_run(run_dir: Path, config: ModelConfig = SMALL, state=None) -> Transfo
     model(torch.randint(3, 40, (2, 5)), torch.randint(3, 40, (2, 4))).sum().backward()
     optimizer.step()
     state = {"optimizer": optimizer.state_dict()} if state is None else state
-    meta = {**POSITION, "model_config": dataclasses.asdict(config)}
+    meta = {**POSITION, "model_config": dataclasses.asdict(config), **meta}
     save_checkpoint(run_dir, model, state, meta)
     return model
 
@@ -60,6 +60,23 @@ def test_restore_refuses_a_checkpoint_of_another_model_config(tmp_path):
     model, optimizer = fresh(other)
     with pytest.raises(CheckpointError, match="checkpoint model config .* does not match"):
         restore_run(tmp_path, model, optimizer)
+
+
+@pytest.mark.parametrize(
+    "written, resumed, command",
+    [(2, 1, "torchrun --nproc_per_node=2 train.py --resume"), (1, 2, "python train.py --resume")],
+)
+def test_restore_refuses_another_number_of_processes_naming_the_command(
+    tmp_path, written, resumed, command
+):
+    """The slow end-to-end case: test_train_failures.py (two torchrun ranks, then one process)."""
+    saved_run(tmp_path, world_size=written)
+    model, optimizer = fresh()
+    message = f"written by {written} data-parallel processes, this run has {resumed}"
+    with pytest.raises(CheckpointError, match=message) as refused:
+        restore_run(tmp_path, model, optimizer, world_size=resumed)
+    assert f"{command} {tmp_path}" in str(refused.value)
+    restore_run(tmp_path, model, optimizer, world_size=written)  # as many: resumed
 
 
 @pytest.mark.parametrize("state", ["no-optimizer", "other-groups", "other-sizes"])

@@ -84,7 +84,9 @@ def train(
         if process.is_main and not resume:
             record_vocabulary(run_dir, config, data.tokenizer.get_vocab_size())
         model, optimizer = build_model(config, data.tokenizer.get_vocab_size(), process.device)
-        state = restore_run(run_dir, model, optimizer) if resume else TrainState()
+        state = (
+            restore_run(run_dir, model, optimizer, process.world_size) if resume else TrainState()
+        )
         log = MetricsLog(run_dir, process.is_main, state.step if resume else None, config.schedule)
         if process.is_main and not resume:
             log.log(
@@ -171,22 +173,22 @@ def train_loop(
                 # run's clock (and schedule) counts the validation too. The check is monotone
                 # (same step, train_time only grew): a run that was done stays done.
                 done, stopping = check_budget(config, state, process, stop)
-                save_run(run_dir, model, optimizer, state, config, val, process.is_main)
+                save_run(run_dir, model, optimizer, state, config, val, process)
                 last_eval_step = saved_step = state.step
                 throughput.restart()
             elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                save_run(run_dir, model, optimizer, state, config, None, process.is_main)
+                save_run(run_dir, model, optimizer, state, config, None, process)
                 saved_step = state.step
             if done or end_of_epoch or stopping:
                 break
         bar.close()
     if stopping:
         if saved_step != state.step:  # the position to resume from; no validation: stop soon
-            save_run(run_dir, model, optimizer, state, config, None, process.is_main)
+            save_run(run_dir, model, optimizer, state, config, None, process)
         return losses, True
     if last_eval_step != state.step and process.is_main:  # e.g. resumed at the very end:
         val = validate(model, data, config, process, state, log)  # make sure 'last' exists
-        save_run(run_dir, model, optimizer, state, config, val, process.is_main)
+        save_run(run_dir, model, optimizer, state, config, val, process)
     return losses, False
 
 
