@@ -539,7 +539,21 @@ RUN_DAMAGES = {
         lambda d: (d / "config.json").write_text("[]"),
         "a TrainConfig is a JSON object, got list",
     ),
+    "metrics-garbled-line": (
+        lambda d: _edit_lines(d / "metrics.jsonl", 2, "{garbled"),
+        r"metrics\.jsonl, line 2: not a metrics record \('\{garbled'\); remove the line",
+    ),
+    "metrics-line-not-an-object": (
+        lambda d: _edit_lines(d / "metrics.jsonl", 3, "[1]"),
+        r"metrics\.jsonl, line 3: not a metrics record",
+    ),
 }
+
+
+def _edit_lines(path: Path, number: int, line: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[number - 1] = line + "\n"
+    path.write_text("".join(lines))
 
 
 @pytest.mark.parametrize("damage, message", RUN_DAMAGES.values(), ids=RUN_DAMAGES.keys())
@@ -559,6 +573,18 @@ def test_resuming_a_damaged_run_is_one_line_naming_what_is_wrong(
     assert status == 2 and "Traceback" not in err, err
     error = [line for line in err.splitlines() if "error" in line]
     assert len(error) == 1 and re.search(message, error[0]), err
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(finished_run, tmp_path):
+    """A process killed (or out of disk) while appending a line leaves it cut short, after its
+    last checkpoint: the resume used to end in a JSONDecodeError traceback."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"split": "train", "step": 3, "lo')
+    assert train_cli.main(["--resume", str(run_dir), "--max-steps", "3"]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
 
 
 def test_translate_refuses_a_pointer_without_its_tokenizer_in_one_line(finished_run, tmp_path):
