@@ -164,3 +164,17 @@ def test_a_run_killed_between_checkpoints_resumes_without_its_later_metrics(
     assert train_lines[:3] == killed[:3]  # what the checkpoint covers is kept as it was
     assert all(r["time"] > killed[-1]["time"] for r in train_lines[3:])
     assert [r["split"] for r in lines].count("setup") == 1
+
+
+def test_resuming_a_finished_run_logs_each_validation_and_test_once(corpus, tmp_path):  # noqa: F811
+    """A requeued job resumes a run that had already finished: it used to validate the last step
+    again (a second val line, a second checkpoint of that step) and log a second test line."""
+    config = tiny_config(corpus, tmp_path / "run", max_steps=2, final_test=True, val_limit=4)
+    train(config)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    resumed = train(config, resume=True)
+    assert resumed.step == 2 and "test_bleu" in resumed.metrics
+    lines = [(r["split"], r["step"]) for r in records(tmp_path / "run")]
+    assert sorted(lines) == sorted(set(lines)), lines
+    assert ("test", 2) in lines and ("val", 2) in lines
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == checkpoints

@@ -137,7 +137,7 @@ def train_loop(
     """Train until the budget or the epochs run out, or a stop is requested; validate and
     checkpoint on the way. The step losses, and whether a stop request ended the loop."""
     losses: list[torch.Tensor] = []  # left on the device: read back only when logged
-    last_eval_step = -1
+    last_eval_step = state.step if state.validated else -1  # a resumed run's checkpoint's
     saved_step = state.step if state.step > 0 else -1  # a resumed run's checkpoint
     module = training_module(model, config, process)
     throughput = Throughput()

@@ -12,6 +12,8 @@ from typing import Any
 from transformer.translation.checkpoint import CheckpointError, naming_the_file
 from transformer.translation.training.config import METRICS_FILE
 
+RUN_END_SPLITS = ("val_average", "test")  # logged after the last checkpoint, by the run's end
+
 
 class MetricsLog:
     """Append-only JSON-lines log of every metric, plus a PNG of the curves (rank 0 only)."""
@@ -28,9 +30,12 @@ class MetricsLog:
         self.enabled = enabled
         self.records: list[dict[str, Any]] = []
         if enabled and resume_step is not None and self.path.is_file():
-            # Keep what the checkpoint covers; the killed run's later lines are redone.
+            # Keep what the checkpoint covers; the killed run's later lines are redone, and so is
+            # the end of a run that had finished (its test and average lines follow the checkpoint).
             old = read_records(self.path)
-            self.records = [r for r in old if r["step"] <= resume_step]
+            self.records = [
+                r for r in old if r["step"] <= resume_step and r["split"] not in RUN_END_SPLITS
+            ]
             atomic_write_json_lines(self.path, self.records)
         elif enabled:
             self.path.write_text("")

@@ -31,6 +31,7 @@ class TrainState:
     train_time: float = 0.0
     schedule_time: float = 0.0
     best_bleu: float = -1.0
+    validated: bool = False  # the checkpoint of ``step`` holds its validation (a resumed run)
 
 
 def save_run(
@@ -115,4 +116,5 @@ def restore_run(
         train_time=meta["train_time"],
         schedule_time=meta["train_time"],
         best_bleu=meta["best_bleu"],
+        validated=isinstance(meta.get("val"), dict),
     )
