@@ -539,6 +539,14 @@ RUN_DAMAGES = {
         lambda d: (d / "config.json").write_text("[]"),
         "a TrainConfig is a JSON object, got list",
     ),
+    "best-pointer-cut-short": (
+        lambda d: (d / "best.json").write_text((d / "best.json").read_text()[:50]),
+        r"best\.json: corrupt checkpoint pointer",
+    ),
+    "pointer-recent-not-a-list": (
+        lambda d: _edit_json(d / "last.json", lambda m: {**m, "recent": 5}),
+        r"last\.json: corrupt checkpoint pointer \(.*recent",
+    ),
     "metrics-garbled-line": (
         lambda d: _edit_lines(d / "metrics.jsonl", 2, "{garbled"),
         r"metrics\.jsonl, line 2: not a metrics record \('\{garbled'\); remove the line",

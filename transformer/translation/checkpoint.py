@@ -326,6 +326,7 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
         step = meta["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise TypeError(f"step must be a whole number, got {step!r}")
+        check_recent(meta.get("recent", []))
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{pointer_path}: corrupt checkpoint pointer ({err!r})") from None
     if meta.get("format") != FORMAT_VERSION:
@@ -334,6 +335,16 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
         )
     verify_files(directory, files)
     return Checkpoint(directory=directory, meta=meta)
+
+
+def check_recent(recent: Any) -> None:
+    """Raise ``TypeError`` unless ``recent`` (of ``last.json``) is a list of checkpoint entries."""
+    entry_types = {"step": int, "directory": str, "files": dict}
+    if not isinstance(recent, list) or not all(
+        isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in entry_types.items())
+        for entry in recent
+    ):
+        raise TypeError(f"recent must list steps, directories and files, got {recent!r:.80}")
 
 
 def verify_files(directory: Path, files: dict[str, dict[str, Any]]) -> None:

@@ -76,6 +76,9 @@ def restore_run(
     each one's place in the epoch indexes its own share of the batches, and a step trains one
     batch on each."""
     checkpoint = load_checkpoint(run_dir, "last")
+    for other in ("best", "average"):  # moved or kept by the saves to come: checked now
+        if (run_dir / f"{other}.json").exists():
+            load_checkpoint(run_dir, other)
     saved = checkpoint.meta.get("world_size", world_size)  # older checkpoints: not recorded
     if saved != world_size:
         if isinstance(saved, int) and saved > 1:
