@@ -595,6 +595,45 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(finished_run, t
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
 
 
+def limited_to(size: int):
+    """A preexec_fn: files of at most ``size`` bytes, SIGXFSZ ignored (writes fail with EFBIG)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(
+            resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+        )
+
+    return limit
+
+
+@pytest.mark.parametrize("written", ["curves.png", "metrics.jsonl"])
+def test_a_file_size_limit_on_curves_or_the_resumed_metrics_is_one_line_leaving_no_partial_file(
+    corpus, finished_run, tmp_path, written
+):
+    """curves.png, drawn at each validation, and metrics.jsonl, rewritten when a run resumes,
+    used to end a run on a full disk in a traceback, leaving .metrics.jsonl.tmp behind."""
+    run_dir = tmp_path / "run"
+    if written == "curves.png":  # a new run: its first validation draws the curves
+        args, limit = tiny_args(corpus, run_dir, max_steps=2), 30_000  # curves: ~50 kB
+        kept = "there is no earlier last checkpoint"
+    else:  # a resume keeps the lines its checkpoint covers, in a rewritten file
+        shutil.copytree(finished_run, run_dir)
+        args, limit = ["--resume", str(run_dir), "--max-steps", "3"], 500
+        kept = "last.json still names the checkpoint of step 2, which is intact"
+    before = (run_dir / "metrics.jsonl").read_bytes() if run_dir.exists() else None
+    done = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limited_to(limit), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"{run_dir / written}: not written (File too large); {kept}" in last, done.stderr
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+    if before is not None:
+        assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
 def test_translate_refuses_a_pointer_without_its_tokenizer_in_one_line(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)

@@ -9,7 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformer.translation.checkpoint import CheckpointError, naming_the_file
+from transformer.translation.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    naming_the_file,
+)
 from transformer.translation.training.config import METRICS_FILE
 
 RUN_END_SPLITS = ("val_average", "test")  # logged after the last checkpoint, by the run's end
@@ -83,10 +87,16 @@ class MetricsLog:
         axes[2].plot([r["step"] for r in train], [r["lr"] for r in train])
         axes[2].set(xlabel="step", ylabel="learning rate", title=f"{self.schedule} schedule")
         fig.tight_layout()
+        path = self.path.with_name("curves.png")
         tmp = self.path.with_name(".curves.png.tmp")
-        fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
-        os.replace(tmp, self.path.with_name("curves.png"))
+        try:
+            fig.savefig(tmp, format="png", dpi=80)
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. a full disk: say which file, leave no partial one
+            tmp.unlink(missing_ok=True)
+            raise naming_the_file(err, path) from err
+        finally:
+            plt.close(fig)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -122,6 +132,4 @@ def _record(line: str) -> dict[str, Any] | None:
 
 
 def atomic_write_json_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
