@@ -607,15 +607,17 @@ def limited_to(size: int):
     return limit
 
 
-@pytest.mark.parametrize("written", ["curves.png", "metrics.jsonl"])
-def test_a_file_size_limit_on_curves_or_the_resumed_metrics_is_one_line_leaving_no_partial_file(
+@pytest.mark.parametrize("written", ["tokenizer.json", "curves.png", "metrics.jsonl"])
+def test_a_file_size_limit_on_a_run_file_is_one_line_leaving_no_partial_file(
     corpus, finished_run, tmp_path, written
 ):
-    """curves.png, drawn at each validation, and metrics.jsonl, rewritten when a run resumes,
-    used to end a run on a full disk in a traceback, leaving .metrics.jsonl.tmp behind."""
+    """tokenizer.json, written as a run starts, curves.png, drawn at each validation, and
+    metrics.jsonl, rewritten when a run resumes, used to end a run on a full disk in a
+    traceback, leaving a partial tokenizer.json or .metrics.jsonl.tmp behind."""
     run_dir = tmp_path / "run"
-    if written == "curves.png":  # a new run: its first validation draws the curves
-        args, limit = tiny_args(corpus, run_dir, max_steps=2), 30_000  # curves: ~50 kB
+    if written != "metrics.jsonl":  # a new run: the tokenizer (~24 kB), then at the first
+        limit = {"tokenizer.json": 10_000, "curves.png": 30_000}[written]  # validation curves.png
+        args = tiny_args(corpus, run_dir, max_steps=2)  # (~50 kB)
         kept = "there is no earlier last checkpoint"
     else:  # a resume keeps the lines its checkpoint covers, in a rewritten file
         shutil.copytree(finished_run, run_dir)
@@ -630,6 +632,7 @@ def test_a_file_size_limit_on_curves_or_the_resumed_metrics_is_one_line_leaving_
     last = done.stderr.strip().splitlines()[-1]
     assert f"{run_dir / written}: not written (File too large); {kept}" in last, done.stderr
     assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+    assert written != "tokenizer.json" or not (run_dir / written).exists()
     if before is not None:
         assert (run_dir / "metrics.jsonl").read_bytes() == before
 
