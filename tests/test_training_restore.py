@@ -117,6 +117,22 @@ def test_resuming_a_directory_without_a_run_is_refused(
         train(tiny_config(corpus, tmp_path / "run", max_steps=2), resume=True)
 
 
+def test_resuming_a_run_killed_before_its_first_checkpoint_says_to_start_it_again(
+    corpus,  # noqa: F811
+    tmp_path,
+):
+    """It used to say only "no checkpoint (last.json not found)"."""
+    config = tiny_config(corpus, tmp_path / "run", max_steps=2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))  # killed here
+    with pytest.raises(CheckpointError) as refused:
+        train(config, resume=True)
+    message = str(refused.value)
+    assert "stopped before its first checkpoint: nothing to resume" in message, message
+    assert f"start it again as a new run (--run-dir {tmp_path / 'run'}" in message
+    assert train(config).step == 2  # which that directory takes
+
+
 def test_without_warmup_the_first_step_takes_the_peak_learning_rate():
     config = TrainConfig(warmup_steps=0, lr=1e-3, max_steps=100, time_budget=None, epochs=100)
     linear = [learning_rate(config, TrainState(step=s), 50) for s in (1, 51, 101)]

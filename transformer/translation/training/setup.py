@@ -90,6 +90,12 @@ def run_directory(config: TrainConfig, process: Process, resume: bool) -> Path:
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise CheckpointError(f"{run_dir}: not a run directory ({CONFIG_FILE} missing)")
+        if not (run_dir / "last.json").exists() and not any(run_dir.glob("checkpoints/step-*")):
+            raise CheckpointError(
+                f"{run_dir}: the run stopped before its first checkpoint: nothing to resume "
+                f"(last.json not found); start it again as a new run (--run-dir {run_dir}, "
+                f"with the options its {CONFIG_FILE} records)"
+            )
     elif (run_dir / "last.json").exists():
         # Checked on every rank (no rank can have written last.json yet), so all of them stop.
         raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another run_dir")
