@@ -214,6 +214,24 @@ def test_a_second_train_py_into_a_running_run_is_refused_and_the_run_goes_on(
     assert steps[1:] == list(range(1, stopped_at + 1))  # after the setup line: each step once
 
 
+def test_averaging_a_run_that_is_training_is_refused_and_the_run_goes_on(corpus, tmp_path, capsys):
+    """The average tool removes the checkpoint folders no pointer names: run beside the
+    training, it could remove the one being saved, and the run ended on a checkpoint error."""
+    from transformer.translation import average
+
+    run_dir = tmp_path / "run"
+    args = tiny_args(corpus, run_dir, max_steps=400)
+    args[args.index("--checkpoint-every") + 1] = "1"
+    process = start([sys.executable, "train.py", *args, "--average-last", "3"])
+    wait_for_step(run_dir, 4, process)
+    assert average.main(["--checkpoint", str(run_dir), "--last", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir} is in use by another training process (pid {process.pid})" in err, err
+    assert not (run_dir / "average.json").exists()
+    status, err, _ = stop_with(process, signal.SIGTERM)
+    assert status == 143 and "Traceback" not in err, err
+
+
 def worker_pids(launcher: int) -> dict[int, int]:
     """rank -> pid of the processes torchrun started (Linux /proc)."""
     pids = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()

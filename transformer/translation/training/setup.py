@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from transformer.model import Transformer
-from transformer.translation.checkpoint import CheckpointError, atomic_write_json, naming_the_file
+from transformer.translation.checkpoint import CheckpointError, atomic_write_json, hold_run_dir
 from transformer.translation.data import Corpus, CorpusError, encode_split, load_split
 from transformer.translation.devices import pick_device, use_amp
 from transformer.translation.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -102,56 +101,22 @@ def run_directory(config: TrainConfig, process: Process, resume: bool) -> Path:
     return run_dir
 
 
-LOCK_FILE = ".lock"  # in the run directory: the pid of the process that holds it
-
-
-class RunDirInUse(FileExistsError):
-    """Another process is training into the run directory."""
-
-
 @contextmanager
 def open_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Iterator[None]:
     """Rank 0: create a new run's directory and its ``config.json`` (only once the corpus has
     been read: bad data leaves no run directory); say where the run goes. Within the block the
     directory is this process's: a second ``train.py`` into it (a new run started twice, a
-    resume while the run still goes on) is refused with :class:`RunDirInUse` instead of both
-    writing the same checkpoints and metrics. The lock is the kernel's (``flock``): it goes
-    with the process, however that ends, SIGKILL included."""
+    resume while the run still goes on) is refused instead of both writing the same checkpoints
+    and metrics (:func:`~transformer.translation.checkpoint.hold_run_dir`)."""
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
-    with hold(run_dir / LOCK_FILE, run_dir):
+    with hold_run_dir(run_dir):
         if not resume:
             atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
         print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
         if config.sizing is not None and not resume:
             print(f"size: {config.sizing.preset} ({config.sizing.reason})", file=sys.stderr)
         yield
-
-
-@contextmanager
-def hold(path: Path, run_dir: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (holding this process's pid) for the block."""
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise RunDirInUse(
-                f"{run_dir} is in use by another training process (pid {holder}): let it "
-                f"finish or stop it (kill -TERM {holder}: it writes a checkpoint), then resume; "
-                "or choose another run directory"
-            ) from None
-        try:
-            f.truncate(0)
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-        except OSError as err:  # e.g. a full disk
-            raise naming_the_file(err, path) from err
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def record_vocabulary(run_dir: Path, config: TrainConfig, vocab_size: int) -> None:
