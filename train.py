@@ -153,9 +153,11 @@ def resumed_config(args: argparse.Namespace, given: set[str], flags: dict[str, s
         raise ValueError(f"--resume {args.resume}: not a run directory ({CONFIG_FILE} missing)")
     refused = given - RESUMABLE - {"resume", "no_time_budget"}
     if refused:
+        allowed = sorted(flags[name] for name in RESUMABLE | {"no_time_budget"} if name in flags)
         raise ValueError(
             f"--resume continues a run with its saved configuration; these options would change it: "
-            f"{', '.join(sorted(flags[name] for name in refused))}"
+            f"{', '.join(sorted(flags[name] for name in refused))} (only these may change on "
+            f"--resume: {', '.join(allowed)}; to change the others, start a new run)"
         )
     try:
         saved = TrainConfig.from_dict(json.loads(path.read_text()))

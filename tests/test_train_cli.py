@@ -173,3 +173,13 @@ def test_resume_refuses_a_model_option_by_its_flag(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--resume", str(tmp_path), "--attention", "sdpa", "--lr", "1e-3"])
     assert "these options would change it: --attention, --lr" in capsys.readouterr().err
+
+
+def test_resume_refusing_an_option_names_those_it_may_change(tmp_path, capsys):
+    """The refusal used to say only which options would change the run, not what may."""
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        train_cli.main(["--resume", str(tmp_path), "--seed", "2"])
+    err = capsys.readouterr().err
+    assert "only these may change on --resume: --checkpoint-every, --compile, --device," in err
+    assert "--time-budget; to change the others, start a new run" in err

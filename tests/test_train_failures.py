@@ -191,6 +191,47 @@ def test_the_same_signal_forwarded_by_a_launcher_is_one_request(monkeypatch):
     assert exits == [143]
 
 
+def test_a_second_train_py_into_a_running_run_is_refused_and_the_run_goes_on(
+    corpus, tmp_path, capsys
+):
+    """A scheduler that requeues a job while the old one is still in its grace period: the
+    second process used to train into the same directory, and both runs broke (one removed the
+    other's checkpoint files, metrics.jsonl held every step twice)."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(corpus, run_dir, max_steps=400)
+    args[args.index("--checkpoint-every") + 1] = "2"
+    process = start([sys.executable, "train.py", *args])
+    wait_for_step(run_dir, 3, process)
+    assert train_cli.main(["--resume", str(run_dir), "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"{run_dir} is in use by another training process (pid {process.pid})" in last, err
+    status, err, _ = stop_with(process, signal.SIGTERM)
+    assert status == 143 and "Traceback" not in err, err
+    stopped_at = load_checkpoint(run_dir).meta["step"]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert steps[1:] == list(range(1, stopped_at + 1))  # after the setup line: each step once
+
+
+def test_averaging_a_run_that_is_training_is_refused_and_the_run_goes_on(corpus, tmp_path, capsys):
+    """The average tool removes the checkpoint folders no pointer names: run beside the
+    training, it could remove the one being saved, and the run ended on a checkpoint error."""
+    from transformer.translation import average
+
+    run_dir = tmp_path / "run"
+    args = tiny_args(corpus, run_dir, max_steps=400)
+    args[args.index("--checkpoint-every") + 1] = "1"
+    process = start([sys.executable, "train.py", *args, "--average-last", "3"])
+    wait_for_step(run_dir, 4, process)
+    assert average.main(["--checkpoint", str(run_dir), "--last", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir} is in use by another training process (pid {process.pid})" in err, err
+    assert not (run_dir / "average.json").exists()
+    status, err, _ = stop_with(process, signal.SIGTERM)
+    assert status == 143 and "Traceback" not in err, err
+
+
 def worker_pids(launcher: int) -> dict[int, int]:
     """rank -> pid of the processes torchrun started (Linux /proc)."""
     pids = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
@@ -255,6 +296,29 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_one_step(corpus
     stopped_at = load_checkpoint(run_dir).meta["step"]
     assert 3 <= stopped_at < 400
     assert f"stopped at step {stopped_at}," in err
+
+
+@pytest.mark.slow  # two ranks, each importing torch: ~30 s on 2 shared cores
+def test_a_run_of_two_ranks_resumed_by_one_process_is_refused_naming_the_command(
+    corpus, tmp_path, capsys
+):
+    """Each rank's place in the epoch is an index into its own half of the batches: one process
+    used to go on from that index into all of them, training again what the ranks had trained."""
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "train.py", *tiny_args(corpus, run_dir, max_steps=3),
+    ]  # fmt: skip
+    process = start(command)
+    finish(process, timeout=300)
+    assert process.returncode == 0 and load_checkpoint(run_dir).meta["step"] == 3
+    before = (run_dir / "last.json").read_bytes()
+    assert train_cli.main(["--resume", str(run_dir), "--max-steps", "6"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "written by 2 data-parallel processes, this run has 1" in last, err
+    assert f"torchrun --nproc_per_node=2 train.py --resume {run_dir}" in last
+    assert (run_dir / "last.json").read_bytes() == before
 
 
 def copy_corpus(corpus: Path, to: Path) -> Path:
@@ -493,7 +557,29 @@ RUN_DAMAGES = {
         lambda d: (d / "config.json").write_text("[]"),
         "a TrainConfig is a JSON object, got list",
     ),
+    "best-pointer-cut-short": (
+        lambda d: (d / "best.json").write_text((d / "best.json").read_text()[:50]),
+        r"best\.json: corrupt checkpoint pointer",
+    ),
+    "pointer-recent-not-a-list": (
+        lambda d: _edit_json(d / "last.json", lambda m: {**m, "recent": 5}),
+        r"last\.json: corrupt checkpoint pointer \(.*recent",
+    ),
+    "metrics-garbled-line": (
+        lambda d: _edit_lines(d / "metrics.jsonl", 2, "{garbled"),
+        r"metrics\.jsonl, line 2: not a metrics record \('\{garbled'\); remove the line",
+    ),
+    "metrics-line-not-an-object": (
+        lambda d: _edit_lines(d / "metrics.jsonl", 3, "[1]"),
+        r"metrics\.jsonl, line 3: not a metrics record",
+    ),
 }
+
+
+def _edit_lines(path: Path, number: int, line: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[number - 1] = line + "\n"
+    path.write_text("".join(lines))
 
 
 @pytest.mark.parametrize("damage, message", RUN_DAMAGES.values(), ids=RUN_DAMAGES.keys())
@@ -513,6 +599,60 @@ def test_resuming_a_damaged_run_is_one_line_naming_what_is_wrong(
     assert status == 2 and "Traceback" not in err, err
     error = [line for line in err.splitlines() if "error" in line]
     assert len(error) == 1 and re.search(message, error[0]), err
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(finished_run, tmp_path):
+    """A process killed (or out of disk) while appending a line leaves it cut short, after its
+    last checkpoint: the resume used to end in a JSONDecodeError traceback."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"split": "train", "step": 3, "lo')
+    assert train_cli.main(["--resume", str(run_dir), "--max-steps", "3"]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]
+
+
+def limited_to(size: int):
+    """A preexec_fn: files of at most ``size`` bytes, SIGXFSZ ignored (writes fail with EFBIG)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(
+            resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+        )
+
+    return limit
+
+
+@pytest.mark.parametrize("written", ["tokenizer.json", "curves.png", "metrics.jsonl"])
+def test_a_file_size_limit_on_a_run_file_is_one_line_leaving_no_partial_file(
+    corpus, finished_run, tmp_path, written
+):
+    """tokenizer.json, written as a run starts, curves.png, drawn at each validation, and
+    metrics.jsonl, rewritten when a run resumes, used to end a run on a full disk in a
+    traceback, leaving a partial tokenizer.json or .metrics.jsonl.tmp behind."""
+    run_dir = tmp_path / "run"
+    if written != "metrics.jsonl":  # a new run: the tokenizer (~24 kB), then at the first
+        limit = {"tokenizer.json": 10_000, "curves.png": 30_000}[written]  # validation curves.png
+        args = tiny_args(corpus, run_dir, max_steps=2)  # (~50 kB)
+        kept = "there is no earlier last checkpoint"
+    else:  # a resume keeps the lines its checkpoint covers, in a rewritten file
+        shutil.copytree(finished_run, run_dir)
+        args, limit = ["--resume", str(run_dir), "--max-steps", "3"], 500
+        kept = "last.json still names the checkpoint of step 2, which is intact"
+    before = (run_dir / "metrics.jsonl").read_bytes() if run_dir.exists() else None
+    done = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limited_to(limit), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"{run_dir / written}: not written (File too large); {kept}" in last, done.stderr
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+    assert written != "tokenizer.json" or not (run_dir / written).exists()
+    if before is not None:
+        assert (run_dir / "metrics.jsonl").read_bytes() == before
 
 
 def test_translate_refuses_a_pointer_without_its_tokenizer_in_one_line(finished_run, tmp_path):

@@ -24,7 +24,7 @@ SMALL = ModelConfig(40, 40, d_model=16, heads=2, encoder_layers=1, decoder_layer
 POSITION = dict(step=7, epoch=1, next_batch=3, train_time=12.5, best_bleu=4.25)
 
 
-def saved_run(run_dir: Path, config: ModelConfig = SMALL, state=None) -> Transformer:
+def saved_run(run_dir: Path, config: ModelConfig = SMALL, state=None, **meta) -> Transformer:
     """A run directory whose last checkpoint holds a model after one AdamW step."""
     torch.manual_seed(0)
     model = Transformer(config)
@@ -32,7 +32,7 @@ def saved_run(run_dir: Path, config: ModelConfig = SMALL, state=None) -> Transfo
     model(torch.randint(3, 40, (2, 5)), torch.randint(3, 40, (2, 4))).sum().backward()
     optimizer.step()
     state = {"optimizer": optimizer.state_dict()} if state is None else state
-    meta = {**POSITION, "model_config": dataclasses.asdict(config)}
+    meta = {**POSITION, "model_config": dataclasses.asdict(config), **meta}
     save_checkpoint(run_dir, model, state, meta)
     return model
 
@@ -60,6 +60,23 @@ def test_restore_refuses_a_checkpoint_of_another_model_config(tmp_path):
     model, optimizer = fresh(other)
     with pytest.raises(CheckpointError, match="checkpoint model config .* does not match"):
         restore_run(tmp_path, model, optimizer)
+
+
+@pytest.mark.parametrize(
+    "written, resumed, command",
+    [(2, 1, "torchrun --nproc_per_node=2 train.py --resume"), (1, 2, "python train.py --resume")],
+)
+def test_restore_refuses_another_number_of_processes_naming_the_command(
+    tmp_path, written, resumed, command
+):
+    """The slow end-to-end case: test_train_failures.py (two torchrun ranks, then one process)."""
+    saved_run(tmp_path, world_size=written)
+    model, optimizer = fresh()
+    message = f"written by {written} data-parallel processes, this run has {resumed}"
+    with pytest.raises(CheckpointError, match=message) as refused:
+        restore_run(tmp_path, model, optimizer, world_size=resumed)
+    assert f"{command} {tmp_path}" in str(refused.value)
+    restore_run(tmp_path, model, optimizer, world_size=written)  # as many: resumed
 
 
 @pytest.mark.parametrize("state", ["no-optimizer", "other-groups", "other-sizes"])
@@ -98,6 +115,22 @@ def test_resuming_a_directory_without_a_run_is_refused(
     (tmp_path / "run").mkdir()
     with pytest.raises(CheckpointError, match="not a run directory"):
         train(tiny_config(corpus, tmp_path / "run", max_steps=2), resume=True)
+
+
+def test_resuming_a_run_killed_before_its_first_checkpoint_says_to_start_it_again(
+    corpus,  # noqa: F811
+    tmp_path,
+):
+    """It used to say only "no checkpoint (last.json not found)"."""
+    config = tiny_config(corpus, tmp_path / "run", max_steps=2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))  # killed here
+    with pytest.raises(CheckpointError) as refused:
+        train(config, resume=True)
+    message = str(refused.value)
+    assert "stopped before its first checkpoint: nothing to resume" in message, message
+    assert f"start it again as a new run (--run-dir {tmp_path / 'run'}" in message
+    assert train(config).step == 2  # which that directory takes
 
 
 def test_without_warmup_the_first_step_takes_the_peak_learning_rate():
@@ -147,3 +180,17 @@ def test_a_run_killed_between_checkpoints_resumes_without_its_later_metrics(
     assert train_lines[:3] == killed[:3]  # what the checkpoint covers is kept as it was
     assert all(r["time"] > killed[-1]["time"] for r in train_lines[3:])
     assert [r["split"] for r in lines].count("setup") == 1
+
+
+def test_resuming_a_finished_run_logs_each_validation_and_test_once(corpus, tmp_path):  # noqa: F811
+    """A requeued job resumes a run that had already finished: it used to validate the last step
+    again (a second val line, a second checkpoint of that step) and log a second test line."""
+    config = tiny_config(corpus, tmp_path / "run", max_steps=2, final_test=True, val_limit=4)
+    train(config)
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    resumed = train(config, resume=True)
+    assert resumed.step == 2 and "test_bleu" in resumed.metrics
+    lines = [(r["split"], r["step"]) for r in records(tmp_path / "run")]
+    assert sorted(lines) == sorted(set(lines)), lines
+    assert ("test", 2) in lines and ("val", 2) in lines
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == checkpoints

@@ -28,6 +28,8 @@ from transformer.translation.checkpoint import (
     MODEL_FILE,
     Checkpoint,
     CheckpointError,
+    RunDirInUse,
+    hold_run_dir,
     load_checkpoint,
     load_recent,
     save_weights,
@@ -121,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.checkpoint} keeps only {len(checkpoints)} recent checkpoint: train with "
                 "--average-last N to keep the last N"
             )
-        averaged = save_average(args.checkpoint, checkpoints)
-    except CheckpointError as err:
+        with hold_run_dir(args.checkpoint):  # not while train.py writes the run
+            averaged = save_average(args.checkpoint, checkpoints)
+    except (CheckpointError, RunDirInUse) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     steps = ", ".join(str(s) for s in averaged.meta["averaged_steps"])

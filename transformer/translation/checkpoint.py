@@ -13,6 +13,7 @@ Layout of a run directory::
       last.json                      points at the newest checkpoint (and lists the kept ones)
       best.json                      points at the one with the best validation BLEU
       average.json                   points at the averaged weights, if any
+      .lock                          held by the process that writes the run (hold_run_dir)
 
 A pointer file (``last.json``/``best.json``/``average.json``) names the checkpoint directory and
 records the model config, the tokenizer path, the training position (step, epoch, next batch) and the size and
@@ -24,11 +25,13 @@ overwritten) is refused with :class:`CheckpointError`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,45 @@ WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+LOCK_FILE = ".lock"  # in a run directory: the pid of the process that holds it
+
+
+class RunDirInUse(FileExistsError):
+    """Another process is writing into the run directory (training it)."""
+
+
+@contextmanager
+def hold_run_dir(run_dir: str | os.PathLike) -> Iterator[None]:
+    """The run directory is this process's within the block: another process that asks for it
+    (a second ``train.py``, the average tool) gets :class:`RunDirInUse`, naming the holder's pid,
+    instead of writing the same checkpoints and pointers (and removing the folders the other
+    one is writing). The lock is the kernel's (``flock``): it goes with the process, however
+    that ends, SIGKILL included."""
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunDirInUse(
+                f"{run_dir} is in use by another training process (pid {holder}): let it "
+                f"finish or stop it (kill -TERM {holder}: it writes a checkpoint), then try "
+                "again; or choose another run directory"
+            ) from None
+        try:
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        except OSError as err:  # e.g. a full disk
+            raise naming_the_file(err, path) from err
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def fsync_dir(path: Path) -> None:
@@ -326,6 +368,7 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
         step = meta["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise TypeError(f"step must be a whole number, got {step!r}")
+        check_recent(meta.get("recent", []))
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{pointer_path}: corrupt checkpoint pointer ({err!r})") from None
     if meta.get("format") != FORMAT_VERSION:
@@ -334,6 +377,16 @@ def load_checkpoint(run_dir: str | os.PathLike, which: str = "last") -> Checkpoi
         )
     verify_files(directory, files)
     return Checkpoint(directory=directory, meta=meta)
+
+
+def check_recent(recent: Any) -> None:
+    """Raise ``TypeError`` unless ``recent`` (of ``last.json``) is a list of checkpoint entries."""
+    entry_types = {"step": int, "directory": str, "files": dict}
+    if not isinstance(recent, list) or not all(
+        isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in entry_types.items())
+        for entry in recent
+    ):
+        raise TypeError(f"recent must list steps, directories and files, got {recent!r:.80}")
 
 
 def verify_files(directory: Path, files: dict[str, dict[str, Any]]) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from transformer.translation.checkpoint import atomic_write_bytes
+
 # The special tokens, defined once. Their ids are their positions: pad must be 0 (ModelConfig.pad_id).
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
@@ -58,8 +60,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
-    """Write ``tokenizer.json``."""
-    tokenizer.save(str(path))
+    """Write ``tokenizer.json`` atomically (a full disk leaves no partial file, and an
+    ``OSError`` naming it)."""
+    atomic_write_bytes(path, tokenizer.to_str(pretty=True).encode())
 
 
 def encode(

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,43 +77,46 @@ def train(
     process = setup_process(config)
     run_dir = run_directory(config, process, resume)
     splits = read_splits(config, process.is_main)  # bad data fails here: no directory yet
-    if process.is_main:
-        open_run_dir(run_dir, config, resume)
-    data = prepare_data(config, splits, run_dir, process, resume)
-    if process.is_main and not resume:
-        record_vocabulary(run_dir, config, data.tokenizer.get_vocab_size())
-    model, optimizer = build_model(config, data.tokenizer.get_vocab_size(), process.device)
-    state = restore_run(run_dir, model, optimizer) if resume else TrainState()
-    log = MetricsLog(run_dir, process.is_main, state.step if resume else None, config.schedule)
-    if process.is_main and not resume:
-        log.log(
-            split="setup", step=0, params=sum(p.numel() for p in model.parameters()),
-            vocab=data.tokenizer.get_vocab_size(), train_pairs=len(data.train.src),
-            amp=process.amp, device=str(process.device), world_size=process.world_size,
-            setup_seconds=time.time() - started,
-        )  # fmt: skip
-    # 2. Before the budget's clock starts (it counts training steps and validations only): with
-    # the triton backend on a GPU, compile every kernel the run launches, and keep autotuning's
-    # choices on disk.
-    kernels = warmup.uses_kernels(config, process)
-    warmed: dict = {}
-    if kernels and config.kernel_warmup:
-        loss = functools.partial(label_smoothed_loss, smoothing=config.label_smoothing)
-        warmed = warmup.warm_kernels(model, process, loss, config.progress).metrics()
-        log.log(split="kernel_warmup", step=state.step, **warmed)
-    # 3. Train, validating and checkpointing on the way.
-    stop = stop or StopRequest()
-    with warmup.tune_cache(kernels):
-        losses, stopped = train_loop(
-            config, state, process, data, model, optimizer, log, run_dir, stop
+    with ExitStack() as held:
+        if process.is_main:  # the run directory is this process's until the run ends
+            held.enter_context(open_run_dir(run_dir, config, resume))
+        data = prepare_data(config, splits, run_dir, process, resume)
+        if process.is_main and not resume:
+            record_vocabulary(run_dir, config, data.tokenizer.get_vocab_size())
+        model, optimizer = build_model(config, data.tokenizer.get_vocab_size(), process.device)
+        state = (
+            restore_run(run_dir, model, optimizer, process.world_size) if resume else TrainState()
         )
-        # 4. Finish: average the last checkpoints, score the best on the test split.
-        finish = process.is_main and not stopped
-        metrics = (
-            finish_run(config, state, data, model, log, run_dir, process, started, warmed)
-            if finish
-            else {}
-        )
+        log = MetricsLog(run_dir, process.is_main, state.step if resume else None, config.schedule)
+        if process.is_main and not resume:
+            log.log(
+                split="setup", step=0, params=sum(p.numel() for p in model.parameters()),
+                vocab=data.tokenizer.get_vocab_size(), train_pairs=len(data.train.src),
+                amp=process.amp, device=str(process.device), world_size=process.world_size,
+                setup_seconds=time.time() - started,
+            )  # fmt: skip
+        # 2. Before the budget's clock starts (it counts training steps and validations only): with
+        # the triton backend on a GPU, compile every kernel the run launches, and keep autotuning's
+        # choices on disk.
+        kernels = warmup.uses_kernels(config, process)
+        warmed: dict = {}
+        if kernels and config.kernel_warmup:
+            loss = functools.partial(label_smoothed_loss, smoothing=config.label_smoothing)
+            warmed = warmup.warm_kernels(model, process, loss, config.progress).metrics()
+            log.log(split="kernel_warmup", step=state.step, **warmed)
+        # 3. Train, validating and checkpointing on the way.
+        stop = stop or StopRequest()
+        with warmup.tune_cache(kernels):
+            losses, stopped = train_loop(
+                config, state, process, data, model, optimizer, log, run_dir, stop
+            )
+            # 4. Finish: average the last checkpoints, score the best on the test split.
+            finish = process.is_main and not stopped
+            metrics = (
+                finish_run(config, state, data, model, log, run_dir, process, started, warmed)
+                if finish
+                else {}
+            )
     if process.distributed:
         dist.barrier()
     loss_values = torch.stack(losses).tolist() if losses else []
@@ -134,7 +137,7 @@ def train_loop(
     """Train until the budget or the epochs run out, or a stop is requested; validate and
     checkpoint on the way. The step losses, and whether a stop request ended the loop."""
     losses: list[torch.Tensor] = []  # left on the device: read back only when logged
-    last_eval_step = -1
+    last_eval_step = state.step if state.validated else -1  # a resumed run's checkpoint's
     saved_step = state.step if state.step > 0 else -1  # a resumed run's checkpoint
     module = training_module(model, config, process)
     throughput = Throughput()
@@ -170,22 +173,22 @@ def train_loop(
                 # run's clock (and schedule) counts the validation too. The check is monotone
                 # (same step, train_time only grew): a run that was done stays done.
                 done, stopping = check_budget(config, state, process, stop)
-                save_run(run_dir, model, optimizer, state, config, val, process.is_main)
+                save_run(run_dir, model, optimizer, state, config, val, process)
                 last_eval_step = saved_step = state.step
                 throughput.restart()
             elif config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                save_run(run_dir, model, optimizer, state, config, None, process.is_main)
+                save_run(run_dir, model, optimizer, state, config, None, process)
                 saved_step = state.step
             if done or end_of_epoch or stopping:
                 break
         bar.close()
     if stopping:
         if saved_step != state.step:  # the position to resume from; no validation: stop soon
-            save_run(run_dir, model, optimizer, state, config, None, process.is_main)
+            save_run(run_dir, model, optimizer, state, config, None, process)
         return losses, True
     if last_eval_step != state.step and process.is_main:  # e.g. resumed at the very end:
         val = validate(model, data, config, process, state, log)  # make sure 'last' exists
-        save_run(run_dir, model, optimizer, state, config, val, process.is_main)
+        save_run(run_dir, model, optimizer, state, config, val, process)
     return losses, False
 
 

@@ -9,8 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformer.translation.checkpoint import naming_the_file
+from transformer.translation.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    naming_the_file,
+)
 from transformer.translation.training.config import METRICS_FILE
+
+RUN_END_SPLITS = ("val_average", "test")  # logged after the last checkpoint, by the run's end
 
 
 class MetricsLog:
@@ -28,9 +34,12 @@ class MetricsLog:
         self.enabled = enabled
         self.records: list[dict[str, Any]] = []
         if enabled and resume_step is not None and self.path.is_file():
-            # Keep what the checkpoint covers; the killed run's later lines are redone.
-            old = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.records = [r for r in old if r.get("step", 0) <= resume_step]
+            # Keep what the checkpoint covers; the killed run's later lines are redone, and so is
+            # the end of a run that had finished (its test and average lines follow the checkpoint).
+            old = read_records(self.path)
+            self.records = [
+                r for r in old if r["step"] <= resume_step and r["split"] not in RUN_END_SPLITS
+            ]
             atomic_write_json_lines(self.path, self.records)
         elif enabled:
             self.path.write_text("")
@@ -78,13 +87,49 @@ class MetricsLog:
         axes[2].plot([r["step"] for r in train], [r["lr"] for r in train])
         axes[2].set(xlabel="step", ylabel="learning rate", title=f"{self.schedule} schedule")
         fig.tight_layout()
+        path = self.path.with_name("curves.png")
         tmp = self.path.with_name(".curves.png.tmp")
-        fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
-        os.replace(tmp, self.path.with_name("curves.png"))
+        try:
+            fig.savefig(tmp, format="png", dpi=80)
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. a full disk: say which file, leave no partial one
+            tmp.unlink(missing_ok=True)
+            raise naming_the_file(err, path) from err
+        finally:
+            plt.close(fig)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``. A last line cut short (no newline after it: the
+    process died while appending it, after its last checkpoint) is dropped; any other line that
+    is not a record is a :class:`CheckpointError` naming it."""
+    *lines, tail = path.read_bytes().decode(errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None:
+            raise CheckpointError(
+                f"{path}, line {number}: not a metrics record ({line[:40]!r}); remove the line "
+                "(or the whole file, to start a new log) and resume"
+            )
+        records.append(record)
+    last = _record(tail) if tail.strip() else None
+    return records if last is None else [*records, last]
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """``line`` as a metrics record (a JSON object with a split and a whole step), or None."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("split"), str):
+        return None
+    step = record.get("step")
+    return record if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def atomic_write_json_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())

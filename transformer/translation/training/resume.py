@@ -13,6 +13,7 @@ import torch
 from transformer.model import Transformer
 from transformer.translation.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from transformer.translation.training.config import TOKENIZER_FILE, TrainConfig
+from transformer.translation.training.setup import Process
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainState:
     train_time: float = 0.0
     schedule_time: float = 0.0
     best_bleu: float = -1.0
+    validated: bool = False  # the checkpoint of ``step`` holds its validation (a resumed run)
 
 
 def save_run(
@@ -39,14 +41,15 @@ def save_run(
     state: TrainState,
     config: TrainConfig,
     val: dict[str, float] | None,
-    is_main: bool,
+    process: Process,
 ) -> None:
-    """Checkpoint the run (rank 0 writes); ``best.json`` moves when ``val`` BLEU is the best yet
-    (every rank keeps ``state.best_bleu``)."""
+    """Checkpoint the run (rank 0 writes), with the number of data-parallel processes that train
+    it (a resumed run must have as many: :func:`restore_run`); ``best.json`` moves when ``val``
+    BLEU is the best yet (every rank keeps ``state.best_bleu``)."""
     is_best = val is not None and val["bleu"] > state.best_bleu
     if is_best:
         state.best_bleu = val["bleu"]
-    if not is_main:
+    if not process.is_main:
         return
     meta = {
         "step": state.step,
@@ -54,6 +57,7 @@ def save_run(
         "next_batch": state.next_batch,
         "train_time": state.train_time,
         "best_bleu": state.best_bleu,
+        "world_size": process.world_size,
         "val": val,
         "model_config": dataclasses.asdict(model.config),
         "tokenizer": TOKENIZER_FILE,
@@ -64,9 +68,29 @@ def save_run(
     save_checkpoint(run_dir, model, training_state, meta, best=is_best, keep_last=keep_last)
 
 
-def restore_run(run_dir: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Load the last checkpoint's weights and optimizer state; the position it was saved at."""
+def restore_run(
+    run_dir: Path, model: Transformer, optimizer: torch.optim.Optimizer, world_size: int = 1
+) -> TrainState:
+    """Load the last checkpoint's weights and optimizer state; the position it was saved at.
+    Refused when ``world_size`` data-parallel processes are not as many as trained the run:
+    each one's place in the epoch indexes its own share of the batches, and a step trains one
+    batch on each."""
     checkpoint = load_checkpoint(run_dir, "last")
+    for other in ("best", "average"):  # moved or kept by the saves to come: checked now
+        if (run_dir / f"{other}.json").exists():
+            load_checkpoint(run_dir, other)
+    saved = checkpoint.meta.get("world_size", world_size)  # older checkpoints: not recorded
+    if saved != world_size:
+        if isinstance(saved, int) and saved > 1:
+            command = f"torchrun --nproc_per_node={saved} train.py --resume {run_dir}"
+        else:
+            command = f"python train.py --resume {run_dir}"
+        raise CheckpointError(
+            f"{run_dir}: its checkpoint of step {checkpoint.meta['step']} was written by "
+            f"{saved!r} data-parallel processes, this run has {world_size} (each process's place "
+            "in the epoch, and the batches a step trains, depend on it): resume it with as "
+            f"many, {command}"
+        )
     model_config = dataclasses.asdict(model.config)
     if checkpoint.model_config != model_config:
         raise CheckpointError(
@@ -95,4 +119,5 @@ def restore_run(run_dir: Path, model: Transformer, optimizer: torch.optim.Optimi
         train_time=meta["train_time"],
         schedule_time=meta["train_time"],
         best_bleu=meta["best_bleu"],
+        validated=isinstance(meta.get("val"), dict),
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from transformer.model import Transformer
-from transformer.translation.checkpoint import CheckpointError, atomic_write_json
+from transformer.translation.checkpoint import CheckpointError, atomic_write_json, hold_run_dir
 from transformer.translation.data import Corpus, CorpusError, encode_split, load_split
 from transformer.translation.devices import pick_device, use_amp
 from transformer.translation.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -87,21 +89,34 @@ def run_directory(config: TrainConfig, process: Process, resume: bool) -> Path:
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise CheckpointError(f"{run_dir}: not a run directory ({CONFIG_FILE} missing)")
+        if not (run_dir / "last.json").exists() and not any(run_dir.glob("checkpoints/step-*")):
+            raise CheckpointError(
+                f"{run_dir}: the run stopped before its first checkpoint: nothing to resume "
+                f"(last.json not found); start it again as a new run (--run-dir {run_dir}, "
+                f"with the options its {CONFIG_FILE} records)"
+            )
     elif (run_dir / "last.json").exists():
         # Checked on every rank (no rank can have written last.json yet), so all of them stop.
         raise FileExistsError(f"{run_dir} already holds a run; resume it or choose another run_dir")
     return run_dir
 
 
-def open_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+@contextmanager
+def open_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> Iterator[None]:
     """Rank 0: create a new run's directory and its ``config.json`` (only once the corpus has
-    been read: bad data leaves no run directory); say where the run goes."""
+    been read: bad data leaves no run directory); say where the run goes. Within the block the
+    directory is this process's: a second ``train.py`` into it (a new run started twice, a
+    resume while the run still goes on) is refused instead of both writing the same checkpoints
+    and metrics (:func:`~transformer.translation.checkpoint.hold_run_dir`)."""
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
-    print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
-    if config.sizing is not None and not resume:
-        print(f"size: {config.sizing.preset} ({config.sizing.reason})", file=sys.stderr)
+    with hold_run_dir(run_dir):
+        if not resume:
+            atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
+        print(f"run directory: {run_dir}", file=sys.stderr, flush=True)
+        if config.sizing is not None and not resume:
+            print(f"size: {config.sizing.preset} ({config.sizing.reason})", file=sys.stderr)
+        yield
 
 
 def record_vocabulary(run_dir: Path, config: TrainConfig, vocab_size: int) -> None:
