@@ -24,6 +24,8 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for train.py
 
+from training_helpers import tiny_config  # noqa: E402
+
 import train as train_cli  # noqa: E402
 from transformer.config import ModelConfig  # noqa: E402
 from transformer.model import Transformer  # noqa: E402
@@ -33,7 +35,7 @@ from transformer.translation.checkpoint import (  # noqa: E402
     load_checkpoint,
     save_checkpoint,
 )
-from transformer.translation.training import StopRequest, train  # noqa: E402
+from transformer.translation.training import StopRequest, loop, train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fast_machine")
 REPO = Path(__file__).resolve().parent.parent
@@ -176,6 +178,46 @@ def test_the_stop_handler_asks_once_then_exits(monkeypatch):
     with stop.on_signals():
         assert signal.getsignal(signal.SIGTERM) == stop.handle
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_a_signal_after_training_exits_at_once_saying_a_resume_redoes_the_scoring(
+    corpus, tmp_path, monkeypatch, capfd
+):
+    """Averaging and scoring the test split come after the last checkpoint: a signal then (a
+    preemption's SIGTERM, Ctrl-C) exits at once with its status, not after the scoring with 0
+    as if no stop had been asked for."""
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    stop, run_dir = StopRequest(), tmp_path / "run"
+    finish_run = loop.finish_run
+
+    def signalled_while_finishing(*args, **kwargs):
+        stop.handle(signal.SIGTERM)
+        assert exits == [143]  # os._exit would have ended the process here
+        return finish_run(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "finish_run", signalled_while_finishing)
+    train(tiny_config(corpus, run_dir, max_steps=2, val_limit=2), stop=stop)
+    assert f"exiting now, before the run's final scoring: train.py --resume {run_dir}" in (
+        capfd.readouterr().err
+    )
+
+
+def test_a_signal_as_the_training_loop_ends_stops_the_run_before_its_scoring(
+    corpus, tmp_path, monkeypatch
+):
+    train_loop = loop.train_loop
+
+    def signalled_as_it_ends(*args, **kwargs):
+        result = train_loop(*args, **kwargs)
+        stop.request(signal.SIGTERM)  # e.g. during the last validation, after the last check
+        return result
+
+    monkeypatch.setattr(loop, "train_loop", signalled_as_it_ends)
+    stop = StopRequest()
+    result = train(tiny_config(corpus, tmp_path / "run", max_steps=2, val_limit=2), stop=stop)
+    assert result.stopped and not result.metrics
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_the_same_signal_forwarded_by_a_launcher_is_one_request(monkeypatch):
@@ -376,8 +418,6 @@ def test_a_corpus_with_no_pair_within_max_length_is_refused_instead_of_spinning(
 
 def test_a_rank_without_a_batch_is_refused_instead_of_spinning(tmp_path):
     """More data-parallel processes than batches: every rank would get none."""
-    from training_helpers import tiny_config
-
     from transformer.translation.data import Corpus, CorpusError
     from transformer.translation.training.loop import epoch_batches
     from transformer.translation.training.setup import Process

@@ -110,7 +110,11 @@ def train(
             losses, stopped = train_loop(
                 config, state, process, data, model, optimizer, log, run_dir, stop
             )
-            # 4. Finish: average the last checkpoints, score the best on the test split.
+            # 4. Finish: average the last checkpoints, score the best on the test split. All
+            # that is checkpointed; a signal from here on exits at once (a resume redoes this),
+            # and one that came as the loop ended stops the run here.
+            stopped = stopped or stop.requested
+            stop.training_over(run_dir)
             finish = process.is_main and not stopped
             metrics = (
                 finish_run(config, state, data, model, log, run_dir, process, started, warmed)
@@ -327,6 +331,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.at = 0.0  # time.monotonic() of the request
+        self.finished_run: Path | None = None  # training over: what is left a resume redoes
 
     @property
     def requested(self) -> bool:
@@ -345,10 +350,24 @@ class StopRequest:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
+    def training_over(self, run_dir: Path) -> None:
+        """Training has ended, checkpointed: what follows (averaging, scoring the test split) a
+        resume of ``run_dir`` redoes, so a signal from now on exits at once, saying so."""
+        self.finished_run = run_dir
+
     def handle(self, signum: int, frame: object = None) -> None:
         # os.write, not print: the signal may have interrupted a write to stderr (the progress
         # bar), and a buffered stream refuses to be re-entered.
         name = signal.Signals(signum).name
+        if self.finished_run is not None:
+            message = (
+                f"\n{name}: training had ended, checkpointed; exiting now, before the run's "
+                f"final scoring: train.py --resume {self.finished_run} (with as many processes) "
+                "redoes it\n"
+            )
+            os.write(2, message.encode())
+            os._exit(exit_status(signum))
+            return
         if self.requested:
             repeat = signum == self.signum and time.monotonic() - self.at < self.REPEAT_SECONDS
             if not repeat:
