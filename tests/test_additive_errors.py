@@ -3,6 +3,8 @@ wrong ranks, shapes, feature sizes, dtypes, devices and masks, and flash_attenti
 options, which it does not take.
 """
 
+import re
+
 import pytest
 import torch
 from additive_reference import (
@@ -45,6 +47,8 @@ def _bad_inputs():
         ("mask-2d", (qf, kf, w, v), {"attn_mask": mask[:, 0, 0]}, ValueError, "key mask"),
         ("mask-1d", (qf, kf, w, v), {"attn_mask": mask[0, 0, 0]}, ValueError, r"got \(6,\)\.$"),
         ("mask-list", (qf, kf, w, v), {"attn_mask": mask.tolist()}, TypeError, "additive_attention: attn_mask must be a torch.Tensor"),
+        ("return-lse-str", (qf, kf, w, v), {"return_lse": "no"}, TypeError, "additive_attention: return_lse must be True or False, got str"),
+        ("return-lse-tensor", (qf, kf, w, v), {"return_lse": torch.tensor(True)}, TypeError, "additive_attention: return_lse must be True or False, got Tensor"),
     ] + [
         # flash_attention's score options: the additive kernel takes none of them
         (f"no-{name}", (qf, kf, w, v), {name: value}, TypeError, name)
@@ -62,6 +66,36 @@ def test_bad_input_raises_a_clear_error_before_any_launch(case):
 
     with runtime.hooked(runtime.Hook(no_launch)), pytest.raises(error, match=message):
         additive_attention(*args, **kwargs)
+
+
+def _errors_that_must_name_their_arguments():
+    qf, kf, w, v, _ = random_inputs(1, 2, 3, 4, 8, 16, torch.float32)
+    wide = [torch.randn(1, 1, 2, 129, device=DEVICE) for _ in range(2)]
+    return [
+        # (id, args, the arguments it must name, what was expected, what was got)
+        ("float64", (qf.double(), kf.double(), w, v.double()),
+         ("query_features", "key_features", "v"), "torch.float32", "torch.float64"),
+        ("int64", (qf.long(), kf.long(), w, v.long()),
+         ("query_features", "key_features", "v"), "torch.float16", "torch.int64"),
+        ("feature-sizes-differ", (qf, kf[..., :5], w, v),
+         ("query_features", "key_features"), "8", "5"),
+        ("129-features", (*wide, torch.randn(1, 129, device=DEVICE), v[:1, :1, :2]),
+         ("query_features", "key_features"), "128", "129"),
+        ("value-dim-256", (qf, kf, w, torch.randn(1, 2, 4, 256, device=DEVICE)),
+         ("v",), "128", "256"),
+        ("value-dim-0", (qf, kf, w, v[..., :0]), ("v",), "128", "0"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _errors_that_must_name_their_arguments(), ids=lambda c: c[0])
+def test_errors_on_features_and_values_name_the_arguments_what_was_expected_and_got(case):
+    _, args, names, expected, got = case
+    with pytest.raises((TypeError, ValueError)) as err:
+        additive_attention(*args)
+    message = str(err.value)
+    assert message.startswith("additive_attention: "), message
+    for word in (*names, expected, got):
+        assert re.search(rf"(?<![\w.']){re.escape(word)}(?![\w'])", message), (word, message)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

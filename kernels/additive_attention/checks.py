@@ -23,10 +23,13 @@ def check_inputs(query_features, key_features, score_weight, v, attn_mask):
             "additive_attention: query_features, key_features and v must share one dtype, "
             f"got {qf.dtype}, {kf.dtype}, {v.dtype}"
         )
-    for name, dtype in (("the inputs' dtype", qf.dtype), ("score_weight's dtype", w.dtype)):
+    for name, dtype, of in (
+        ("the inputs' dtype", qf.dtype, " (of query_features, key_features and v)"),
+        ("score_weight's dtype", w.dtype, ""),
+    ):
         if dtype not in _DTYPES:
             raise TypeError(
-                f"additive_attention: {name} {dtype} is not supported; use one of {_DTYPES}"
+                f"additive_attention: {name} {dtype}{of} is not supported; use one of {_DTYPES}"
             )
     devices = {t.device for t in (qf, kf, w, v)}
     if len(devices) > 1:
@@ -42,11 +45,14 @@ def check_inputs(query_features, key_features, score_weight, v, attn_mask):
         )
     if kf.shape[3] != a:
         raise ValueError(
-            f"additive_attention: query and key feature sizes differ ({a} vs {kf.shape[3]})"
+            "additive_attention: query_features and key_features must have one feature size a; "
+            f"their feature sizes differ: {a} and {kf.shape[3]}"
         )
     if not 1 <= a <= MAX_FEATURES:
         raise ValueError(
-            f"additive_attention: feature size {a} is not supported (1 to {MAX_FEATURES})"
+            f"additive_attention: feature size {a} is not supported (1 to {MAX_FEATURES}): "
+            f"query_features and key_features must be (..., a) with 1 <= a <= {MAX_FEATURES}, "
+            f"got shapes {tuple(qf.shape)} and {tuple(kf.shape)}"
         )
     if kf.shape[2] != v.shape[2]:
         raise ValueError(
@@ -61,7 +67,8 @@ def check_inputs(query_features, key_features, score_weight, v, attn_mask):
     if not 1 <= v.shape[3] <= MAX_VALUE_DIM:
         raise ValueError(
             f"additive_attention: value head dim {v.shape[3]} is not supported "
-            f"(1 to {MAX_VALUE_DIM})"
+            f"(1 to {MAX_VALUE_DIM}): v must be (batch, heads, len_k, value_dim) with "
+            f"1 <= value_dim <= {MAX_VALUE_DIM}, got shape {tuple(v.shape)}"
         )
     if attn_mask is not None:
         key_mask_strides(attn_mask, qf, kf, CALLER)  # raises on a bad mask

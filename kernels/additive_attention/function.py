@@ -84,5 +84,6 @@ def additive_attention(
     """
     check_inputs(query_features, key_features, score_weight, v, attn_mask)
     is_causal = check_flag(is_causal, "is_causal", "additive_attention")
+    return_lse = check_flag(return_lse, "return_lse", "additive_attention")
     out, lse = _forward_op(query_features, key_features, score_weight, v, attn_mask, is_causal)
     return (out, lse) if return_lse else out
