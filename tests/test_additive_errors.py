@@ -46,7 +46,7 @@ def _bad_inputs():
         ("mask-full", (qf, kf, w, v), {"attn_mask": torch.ones(2, 1, 5, 6, dtype=torch.bool, device=DEVICE)}, ValueError, r"Full \(len_q x len_k\)"),
         ("mask-2d", (qf, kf, w, v), {"attn_mask": mask[:, 0, 0]}, ValueError, "key mask"),
         ("mask-1d", (qf, kf, w, v), {"attn_mask": mask[0, 0, 0]}, ValueError, r"got \(6,\)\.$"),
-        ("mask-list", (qf, kf, w, v), {"attn_mask": mask.tolist()}, TypeError, "additive_attention: attn_mask must be a torch.Tensor"),
+        ("mask-list", (qf, kf, w, v), {"attn_mask": mask.tolist()}, TypeError, "additive_attention: attn_mask must be a torch.Tensor, got list$"),
         ("return-lse-str", (qf, kf, w, v), {"return_lse": "no"}, TypeError, "additive_attention: return_lse must be True or False, got str"),
         ("return-lse-tensor", (qf, kf, w, v), {"return_lse": torch.tensor(True)}, TypeError, "additive_attention: return_lse must be True or False, got Tensor"),
     ] + [

@@ -44,7 +44,9 @@ def key_mask_strides(attn_mask, q, k, caller: str) -> tuple[int, int, int]:
     """(batch, head, key) strides of a boolean (b|1, h|1, 1, len_k) key mask; 0 where a
     dimension broadcasts. Raises, naming ``caller``, on any other mask."""
     if not isinstance(attn_mask, torch.Tensor):
-        raise TypeError(f"{caller}: attn_mask must be a torch.Tensor, got {type(attn_mask)}")
+        raise TypeError(
+            f"{caller}: attn_mask must be a torch.Tensor, got {type(attn_mask).__name__}"
+        )
     if attn_mask.dtype != torch.bool:
         raise TypeError(
             f"{caller}: attn_mask must be torch.bool (True = key takes part), got {attn_mask.dtype}"
