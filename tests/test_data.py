@@ -73,6 +73,16 @@ def test_corrupt_gzip_is_refused(tmp_path):
         read_lines(tmp_path / "c.de.gz")
 
 
+def test_a_gzip_file_with_damaged_compressed_data_is_one_corpus_error_naming_it(tmp_path):
+    """A flipped byte inside the deflate stream raised zlib.error, not an OSError: a traceback."""
+    text = "".join(f"Satz {i} mit etwas Inhalt.\n" for i in range(2000)).encode()
+    packed = bytearray(gzip.compress(text, mtime=0))
+    packed[20] ^= 0x5A  # the first bytes of the deflate stream, after the 10-byte header
+    (tmp_path / "d.de.gz").write_bytes(bytes(packed))
+    with pytest.raises(CorpusError, match=r"d\.de\.gz: cannot read"):
+        read_lines(tmp_path / "d.de.gz")
+
+
 def test_directory_split_missing_file(tmp_path):
     write(tmp_path / "train.de", "a\n")
     with pytest.raises(CorpusError, match=r"no file for split 'train', language 'en'"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     at the start are stripped.
 
     Raises:
-        CorpusError: the file is missing or empty, a line is not valid UTF-8 (1-based line number
+        CorpusError: the file is missing, empty or unreadable (a damaged ``.gz``: the lines read
+            before it are named), a line is not valid UTF-8 (1-based line number
             given), or a line is empty.
     """
     path = Path(path)
@@ -70,8 +72,9 @@ def read_lines(path: str | os.PathLike) -> list[str]:
                         f"{path}:{number}: empty line (every line must be a sentence)"
                     )
                 lines.append(text)
-    except (OSError, EOFError) as err:  # e.g. a truncated or non-gzip *.gz file
-        raise CorpusError(f"{path}: cannot read ({err})") from None
+    except (OSError, EOFError, zlib.error) as err:  # a truncated, damaged or non-gzip *.gz file
+        after = f" after line {len(lines)}" if lines else ""
+        raise CorpusError(f"{path}: cannot read{after} ({err})") from None
     if not lines:
         raise CorpusError(f"{path}: empty file (no sentences)")
     return lines
