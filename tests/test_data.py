@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import unicodedata
 
 import pytest
 
@@ -13,10 +14,12 @@ from transformer.translation.batching import batch_indices, shard  # noqa: E402
 from transformer.translation.data import (  # noqa: E402
     DEFAULT_DATA_DIR,
     CorpusError,
+    encode_split,
     load_split,
     read_lines,
     read_parallel,
 )
+from transformer.translation.tokenizer import decode, train_tokenizer  # noqa: E402
 
 
 def write(path, text: str | bytes) -> None:
@@ -126,6 +129,19 @@ def test_saved_datasets_directory(tmp_path):
     datasets.DatasetDict({"train": bad}).save_to_disk(str(tmp_path / "bad"))
     with pytest.raises(CorpusError, match=r"row 1 of column 'de' is empty"):
         load_split(tmp_path / "bad", "train")
+
+
+def test_references_are_in_the_tokenizers_normalization_so_a_perfect_decode_equals_them():
+    """A corpus in NFD (accents as combining marks, as macOS writes) gave references in NFD and
+    decodes in NFKC: a model that reproduced every target exactly scored about 5 BLEU."""
+    fr = ["Le café est près de l'école.", "Un élève à côté du théâtre."]
+    en = ["Le café était très agréable.", "Ça a coûté 12\u00a0€."]
+    nfd = [unicodedata.normalize("NFD", t) for t in en]
+    ds = datasets.Dataset.from_dict({"fr": fr * 3, "en": nfd * 3})
+    tokenizer = train_tokenizer(fr * 3 + nfd * 3, vocab_size=200, min_frequency=1)
+    corpus = encode_split(tokenizer, ds, "fr", "en")
+    assert decode(tokenizer, [ids[1:-1] for ids in corpus.tgt]) == corpus.tgt_text
+    assert corpus.tgt_text[:2] == ["Le café était très agréable.", "Ça a coûté 12 €."]
 
 
 def test_shipped_multi30k_is_complete():

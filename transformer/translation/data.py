@@ -172,7 +172,9 @@ def load_split(
 
 @dataclass
 class Corpus:
-    """Token ids of one split; targets wrapped in BOS/EOS."""
+    """Token ids of one split; targets wrapped in BOS/EOS. ``tgt_text``, the references that
+    decodes are scored against, is in the tokenizer's Unicode normalization (NFKC), the only
+    form a decode can take."""
 
     src: list[list[int]]
     tgt: list[list[int]]
@@ -195,6 +197,8 @@ def encode_split(
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     src_text, tgt_text = list(ds[src_lang]), list(ds[tgt_lang])
+    if tokenizer.normalizer is not None:  # an NFD reference never matches an NFKC decode
+        tgt_text = [tokenizer.normalizer.normalize_str(text) for text in tgt_text]
     src, tgt = encode(tokenizer, src_text), encode(tokenizer, tgt_text, add_bos_eos=True)
     if max_length is not None:
         keep = [

@@ -2,7 +2,8 @@
 
 Words are marked with the SentencePiece metaspace (``▁``) so that decoding restores the spacing
 exactly (``"Ein Hund."`` → ``▁Ein ▁Hund .`` → ``"Ein Hund."``), which sacreBLEU needs: it scores
-detokenized text.
+detokenized text. Text is normalized to Unicode NFKC first, so a decode gives back the NFKC form
+(a non-breaking space comes back as a space, ``ﬁ`` as ``fi``).
 """
 
 from __future__ import annotations
