@@ -131,6 +131,38 @@ def test_saved_datasets_directory(tmp_path):
         load_split(tmp_path / "bad", "train")
 
 
+def test_saved_sentences_are_stripped_as_lines_of_text_files_are(tmp_path):
+    """They came through as written: a "\\r\\n" kept at the end of a target was learnt and
+    translated into output that broke lines in = lines out."""
+    saved = datasets.Dataset.from_dict(
+        {"fr": ["  Le chien. ", "Le chat\n"], "en": ["The dog.\r\n", "\tThe cat"]}
+    )
+    datasets.DatasetDict({"train": saved}).save_to_disk(str(tmp_path / "ws"))
+    ds = load_split(tmp_path / "ws", "train", "fr", "en")
+    assert ds[:] == {"fr": ["Le chien.", "Le chat"], "en": ["The dog.", "The cat"]}
+
+
+def test_a_saved_sentence_with_a_line_break_inside_is_refused_naming_its_row(tmp_path):
+    saved = datasets.Dataset.from_dict({"fr": ["Un.", "Le chien.\nLe chat."], "en": ["A.", "B."]})
+    datasets.DatasetDict({"train": saved}).save_to_disk(str(tmp_path / "nl"))
+    with pytest.raises(CorpusError, match=r"nl\[train\]: row 1 of column 'fr' has a line break"):
+        load_split(tmp_path / "nl", "train", "fr", "en")
+
+
+def test_a_saved_translation_column_of_language_dicts_is_read_as_two_columns(tmp_path):
+    """The layout of the hub's translation datasets (wmt14, opus_books, ...): one column
+    ``translation`` of {lang: sentence}. It was refused: no column 'fr'."""
+    rows = [{"fr": "Le chien.", "en": "The dog."}, {"fr": "Le chat.", "en": "The cat."}]
+    features = datasets.Features({"translation": datasets.Translation(languages=["en", "fr"])})
+    saved = datasets.Dataset.from_dict({"translation": rows}, features=features)
+    datasets.DatasetDict({"train": saved, "validation": saved}).save_to_disk(str(tmp_path / "t"))
+    ds = load_split(tmp_path / "t", "val", "fr", "en")
+    assert ds.column_names == ["fr", "en"]
+    assert ds[:] == {"fr": ["Le chien.", "Le chat."], "en": ["The dog.", "The cat."]}
+    with pytest.raises(CorpusError, match=r"no 'de' in column 'translation' \(languages: en, fr\)"):
+        load_split(tmp_path / "t", "train", "de", "en")
+
+
 def test_references_are_in_the_tokenizers_normalization_so_a_perfect_decode_equals_them():
     """A corpus in NFD (accents as combining marks, as macOS writes) gave references in NFD and
     decodes in NFKC: a model that reproduced every target exactly scored about 5 BLEU."""

@@ -6,7 +6,8 @@ A corpus is a directory in one of two shapes:
   of the source file translating line *i* of the target file (the shipped Multi30K copy in
   ``data/multi30k`` is this shape); or
 * a ``datasets`` directory written by ``DatasetDict.save_to_disk`` whose splits have one string
-  column per language.
+  column per language, or a ``translation`` column of ``{lang: sentence}`` dicts (the layout of
+  the hub's translation datasets). Its sentences are stripped as lines of a text file are.
 
 Either way the pairs come back as a ``datasets.Dataset`` with one column per language. Nothing is
 fetched from the Hugging Face hub: text files are read here (so that a bad byte or an empty line is
@@ -14,8 +15,8 @@ reported with its file and line number) and wrapped with ``Dataset.from_dict``; 
 directories are opened with ``datasets.load_from_disk``.
 
 Malformed input is refused with :class:`CorpusError`, never truncated silently:
-a missing file, an empty file, undecodable bytes, an empty (or whitespace-only) line, and sides
-of different lengths. Multi30K has no empty lines, so refusing them costs nothing there and keeps pairs aligned
+a missing file, an empty file, undecodable bytes, an empty (or whitespace-only) line, a saved
+sentence with a line break inside, and sides of different lengths. Multi30K has no empty lines, so refusing them costs nothing there and keeps pairs aligned
 elsewhere: an empty line in parallel data usually means one side lost or gained a sentence.
 """
 
@@ -116,18 +117,54 @@ def _is_saved_dataset(data_dir: Path) -> bool:
     return (data_dir / "dataset_dict.json").is_file() or (data_dir / "dataset_info.json").is_file()
 
 
+def _saved_column(ds: datasets.Dataset, where: str, lang: str) -> tuple[list, str]:
+    """The sentences of ``lang``: its own column, or its entries of a ``translation`` column of
+    ``{lang: sentence}`` dicts (the hub's translation datasets); and their name in messages."""
+    if lang in ds.column_names:
+        return ds[lang], f"column {lang!r}"
+    if "translation" in ds.column_names:
+        feature = ds.features["translation"]
+        languages = getattr(feature, "languages", None) or (
+            list(feature) if isinstance(feature, dict) else None
+        )
+        if languages is not None and lang not in languages:
+            raise CorpusError(
+                f"{where}: no {lang!r} in column 'translation' "
+                f"(languages: {', '.join(sorted(languages))})"
+            )
+        rows = ds["translation"]
+        return [row.get(lang) if isinstance(row, dict) else None for row in rows], (
+            f"column 'translation', language {lang!r}"
+        )
+    raise CorpusError(
+        f"{where}: no column {lang!r} (columns: {ds.column_names}); name the source and target "
+        "columns as the languages"
+    )
+
+
 def _check_saved_split(
     ds: datasets.Dataset, where: str, src_lang: str, tgt_lang: str
 ) -> datasets.Dataset:
+    """The two languages' sentences, stripped as lines of a text file are; refused, naming the
+    row, if one is empty, not a string or more than one line."""
     if len(ds) == 0:
         raise CorpusError(f"{where}: empty split (no sentences)")
+    columns = {}
     for lang in (src_lang, tgt_lang):
-        if lang not in ds.column_names:
-            raise CorpusError(f"{where}: no column {lang!r} (columns: {ds.column_names})")
-        for row, text in enumerate(ds[lang]):
+        texts, name = _saved_column(ds, where, lang)
+        stripped = []
+        for row, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
-                raise CorpusError(f"{where}: row {row} of column {lang!r} is empty or not a string")
-    return ds.select_columns([src_lang, tgt_lang])
+                raise CorpusError(f"{where}: row {row} of {name} is empty or not a string")
+            text = text.strip()
+            if "\n" in text or "\r" in text:
+                raise CorpusError(
+                    f"{where}: row {row} of {name} has a line break inside; a sentence is one "
+                    "line (join its lines with spaces, or split the pair)"
+                )
+            stripped.append(text)
+        columns[lang] = stripped
+    return datasets.Dataset.from_dict(columns)
 
 
 def load_split(
