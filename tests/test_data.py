@@ -92,6 +92,20 @@ def test_directory_split_missing_file(tmp_path):
         load_split(tmp_path, "train")
 
 
+def test_a_missing_split_names_the_names_tried_and_the_files_there_are(tmp_path):
+    """It said only 'expected val.fr or val.fr.gz', though validation, valid and dev are read
+    too, and not what the directory holds (a test split, or other languages)."""
+    for name in ("train.fr", "train.en", "test.fr", "test.en.gz"):
+        write(tmp_path / name, "Un chien.\n")
+    with pytest.raises(CorpusError) as err:
+        load_split(tmp_path, "val", "fr", "en")
+    message = str(err.value)
+    assert "expected val.fr[.gz], validation.fr[.gz], valid.fr[.gz] or dev.fr[.gz]" in message
+    assert message.endswith("; files here: test.en.gz, test.fr, train.en, train.fr")
+    with pytest.raises(CorpusError, match=r"expected train\.de\[\.gz\]; files here: test"):
+        load_split(tmp_path, "train", "de", "en")
+
+
 def test_a_split_in_both_plain_and_gzip_form_is_refused_as_ambiguous(tmp_path):
     write(tmp_path / "train.de", "Ein Hund.\n")
     write(tmp_path / "train.de.gz", "Eine Katze.\n")

@@ -107,9 +107,13 @@ def _text_file(data_dir: Path, split: str, lang: str) -> Path:
         for candidate in (plain, packed):
             if candidate.is_file():
                 return candidate
+    tried = [f"{name}.{lang}[.gz]" for name in SPLIT_ALIASES.get(split, (split,))]
+    expected = tried[0] if len(tried) == 1 else f"{', '.join(tried[:-1])} or {tried[-1]}"
+    files = sorted(p.name for p in data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    here = ", ".join(files[:12]) + (f", ... ({len(files)} files)" if len(files) > 12 else "")
     raise CorpusError(
-        f"{data_dir}: no file for split {split!r}, language {lang!r} "
-        f"(expected {split}.{lang} or {split}.{lang}.gz)"
+        f"{data_dir}: no file for split {split!r}, language {lang!r}: expected {expected}; "
+        f"files here: {here or 'none'}"
     )
 
 
