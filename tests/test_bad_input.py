@@ -371,3 +371,12 @@ def test_read_lines_stops_at_the_first_bad_line_after_yielding_the_ones_before()
     assert [next(lines).text, next(lines).text] == ["eins", "zwei"]
     with pytest.raises(BadInput, match=r"line 3 of x.de: not valid UTF-8 \(bytes e4 at byte 1\)"):
         next(lines)
+
+
+@pytest.mark.parametrize("errors", ["strict", "replace"])
+def test_a_utf16_input_is_named_as_utf16_with_the_conversion_to_run(errors):
+    """Windows PowerShell's `>` writes UTF-16: the message said to convert from latin1, which
+    makes garbage of it, and --errors replace translated NULs and halves of characters."""
+    stream = io.BytesIO("Ein Hund.\nZwei Katzen.\n".encode("utf-16"))
+    with pytest.raises(BadInput, match=r"in\.de is UTF-16 .*not UTF-8.*iconv -f utf-16 -t utf-8"):
+        next(read_lines(stream, "in.de", errors))

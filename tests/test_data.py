@@ -52,6 +52,21 @@ def test_undecodable_bytes_name_file_and_line(tmp_path):
         read_lines(tmp_path / "bad.de.gz")
 
 
+def test_undecodable_bytes_are_shown_at_their_1_based_position_with_what_to_do(tmp_path):
+    write(tmp_path / "l1.fr", "Le café.\n".encode("latin-1"))
+    with pytest.raises(
+        CorpusError, match=r"l1\.fr:1: not valid UTF-8 \(bytes e9 at byte 7\); convert .* iconv"
+    ):
+        read_lines(tmp_path / "l1.fr")
+
+
+@pytest.mark.parametrize("name", ["u.fr", "u.fr.gz"])
+def test_a_utf16_file_is_named_as_utf16_with_the_conversion_to_run(tmp_path, name):
+    write(tmp_path / name, "Le chien.\nLe chat.\n".encode("utf-16"))
+    with pytest.raises(CorpusError, match=r"u\.fr(\.gz)? is UTF-16 .*iconv -f utf-16 -t utf-8"):
+        read_lines(tmp_path / name)
+
+
 @pytest.mark.parametrize("blank", ["", "   ", "\t"])
 def test_empty_line_names_file_and_line(tmp_path, blank):
     write(tmp_path / "x.en", f"one\ntwo\n{blank}\nfour\n")

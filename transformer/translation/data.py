@@ -32,6 +32,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach for the hub
 
 import datasets  # noqa: E402
 
+from transformer.translation.text_input import utf16_message  # noqa: E402
 from transformer.translation.tokenizer import encode  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "multi30k"
@@ -61,11 +62,15 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     try:
         with opener(path, "rb") as f:
             for number, raw in enumerate(f, start=1):
+                if number == 1 and (message := utf16_message(str(path), raw)):
+                    raise CorpusError(message)
                 try:  # a byte order mark (editors on Windows write one) is not a character
                     text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as err:
+                    bad = raw[err.start : err.end].hex(" ")
                     raise CorpusError(
-                        f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})"
+                        f"{path}:{number}: not valid UTF-8 (bytes {bad} at byte {err.start + 1}); "
+                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8 for Latin-1)"
                     ) from None
                 text = text.strip()
                 if not text:

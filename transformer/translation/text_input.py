@@ -29,6 +29,18 @@ ERRORS_HELP = (
     "sequence, says so on stderr and translates the line"
 )
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+UTF16_BYTE_ORDER_MARKS = (b"\xff\xfe", b"\xfe\xff")  # little- and big-endian
+
+
+def utf16_message(name: str, raw: bytes) -> str | None:
+    """What to say when the first line ``raw`` of ``name`` starts as UTF-16 does (Windows
+    PowerShell's ``>`` writes it); None if it does not."""
+    if not raw.startswith(UTF16_BYTE_ORDER_MARKS):
+        return None
+    return (
+        f"{name} is UTF-16 (it starts with the byte order mark {raw[:2].hex(' ')}), not UTF-8: "
+        "convert it (iconv -f utf-16 -t utf-8)"
+    )
 
 
 class BadInput(ValueError):
@@ -90,13 +102,16 @@ def read_lines(stream: BinaryIO, name: str, errors: str = "strict") -> Iterator[
     """Each line of the binary ``stream`` (named ``name`` in messages), read as it is needed.
 
     Raises :class:`BadInput` when the stream is empty (no bytes at all: nothing to translate)
-    and, with ``errors="strict"``, at the first line that is not UTF-8.
+    or UTF-16 (whatever ``errors`` says) and, with ``errors="strict"``, at the first line that is
+    not UTF-8.
     """
     check_errors(errors)
     number = 0
     for number, raw in enumerate(stream, start=1):
         if number == 1 and raw.startswith(BYTE_ORDER_MARK):
             raw = raw[len(BYTE_ORDER_MARK) :]
+        if number == 1 and (message := utf16_message(name, raw)):
+            raise BadInput(message)  # with --errors replace too: every line would be garbage
         raw = raw.removesuffix(b"\n").removesuffix(b"\r")
         text, notes = decode_line(raw, f"line {number} of {name}", errors)
         yield Line(number, text, notes)
