@@ -121,6 +121,15 @@ def test_a_missing_split_names_the_names_tried_and_the_files_there_are(tmp_path)
         load_split(tmp_path, "train", "de", "en")
 
 
+def test_the_two_sides_of_a_split_are_never_read_from_two_differently_named_files(tmp_path):
+    """val.en and dev.fr were paired as the val split (each language took the first name found)."""
+    write(tmp_path / "dev.fr", "Un chien.\n")
+    write(tmp_path / "dev.en", "A dog.\n")
+    write(tmp_path / "val.en", "An old cat.\n")
+    with pytest.raises(CorpusError, match=r"dev\.fr and val\.en, files of different names"):
+        load_split(tmp_path, "val", "fr", "en")
+
+
 def test_a_split_in_both_plain_and_gzip_form_is_refused_as_ambiguous(tmp_path):
     write(tmp_path / "train.de", "Ein Hund.\n")
     write(tmp_path / "train.de.gz", "Eine Katze.\n")

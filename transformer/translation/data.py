@@ -210,9 +210,17 @@ def load_split(
             if name in saved:
                 return _check_saved_split(saved[name], f"{data_dir}[{name}]", src_lang, tgt_lang)
         raise CorpusError(f"{data_dir}: no split {split!r} (splits: {list(saved)})")
-    src, tgt = read_parallel(
-        _text_file(data_dir, split, src_lang), _text_file(data_dir, split, tgt_lang)
-    )
+    src_file, tgt_file = (_text_file(data_dir, split, lang) for lang in (src_lang, tgt_lang))
+    names = [
+        f.name.removesuffix(".gz").removesuffix(f".{lang}")
+        for f, lang in ((src_file, src_lang), (tgt_file, tgt_lang))
+    ]
+    if names[0] != names[1]:  # e.g. dev.fr and a leftover val.en: not one split's two sides
+        raise CorpusError(
+            f"{data_dir}: split {split!r} would pair {src_file.name} and {tgt_file.name}, files "
+            f"of different names; give both languages the same name ({names[0]} or {names[1]})"
+        )
+    src, tgt = read_parallel(src_file, tgt_file)
     return datasets.Dataset.from_dict({src_lang: src, tgt_lang: tgt})
 
 
