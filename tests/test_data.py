@@ -19,6 +19,7 @@ from transformer.translation.data import (  # noqa: E402
     read_lines,
     read_parallel,
 )
+from transformer.translation.evaluation import bleu_tokenizer, translation_scores  # noqa: E402
 from transformer.translation.tokenizer import decode, train_tokenizer  # noqa: E402
 
 
@@ -212,6 +213,25 @@ def test_references_are_in_the_tokenizers_normalization_so_a_perfect_decode_equa
     corpus = encode_split(tokenizer, ds, "fr", "en")
     assert decode(tokenizer, [ids[1:-1] for ids in corpus.tgt]) == corpus.tgt_text
     assert corpus.tgt_text[:2] == ["Le café était très agréable.", "Ça a coûté 12 €."]
+
+
+def test_chinese_references_are_scored_by_characters_not_as_one_word_a_sentence():
+    """sacreBLEU's default splitting (13a) takes a Chinese sentence, written without spaces,
+    for one word: a translation one character off scored 0 BLEU. The corpus knows its target
+    language and the scores split Chinese by characters (sacreBLEU's zh)."""
+    zh = ["我喜欢吃苹果和香蕉。", "他们在公园里踢足球。"]
+    en = ["I like to eat apples and bananas.", "They play football in the park."]
+    ds = datasets.Dataset.from_dict({"en": en * 3, "zh": zh * 3})
+    tokenizer = train_tokenizer(en * 3 + zh * 3, vocab_size=200, min_frequency=1)
+    corpus = encode_split(tokenizer, ds, "en", "zh")
+    assert corpus.tgt_lang == "zh"
+    one_off = ["我喜欢吃苹果和橘子。", "他们在公园里踢足球。"]  # one sentence one word off
+    scores = translation_scores(one_off, corpus.tgt_text[:2], corpus.tgt_lang)
+    assert 60 < scores["bleu"] < 100, scores
+    assert bleu_tokenizer("zh-TW") == bleu_tokenizer("zh_Hans") == "zh"
+    assert bleu_tokenizer("en") == bleu_tokenizer("de") == "13a"
+    english = translation_scores(["They play in the park ."], ["They play in the park."], "en")
+    assert english["bleu"] == pytest.approx(100.0)  # 13a splits the full stop off either way
 
 
 def test_shipped_multi30k_is_complete():

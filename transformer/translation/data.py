@@ -233,6 +233,7 @@ class Corpus:
     src: list[list[int]]
     tgt: list[list[int]]
     tgt_text: list[str]
+    tgt_lang: str = "en"  # the references' language: how BLEU splits them into words
 
     def lengths(self) -> list[int]:
         return [max(len(s), len(t) - 1) for s, t in zip(self.src, self.tgt, strict=True)]
@@ -262,4 +263,4 @@ def encode_split(
         ]
         src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
         tgt_text = [tgt_text[i] for i in keep]
-    return Corpus(src, tgt, tgt_text)
+    return Corpus(src, tgt, tgt_text, tgt_lang)

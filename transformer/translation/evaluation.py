@@ -54,13 +54,30 @@ def translate_ids(
     return results
 
 
-def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus sacreBLEU (13a tokenization) of detokenized text, cased and lowercased, and chrF
+# sacreBLEU's word splitting for target languages written without spaces between words, where
+# its default (13a) would take a whole sentence for one word; the rest get 13a. Only tokenizers
+# sacreBLEU runs without more packages: Japanese and Korean want MeCab ("ja-mecab", "ko-mecab").
+BLEU_TOKENIZERS = {"zh": "zh"}
+
+
+def bleu_tokenizer(language: str) -> str:
+    """sacreBLEU's ``tokenize`` for references in ``language`` (an ISO code such as ``zh`` or
+    a regional one such as ``zh-TW`` or ``zh_Hans``): ``zh`` for Chinese, else ``13a``."""
+    base = language.replace("_", "-").split("-")[0].lower()
+    return BLEU_TOKENIZERS.get(base, "13a")
+
+
+def translation_scores(
+    hypotheses: Sequence[str], references: Sequence[str], language: str = "en"
+) -> dict[str, float]:
+    """Corpus sacreBLEU of detokenized text in ``language`` (words split by
+    :func:`bleu_tokenizer`: 13a, or zh for Chinese), cased and lowercased, and chrF
     (sacreBLEU's defaults: character 6-grams, β = 2)."""
     hyps, refs = list(hypotheses), [list(references)]
+    tokenize = bleu_tokenizer(language)
     return {
-        "bleu": sacrebleu.corpus_bleu(hyps, refs).score,
-        "bleu_lc": sacrebleu.corpus_bleu(hyps, refs, lowercase=True).score,
+        "bleu": sacrebleu.corpus_bleu(hyps, refs, tokenize=tokenize).score,
+        "bleu_lc": sacrebleu.corpus_bleu(hyps, refs, lowercase=True, tokenize=tokenize).score,
         "chrf": sacrebleu.corpus_chrf(hyps, refs).score,
     }
 
@@ -77,7 +94,8 @@ def evaluate(
     """Validation-style metrics of ``model`` on ``corpus``: NLL loss, sacreBLEU and chrF of decodes."""
     loss = validation_loss(model, corpus, max_tokens, amp)
     ids = translate_ids(model, corpus.src, beam_size, length_penalty, amp=amp)
-    return {"loss": loss, **translation_scores(decode(tokenizer, ids), corpus.tgt_text)}
+    scores = translation_scores(decode(tokenizer, ids), corpus.tgt_text, corpus.tgt_lang)
+    return {"loss": loss, **scores}
 
 
 @torch.no_grad()
