@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from attention_map_helpers import SENTENCES, save_untrained_run
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from transformer.translation import attention_maps, translate
+from transformer.translation.text_input import UTF16_BYTE_ORDER_MARKS
 from transformer.translation.tokenizer import train_tokenizer
 
 MAX_LENGTH = 8  # so that a line of a few dozen words is split
@@ -75,6 +76,9 @@ def check_translate(run_dir: Path, tmp_path: Path, data: bytes, errors: str) -> 
     if not lines:
         assert status == 1 and out is None and len(err) == 1 and "is empty" in err[0]
         return
+    if lines[0].startswith(UTF16_BYTE_ORDER_MARKS):  # UTF-16: refused whole, in either mode
+        assert status == 1 and not out and len(err) == 1 and "is UTF-16" in err[0], err
+        return
     bad = [i for i, raw in enumerate(lines) if not _is_utf8(raw)]
     if errors == "strict" and bad:
         assert status == 1 and "error: line" in err[-1]
@@ -105,6 +109,7 @@ def test_translate_fuzzed_files_give_lines_in_lines_out_or_stop_at_the_first_bad
 ):
     @QUICK
     @given(FILES)
+    @example(b"\xfe\xff")  # a UTF-16 byte order mark: the file is refused whole
     def run(data):
         check_translate(run_dir, tmp_path, data, errors)
 
