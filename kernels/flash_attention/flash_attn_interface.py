@@ -39,14 +39,12 @@ Where it differs from FlashAttention-2 (see also docs/kernel.md, "FA2 API"):
       (``softmax_scale``, ``causal``), and show shapes as the caller laid them out.
 """
 
-import math
-
 import torch
 
 from kernels.common.checks import check_flag, check_rank
 from kernels.flash_attention.checks import check_inputs
-from kernels.flash_attention.dropout import check_dropout_p, draw_seed_offset
-from kernels.flash_attention.function import _forward_op, flash_attention
+from kernels.flash_attention.dropout import check_dropout_p
+from kernels.flash_attention.function import forward_checked
 from kernels.flash_attention.options import score_options
 from kernels.flash_attention.varlen import Packed, check_packed, rows_view
 
@@ -95,22 +93,15 @@ def flash_attn_func(
     _check_layout(name, q, k, v, "batch", "seqlen_k")
     # (b, n, h, d) -> (b, h, n, d): views, read by the kernel through their strides
     query, key, value = (t.transpose(1, 2) for t in (q, k, v))
-    causal = check_flag(causal, "causal", name)
-    # What flash_attention would check, checked here first so that the errors name this
-    # function and its arguments.
-    check_dropout_p(dropout_p, name)
+    # flash_attention's checks, under this function's name and FlashAttention-2's arguments'.
+    dropout_p = check_dropout_p(dropout_p, name)
     check_inputs(query, key, value, None, softmax_scale, True, caller=name,
                  scale_name="softmax_scale")  # fmt: skip
-    score_options(
-        query, key, None, causal, "bottom_right", window_size, softcap, _constant(alibi_slopes),
-        sinks, caller=name,
+    causal, options = score_options(
+        query, key, None, check_flag(causal, "causal", name), "bottom_right", window_size,
+        softcap, _constant(alibi_slopes), sinks, caller=name,
     )  # fmt: skip
-    out, lse = flash_attention(
-        query, key, value, dropout_p=dropout_p, is_causal=causal,
-        scale=softmax_scale, enable_gqa=True, return_lse=True, window_size=window_size,
-        softcap=softcap, alibi_slopes=_constant(alibi_slopes), sinks=sinks,
-        alignment="bottom_right",
-    )  # fmt: skip
+    out, lse = forward_checked(query, key, value, None, causal, options, softmax_scale, dropout_p)
     out = out.transpose(1, 2)  # (b, h, n, d_v) -> (b, n, h, d_v), in q's memory order
     return (out, lse, None) if return_attn_probs else out
 
@@ -176,12 +167,7 @@ def flash_attn_varlen_func(
         packed.view(q), packed.view(k), None, check_flag(causal, "causal", name), "bottom_right",
         window_size, softcap, _constant(alibi_slopes), sinks, caller=name,
     )  # fmt: skip
-    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
-    seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
-    out, lse = _forward_op(
-        q, k, v, None, causal, scale, dropout_p, seed, offset, True, *options.window,
-        options.softcap, options.alibi_slopes, options.sinks, *packed,
-    )  # fmt: skip
+    out, lse = forward_checked(q, k, v, None, causal, options, softmax_scale, dropout_p, packed)
     return (out, lse, None) if return_attn_probs else out
 
 

@@ -198,10 +198,19 @@ def flash_attention(
     is_causal, options = score_options(
         q, k, causal_bias, is_causal, alignment, window_size, softcap, alibi_slopes, sinks
     )
+    out, lse = forward_checked(q, k, v, attn_mask, is_causal, options, scale, dropout_p)
+    return (out, lse) if return_lse else out
+
+
+def forward_checked(q, k, v, attn_mask, is_causal, options, scale, dropout_p, packed=()):
+    """(out, lse) of the forward operator, on inputs already checked: ``is_causal`` and
+    ``options`` as :func:`score_options` returned them, ``dropout_p`` as :func:`check_dropout_p`
+    did; ``packed``: the :class:`Packed` sequences of a varlen call. The FlashAttention-2
+    functions check under their own names and call this, not :func:`flash_attention`, so that
+    nothing is checked twice."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     seed, offset = draw_seed_offset() if dropout_p > 0.0 else (0, 0)
-    out, lse = _forward_op(
+    return _forward_op(
         q, k, v, attn_mask, is_causal, scale, dropout_p, seed, offset, options.bottom_right,
-        *options.window, options.softcap, options.alibi_slopes, options.sinks,
+        *options.window, options.softcap, options.alibi_slopes, options.sinks, *packed,
     )  # fmt: skip
-    return (out, lse) if return_lse else out
