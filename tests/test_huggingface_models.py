@@ -63,6 +63,23 @@ def logits_at_tokens(ids, mask):
     return run
 
 
+def packed_against_each_sequence_alone(ours, ids, lengths, **inputs):
+    """A run: ``ours`` on the packed batch with its ``lengths`` (the flattening collator's) and
+    ``inputs``, the other model on each sequence alone, their logits laid end to end."""
+    cu = lengths["cu_seq_lens_q"].tolist()
+
+    def run(net):
+        if net is ours:
+            logits = net(input_ids=ids, use_cache=False, **lengths, **inputs).logits.flatten(0, 1)
+        else:
+            tokens = ids.flatten()
+            alone = [tokens[a:b][None] for a, b in zip(cu[:-1], cu[1:], strict=True)]
+            logits = torch.cat([net(input_ids=t, use_cache=False).logits[0] for t in alone])
+        return logits, (logits**2).mean()
+
+    return run
+
+
 def logits_everywhere(ids, **inputs):
     def run(model):
         logits = model(input_ids=ids, use_cache=False, **inputs).logits
@@ -191,16 +208,7 @@ def test_a_window_only_the_mask_carries_holds_in_packed_sequences_as_in_eager(gi
         run = logits_everywhere(ids, position_ids=position_ids)
     else:
         lengths = flattening_lengths(position_ids)
-        cu = lengths["cu_seq_lens_q"].tolist()
-
-        def run(net):
-            if net is ours:
-                logits = net(input_ids=ids, use_cache=False, **lengths).logits.flatten(0, 1)
-            else:
-                tokens = ids.flatten()
-                alone = [tokens[a:b][None] for a, b in zip(cu[:-1], cu[1:], strict=True)]
-                logits = torch.cat([net(input_ids=t, use_cache=False).logits[0] for t in alone])
-            return logits, (logits**2).mean()
+        run = packed_against_each_sequence_alone(ours, ids, lengths)
 
     assert_same_loss_and_gradients(ours, eager, run)
 
@@ -350,17 +358,7 @@ def test_packing_given_by_its_lengths_keeps_the_sequences_apart_as_eager_does(mo
     model_class, config = PACKABLE[model]
     ours, eager, ids, position_ids = packed(model_class, config(), kernel_device)
     lengths = flattening_lengths(position_ids)
-    cu = lengths["cu_seq_lens_q"].tolist()
-
-    def run(net):
-        if net is ours:
-            logits = net(input_ids=ids, position_ids=position_ids, use_cache=False, **lengths)
-            logits = logits.logits.flatten(0, 1)
-        else:
-            tokens = ids.flatten()
-            alone = [tokens[a:b][None] for a, b in zip(cu[:-1], cu[1:], strict=True)]
-            logits = torch.cat([net(input_ids=t, use_cache=False).logits[0] for t in alone])
-        return logits, (logits**2).mean()
+    run = packed_against_each_sequence_alone(ours, ids, lengths, position_ids=position_ids)
 
     assert_same_loss_and_gradients(ours, eager, run)
 
