@@ -16,8 +16,9 @@ directories are opened with ``datasets.load_from_disk``.
 
 Malformed input is refused with :class:`CorpusError`, never truncated silently:
 a missing file, an empty file, undecodable bytes, an empty (or whitespace-only) line, a saved
-sentence with a line break inside, and sides of different lengths. Multi30K has no empty lines, so refusing them costs nothing there and keeps pairs aligned
-elsewhere: an empty line in parallel data usually means one side lost or gained a sentence.
+sentence with a line break inside, and sides of different lengths. Multi30K has no empty lines,
+so refusing them costs nothing there and keeps pairs aligned elsewhere: an empty line in parallel
+data usually means one side lost or gained a sentence.
 """
 
 from __future__ import annotations
